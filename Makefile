@@ -1,0 +1,50 @@
+# The README's verbs: run, test, bench, lint. Everything installs itself on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# agentlightning 0.3.0 is a reference for tests and benchmarks only, kept out of the project's venv.
+AGL_VENV ?= .cache/agl-0.3.0
+NODE_DIR := tests/node
+PIP_FLAGS := --disable-pip-version-check --no-input -q
+
+.PHONY: install run test test-fast bench lint agl-env node-deps clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[test]'
+	touch $@
+
+agl-env: $(AGL_VENV)/.installed
+
+$(AGL_VENV)/.installed:
+	$(PYTHON) -m venv $(AGL_VENV)
+	$(AGL_VENV)/bin/pip install $(PIP_FLAGS) agentlightning==0.3.0
+	touch $@
+
+node-deps: $(NODE_DIR)/node_modules/.installed
+
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: install
+	$(BIN)/lightning-otlp serve
+
+test: install agl-env node-deps
+	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python $(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not e2e"
+
+bench: install agl-env
+	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python $(BIN)/python bench/run.py
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,126 @@
+"""``lightning-otlp``: serve the receiver, and read what it stored."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from . import __version__
+from .config import ENV_PREFIX, Settings, from_env
+from .errors import ReceiverError
+from .route import FALLBACKS
+from .store import DEFAULT_STORE_URL, open_store
+
+EXAMPLES = {
+    "serve": "example: lightning-otlp serve --store sqlite:///runs.db --rollout-key session.id",
+    "rollouts": "example: lightning-otlp rollouts --store sqlite:///runs.db",
+    "spans": "example: lightning-otlp spans --store sqlite:///runs.db --rollout ro-0123456789ab",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightning-otlp",
+        description="OTLP receiver that stores spans as Agent Lightning rollouts, attempts and spans.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the OTLP receiver", epilog=EXAMPLES["serve"] + _env_note()
+    )
+    serve.add_argument("--grpc", metavar="HOST:PORT", help="OTLP/gRPC address (127.0.0.1:4317)")
+    serve.add_argument("--http", metavar="HOST:PORT", help="OTLP/HTTP address (127.0.0.1:4318)")
+    serve.add_argument("--store", metavar="URL", help=f"store URL ({DEFAULT_STORE_URL})")
+    serve.add_argument(
+        "--rollout-key",
+        metavar="ATTR",
+        action="append",
+        dest="rollout_keys",
+        help="attribute whose value names a rollout, e.g. session.id (repeatable)",
+    )
+    serve.add_argument("--fallback", choices=FALLBACKS, help="spans with no rollout: trace or reject")
+    serve.add_argument("--max-request-bytes", type=int, help="limit after decompression (64 MiB)")
+    serve.add_argument("--max-in-flight", type=int, help="queued requests before 503 (64)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+    for name, what in (("rollouts", "AttemptedRollout"), ("spans", "Span")):
+        sub = commands.add_parser(
+            name, help=f"print stored records, one {what} JSON per line", epilog=EXAMPLES[name]
+        )
+        sub.add_argument("--store", metavar="URL", default=None, help=f"store URL ({DEFAULT_STORE_URL})")
+        if name == "spans":
+            sub.add_argument("--rollout", metavar="ID", help="only this rollout")
+            sub.add_argument("--attempt", metavar="ID", help="only this attempt")
+    return parser
+
+
+def _env_note() -> str:
+    return f"\nevery flag can also be set as an environment variable, {ENV_PREFIX}<FLAG>"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _read(args)
+    except (ValueError, ReceiverError, OSError) as exc:
+        print(f"lightning-otlp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    flags = {
+        "grpc": args.grpc,
+        "http": args.http,
+        "store": args.store,
+        "rollout_keys": tuple(args.rollout_keys) if args.rollout_keys else None,
+        "fallback": args.fallback,
+        "max_request_bytes": args.max_request_bytes,
+        "max_in_flight": args.max_in_flight,
+        "log_level": args.log_level,
+    }
+    settings = Settings().with_overrides(from_env()).with_overrides(flags)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="lightning-otlp: %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _read(args: argparse.Namespace) -> int:
+    url = args.store or from_env().get("store") or DEFAULT_STORE_URL
+    store = open_store(url)
+    store.open()
+    try:
+        if args.command == "rollouts":
+            _print_lines(store.rollouts())
+        else:
+            _print_lines(store.spans(args.rollout, args.attempt))
+    finally:
+        store.close()
+    return 0
+
+
+def _print_lines(records: Iterable[dict[str, Any]]) -> None:
+    write = sys.stdout.write
+    try:
+        for record in records:
+            write(json.dumps(record, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The one export path both transports share: decompress, decode, route, store, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Final, TypeVar
+
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest as PB2ExportLogsServiceRequest,
+)
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceResponse as PB2ExportLogsServiceResponse,
+)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest as PB2ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceResponse as PB2ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceResponse as PB2ExportTraceServiceResponse,
+)
+
+from .decode import DEFAULT_MAX_REQUEST_BYTES, PROTOBUF, decode, decode_traces, decompress
+from .errors import Overloaded, ReceiverError, Unavailable, outcome
+from .route import RoutingConfig, route
+from .store import Store
+
+log = logging.getLogger("lightning_otlp")
+
+DEFAULT_MAX_IN_FLIGHT: Final = 64
+_NOT_STORED: Final = "lightning-otlp stores traces only; {} were not stored"
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Counters:
+    """Totals since start, named after the Collector's own receiver metrics."""
+
+    accepted_spans: dict[str, int] = field(default_factory=dict)
+    refused_spans: dict[str, int] = field(default_factory=dict)
+    requests: dict[str, int] = field(default_factory=dict)
+    failed_requests: dict[str, int] = field(default_factory=dict)
+
+    def add(self, table: dict[str, int], transport: str, n: int) -> None:
+        table[transport] = table.get(transport, 0) + n
+
+
+class Pipeline:
+    """Runs exports one at a time on a single store thread, so the store needs no locking.
+
+    Args:
+        store: an opened store.
+        routing: how spans without explicit ids find their rollout.
+        max_request_bytes: limit on a request after decompression.
+        max_in_flight: requests queued for the store before new ones get "unavailable".
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        routing: RoutingConfig | None = None,
+        *,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
+        if max_request_bytes <= 0:
+            raise ValueError("max_request_bytes must be positive")
+        if max_in_flight <= 0:
+            raise ValueError("max_in_flight must be positive")
+        self.store = store
+        self.routing = routing or RoutingConfig()
+        self.max_request_bytes = max_request_bytes
+        self.max_in_flight = max_in_flight
+        self.counters = Counters()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-store")
+
+    # -- synchronous stages (run on the store thread) ------------------------------------
+
+    def export_traces(
+        self, body: bytes, encoding: str | None, media: str, transport: str = "grpc"
+    ) -> PB2ExportTraceServiceResponse:
+        """Commit a trace export request; return its response only once it is durable."""
+        batch = None
+        try:
+            request = decode_traces(decompress(body, encoding, self.max_request_bytes), media)
+            batch = route(request, self.routing)
+            self.store.write(batch)
+        except ReceiverError:
+            self.counters.add(self.counters.failed_requests, transport, 1)
+            if batch is not None:
+                self.counters.add(self.counters.refused_spans, transport, batch.received)
+            raise
+        counters = self.counters
+        counters.add(counters.requests, transport, 1)
+        counters.add(counters.accepted_spans, transport, batch.accepted)
+        response = PB2ExportTraceServiceResponse()
+        if batch.rejected:
+            counters.add(counters.refused_spans, transport, batch.rejected)
+            response.partial_success.rejected_spans = batch.rejected
+            response.partial_success.error_message = batch.error_message()
+        return response
+
+    def export_metrics(
+        self, body: bytes, encoding: str | None, media: str
+    ) -> PB2ExportMetricsServiceResponse:
+        request = decode(
+            decompress(body, encoding, self.max_request_bytes), media, PB2ExportMetricsServiceRequest
+        )
+        points = 0
+        for rm in request.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    kind = metric.WhichOneof("data")
+                    if kind is not None:
+                        points += len(getattr(metric, kind).data_points)
+        response = PB2ExportMetricsServiceResponse()
+        if points:
+            response.partial_success.rejected_data_points = points
+            response.partial_success.error_message = _NOT_STORED.format(f"{points} data point(s)")
+        return response
+
+    def export_logs(
+        self, body: bytes, encoding: str | None, media: str
+    ) -> PB2ExportLogsServiceResponse:
+        request = decode(
+            decompress(body, encoding, self.max_request_bytes), media, PB2ExportLogsServiceRequest
+        )
+        records = sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+        response = PB2ExportLogsServiceResponse()
+        if records:
+            response.partial_success.rejected_log_records = records
+            response.partial_success.error_message = _NOT_STORED.format(f"{records} log record(s)")
+        return response
+
+    # -- async entry point for the transports --------------------------------------------
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """Queue ``fn`` on the store thread, or refuse at once when too much is queued."""
+        with self._lock:
+            if self._in_flight >= self.max_in_flight:
+                raise Overloaded(f"{self._in_flight} requests already queued; retry later")
+            self._in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def error_status(exc: ReceiverError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` an error answers with, RetryInfo included when retryable."""
+    status = status_pb2.Status(code=outcome(exc).rpc_code, message=str(exc))
+    if isinstance(exc, Unavailable):
+        status.details.add().Pack(retry_info(exc.retry_after))
+    return status
+
+
+def retry_info(seconds: int) -> error_details_pb2.RetryInfo:
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.seconds = seconds
+    return info
+

@@ -1,0 +1,99 @@
+"""Store rows to records that validate as agentlightning 0.3 ``AttemptedRollout`` and ``Span``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Final
+
+from .route import parse_trace_state
+
+DEFAULT_ROLLOUT_CONFIG: Final[dict[str, Any]] = {
+    "timeout_seconds": None,
+    "unresponsive_seconds": None,
+    "max_attempts": 1,
+    "retry_condition": [],
+}
+
+ROLLOUT_COLUMNS: Final = (
+    "rollout_id, input, start_time, end_time, mode, resources_id, status, config, metadata"
+)
+ATTEMPT_COLUMNS: Final = (
+    "rollout_id, attempt_id, sequence_id, start_time, end_time, status, worker_id, "
+    "last_heartbeat_time, metadata"
+)
+SPAN_COLUMNS: Final = (
+    "rollout_id, attempt_id, sequence_id, trace_id, span_id, parent_id, name, status_code, "
+    "status_message, start_time, end_time, attributes, events, links, trace_state, flags, "
+    "resource_id"
+)
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def attempt_record(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "rollout_id": row[0],
+        "attempt_id": row[1],
+        "sequence_id": row[2],
+        "start_time": row[3],
+        "end_time": row[4],
+        "status": row[5],
+        "worker_id": row[6],
+        "last_heartbeat_time": row[7],
+        "metadata": _json(row[8]),
+    }
+
+
+def attempted_rollout_record(rollout: Sequence[Any], attempt: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "rollout_id": rollout[0],
+        "input": _json(rollout[1]),
+        "start_time": rollout[2],
+        "end_time": rollout[3],
+        "mode": rollout[4],
+        "resources_id": rollout[5],
+        "status": rollout[6],
+        "config": _json(rollout[7]) or dict(DEFAULT_ROLLOUT_CONFIG),
+        "metadata": _json(rollout[8]),
+        "attempt": attempt_record(attempt),
+    }
+
+
+def span_record(row: Sequence[Any], resource: dict[str, Any]) -> dict[str, Any]:
+    trace_id, span_id, parent_id = row[3], row[4], row[5]
+    flags = row[15] or 0
+    return {
+        "rollout_id": row[0],
+        "attempt_id": row[1],
+        "sequence_id": row[2],
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "parent_id": parent_id,
+        "name": row[6],
+        "status": {"status_code": row[7], "description": row[8]},
+        "attributes": json.loads(row[11]),
+        "events": json.loads(row[12]),
+        "links": json.loads(row[13]),
+        "start_time": row[9],
+        "end_time": row[10],
+        "context": {
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "is_remote": False,
+            "trace_state": parse_trace_state(row[14]),
+        },
+        "parent": (
+            {
+                "trace_id": trace_id,
+                "span_id": parent_id,
+                "is_remote": bool(flags & 0x200),
+                "trace_state": {},
+            }
+            if parent_id
+            else None
+        ),
+        "resource": resource,
+    }

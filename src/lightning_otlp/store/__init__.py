@@ -1,0 +1,35 @@
+"""Stores behind one interface, chosen by URL."""
+
+from __future__ import annotations
+
+from typing import Final
+from urllib.parse import parse_qs, urlsplit
+
+from .base import Store, WriteResult
+from .sqlite import SQLiteStore
+
+DEFAULT_STORE_URL: Final = "sqlite:///./lightning-otlp.db"
+
+__all__ = ["DEFAULT_STORE_URL", "SQLiteStore", "Store", "WriteResult", "open_store"]
+
+
+def open_store(url: str) -> Store:
+    """Make (not yet open) the store a URL names.
+
+    ``sqlite:///relative.db``, ``sqlite:////absolute.db`` (``?synchronous=normal`` to trade
+    power-loss safety for speed) and ``memory://`` for tests.
+    """
+    parts = urlsplit(url)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if parts.scheme == "memory":
+        return SQLiteStore(":memory:", url=url, synchronous=query.get("synchronous", "OFF"))
+    if parts.scheme == "sqlite":
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc:
+            path = parts.netloc + "/" + path
+        if not path:
+            raise ValueError(f"store URL {url!r} names no file (try sqlite:///lightning-otlp.db)")
+        return SQLiteStore(path, url=url, synchronous=query.get("synchronous", "FULL"))
+    raise ValueError(
+        f"unknown store URL {url!r}: use sqlite:///path/to/file.db or memory://"
+    )

@@ -1,0 +1,1 @@
+"""Network front ends (gRPC and HTTP); both hand bytes to the same ``Pipeline``."""

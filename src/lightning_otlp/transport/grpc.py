@@ -1,0 +1,85 @@
+"""OTLP/gRPC: the Trace, Metrics and Logs ``Export`` services on one ``grpc.aio`` server.
+
+Handlers take raw bytes and parse them themselves, so a malformed message answers
+INVALID_ARGUMENT (grpcio's own deserializer would answer INTERNAL).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import grpc
+
+from ..decode import PROTOBUF
+from ..errors import ReceiverError, Unavailable, outcome
+from ..export import Pipeline, error_status, retry_info
+
+log = logging.getLogger("lightning_otlp.grpc")
+
+TRACE_SERVICE: Final = "opentelemetry.proto.collector.trace.v1.TraceService"
+METRICS_SERVICE: Final = "opentelemetry.proto.collector.metrics.v1.MetricsService"
+LOGS_SERVICE: Final = "opentelemetry.proto.collector.logs.v1.LogsService"
+
+Handler = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
+
+
+def _handler(pipeline: Pipeline, signal: str) -> Handler:
+    async def export(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        try:
+            if signal == "traces":
+                response: Any = await pipeline.run(
+                    pipeline.export_traces, request, None, PROTOBUF, "grpc"
+                )
+            elif signal == "metrics":
+                response = await pipeline.run(pipeline.export_metrics, request, None, PROTOBUF)
+            else:
+                response = await pipeline.run(pipeline.export_logs, request, None, PROTOBUF)
+        except ReceiverError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable") from exc  # abort() raises
+        data: bytes = response.SerializeToString()
+        return data
+
+    return export
+
+
+async def _abort(context: grpc.aio.ServicerContext[bytes, bytes], exc: ReceiverError) -> None:
+    result = outcome(exc)
+    level = logging.WARNING if isinstance(exc, Unavailable) else logging.INFO
+    log.log(level, "answering %s: %s", result.grpc_code.name, exc)
+    metadata: list[tuple[str, str | bytes]] = [
+        ("grpc-status-details-bin", error_status(exc).SerializeToString())
+    ]
+    if isinstance(exc, Unavailable):
+        metadata.append(("google.rpc.retryinfo-bin", retry_info(exc.retry_after).SerializeToString()))
+    await context.abort(result.grpc_code, str(exc), trailing_metadata=tuple(metadata))
+
+
+def build_server(pipeline: Pipeline, address: str) -> tuple[grpc.aio.Server, int]:
+    """A not yet started server bound to ``address``; returns it and the bound port."""
+    limit = pipeline.max_request_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    handlers = {
+        service: grpc.method_handlers_generic_handler(
+            service,
+            {"Export": grpc.unary_unary_rpc_method_handler(_handler(pipeline, signal))},
+        )
+        for service, signal in (
+            (TRACE_SERVICE, "traces"),
+            (METRICS_SERVICE, "metrics"),
+            (LOGS_SERVICE, "logs"),
+        )
+    }
+    server.add_generic_rpc_handlers(tuple(handlers.values()))
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind OTLP/gRPC to {address}")
+    return server, port

@@ -1,0 +1,164 @@
+"""OTLP/HTTP as a plain ASGI app: ``POST /v1/traces`` (and metrics, logs), ``GET /health``.
+
+Checks run in the Collector's order: path, method (405), content type (415), size (413),
+body, decode (400), export, answer in the request's encoding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+from .. import decode as codec
+from ..errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    ReceiverError,
+    Unavailable,
+    UnsupportedMediaType,
+    outcome,
+)
+from ..export import Pipeline, error_status
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("lightning_otlp.http")
+
+SIGNAL_PATHS: Final = {"/v1/traces": "traces", "/v1/metrics": "metrics", "/v1/logs": "logs"}
+HEALTH_PATHS: Final = frozenset({"/health", "/healthz"})
+
+
+class HTTPReceiver:
+    """The ASGI application for OTLP/HTTP."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        method = scope["method"]
+        if path in HEALTH_PATHS:
+            await self._health(method, send)
+            return
+        signal = SIGNAL_PATHS.get(path)
+        if signal is None:
+            await _plain(send, 404, f"no such path {path!r}; OTLP/HTTP takes POST /v1/traces\n")
+            return
+        if method != "POST":
+            await _plain(send, 405, f"{path} takes POST\n", [(b"allow", b"POST")])
+            return
+        headers = _headers(scope)
+        media = codec.media_type(headers.get("content-type"))
+        try:
+            if media not in codec.MEDIA_TYPES:
+                raise UnsupportedMediaType(
+                    f"unsupported Content-Type {headers.get('content-type')!r}: "
+                    f"use {codec.PROTOBUF} or {codec.JSON}"
+                )
+            body = await self._body(headers, receive)
+            encoding = headers.get("content-encoding")
+            pipeline = self.pipeline
+            if signal == "traces":
+                response = await pipeline.run(pipeline.export_traces, body, encoding, media, "http")
+            elif signal == "metrics":
+                response = await pipeline.run(pipeline.export_metrics, body, encoding, media)
+            else:
+                response = await pipeline.run(pipeline.export_logs, body, encoding, media)
+        except ReceiverError as exc:
+            await self._error(send, exc, media if media in codec.MEDIA_TYPES else codec.PROTOBUF)
+            return
+        await _respond(send, 200, codec.encode(response, media), media)
+
+    async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
+        limit = self.pipeline.max_request_bytes
+        declared = headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise InvalidRequest(f"bad Content-Length {declared!r}") from None
+            if size > limit:
+                raise PayloadTooLarge(f"request body of {size} bytes exceeds the {limit}-byte limit")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidRequest("client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            if chunk:
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _health(self, method: str, send: Send) -> None:
+        if method not in ("GET", "HEAD"):
+            await _plain(send, 405, "health takes GET\n", [(b"allow", b"GET")])
+            return
+        ready = self.pipeline.store.ready()
+        body = json.dumps({"status": "ok" if ready else "unavailable"}).encode()
+        await _respond(send, 200 if ready else 503, body, "application/json")
+
+    @staticmethod
+    async def _error(send: Send, exc: ReceiverError, media: str) -> None:
+        result = outcome(exc)
+        if result.http_status >= 500:
+            log.warning("answering %d: %s", result.http_status, exc)
+        else:
+            log.info("answering %d: %s", result.http_status, exc)
+        extra: list[tuple[bytes, bytes]] = []
+        if isinstance(exc, Unavailable) and result.retry_after is not None:
+            extra.append((b"retry-after", str(result.retry_after).encode()))
+        body = codec.encode(error_status(exc), media)
+        await _respond(send, result.http_status, body, media, extra)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _plain(
+    send: Send, status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await _respond(send, status, text.encode(), "text/plain; charset=utf-8", extra)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,167 @@
+"""Shared test helpers: a real receiver in a subprocess, and agentlightning's own validators."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_otlp.store import SQLiteStore
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_DIR = ROOT / "tests" / "node"
+_LISTEN = re.compile(r"OTLP/(gRPC|HTTP) listening on (?:http://)?([^\s/]+)")
+
+
+class ReceiverProcess:
+    """``lightning-otlp serve`` in a subprocess on free loopback ports, as a user would run it."""
+
+    def __init__(self, db_path: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+        self.db_path = db_path
+        self.store_url = f"sqlite:///{db_path}"
+        self.flags = flags
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.grpc_target = ""
+        self.http_url = ""
+        self.log_path = db_path.with_suffix(".log")
+
+    def start(self, timeout: float = 20.0) -> ReceiverProcess:
+        args = [sys.executable, "-m", "lightning_otlp", "serve", "--store", self.store_url]
+        if "--grpc" not in self.flags:
+            args += ["--grpc", "127.0.0.1:0"]
+        if "--http" not in self.flags:
+            args += ["--http", "127.0.0.1:0"]
+        args += list(self.flags)
+        env = {**os.environ, **(self.env or {})}
+        log = open(self.log_path, "a")  # noqa: SIM115 - kept open for the process's life
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, text=True, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = dict(
+                (m.group(1), m.group(2)) for m in _LISTEN.finditer(self.log_path.read_text())
+            )
+            if "gRPC" in found and "HTTP" in found:
+                self.grpc_target = found["gRPC"]
+                self.http_url = "http://" + found["HTTP"]
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"receiver did not start:\n{self.log_path.read_text()}")
+
+    @property
+    def traces_url(self) -> str:
+        return self.http_url + "/v1/traces"
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush anything."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    # Reads go straight to the SQLite file, as the CLI does.
+    def spans(self, rollout_id: str | None = None) -> list[dict[str, Any]]:
+        return list(_read(self.db_path, lambda s: s.spans(rollout_id)))
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        return list(_read(self.db_path, lambda s: s.rollouts()))
+
+    def wait_for_spans(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        spans: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            spans = self.spans() if self.db_path.exists() else []
+            if len(spans) >= count:
+                return spans
+            time.sleep(0.1)
+        raise AssertionError(f"expected {count} spans, found {len(spans)}:\n{self.log()}")
+
+
+def _read(db_path: Path, fn: Any) -> Iterable[dict[str, Any]]:
+    store = SQLiteStore(str(db_path))
+    store.open()
+    try:
+        return list(fn(store))
+    finally:
+        store.close()
+
+
+def agl_python() -> str:
+    """The interpreter of the cached agentlightning 0.3.0 environment (``make agl-env``)."""
+    path = os.environ.get("AGL_PYTHON") or str(ROOT / ".cache" / "agl-0.3.0" / "bin" / "python")
+    if not Path(path).exists():
+        raise RuntimeError(f"agentlightning 0.3.0 environment missing at {path}: run `make agl-env`")
+    return path
+
+
+_VALIDATOR = r"""
+import json, sys
+from agentlightning.types import Attempt, AttemptedRollout, Rollout, Span
+models = {"AttemptedRollout": AttemptedRollout, "Span": Span, "Rollout": Rollout, "Attempt": Attempt}
+for line in sys.stdin:
+    request = json.loads(line)
+    try:
+        model = models[request["model"]]
+        out = [json.loads(model.model_validate(r).model_dump_json()) for r in request["records"]]
+        reply = {"ok": out}
+    except Exception as exc:  # reported to the test, which fails with it
+        reply = {"error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write(json.dumps(reply) + "\n")
+    sys.stdout.flush()
+"""
+_validator: subprocess.Popen[str] | None = None
+
+
+def validate_with_agl(model: str, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Validate records with agentlightning 0.3.0's own pydantic model; return its round trip.
+
+    One agentlightning process serves the whole test session: importing it takes seconds.
+    """
+    global _validator
+    if _validator is None or _validator.poll() is not None:
+        _validator = subprocess.Popen(
+            [agl_python(), "-c", _VALIDATOR],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        )
+    assert _validator.stdin is not None and _validator.stdout is not None
+    _validator.stdin.write(json.dumps({"model": model, "records": list(records)}) + "\n")
+    _validator.stdin.flush()
+    reply = json.loads(_validator.stdout.readline())
+    if "error" in reply:
+        raise AssertionError(f"agentlightning rejected a {model} record: {reply['error']}")
+    validated: list[dict[str, Any]] = reply["ok"]
+    return validated
+
+
+def node_script(name: str) -> Path:
+    """A script under tests/node, after checking ``make node-deps`` installed the SDK."""
+    if not (NODE_DIR / "node_modules" / "@opentelemetry" / "sdk-trace-node").exists():
+        raise RuntimeError("Node.js OpenTelemetry packages missing: run `make node-deps`")
+    return NODE_DIR / name
