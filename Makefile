@@ -39,7 +39,7 @@ test-fast: install
 	$(BIN)/pytest -m "not e2e"
 
 bench: install agl-env
-	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python $(BIN)/python bench/run.py
+	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python $(BIN)/python bench/run.py $(BENCH)
 
 lint: install
 	$(BIN)/ruff check src tests bench
