@@ -17,7 +17,7 @@ from lightning_otlp.store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "node"
-_LISTEN = re.compile(r"OTLP/(gRPC|HTTP) listening on (?:http://)?([^\s/]+)")
+_LISTEN = re.compile(r"(OTLP/gRPC|OTLP/HTTP|health) listening on (?:(https?)://)?([^\s/]+)")
 
 
 class ReceiverProcess:
@@ -31,6 +31,7 @@ class ReceiverProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.grpc_target = ""
         self.http_url = ""
+        self.health_url = ""
         self.log_path = db_path.with_suffix(".log")
 
     def start(self, timeout: float = 20.0) -> ReceiverProcess:
@@ -39,18 +40,23 @@ class ReceiverProcess:
             args += ["--grpc", "127.0.0.1:0"]
         if "--http" not in self.flags:
             args += ["--http", "127.0.0.1:0"]
+        if "--health" not in self.flags:
+            args += ["--health", "127.0.0.1:0"]
         args += list(self.flags)
         env = {**os.environ, **(self.env or {})}
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "a")  # noqa: SIM115 - kept open for the process's life
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, text=True, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = dict(
-                (m.group(1), m.group(2)) for m in _LISTEN.finditer(self.log_path.read_text())
-            )
-            if "gRPC" in found and "HTTP" in found:
-                self.grpc_target = found["gRPC"]
-                self.http_url = "http://" + found["HTTP"]
+            text = self.log()[offset:]  # this run's lines only, if the log is reused
+            found = {m.group(1): m for m in _LISTEN.finditer(text)}
+            if "OTLP/gRPC" in found and "OTLP/HTTP" in found and "store:" in text:
+                self.grpc_target = found["OTLP/gRPC"].group(3)
+                http = found["OTLP/HTTP"]
+                self.http_url = f"{http.group(2)}://{http.group(3)}"
+                if "health" in found:
+                    self.health_url = "http://" + found["health"].group(3)
                 return self
             if self.proc.poll() is not None:
                 break

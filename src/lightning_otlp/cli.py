@@ -6,18 +6,21 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import __version__
 from .config import ENV_PREFIX, Settings, from_env
+from .configfile import check_config, read_config
 from .errors import ReceiverError
 from .route import FALLBACKS
 from .store import DEFAULT_STORE_URL, open_store
 
 EXAMPLES = {
     "serve": "example: lightning-otlp serve --store sqlite:///runs.db --rollout-key session.id",
+    "check-config": "example: lightning-otlp check-config lightning-otlp.toml",
     "rollouts": "example: lightning-otlp rollouts --store sqlite:///runs.db",
     "spans": "example: lightning-otlp spans --store sqlite:///runs.db --rollout ro-0123456789ab",
 }
@@ -48,6 +51,39 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-request-bytes", type=int, help="limit after decompression (64 MiB)")
     serve.add_argument("--max-in-flight", type=int, help="queued requests before 503 (64)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML file with any of these settings (env {ENV_PREFIX}CONFIG); env and flags win",
+    )
+    serve.add_argument(
+        "--health",
+        metavar="HOST:PORT",
+        help="health, readiness and /metrics address, or 'off' (127.0.0.1:13133)",
+    )
+    serve.add_argument(
+        "--auth-token-file",
+        metavar="FILE",
+        help="require 'authorization: Bearer <token>', one accepted token per line",
+    )
+    serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate: TLS on both transports")
+    serve.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls-client-ca", metavar="FILE", help="PEM CA: require client certificates (mutual TLS)"
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, how long in-flight requests may take to finish (10)",
+    )
+
+    check = commands.add_parser(
+        "check-config",
+        help="report every mistake in a config file, with its line",
+        epilog=EXAMPLES["check-config"],
+    )
+    check.add_argument("file", metavar="FILE", help="the TOML file `serve --config` would read")
 
     for name, what in (("rollouts", "AttemptedRollout"), ("spans", "Span")):
         sub = commands.add_parser(
@@ -69,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "check-config":
+            return _check_config(args.file)
         return _read(args)
     except (ValueError, ReceiverError, OSError) as exc:
         print(f"lightning-otlp: error: {exc}", file=sys.stderr)
@@ -89,12 +127,31 @@ def _serve(args: argparse.Namespace) -> int:
         "max_request_bytes": args.max_request_bytes,
         "max_in_flight": args.max_in_flight,
         "log_level": args.log_level,
+        "health": args.health,
+        "auth_token_file": args.auth_token_file,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_client_ca": args.tls_client_ca,
+        "shutdown_timeout": args.shutdown_timeout,
     }
-    settings = Settings().with_overrides(from_env()).with_overrides(flags)
+    config_file = args.config or os.environ.get(ENV_PREFIX + "CONFIG")
+    from_file = read_config(config_file) if config_file else {}
+    settings = Settings().with_overrides(from_file).with_overrides(from_env()).with_overrides(flags)
     logging.basicConfig(
         level=settings.log_level.upper(), format="lightning-otlp: %(levelname)s %(name)s: %(message)s"
     )
     asyncio.run(serve(settings))
+    return 0
+
+
+def _check_config(path: str) -> int:
+    _, problems = check_config(path)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{path}: {len(problems)} mistake(s)", file=sys.stderr)
+        return 1
+    print(f"{path}: ok")
     return 0
 
 

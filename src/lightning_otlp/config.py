@@ -1,4 +1,4 @@
-"""Settings for ``serve``: defaults, then environment variables, then command-line flags."""
+"""Settings for ``serve``: defaults, then a config file, then environment variables, then flags."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from .route import FALLBACKS
 from .store import DEFAULT_STORE_URL
 
 ENV_PREFIX: Final = "LIGHTNING_OTLP_"
+# ``--health off`` runs no health/metrics server.
+HEALTH_OFF: Final = "off"
 
 
 @dataclass(frozen=True)
@@ -25,12 +27,26 @@ class Settings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     log_level: str = "info"
+    health: str = "127.0.0.1:13133"
+    auth_token_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    shutdown_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}, not {self.fallback!r}")
         for name in ("grpc", "http"):
             split_address(getattr(self, name))
+        if self.health != HEALTH_OFF:
+            split_address(self.health)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key too")
+        if self.shutdown_timeout <= 0:
+            raise ValueError(f"shutdown_timeout must be positive, not {self.shutdown_timeout!r}")
 
     def with_overrides(self, values: Mapping[str, Any]) -> Settings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
@@ -59,6 +75,11 @@ def parse_value(name: str, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+    if name == "shutdown_timeout":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
     return raw
 
 

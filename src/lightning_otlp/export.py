@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,13 +29,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from .decode import DEFAULT_MAX_REQUEST_BYTES, PROTOBUF, decode, decode_traces, decompress
-from .errors import Overloaded, ReceiverError, Unavailable, outcome
+from .errors import Overloaded, ReceiverError, StoreUnavailable, Unavailable, outcome
+from .metrics import Histogram
 from .route import RoutingConfig, route
 from .store import Store
 
 log = logging.getLogger("lightning_otlp")
 
 DEFAULT_MAX_IN_FLIGHT: Final = 64
+# After a failed commit, readiness stays false this long unless a commit succeeds first.
+NOT_READY_AFTER_FAILURE_SECONDS: Final = 5.0
 _NOT_STORED: Final = "lightning-otlp stores traces only; {} were not stored"
 
 T = TypeVar("T")
@@ -80,6 +84,11 @@ class Pipeline:
         self.max_request_bytes = max_request_bytes
         self.max_in_flight = max_in_flight
         self.counters = Counters()
+        # Per request, never per span: latency from receipt to answer, and store commit time.
+        self.request_seconds = {"grpc": Histogram(), "http": Histogram()}
+        self.commit_seconds = Histogram()
+        self.draining = False
+        self._store_failed_at: float | None = None
         self._in_flight = 0
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-store")
@@ -94,7 +103,14 @@ class Pipeline:
         try:
             request = decode_traces(decompress(body, encoding, self.max_request_bytes), media)
             batch = route(request, self.routing)
-            self.store.write(batch)
+            started = time.perf_counter()
+            try:
+                self.store.write(batch)
+            except StoreUnavailable:
+                self._store_failed_at = time.monotonic()
+                raise
+            self.commit_seconds.observe(time.perf_counter() - started)
+            self._store_failed_at = None
         except ReceiverError:
             self.counters.add(self.counters.failed_requests, transport, 1)
             if batch is not None:
@@ -158,6 +174,17 @@ class Pipeline:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def ready(self) -> bool:
+        """Ready to store: the store is open, its last commit did not fail, not shutting down."""
+        if self.draining or not self.store.ready():
+            return False
+        failed = self._store_failed_at
+        return failed is None or time.monotonic() - failed > NOT_READY_AFTER_FAILURE_SECONDS
 
 
 def error_status(exc: ReceiverError) -> status_pb2.Status:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
+import signal
+import ssl
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import grpc
 import uvicorn
 
-from .config import Settings, split_address
+from .auth import BearerAuth, load_tokens
+from .config import HEALTH_OFF, Settings, split_address
 from .export import Pipeline
+from .health import HealthApp
 from .route import RoutingConfig
 from .store import Store, open_store
 from .transport.grpc import build_server
@@ -33,39 +43,154 @@ def build_pipeline(settings: Settings, store: Store | None = None) -> Pipeline:
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn minus its own signal handling: ``serve`` stops every server on one signal."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve(settings: Settings) -> None:
-    """Run until SIGINT or SIGTERM; every request answered before exit is committed."""
+    """Run until SIGINT or SIGTERM, then drain: every request answered is committed.
+
+    Shutdown stops both transports accepting, lets in-flight requests finish (for at most
+    ``shutdown_timeout`` seconds), waits for the store thread, then closes the store.
+    """
+    auth = BearerAuth(load_tokens(settings.auth_token_file)) if settings.auth_token_file else None
+    _warn_if_open(settings, auth)
     pipeline = build_pipeline(settings)
-    grpc_server, grpc_port = build_server(pipeline, settings.grpc)
+    grpc_server, grpc_port = build_server(
+        pipeline, settings.grpc, auth=auth, credentials=_grpc_credentials(settings)
+    )
     await grpc_server.start()
     http_host, http_port = split_address(settings.http)
-    config = uvicorn.Config(
-        HTTPReceiver(pipeline),
-        host=http_host,
-        port=http_port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        http="httptools",
-        timeout_graceful_shutdown=10,
+    http_server = _Server(
+        uvicorn.Config(
+            HTTPReceiver(pipeline, auth),
+            host=http_host,
+            port=http_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            http="httptools",
+            timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
+            **_uvicorn_tls(settings),
+        )
     )
-    http_server = uvicorn.Server(config)
+    health_server: _Server | None = None
+    if settings.health != HEALTH_OFF:
+        health_host, health_port = split_address(settings.health)
+        health_server = _Server(
+            uvicorn.Config(
+                HealthApp(pipeline),
+                host=health_host,
+                port=health_port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                http="httptools",
+                timeout_graceful_shutdown=1,
+            )
+        )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _on_signal, stopping, http_server)
     serving = asyncio.ensure_future(http_server.serve())
-    while not http_server.started and not serving.done():
-        await asyncio.sleep(0.01)
-    if http_server.started:
-        bound = http_server.servers[0].sockets[0].getsockname()[1]
-        grpc_host = split_address(settings.grpc)[0]
-        _announce(f"OTLP/gRPC listening on {grpc_host}:{grpc_port}")
-        _announce(f"OTLP/HTTP listening on http://{http_host}:{bound}/v1/traces")
-        _announce(f"store: {pipeline.store.url}")
+    health = asyncio.ensure_future(health_server.serve()) if health_server else None
     try:
-        await serving
+        if await _started(http_server, serving) and (
+            health_server is None or health is None or await _started(health_server, health)
+        ):
+            scheme = "https" if settings.tls_cert else "http"
+            grpc_host = split_address(settings.grpc)[0]
+            tls = " (TLS)" if settings.tls_cert else ""
+            _announce(f"OTLP/gRPC listening on {grpc_host}:{grpc_port}{tls}")
+            _announce(f"OTLP/HTTP listening on {scheme}://{http_host}:{_port(http_server)}/v1/traces")
+            if health_server is not None:
+                _announce(f"health listening on http://{health_host}:{_port(health_server)}/health")
+            _announce(f"store: {pipeline.store.url}")
+            stop = asyncio.ensure_future(stopping.wait())
+            await asyncio.wait({stop, serving}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+        _announce("shutting down: draining in-flight requests")
+        pipeline.draining = True
+        http_server.should_exit = True
+        await asyncio.gather(grpc_server.stop(grace=settings.shutdown_timeout), serving)
     finally:
-        await grpc_server.stop(grace=5)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await grpc_server.stop(grace=None)
         pipeline.close()
         pipeline.store.close()
+        if health_server is not None and health is not None:
+            health_server.should_exit = True
+            await health
         _announce("stopped")
+
+
+def _on_signal(stopping: asyncio.Event, http_server: uvicorn.Server) -> None:
+    if stopping.is_set():
+        http_server.force_exit = True  # a second signal: stop waiting for slow clients
+    stopping.set()
+
+
+async def _started(server: uvicorn.Server, task: asyncio.Future[Any]) -> bool:
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    return server.started
+
+
+def _port(server: uvicorn.Server) -> int:
+    port: int = server.servers[0].sockets[0].getsockname()[1]
+    return port
+
+
+def _grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert or not settings.tls_key:
+        return None
+    ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+def _uvicorn_tls(settings: Settings) -> dict[str, Any]:
+    if not settings.tls_cert:
+        return {}
+    return {
+        "ssl_certfile": settings.tls_cert,
+        "ssl_keyfile": settings.tls_key,
+        "ssl_ca_certs": settings.tls_client_ca,
+        "ssl_cert_reqs": ssl.CERT_REQUIRED if settings.tls_client_ca else ssl.CERT_NONE,
+    }
+
+
+def _warn_if_open(settings: Settings, auth: BearerAuth | None) -> None:
+    """Anyone who can reach an all-interfaces port can write spans unless a token is required."""
+    if auth is not None:
+        return
+    for name in ("grpc", "http"):
+        host = split_address(getattr(settings, name))[0]
+        if _all_interfaces(host):
+            log.warning(
+                "OTLP/%s listens on all interfaces (%s) without authentication: anyone who can "
+                "reach it can write spans; set --auth-token-file or bind to 127.0.0.1",
+                "gRPC" if name == "grpc" else "HTTP",
+                getattr(settings, name),
+            )
+
+
+def _all_interfaces(host: str) -> bool:
+    if host in ("", "*"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def _announce(text: str) -> None:

@@ -7,11 +7,13 @@ INVALID_ARGUMENT (grpcio's own deserializer would answer INTERNAL).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import grpc
 
+from ..auth import BearerAuth
 from ..decode import PROTOBUF
 from ..errors import ReceiverError, Unavailable, outcome
 from ..export import Pipeline, error_status, retry_info
@@ -25,9 +27,12 @@ LOGS_SERVICE: Final = "opentelemetry.proto.collector.logs.v1.LogsService"
 Handler = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
 
 
-def _handler(pipeline: Pipeline, signal: str) -> Handler:
+def _handler(pipeline: Pipeline, signal: str, auth: BearerAuth | None = None) -> Handler:
     async def export(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        started = time.perf_counter()
         try:
+            if auth is not None:
+                auth.require(_authorization(context))
             if signal == "traces":
                 response: Any = await pipeline.run(
                     pipeline.export_traces, request, None, PROTOBUF, "grpc"
@@ -39,10 +44,19 @@ def _handler(pipeline: Pipeline, signal: str) -> Handler:
         except ReceiverError as exc:
             await _abort(context, exc)
             raise AssertionError("unreachable") from exc  # abort() raises
+        finally:
+            pipeline.request_seconds["grpc"].observe(time.perf_counter() - started)
         data: bytes = response.SerializeToString()
         return data
 
     return export
+
+
+def _authorization(context: grpc.aio.ServicerContext[bytes, bytes]) -> str | bytes | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value  # type: ignore[no-any-return]
+    return None
 
 
 async def _abort(context: grpc.aio.ServicerContext[bytes, bytes], exc: ReceiverError) -> None:
@@ -57,8 +71,17 @@ async def _abort(context: grpc.aio.ServicerContext[bytes, bytes], exc: ReceiverE
     await context.abort(result.grpc_code, str(exc), trailing_metadata=tuple(metadata))
 
 
-def build_server(pipeline: Pipeline, address: str) -> tuple[grpc.aio.Server, int]:
-    """A not yet started server bound to ``address``; returns it and the bound port."""
+def build_server(
+    pipeline: Pipeline,
+    address: str,
+    *,
+    auth: BearerAuth | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """A not yet started server bound to ``address``; returns it and the bound port.
+
+    With ``auth`` every call needs a bearer token; with ``credentials`` the port speaks TLS.
+    """
     limit = pipeline.max_request_bytes
     server = grpc.aio.server(
         options=[
@@ -70,7 +93,7 @@ def build_server(pipeline: Pipeline, address: str) -> tuple[grpc.aio.Server, int
     handlers = {
         service: grpc.method_handlers_generic_handler(
             service,
-            {"Export": grpc.unary_unary_rpc_method_handler(_handler(pipeline, signal))},
+            {"Export": grpc.unary_unary_rpc_method_handler(_handler(pipeline, signal, auth))},
         )
         for service, signal in (
             (TRACE_SERVICE, "traces"),
@@ -79,7 +102,10 @@ def build_server(pipeline: Pipeline, address: str) -> tuple[grpc.aio.Server, int
         )
     }
     server.add_generic_rpc_handlers(tuple(handlers.values()))
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind OTLP/gRPC to {address}")
     return server, port

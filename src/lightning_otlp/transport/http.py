@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from .. import decode as codec
+from ..auth import BearerAuth
 from ..errors import (
     InvalidRequest,
     PayloadTooLarge,
     ReceiverError,
+    Unauthenticated,
     Unavailable,
     UnsupportedMediaType,
     outcome,
@@ -34,10 +37,11 @@ HEALTH_PATHS: Final = frozenset({"/health", "/healthz"})
 
 
 class HTTPReceiver:
-    """The ASGI application for OTLP/HTTP."""
+    """The ASGI application for OTLP/HTTP; with ``auth``, signal paths need a bearer token."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, auth: BearerAuth | None = None) -> None:
         self.pipeline = pipeline
+        self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -54,10 +58,27 @@ class HTTPReceiver:
         if signal is None:
             await _plain(send, 404, f"no such path {path!r}; OTLP/HTTP takes POST /v1/traces\n")
             return
+        started = time.perf_counter()
+        try:
+            await self._signal(scope, receive, send, signal)
+        finally:
+            self.pipeline.request_seconds["http"].observe(time.perf_counter() - started)
+
+    async def _signal(self, scope: Scope, receive: Receive, send: Send, signal: str) -> None:
+        path = scope["path"]
+        method = scope["method"]
+        headers = _headers(scope)
+        if self.auth is not None:
+            try:
+                self.auth.require(headers.get("authorization"))
+            except Unauthenticated as exc:
+                media = codec.media_type(headers.get("content-type"))
+                known = media in codec.MEDIA_TYPES
+                await self._error(send, exc, media if known else codec.PROTOBUF)
+                return
         if method != "POST":
             await _plain(send, 405, f"{path} takes POST\n", [(b"allow", b"POST")])
             return
-        headers = _headers(scope)
         media = codec.media_type(headers.get("content-type"))
         try:
             if media not in codec.MEDIA_TYPES:
@@ -109,7 +130,7 @@ class HTTPReceiver:
         if method not in ("GET", "HEAD"):
             await _plain(send, 405, "health takes GET\n", [(b"allow", b"GET")])
             return
-        ready = self.pipeline.store.ready()
+        ready = self.pipeline.ready()
         body = json.dumps({"status": "ok" if ready else "unavailable"}).encode()
         await _respond(send, 200 if ready else 503, body, "application/json")
 
@@ -123,6 +144,8 @@ class HTTPReceiver:
         extra: list[tuple[bytes, bytes]] = []
         if isinstance(exc, Unavailable) and result.retry_after is not None:
             extra.append((b"retry-after", str(result.retry_after).encode()))
+        if isinstance(exc, Unauthenticated):
+            extra.append((b"www-authenticate", b'Bearer realm="otlp"'))
         body = codec.encode(error_status(exc), media)
         await _respond(send, result.http_status, body, media, extra)
 
