@@ -32,7 +32,9 @@ def start_receiver(tmp_path: Path) -> Iterator[Callable[..., ReceiverProcess]]:
     """Start ``lightning-otlp serve`` subprocesses with extra flags; all stopped at teardown."""
     started: list[ReceiverProcess] = []
 
-    def start(*flags: str, db: str = "receiver.db", env: dict[str, str] | None = None) -> ReceiverProcess:
+    def start(
+        *flags: str, db: str = "receiver.db", env: dict[str, str] | None = None
+    ) -> ReceiverProcess:
         proc = ReceiverProcess(tmp_path / db, *flags, env=env).start()
         started.append(proc)
         return proc

@@ -77,31 +77,37 @@ GENAI_ATTRIBUTES: dict[str, Any] = {
     "gen_ai.system": "openai",
     "gen_ai.operation.name": "chat",
     "gen_ai.request.model": "gpt-4o-mini",
-    "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
     "gen_ai.usage.input_tokens": 812,
     "gen_ai.usage.output_tokens": 164,
-    "gen_ai.request.temperature": 0.7,
     "gen_ai.response.finish_reasons": ["stop"],
-    "server.address": "api.openai.com",
 }
 
 
 def genai_request(
-    count: int, *, rollouts: int = 8, seed: int = 0, resource: Mapping[str, Any] | None = None
+    count: int,
+    *,
+    rollouts: int = 8,
+    seed: int = 0,
+    resource: Mapping[str, Any] | None = None,
+    ids: list[tuple[str, str]] | None = None,
 ) -> PB2ExportTraceServiceRequest:
-    """``count`` chat-completion spans of about 300 bytes each, spread over a few rollouts."""
+    """``count`` chat-completion spans of about 300 bytes each, spread over a few rollouts.
+
+    ``ids`` names the (rollout, attempt) pairs to use; by default they derive from ``seed``.
+    """
+    if ids is None:
+        ids = [(f"ro-{seed * 31 + r:012x}", f"at-{r:08x}") for r in range(rollouts)]
     base = time.time_ns()
     spans = []
     for i in range(count):
-        rollout = f"ro-{(seed * 31 + i % rollouts):012x}"
+        rollout, attempt = ids[i % len(ids)]
         spans.append(
             make_span(
                 "chat gpt-4o-mini",
                 attributes={
                     **GENAI_ATTRIBUTES,
                     "agentlightning.rollout_id": rollout,
-                    "agentlightning.attempt_id": "at-0000000" + str(i % rollouts % 10),
-                    "gen_ai.response.id": f"chatcmpl-{seed:06d}{i:06d}",
+                    "agentlightning.attempt_id": attempt,
                 },
                 start_ns=base + i * 1000,
             )

@@ -120,14 +120,18 @@ def agl_python() -> str:
     """The interpreter of the cached agentlightning 0.3.0 environment (``make agl-env``)."""
     path = os.environ.get("AGL_PYTHON") or str(ROOT / ".cache" / "agl-0.3.0" / "bin" / "python")
     if not Path(path).exists():
-        raise RuntimeError(f"agentlightning 0.3.0 environment missing at {path}: run `make agl-env`")
+        raise RuntimeError(
+            f"agentlightning 0.3.0 environment missing at {path}: run `make agl-env`"
+        )
     return path
 
 
 _VALIDATOR = r"""
 import json, sys
 from agentlightning.types import Attempt, AttemptedRollout, Rollout, Span
-models = {"AttemptedRollout": AttemptedRollout, "Span": Span, "Rollout": Rollout, "Attempt": Attempt}
+models = {
+    "AttemptedRollout": AttemptedRollout, "Span": Span, "Rollout": Rollout, "Attempt": Attempt
+}
 for line in sys.stdin:
     request = json.loads(line)
     try:

@@ -24,7 +24,9 @@ def test_records_validate_with_agentlightning(pipeline: Pipeline, store: SQLiteS
     child.status.code = 2
     child.status.message = "boom"
     child.trace_state = "a=1,b=2"
-    pipeline.export_traces(make_request([root, child]).SerializeToString(), None, "application/x-protobuf")
+    pipeline.export_traces(
+        make_request([root, child]).SerializeToString(), None, "application/x-protobuf"
+    )
     pipeline.export_traces(genai_request(20).SerializeToString(), None, "application/x-protobuf")
 
     spans = list(store.spans())

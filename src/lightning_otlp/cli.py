@@ -29,7 +29,7 @@ EXAMPLES = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightning-otlp",
-        description="OTLP receiver that stores spans as Agent Lightning rollouts, attempts and spans.",
+        description="OTLP receiver that stores spans as Agent Lightning rollouts and attempts.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="rollout_keys",
         help="attribute whose value names a rollout, e.g. session.id (repeatable)",
     )
-    serve.add_argument("--fallback", choices=FALLBACKS, help="spans with no rollout: trace or reject")
+    serve.add_argument(
+        "--fallback", choices=FALLBACKS, help="spans with no rollout: trace or reject"
+    )
     serve.add_argument("--max-request-bytes", type=int, help="limit after decompression (64 MiB)")
     serve.add_argument("--max-in-flight", type=int, help="queued requests before 503 (64)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -89,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name, help=f"print stored records, one {what} JSON per line", epilog=EXAMPLES[name]
         )
-        sub.add_argument("--store", metavar="URL", default=None, help=f"store URL ({DEFAULT_STORE_URL})")
+        sub.add_argument(
+            "--store", metavar="URL", default=None, help=f"store URL ({DEFAULT_STORE_URL})"
+        )
         if name == "spans":
             sub.add_argument("--rollout", metavar="ID", help="only this rollout")
             sub.add_argument("--attempt", metavar="ID", help="only this attempt")
@@ -138,7 +142,8 @@ def _serve(args: argparse.Namespace) -> int:
     from_file = read_config(config_file) if config_file else {}
     settings = Settings().with_overrides(from_file).with_overrides(from_env()).with_overrides(flags)
     logging.basicConfig(
-        level=settings.log_level.upper(), format="lightning-otlp: %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(),
+        format="lightning-otlp: %(levelname)s %(name)s: %(message)s",
     )
     asyncio.run(serve(settings))
     return 0

@@ -47,7 +47,9 @@ def decompress(body: bytes, encoding: str | None, limit: int = DEFAULT_MAX_REQUE
     enc = (encoding or "").strip().lower()
     if enc in ("", "identity"):
         if len(body) > limit:
-            raise PayloadTooLarge(f"request body of {len(body)} bytes exceeds the {limit}-byte limit")
+            raise PayloadTooLarge(
+                f"request body of {len(body)} bytes exceeds the {limit}-byte limit"
+            )
         return body
     if enc == "gzip":
         wbits = 16 + zlib.MAX_WBITS

@@ -1,13 +1,13 @@
 """Errors and the one place that maps them to HTTP and gRPC statuses.
 
-    ReceiverError
-     ├── InvalidRequest        400 / INVALID_ARGUMENT    (permanent: a client's mistake)
-     ├── PayloadTooLarge       413 / RESOURCE_EXHAUSTED  (permanent)
-     ├── UnsupportedMediaType  415                       (HTTP only)
-     ├── Unauthenticated       401 / UNAUTHENTICATED
-     └── Unavailable           503 + Retry-After / UNAVAILABLE + RetryInfo (retryable)
-          ├── Overloaded       too many requests in flight
-          └── StoreUnavailable the store cannot commit right now
+ReceiverError
+ ├── InvalidRequest        400 / INVALID_ARGUMENT    (permanent: a client's mistake)
+ ├── PayloadTooLarge       413 / RESOURCE_EXHAUSTED  (permanent)
+ ├── UnsupportedMediaType  415                       (HTTP only)
+ ├── Unauthenticated       401 / UNAUTHENTICATED
+ └── Unavailable           503 + Retry-After / UNAVAILABLE + RetryInfo (retryable)
+      ├── Overloaded       too many requests in flight
+      └── StoreUnavailable the store cannot commit right now
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse as PB2ExportTraceServiceResponse,
 )
 
-from .decode import DEFAULT_MAX_REQUEST_BYTES, PROTOBUF, decode, decode_traces, decompress
+from .decode import DEFAULT_MAX_REQUEST_BYTES, decode, decode_traces, decompress
 from .errors import Overloaded, ReceiverError, StoreUnavailable, Unavailable, outcome
 from .metrics import Histogram
 from .route import RoutingConfig, route
@@ -130,7 +130,9 @@ class Pipeline:
         self, body: bytes, encoding: str | None, media: str
     ) -> PB2ExportMetricsServiceResponse:
         request = decode(
-            decompress(body, encoding, self.max_request_bytes), media, PB2ExportMetricsServiceRequest
+            decompress(body, encoding, self.max_request_bytes),
+            media,
+            PB2ExportMetricsServiceRequest,
         )
         points = 0
         for rm in request.resource_metrics:
@@ -199,4 +201,3 @@ def retry_info(seconds: int) -> error_details_pb2.RetryInfo:
     info = error_details_pb2.RetryInfo()
     info.retry_delay.seconds = seconds
     return info
-

@@ -6,7 +6,9 @@ import json
 from collections.abc import Sequence
 from typing import Any, Final
 
-from .route import parse_trace_state
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
+
+from .route import attributes, events_list, links_list, parse_trace_state
 
 DEFAULT_ROLLOUT_CONFIG: Final[dict[str, Any]] = {
     "timeout_seconds": None,
@@ -23,9 +25,8 @@ ATTEMPT_COLUMNS: Final = (
     "last_heartbeat_time, metadata"
 )
 SPAN_COLUMNS: Final = (
-    "rollout_id, attempt_id, sequence_id, trace_id, span_id, parent_id, name, status_code, "
-    "status_message, start_time, end_time, attributes, events, links, trace_state, flags, "
-    "resource_id"
+    "rollout_id, attempt_id, sequence_id, trace_id, span_id, parent_id, name, start_time, "
+    "end_time, status_code, span, resource_id"
 )
 
 
@@ -63,8 +64,11 @@ def attempted_rollout_record(rollout: Sequence[Any], attempt: Sequence[Any]) -> 
 
 
 def span_record(row: Sequence[Any], resource: dict[str, Any]) -> dict[str, Any]:
-    trace_id, span_id, parent_id = row[3], row[4], row[5]
-    flags = row[15] or 0
+    """A stored span row (columns as ``SPAN_COLUMNS``) as an agentlightning ``Span`` dict."""
+    span = PB2Span.FromString(row[10])
+    trace_id = row[3].hex()
+    span_id = row[4].hex()
+    parent_id = row[5].hex() if row[5] else None
     return {
         "rollout_id": row[0],
         "attempt_id": row[1],
@@ -73,23 +77,23 @@ def span_record(row: Sequence[Any], resource: dict[str, Any]) -> dict[str, Any]:
         "span_id": span_id,
         "parent_id": parent_id,
         "name": row[6],
-        "status": {"status_code": row[7], "description": row[8]},
-        "attributes": json.loads(row[11]),
-        "events": json.loads(row[12]),
-        "links": json.loads(row[13]),
-        "start_time": row[9],
-        "end_time": row[10],
+        "status": {"status_code": row[9], "description": span.status.message or None},
+        "attributes": attributes(span.attributes),
+        "events": events_list(span.events),
+        "links": links_list(span.links),
+        "start_time": row[7],
+        "end_time": row[8],
         "context": {
             "trace_id": trace_id,
             "span_id": span_id,
             "is_remote": False,
-            "trace_state": parse_trace_state(row[14]),
+            "trace_state": parse_trace_state(span.trace_state),
         },
         "parent": (
             {
                 "trace_id": trace_id,
                 "span_id": parent_id,
-                "is_remote": bool(flags & 0x200),
+                "is_remote": bool(span.flags & 0x200),
                 "trace_state": {},
             }
             if parent_id

@@ -28,7 +28,6 @@ _SCALARS: Final = frozenset({"string_value", "bool_value", "int_value", "double_
 _STATUS: Final[tuple[str, ...]] = ("UNSET", "OK", "ERROR")
 _ZERO_TRACE: Final = bytes(16)
 _ZERO_SPAN: Final = bytes(8)
-_EMPTY_LIST: Final = "[]"
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 # Where a rollout came from: explicit ids, a rollout-key attribute, or the per-trace fallback.
@@ -38,9 +37,16 @@ Origin = Literal["explicit", "key", "trace"]
 Destination = tuple[str, "str | None"]
 
 # A span row without its destination and sequence id:
-# (trace_id, span_id, parent_id, name, status_code, status_message, start_time, end_time,
-#  attributes_json, events_json, links_json, trace_state, flags, resource_id)
+# (trace_id, span_id, parent_id (bytes or None), name, start_time, end_time, status_code,
+#  span (the OTLP Span message's own bytes), resource_id)
 SpanRow = tuple[Any, ...]
+
+# Attributes routing looks at. Spans whose bytes do not contain any of these names skip the
+# attribute scan entirely: the common case pays for one substring search, not a decode.
+_ROUTING_ATTRIBUTES: Final = frozenset(
+    {semconv.ROLLOUT_ID, semconv.ATTEMPT_ID, semconv.SPAN_SEQUENCE_ID, semconv.ATTEMPT_STATUS}
+)
+_AGL_NEEDLE: Final = b"agentlightning."
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +96,13 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
     groups = batch.groups
     rollouts = batch.rollouts
     keys = config.rollout_keys
+    wanted = _ROUTING_ATTRIBUTES.union(keys)
+    key_needles = tuple(k.encode() for k in keys)
     reject_unrouted = config.fallback == "reject"
     trace_rollouts: dict[bytes, str] = {}
     key_rollouts: dict[tuple[str, str], str] = {}
     rollout_span = semconv.ROLLOUT_SPAN
+    no_attrs: dict[str, Any] = {}
     for resource_spans in request.resource_spans:
         resource = resource_spans.resource
         res_attrs = attributes(resource.attributes)
@@ -103,7 +112,7 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
         res_rollout = _str_or_none(res_attrs.get(semconv.ROLLOUT_ID))
         res_attempt = _str_or_none(res_attrs.get(semconv.ATTEMPT_ID)) if res_rollout else None
         res_seq = res_attrs.get(semconv.SPAN_SEQUENCE_ID)
-        res_keys = [(k, res_attrs[k]) for k in keys if k in res_attrs]
+        res_keys = {k: res_attrs[k] for k in keys if k in res_attrs}
         for scope_spans in resource_spans.scope_spans:
             spans = scope_spans.spans
             batch.received += len(spans)
@@ -117,9 +126,15 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
                 pid = span.parent_span_id
                 if pid and len(pid) != 8:
                     raise InvalidRequest(f"parent_span_id must be 8 bytes, not {len(pid)}")
-                attrs = attributes(span.attributes)
+                if span.links:
+                    _check_links(span.links)
+                blob = span.SerializeToString()
+                if _AGL_NEEDLE in blob or (key_needles and any(k in blob for k in key_needles)):
+                    attrs = _pick(span.attributes, wanted)
+                else:
+                    attrs = no_attrs
                 # 1. span attributes, 2. resource attributes
-                rollout_id = _str_or_none(attrs.get(semconv.ROLLOUT_ID))
+                rollout_id = _str_or_none(attrs.get(semconv.ROLLOUT_ID)) if attrs else None
                 if rollout_id is not None:
                     attempt_id = _str_or_none(attrs.get(semconv.ATTEMPT_ID))
                     if attempt_id is None and rollout_id == res_rollout:
@@ -134,7 +149,7 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
                     for key in keys:
                         value = attrs.get(key)
                         if value is None:
-                            value = next((v for k, v in res_keys if k == key), None)
+                            value = res_keys.get(key)
                         if value is not None:
                             cache_key = (key, str(value))
                             rollout_id = key_rollouts.get(cache_key)
@@ -143,7 +158,8 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
                                 key_rollouts[cache_key] = rollout_id
                                 if rollout_id not in rollouts:
                                     rollouts[rollout_id] = RolloutInfo(
-                                        "key", {"lightning_otlp": {"origin": "key", key: cache_key[1]}}
+                                        "key",
+                                        {"lightning_otlp": {"origin": "key", key: cache_key[1]}},
                                     )
                             break
                     # 4. fallback
@@ -169,26 +185,19 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
                     info.first_start = start
                 name = span.name
                 if name == rollout_span:
-                    _rollout_hints(info, attrs)
-                seq = attrs.get(semconv.SPAN_SEQUENCE_ID, res_seq)
+                    _rollout_hints(info, attributes(span.attributes))
+                seq = attrs.get(semconv.SPAN_SEQUENCE_ID, res_seq) if attrs else res_seq
                 explicit_seq = _int_or_none(seq) if seq is not None else None
-                status = span.status
-                events = span.events
-                links = span.links
+                code = span.status.code
                 row = (
-                    tid.hex(),
-                    sid.hex(),
-                    pid.hex() if pid else None,
+                    tid,
+                    sid,
+                    pid or None,
                     name,
-                    _STATUS[status.code] if 0 <= status.code < 3 else "UNSET",
-                    status.message or None,
                     start,
                     span.end_time_unix_nano / 1e9 if span.end_time_unix_nano else None,
-                    _dumps(attrs),
-                    _events_json(events) if events else _EMPTY_LIST,
-                    _links_json(links) if links else _EMPTY_LIST,
-                    span.trace_state,
-                    span.flags,
+                    _STATUS[code] if 0 <= code < 3 else "UNSET",
+                    blob,
                     resource_id,
                 )
                 dest = (rollout_id, attempt_id)
@@ -198,6 +207,16 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
                 group.append((start or 0.0, explicit_seq, row))
     batch.accepted = batch.received - batch.rejected
     return batch
+
+
+def _pick(kvs: Any, wanted: frozenset[str]) -> dict[str, Any]:
+    """Only the attributes routing needs, without decoding the rest."""
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        key = kv.key
+        if key in wanted:
+            out[key] = _plain(kv.value)
+    return out
 
 
 def attributes(kvs: Any) -> dict[str, Any]:
@@ -244,25 +263,27 @@ def _plain(value: Any) -> Any:
     return None
 
 
-def _events_json(events: Any) -> str:
-    return _dumps(
-        [
-            {
-                "name": e.name,
-                "attributes": attributes(e.attributes),
-                "timestamp": e.time_unix_nano / 1e9 if e.time_unix_nano else None,
-            }
-            for e in events
-        ]
-    )
+def events_list(events: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": e.name,
+            "attributes": attributes(e.attributes),
+            "timestamp": e.time_unix_nano / 1e9 if e.time_unix_nano else None,
+        }
+        for e in events
+    ]
 
 
-def _links_json(links: Any) -> str:
+def _check_links(links: Any) -> None:
+    for link in links:
+        if len(link.trace_id) not in (0, 16) or len(link.span_id) not in (0, 8):
+            raise InvalidRequest("a link's trace_id must be 16 bytes and span_id 8 bytes")
+
+
+def links_list(links: Any) -> list[dict[str, Any]]:
     out = []
     for link in links:
         tid, sid = link.trace_id, link.span_id
-        if len(tid) not in (0, 16) or len(sid) not in (0, 8):
-            raise InvalidRequest("a link's trace_id must be 16 bytes and span_id 8 bytes")
         out.append(
             {
                 "context": {
@@ -274,7 +295,7 @@ def _links_json(links: Any) -> str:
                 "attributes": attributes(link.attributes) or None,
             }
         )
-    return _dumps(out)
+    return out
 
 
 def parse_trace_state(value: str) -> dict[str, str]:

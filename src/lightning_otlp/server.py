@@ -107,7 +107,9 @@ async def serve(settings: Settings) -> None:
             grpc_host = split_address(settings.grpc)[0]
             tls = " (TLS)" if settings.tls_cert else ""
             _announce(f"OTLP/gRPC listening on {grpc_host}:{grpc_port}{tls}")
-            _announce(f"OTLP/HTTP listening on {scheme}://{http_host}:{_port(http_server)}/v1/traces")
+            _announce(
+                f"OTLP/HTTP listening on {scheme}://{http_host}:{_port(http_server)}/v1/traces"
+            )
             if health_server is not None:
                 _announce(f"health listening on http://{health_host}:{_port(health_server)}/health")
             _announce(f"store: {pipeline.store.url}")

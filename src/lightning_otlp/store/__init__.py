@@ -17,7 +17,8 @@ def open_store(url: str) -> Store:
     """Make (not yet open) the store a URL names.
 
     ``sqlite:///relative.db``, ``sqlite:////absolute.db`` (``?synchronous=normal`` to trade
-    power-loss safety for speed) and ``memory://`` for tests.
+    power-loss safety for speed), ``memory://`` for tests, and ``agl+http://HOST:PORT`` to
+    forward into a LightningStore server through a local outbox (``?outbox=path.db``).
     """
     parts = urlsplit(url)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -30,6 +31,11 @@ def open_store(url: str) -> Store:
         if not path:
             raise ValueError(f"store URL {url!r} names no file (try sqlite:///lightning-otlp.db)")
         return SQLiteStore(path, url=url, synchronous=query.get("synchronous", "FULL"))
+    if parts.scheme in ("agl+http", "agl+https"):
+        from .forward import forwarding_store
+
+        return forwarding_store(url)
     raise ValueError(
-        f"unknown store URL {url!r}: use sqlite:///path/to/file.db or memory://"
+        f"unknown store URL {url!r}: use sqlite:///path/to/file.db, memory:// or"
+        " agl+http://HOST:PORT (a LightningStore server)"
     )

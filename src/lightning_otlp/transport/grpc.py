@@ -67,7 +67,9 @@ async def _abort(context: grpc.aio.ServicerContext[bytes, bytes], exc: ReceiverE
         ("grpc-status-details-bin", error_status(exc).SerializeToString())
     ]
     if isinstance(exc, Unavailable):
-        metadata.append(("google.rpc.retryinfo-bin", retry_info(exc.retry_after).SerializeToString()))
+        metadata.append(
+            ("google.rpc.retryinfo-bin", retry_info(exc.retry_after).SerializeToString())
+        )
     await context.abort(result.grpc_code, str(exc), trailing_metadata=tuple(metadata))
 
 

@@ -109,7 +109,9 @@ class HTTPReceiver:
             except ValueError:
                 raise InvalidRequest(f"bad Content-Length {declared!r}") from None
             if size > limit:
-                raise PayloadTooLarge(f"request body of {size} bytes exceeds the {limit}-byte limit")
+                raise PayloadTooLarge(
+                    f"request body of {size} bytes exceeds the {limit}-byte limit"
+                )
         chunks: list[bytes] = []
         total = 0
         while True:

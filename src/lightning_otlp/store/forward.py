@@ -1,0 +1,816 @@
+"""Forward into a LightningStore server (``agl store``) through a durable local outbox.
+
+``write`` commits to the outbox (an embedded SQLite store) exactly as the embedded store does,
+so an acknowledged request is durable before the server has seen it. A background thread then
+delivers pending spans in batches through the server's ``POST /v1/traces`` (protobuf, ids in
+resource attributes, ``agentlightning.span_sequence_id`` on every span), and deletes each batch
+from the outbox in the transaction that counts it as delivered.
+
+Exactly once: a batch whose delivery is in doubt (a crash, a lost response) is sent again; the
+server keeps one span per (rollout_id, attempt_id, span_id), so the repeat adds nothing. The
+local -> server id mapping is committed before it is used, and a rollout creation in doubt is
+found again by the ``link`` it wrote into the server rollout's metadata, so a crash never makes
+a second server rollout for the same spans.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue as PB2AnyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue as PB2KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PB2Resource
+
+from .. import semconv
+from ..errors import StoreUnavailable
+from ..route import SpanBatch
+from .base import WriteResult
+from .outbox import create_schema, pending, read_status
+from .sqlite import SQLiteStore
+
+log = logging.getLogger("lightning_otlp.forward")
+
+DEFAULT_OUTBOX: Final = "./lightning-otlp-outbox.db"
+# A server outage of a few minutes at a busy receiver's rate, and at most 1 GiB of disk.
+DEFAULT_MAX_OUTBOX_SPANS: Final = 1_000_000
+DEFAULT_MAX_OUTBOX_BYTES: Final = 1 << 30
+DEFAULT_BATCH_SPANS: Final = 1000
+DEFAULT_BATCH_BYTES: Final = 4 << 20
+DEFAULT_MAX_BACKOFF: Final = 5.0
+_MIN_BACKOFF: Final = 0.05
+_OUTBOX_FULL_RETRY_AFTER: Final = 2
+_MIRROR_INTERVAL: Final = 0.5
+_API: Final = "/v1/agl"
+_PROTOBUF: Final = {"content-type": "application/x-protobuf"}
+_STARTING: Final = frozenset({"queuing", "preparing", "requeuing"})
+_ID_NEEDLE: Final = semconv.ROLLOUT_ID.encode()
+
+
+class ServerError(Exception):
+    """The server answered, but not with success (``status`` is its HTTP status)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class LightningServer:
+    """The few REST and OTLP calls the forwarder makes to a LightningStore server."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.Client(
+            base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=3.0)
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 300:
+            raise ServerError(response.status_code, f"{method} {path}: {response.text[:200]}")
+        return response
+
+    def health(self) -> bool:
+        try:
+            return bool(self._call("GET", _API + "/health").json().get("status") == "ok")
+        except (ConnectionError, ServerError, ValueError):
+            return False
+
+    def rollouts(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Those of ``ids`` the server knows, as AttemptedRollout dicts."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        items = self._call("GET", _API + "/rollouts", params={"rollout_id_in": wanted}).json()
+        return {r["rollout_id"]: r for r in items.get("items", []) if r["rollout_id"] in wanted}
+
+    def recent_rollouts(self, offset: int, limit: int) -> list[dict[str, Any]]:
+        params = {"sort_by": "start_time", "sort_order": "desc", "limit": limit, "offset": offset}
+        items: list[dict[str, Any]] = (
+            self._call("GET", _API + "/rollouts", params=params).json().get("items", [])
+        )
+        return items
+
+    def create_rollout(self, body: dict[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = self._call("POST", _API + "/rollouts", json=body).json()
+        return created
+
+    def attempts(self, rollout_id: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = (
+            self._call("GET", f"{_API}/rollouts/{rollout_id}/attempts").json().get("items", [])
+        )
+        return items
+
+    def create_attempt(self, rollout_id: str) -> dict[str, Any]:
+        created: dict[str, Any] = self._call(
+            "POST", f"{_API}/rollouts/{rollout_id}/attempts", json={}
+        ).json()
+        return created
+
+    def update_rollout(self, rollout_id: str, status: str) -> None:
+        self._call("POST", f"{_API}/rollouts/{rollout_id}", json={"status": status})
+
+    def update_attempt(self, rollout_id: str, attempt_id: str, status: str) -> None:
+        self._call(
+            "POST", f"{_API}/rollouts/{rollout_id}/attempts/{attempt_id}", json={"status": status}
+        )
+
+    def export(self, body: bytes) -> None:
+        self._call("POST", "/v1/traces", content=body, headers=_PROTOBUF)
+
+
+class ForwardingStore(SQLiteStore):
+    """An outbox store whose spans a background thread delivers to a LightningStore server.
+
+    Args:
+        server_url: the server's base URL, e.g. ``http://127.0.0.1:4747``.
+        outbox: the outbox's SQLite file.
+        max_outbox_spans: pending spans at which new requests are refused (retryable).
+        max_outbox_bytes: pending span bytes (OTLP encoded) at which requests are refused.
+        batch_spans: most spans per ``/v1/traces`` request.
+        max_backoff: cap, in seconds, of the wait between failed deliveries.
+        forward: start the delivery thread on ``open`` (off for read-only tools).
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        outbox: str = DEFAULT_OUTBOX,
+        *,
+        max_outbox_spans: int = DEFAULT_MAX_OUTBOX_SPANS,
+        max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES,
+        batch_spans: int = DEFAULT_BATCH_SPANS,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        synchronous: str = "FULL",
+        forward: bool = True,
+        url: str | None = None,
+    ) -> None:
+        if outbox == ":memory:":
+            raise ValueError("the outbox must be a file: it is what survives a restart")
+        for name, value in (
+            ("max_outbox_spans", max_outbox_spans),
+            ("max_outbox_bytes", max_outbox_bytes),
+            ("batch_spans", batch_spans),
+        ):
+            if value <= 0:
+                raise ValueError(f"{name} must be positive")
+        if max_backoff <= 0:
+            raise ValueError("max_backoff must be positive")
+        super().__init__(outbox, synchronous=synchronous, url=url)
+        self.server_url = server_url.rstrip("/")
+        self.max_outbox_spans = max_outbox_spans
+        self.max_outbox_bytes = max_outbox_bytes
+        self.batch_spans = batch_spans
+        self.max_backoff = max_backoff
+        self._forward = forward
+        self._pending = [0, 0]  # spans, bytes; guarded by self._lock
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock_file: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self._conn is not None:
+            return
+        super().open()
+        conn = self._connection()
+        try:
+            create_schema(conn)
+            conn.execute("UPDATE forward_state SET server = ? WHERE id = 1", (self.server_url,))
+            self._pending = list(pending(conn))
+        except sqlite3.Error as exc:
+            super().close()
+            raise StoreUnavailable(f"cannot prepare outbox {self.path}: {exc}") from exc
+        if logging.getLogger("httpx").level == logging.NOTSET:
+            # One line per request would drown the receiver's own log.
+            logging.getLogger("httpx").setLevel(logging.WARNING)
+        if self._forward and self._claim():
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="lightning-otlp-forward", daemon=True
+            )
+            self._thread.start()
+
+    def _claim(self) -> bool:
+        """One forwarder per outbox: two would race to create the same server rollouts."""
+        fd = os.open(os.path.abspath(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            log.warning("another process forwards from %s; this one only writes to it", self.path)
+            return False
+        self._lock_file = fd
+        return True
+
+    def close(self) -> None:
+        """Stop the delivery thread (what is pending stays in the outbox), then close."""
+        self._stop.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=15)
+            if thread.is_alive():
+                log.warning("forwarder still waiting on the server at shutdown; outbox kept")
+        super().close()
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def write(self, batch: SpanBatch) -> WriteResult:
+        if not batch.groups:
+            return WriteResult(0, 0)
+        spans, size = self._pending
+        if spans and (
+            spans + batch.accepted > self.max_outbox_spans or size >= self.max_outbox_bytes
+        ):
+            raise StoreUnavailable(
+                f"outbox full ({spans} spans, {size} bytes pending for {self.server_url})",
+                retry_after=_OUTBOX_FULL_RETRY_AFTER,
+            )
+        try:
+            result = super().write(batch)
+        except StoreUnavailable:
+            self._recount()
+            raise
+        self._wake.set()
+        return result
+
+    def _write(self, conn: sqlite3.Connection, batch: SpanBatch) -> int:
+        # Runs inside the request's transaction, under self._lock.
+        before = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM spans").fetchone()[0]
+        stored = super()._write(conn, batch)
+        count, size, top = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length(span)), 0), MAX(rowid) FROM spans"
+            " WHERE rowid > ?",
+            (before,),
+        ).fetchone()
+        if count:
+            conn.execute(
+                "INSERT OR REPLACE INTO forward_marks (max_rowid, time) VALUES (?, ?)",
+                (top, time.time()),
+            )
+            self._pending[0] += count
+            self._pending[1] += size
+        return stored
+
+    def _recount(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._pending = list(pending(self._conn))
+
+    def status(self) -> dict[str, Any]:
+        """Outbox depth, oldest pending age, forwarded counts and the last error."""
+        with self._lock:
+            report = read_status(self._connection())
+        report["forwarding"] = self._thread is not None and self._thread.is_alive()
+        return report
+
+    # -- the delivery thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        server = LightningServer(self.server_url)
+        forwarder = _Forwarder(self, server)
+        backoff = _MIN_BACKOFF
+        try:
+            while not self._stop.is_set():
+                try:
+                    moved = forwarder.step()
+                except (ConnectionError, ServerError) as exc:
+                    self._record_error(str(exc))
+                    log.warning(
+                        "forwarding to %s failed: %s (retry in %.2fs)",
+                        self.server_url,
+                        exc,
+                        backoff,
+                    )
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+                    continue
+                except StoreUnavailable:
+                    if self._stop.is_set():
+                        break
+                    raise
+                backoff = _MIN_BACKOFF
+                if not moved:
+                    self._wake.wait(_MIRROR_INTERVAL)
+                    self._wake.clear()
+        except Exception:
+            log.exception("forwarder stopped by an unexpected error; pending spans stay queued")
+            self._record_error("forwarder stopped by an unexpected error; see the receiver log")
+        finally:
+            server.close()
+
+    def _record_error(self, message: str) -> None:
+        try:
+            self._execute(
+                "UPDATE forward_state SET last_error = ?, last_error_time = ? WHERE id = 1",
+                (message[:500], time.time()),
+            )
+        except (StoreUnavailable, sqlite3.Error):
+            pass
+
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """One autocommitted statement on the shared connection."""
+        with self._lock:
+            return self._connection().execute(sql, tuple(params)).fetchall()
+
+    def _commit(self, statements: Sequence[tuple[str, Iterable[Any]]]) -> None:
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    conn.execute(sql, tuple(params))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+
+# A pending span: (rowid, rollout_id, attempt_id, sequence_id, resource_id, span bytes)
+_Row = tuple[int, str, str, int, str, bytes]
+# Where a local attempt goes on the server: (server rollout, server attempt)
+_Target = tuple[str, str]
+
+
+class _Forwarder:
+    """Delivery state and steps; runs only on the store's delivery thread."""
+
+    def __init__(self, store: ForwardingStore, server: LightningServer) -> None:
+        self.store = store
+        self.server = server
+        self.targets: dict[tuple[str, str], _Target] = {}
+        self.resources: dict[tuple[str, str, str], bytes] = {}
+        self.next_mirror = 0.0
+
+    # One step: deliver one batch (True), or mirror statuses when nothing is pending (False).
+    def step(self) -> bool:
+        rows = self._batch()
+        if not rows:
+            self._mirror()
+            return False
+        targets = {(r[1], r[2]) for r in rows}
+        for local in sorted(targets):
+            if local not in self.targets:
+                self.targets[local] = self._resolve(*local)
+        body = self._encode(rows)
+        try:
+            self.server.export(body)
+        except ServerError as exc:
+            if exc.status >= 500 and self._forget_lost({self.targets[t][0] for t in targets}):
+                return True  # mapped rollouts were gone: re-created on the next step
+            raise
+        self._delivered(rows)
+        if time.monotonic() >= self.next_mirror:
+            self._mirror()
+        return True
+
+    def _batch(self) -> list[_Row]:
+        store = self.store
+        with store._lock:
+            rows = (
+                store._connection()
+                .execute(
+                    "SELECT rowid, rollout_id, attempt_id, sequence_id, resource_id, span"
+                    " FROM spans ORDER BY rowid LIMIT ?",
+                    (store.batch_spans,),
+                )
+                .fetchall()
+            )
+        size = 0
+        for i, row in enumerate(rows):
+            size += len(row[5])
+            if size > DEFAULT_BATCH_BYTES and i:
+                return rows[:i]
+        return rows
+
+    def _delivered(self, rows: list[_Row]) -> None:
+        size = sum(len(r[5]) for r in rows)
+        store = self.store
+        with store._lock:
+            conn = store._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("DELETE FROM spans WHERE rowid = ?", ((r[0],) for r in rows))
+                conn.execute(
+                    "DELETE FROM forward_marks WHERE max_rowid <"
+                    " COALESCE((SELECT MIN(rowid) FROM spans), 9223372036854775807)"
+                )
+                conn.execute(
+                    "UPDATE forward_state SET forwarded_spans = forwarded_spans + ?,"
+                    " forwarded_requests = forwarded_requests + 1, last_forward_time = ?"
+                    " WHERE id = 1",
+                    (len(rows), time.time()),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            store._pending[0] -= len(rows)
+            store._pending[1] -= size
+
+    # -- encoding: stored span bytes, plus server ids and sequence ids, as OTLP protobuf ---
+
+    def _encode(self, rows: list[_Row]) -> bytes:
+        groups: dict[tuple[str, str, str], list[bytes]] = {}
+        order = sorted(rows, key=lambda r: (r[1], r[2], r[3]))
+        for _, rollout_id, attempt_id, seq, resource_id, span in order:
+            server_rollout, server_attempt = self.targets[(rollout_id, attempt_id)]
+            extra = _kv_int(_SEQ_KEY, seq)
+            if _ID_NEEDLE in span:
+                # Span attributes win over resource ones on the server: point them at it too.
+                extra += _kv_str(_ROLLOUT_KEY, server_rollout) + _kv_str(
+                    _ATTEMPT_KEY, server_attempt
+                )
+            key = (server_rollout, server_attempt, resource_id)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+            group.append(_field(2, span + extra))
+        out = []
+        for key, spans in groups.items():
+            resource = self.resources.get(key)
+            if resource is None:
+                resource = self.resources[key] = self._resource(*key)
+            scope_spans = _field(2, b"".join(spans))
+            out.append(_field(1, resource + scope_spans))
+        return b"".join(out)
+
+    def _resource(self, server_rollout: str, server_attempt: str, resource_id: str) -> bytes:
+        """ResourceSpans' resource and schema_url fields, ids set to the server's."""
+        found = self.store._execute(
+            "SELECT body FROM resources WHERE resource_id = ?", (resource_id,)
+        )
+        body: dict[str, Any] = json.loads(found[0][0]) if found else {}
+        attrs = {
+            k: v
+            for k, v in (body.get("attributes") or {}).items()
+            if k not in (semconv.ROLLOUT_ID, semconv.ATTEMPT_ID, semconv.SPAN_SEQUENCE_ID)
+        }
+        attrs[semconv.ROLLOUT_ID] = server_rollout
+        attrs[semconv.ATTEMPT_ID] = server_attempt
+        resource = PB2Resource(
+            attributes=[PB2KeyValue(key=k, value=_any_value(v)) for k, v in attrs.items()]
+        )
+        out = _field(1, resource.SerializeToString())
+        schema_url = body.get("schema_url") or ""
+        if schema_url:
+            out += _field(3, schema_url.encode())
+        return out
+
+    # -- ids: local -> server --------------------------------------------------------------
+
+    def _resolve(self, rollout_id: str, attempt_id: str) -> _Target:
+        store = self.store
+        found = store._execute(
+            "SELECT r.server_rollout_id, a.server_attempt_id FROM forward_rollouts r"
+            " JOIN forward_attempts a ON a.rollout_id = r.rollout_id"
+            " WHERE r.rollout_id = ? AND a.attempt_id = ?"
+            " AND r.server_rollout_id IS NOT NULL AND a.server_attempt_id IS NOT NULL",
+            (rollout_id, attempt_id),
+        )
+        if found:
+            return found[0][0], found[0][1]
+        server_rollout = self._resolve_rollout(rollout_id)
+        return server_rollout, self._resolve_attempt(rollout_id, attempt_id, server_rollout)
+
+    def _resolve_rollout(self, rollout_id: str) -> str:
+        store = self.store
+        row = store._execute(
+            "SELECT server_rollout_id, link, requested FROM forward_rollouts WHERE rollout_id = ?",
+            (rollout_id,),
+        )
+        if row and row[0][0] is not None:
+            return str(row[0][0])
+        if row:
+            # A creation request was in doubt when the last process stopped: look for it.
+            adopted = self._find_linked(row[0][1], row[0][2])
+            if adopted is not None:
+                return self._adopt(rollout_id, adopted, created=True)
+        existing = self.server.rollouts([rollout_id]).get(rollout_id)
+        if existing is not None:
+            # Usually a runner made it and passed its ids to the agent: forward under them.
+            return self._adopt(rollout_id, existing, created=False)
+        return self._create_rollout(rollout_id)
+
+    def _create_rollout(self, rollout_id: str) -> str:
+        store = self.store
+        local = store._execute(
+            "SELECT input, mode, metadata FROM rollouts WHERE rollout_id = ?", (rollout_id,)
+        )
+        input_json, mode, metadata_json = local[0] if local else (None, None, None)
+        link = uuid.uuid4().hex
+        metadata = json.loads(metadata_json) if metadata_json else {}
+        if not isinstance(metadata, dict):
+            metadata = {"value": metadata}
+        ours = dict(metadata.get("lightning_otlp") or {})
+        ours.update({"rollout_id": rollout_id, "link": link})
+        metadata["lightning_otlp"] = ours
+        store._commit(
+            [
+                ("DELETE FROM forward_rollouts WHERE rollout_id = ?", (rollout_id,)),
+                ("DELETE FROM forward_attempts WHERE rollout_id = ?", (rollout_id,)),
+                (
+                    "INSERT INTO forward_rollouts (rollout_id, link, requested) VALUES (?, ?, ?)",
+                    (rollout_id, link, time.time()),
+                ),
+            ]
+        )
+        body: dict[str, Any] = {
+            "input": json.loads(input_json) if input_json is not None else None,
+            "mode": mode,
+            "metadata": metadata,
+        }
+        created = self.server.create_rollout(body)
+        return self._adopt(rollout_id, created, created=True)
+
+    def _adopt(self, rollout_id: str, record: dict[str, Any], *, created: bool) -> str:
+        server_rollout = str(record["rollout_id"])
+        attempt = record.get("attempt") or {}
+        spare = attempt.get("attempt_id") if created else None
+        status = _settled(record.get("status"))
+        self.store._commit(
+            [
+                ("DELETE FROM forward_attempts WHERE rollout_id = ?", (rollout_id,)),
+                (
+                    "INSERT INTO forward_rollouts (rollout_id, server_rollout_id, spare_attempt_id,"
+                    " link, requested, mirrored_status) VALUES (?, ?, ?, '', ?, ?)"
+                    " ON CONFLICT (rollout_id) DO UPDATE SET"
+                    " server_rollout_id = excluded.server_rollout_id,"
+                    " spare_attempt_id = excluded.spare_attempt_id,"
+                    " mirrored_status = excluded.mirrored_status",
+                    (rollout_id, server_rollout, spare, time.time(), status),
+                ),
+            ]
+            + (
+                [
+                    (
+                        "UPDATE forward_state SET rollouts_created = rollouts_created + 1"
+                        " WHERE id = 1",
+                        (),
+                    )
+                ]
+                if created
+                else []
+            )
+        )
+        return server_rollout
+
+    def _find_linked(self, link: str, since: float) -> dict[str, Any] | None:
+        """The server rollout whose metadata carries ``link``, newest first, back to ``since``."""
+        offset, page = 0, 200
+        while True:
+            items = self.server.recent_rollouts(offset, page)
+            for item in items:
+                ours = (item.get("metadata") or {}).get("lightning_otlp") or {}
+                if ours.get("link") == link:
+                    return item
+            if len(items) < page or (items and items[-1]["start_time"] < since - 60):
+                return None
+            offset += page
+
+    def _resolve_attempt(self, rollout_id: str, attempt_id: str, server_rollout: str) -> str:
+        store = self.store
+        row = store._execute(
+            "SELECT server_attempt_id, known_attempts FROM forward_attempts"
+            " WHERE rollout_id = ? AND attempt_id = ?",
+            (rollout_id, attempt_id),
+        )
+        if row and row[0][0] is not None:
+            return str(row[0][0])
+        in_doubt = row[0][1] if row else None
+        spare = store._execute(
+            "SELECT spare_attempt_id FROM forward_rollouts WHERE rollout_id = ?", (rollout_id,)
+        )
+        if in_doubt is None and spare and spare[0][0] is not None:
+            # The first attempt of a rollout created here goes to the first local attempt seen.
+            clear = (
+                "UPDATE forward_rollouts SET spare_attempt_id = NULL WHERE rollout_id = ?",
+                (rollout_id,),
+            )
+            return self._bind(rollout_id, attempt_id, spare[0][0], "preparing", clear)
+        attempts = self.server.attempts(server_rollout)
+        if in_doubt is not None and len(attempts) > in_doubt:
+            # Our creation request went through before the last process stopped.
+            made = sorted(attempts, key=lambda a: a["sequence_id"])[in_doubt]
+            return self._bind(rollout_id, attempt_id, made["attempt_id"], made["status"])
+        same = next((a for a in attempts if a["attempt_id"] == attempt_id), None)
+        if same is not None and server_rollout == rollout_id:
+            return self._bind(rollout_id, attempt_id, attempt_id, same["status"])
+        store._commit(
+            [
+                (
+                    "INSERT OR REPLACE INTO forward_attempts (rollout_id, attempt_id,"
+                    " known_attempts) VALUES (?, ?, ?)",
+                    (rollout_id, attempt_id, len(attempts)),
+                )
+            ]
+        )
+        made = self.server.create_attempt(server_rollout)["attempt"]
+        return self._bind(rollout_id, attempt_id, made["attempt_id"], made["status"])
+
+    def _bind(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        server_attempt: str,
+        status: str | None,
+        *also: tuple[str, Iterable[Any]],
+    ) -> str:
+        self.store._commit(
+            [
+                (
+                    "INSERT OR REPLACE INTO forward_attempts (rollout_id, attempt_id,"
+                    " server_attempt_id, mirrored_status) VALUES (?, ?, ?, ?)",
+                    (rollout_id, attempt_id, server_attempt, _settled(status)),
+                ),
+                *also,
+            ]
+        )
+        return str(server_attempt)
+
+    def _forget_lost(self, server_rollouts: set[str]) -> bool:
+        """After a 5xx: drop the mapping of server rollouts the server no longer knows."""
+        known = self.server.rollouts(server_rollouts)
+        lost = server_rollouts - known.keys()
+        if not lost:
+            return False
+        marks = ",".join("?" * len(lost))
+        store = self.store
+        locals_ = [
+            r[0]
+            for r in store._execute(
+                f"SELECT rollout_id FROM forward_rollouts WHERE server_rollout_id IN ({marks})",
+                lost,
+            )
+        ]
+        statements: list[tuple[str, Iterable[Any]]] = []
+        for rollout_id in locals_:
+            statements.append(("DELETE FROM forward_rollouts WHERE rollout_id = ?", (rollout_id,)))
+            statements.append(("DELETE FROM forward_attempts WHERE rollout_id = ?", (rollout_id,)))
+        statements.append(
+            (
+                "UPDATE forward_state SET rollouts_recreated = rollouts_recreated + ? WHERE id = 1",
+                (len(locals_),),
+            )
+        )
+        store._commit(statements)
+        self.targets = {k: v for k, v in self.targets.items() if v[0] not in lost}
+        self.resources = {k: v for k, v in self.resources.items() if k[0] not in lost}
+        log.warning("server forgot %d rollout(s); re-creating them", len(lost))
+        return True
+
+    # -- statuses: local changes mirrored with the server's update endpoints ---------------
+
+    def _mirror(self) -> None:
+        self.next_mirror = time.monotonic() + _MIRROR_INTERVAL
+        store = self.store
+        attempts = store._execute(
+            "SELECT a.rollout_id, a.attempt_id, a.status, r.server_rollout_id, f.server_attempt_id"
+            " FROM forward_attempts f"
+            " JOIN attempts a ON a.rollout_id = f.rollout_id AND a.attempt_id = f.attempt_id"
+            " JOIN forward_rollouts r ON r.rollout_id = f.rollout_id"
+            " WHERE f.server_attempt_id IS NOT NULL AND r.server_rollout_id IS NOT NULL"
+            " AND a.status IS NOT f.mirrored_status"
+        )
+        for rollout_id, attempt_id, status, server_rollout, server_attempt in attempts:
+            self.server.update_attempt(server_rollout, server_attempt, status)
+            self._mirrored(
+                "UPDATE forward_attempts SET mirrored_status = ?"
+                " WHERE rollout_id = ? AND attempt_id = ?",
+                (status, rollout_id, attempt_id),
+            )
+        rollouts = store._execute(
+            "SELECT r.rollout_id, r.status, f.server_rollout_id FROM forward_rollouts f"
+            " JOIN rollouts r ON r.rollout_id = f.rollout_id"
+            " WHERE f.server_rollout_id IS NOT NULL AND r.status IS NOT f.mirrored_status"
+        )
+        for rollout_id, status, server_rollout in rollouts:
+            self.server.update_rollout(server_rollout, status)
+            self._mirrored(
+                "UPDATE forward_rollouts SET mirrored_status = ? WHERE rollout_id = ?",
+                (status, rollout_id),
+            )
+
+    def _mirrored(self, sql: str, params: tuple[Any, ...]) -> None:
+        self.store._commit(
+            [
+                (sql, params),
+                ("UPDATE forward_state SET status_updates = status_updates + 1 WHERE id = 1", ()),
+            ]
+        )
+
+
+def _settled(status: Any) -> str | None:
+    """A server status as the receiver would call it: it reports a starting one as running."""
+    if status is None:
+        return None
+    return "running" if status in _STARTING else str(status)
+
+
+# -- protobuf wire format, for the few fields added to stored span bytes --------------------
+
+
+def _varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited field."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+_SEQ_KEY: Final = _field(1, semconv.SPAN_SEQUENCE_ID.encode())
+_ROLLOUT_KEY: Final = _field(1, semconv.ROLLOUT_ID.encode())
+_ATTEMPT_KEY: Final = _field(1, semconv.ATTEMPT_ID.encode())
+
+
+def _kv_int(key: bytes, value: int) -> bytes:
+    """A span attribute (Span field 9) with an int value (AnyValue field 3)."""
+    return _field(9, key + _field(2, b"\x18" + _varint(value)))
+
+
+def _kv_str(key: bytes, value: str) -> bytes:
+    return _field(9, key + _field(2, _field(1, value.encode())))
+
+
+def _any_value(value: Any) -> PB2AnyValue:
+    out = PB2AnyValue()
+    if isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        out.int_value = value
+    elif isinstance(value, float):
+        out.double_value = value
+    elif isinstance(value, (list, tuple)):
+        out.array_value.values.extend(_any_value(v) for v in value)
+    elif isinstance(value, dict):
+        out.kvlist_value.values.extend(
+            PB2KeyValue(key=str(k), value=_any_value(v)) for k, v in value.items()
+        )
+    elif value is not None:
+        out.string_value = str(value)
+    return out
+
+
+def forwarding_store(url: str) -> ForwardingStore:
+    """The store an ``agl+http://HOST:PORT?outbox=…&max_outbox_spans=…`` URL names."""
+    parts = urlsplit(url)
+    if not parts.netloc:
+        raise ValueError(f"store URL {url!r} names no server (try agl+http://127.0.0.1:4747)")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - _URL_OPTIONS
+    if unknown:
+        raise ValueError(
+            f"store URL {url!r}: unknown option(s) {', '.join(sorted(unknown))};"
+            f" known: {', '.join(sorted(_URL_OPTIONS))}"
+        )
+    scheme = parts.scheme.removeprefix("agl+")
+    try:
+        return ForwardingStore(
+            f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}",
+            query.get("outbox", DEFAULT_OUTBOX),
+            max_outbox_spans=int(query.get("max_outbox_spans", DEFAULT_MAX_OUTBOX_SPANS)),
+            max_outbox_bytes=int(query.get("max_outbox_bytes", DEFAULT_MAX_OUTBOX_BYTES)),
+            batch_spans=int(query.get("batch_spans", DEFAULT_BATCH_SPANS)),
+            max_backoff=float(query.get("max_backoff", DEFAULT_MAX_BACKOFF)),
+            synchronous=query.get("synchronous", "FULL"),
+            url=url,
+        )
+    except ValueError as exc:
+        raise ValueError(f"store URL {url!r}: {exc}") from None
+
+
+_URL_OPTIONS: Final = frozenset(
+    {"outbox", "max_outbox_spans", "max_outbox_bytes", "batch_spans", "max_backoff", "synchronous"}
+)
