@@ -1,0 +1,193 @@
+"""Decoding: spec JSON, protobuf and compression limits, fuzzed for clean errors only."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import tracemalloc
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest as PB2ExportTraceServiceRequest,
+)
+
+from lightning_otlp.decode import (
+    JSON,
+    PROTOBUF,
+    decode_json,
+    decode_traces,
+    decompress,
+    encode,
+    media_type,
+)
+from lightning_otlp.errors import InvalidRequest, PayloadTooLarge
+
+TRACE_HEX = "5b8efff798038103d269b633813fc60c"
+SPAN_HEX = "eee19b7ec3c1b174"
+PARENT_HEX = "eee19b7ec3c1b173"
+
+
+def spec_json(**span_overrides: object) -> dict:
+    span = {
+        "traceId": TRACE_HEX,
+        "spanId": SPAN_HEX,
+        "parentSpanId": PARENT_HEX,
+        "name": "chat",
+        "kind": 3,
+        "startTimeUnixNano": "1544712660000000000",
+        "endTimeUnixNano": 1544712661000000000,
+        "attributes": [
+            {"key": "s", "value": {"stringValue": "x"}},
+            {"key": "i", "value": {"intValue": "42"}},
+            {"key": "b", "value": {"bytesValue": base64.b64encode(b"\x01\x02").decode()}},
+        ],
+        "status": {"code": "STATUS_CODE_ERROR", "message": "boom"},
+        "links": [{"traceId": TRACE_HEX, "spanId": PARENT_HEX}],
+        "someFutureField": {"ignored": True},
+    }
+    span.update(span_overrides)
+    return {"resourceSpans": [{"resource": {}, "scopeSpans": [{"spans": [span]}]}]}
+
+
+def test_json_ids_are_hex_not_base64() -> None:
+    request = decode_json(json.dumps(spec_json()).encode(), PB2ExportTraceServiceRequest)
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    assert span.trace_id.hex() == TRACE_HEX
+    assert span.span_id.hex() == SPAN_HEX
+    assert span.parent_span_id.hex() == PARENT_HEX
+    assert span.links[0].span_id.hex() == PARENT_HEX
+    assert span.start_time_unix_nano == 1544712660000000000
+    assert span.end_time_unix_nano == 1544712661000000000
+    assert span.status.code == 2
+    assert span.attributes[1].value.int_value == 42
+    assert span.attributes[2].value.bytes_value == b"\x01\x02"
+
+
+def test_json_accepts_snake_case_and_enum_numbers() -> None:
+    doc = {
+        "resource_spans": [
+            {
+                "scope_spans": [
+                    {
+                        "spans": [
+                            {
+                                "trace_id": TRACE_HEX,
+                                "span_id": SPAN_HEX,
+                                "parent_span_id": "",
+                                "name": "x",
+                                "status": {"code": 1},
+                                "start_time_unix_nano": 5,
+                            }
+                        ]
+                    }
+                ]
+            }
+        ]
+    }
+    span = decode_traces(json.dumps(doc).encode(), JSON).resource_spans[0].scope_spans[0].spans[0]
+    assert (span.trace_id.hex(), span.parent_span_id, span.status.code) == (TRACE_HEX, b"", 1)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[]",
+        json.dumps(spec_json(traceId="abc")).encode(),
+        json.dumps(spec_json(spanId="zz" * 8)).encode(),
+        json.dumps(spec_json(kind={"not": "an enum"})).encode(),
+        json.dumps(spec_json(startTimeUnixNano="soon")).encode(),
+        b"\xff\xfe",
+    ],
+)
+def test_bad_json_is_invalid_request(body: bytes) -> None:
+    with pytest.raises(InvalidRequest):
+        decode_traces(body, JSON)
+
+
+@pytest.mark.parametrize("body", [b"\x0a\xff\xff\xff\xff\x0f", b"\x0a\x10\x0a", b"\x0f\x00"])
+def test_bad_protobuf_is_invalid_request(body: bytes) -> None:
+    with pytest.raises(InvalidRequest):
+        decode_traces(body, PROTOBUF)
+
+
+def test_gzip_and_deflate_round_trip() -> None:
+    data = b"x" * 10_000
+    assert decompress(gzip.compress(data), "gzip", 20_000) == data
+    assert decompress(gzip.compress(data[:10]) + gzip.compress(data[10:]), "GZIP", 20_000) == data
+    assert decompress(zlib.compress(data), "deflate", 20_000) == data
+    assert decompress(data, "identity", 20_000) == data
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding"),
+    [(b"not gzip", "gzip"), (gzip.compress(b"x" * 1000)[:-12], "gzip"), (b"x", "br")],
+)
+def test_bad_encodings_are_invalid_request(body: bytes, encoding: str) -> None:
+    with pytest.raises(InvalidRequest):
+        decompress(body, encoding, 10_000)
+
+
+def test_gzip_bomb_is_never_inflated_past_the_limit() -> None:
+    limit = 1 << 20
+    inflater = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = bytes(1 << 20)
+    bomb = b"".join(inflater.compress(chunk) for _ in range(1024)) + inflater.flush()
+    assert len(bomb) < 2 << 20  # 1 GiB of zeros in about a megabyte
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLarge):
+            decompress(bomb, "gzip", limit)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * limit
+
+
+def test_plain_body_over_the_limit() -> None:
+    with pytest.raises(PayloadTooLarge):
+        decompress(b"x" * 101, None, 100)
+
+
+def test_media_type_ignores_parameters() -> None:
+    assert media_type("Application/JSON; charset=utf-8") == JSON
+    assert media_type(None) == ""
+
+
+def test_responses_encode_as_requested() -> None:
+    request = decode_json(json.dumps(spec_json()).encode(), PB2ExportTraceServiceRequest)
+    assert PB2ExportTraceServiceRequest.FromString(encode(request, PROTOBUF)) == request
+    assert json.loads(encode(request, JSON))["resourceSpans"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048), st.sampled_from([PROTOBUF, JSON]))
+def test_fuzz_decoders_raise_only_invalid_request(data: bytes, media: str) -> None:
+    try:
+        decode_traces(data, media)
+    except InvalidRequest:
+        pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_fuzz_json_documents_raise_only_invalid_request(doc: object) -> None:
+    wrapped = {"resourceSpans": [{"scopeSpans": [{"spans": [doc]}]}]}
+    for candidate in (doc, wrapped):
+        try:
+            decode_traces(json.dumps(candidate).encode(), JSON)
+        except InvalidRequest:
+            pass
