@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from .sdk import RolloutIds, RolloutSpanProcessor, current_rollout, emit_reward, rollout
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "RolloutIds",
+    "RolloutSpanProcessor",
+    "__version__",
+    "current_rollout",
+    "emit_reward",
+    "rollout",
+]

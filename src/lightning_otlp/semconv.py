@@ -10,6 +10,8 @@ SPAN_SEQUENCE_ID: Final = "agentlightning.span_sequence_id"
 
 # Written by lightning_otlp.sdk.rollout(); read by the receiver to fill the rollout record.
 ROLLOUT_SPAN: Final = "agentlightning.rollout"
+# Zero-duration child of the rollout span, exported as the block starts.
+ROLLOUT_START_SPAN: Final = "agentlightning.rollout.start"
 ROLLOUT_INPUT: Final = "agentlightning.rollout.input"
 ROLLOUT_MODE: Final = "agentlightning.rollout.mode"
 ATTEMPT_STATUS: Final = "agentlightning.attempt.status"
