@@ -134,14 +134,20 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
                 else:
                     attrs = no_attrs
                 # 1. span attributes, 2. resource attributes
-                rollout_id = _str_or_none(attrs.get(semconv.ROLLOUT_ID)) if attrs else None
-                if rollout_id is not None:
+                # (each key separately: a span's own attempt id joins its resource's rollout id)
+                if attrs:
+                    rollout_id = _str_or_none(attrs.get(semconv.ROLLOUT_ID))
                     attempt_id = _str_or_none(attrs.get(semconv.ATTEMPT_ID))
+                else:
+                    rollout_id = attempt_id = None
+                if rollout_id is not None:
                     if attempt_id is None and rollout_id == res_rollout:
                         attempt_id = res_attempt
                     origin: Origin = "explicit"
                 elif res_rollout is not None:
-                    rollout_id, attempt_id, origin = res_rollout, res_attempt, "explicit"
+                    rollout_id, origin = res_rollout, "explicit"
+                    if attempt_id is None:
+                        attempt_id = res_attempt
                 else:
                     attempt_id = None
                     origin = "key"

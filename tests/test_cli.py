@@ -1,0 +1,81 @@
+"""The CLI as a user runs it: records read back validate with agentlightning's models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_otlp.decode import PROTOBUF
+from lightning_otlp.export import Pipeline
+from lightning_otlp.store import SQLiteStore
+
+from .payloads import genai_request, make_request, make_span
+from .support import validate_with_agl
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_otlp", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "cli.db"
+    store = SQLiteStore(str(path))
+    store.open()
+    pipeline = Pipeline(store)
+    try:
+        pipeline.export_traces(genai_request(30, rollouts=3).SerializeToString(), None, PROTOBUF)
+        pipeline.export_traces(
+            make_request([make_span("auto")]).SerializeToString(), None, PROTOBUF
+        )
+    finally:
+        pipeline.close()
+        store.close()
+    return path
+
+
+def test_rollouts_and_spans_print_valid_json_lines(db: Path) -> None:
+    url = f"sqlite:///{db}"
+    rollouts = [json.loads(line) for line in cli("rollouts", "--store", url).stdout.splitlines()]
+    assert len(rollouts) == 4
+    assert validate_with_agl("AttemptedRollout", rollouts) == rollouts
+    spans = [json.loads(line) for line in cli("spans", "--store", url).stdout.splitlines()]
+    assert len(spans) == 31
+    assert validate_with_agl("Span", spans) == spans
+
+    target = rollouts[0]
+    only = cli(
+        "spans",
+        "--store",
+        url,
+        "--rollout",
+        target["rollout_id"],
+        "--attempt",
+        target["attempt"]["attempt_id"],
+    ).stdout.splitlines()
+    records = [json.loads(line) for line in only]
+    assert len(records) == 10
+    assert {r["rollout_id"] for r in records} == {target["rollout_id"]}
+    assert [r["sequence_id"] for r in records] == list(range(1, 11))
+
+
+def test_store_from_environment(db: Path) -> None:
+    result = cli("rollouts", env={"LIGHTNING_OTLP_STORE": f"sqlite:///{db}"})
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 4
+
+
+def test_bad_store_url_is_a_clean_error() -> None:
+    result = cli("rollouts", "--store", "postgres://nowhere")
+    assert result.returncode == 2
+    assert "unknown store URL" in result.stderr and "Traceback" not in result.stderr

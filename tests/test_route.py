@@ -1,0 +1,194 @@
+"""Routing order, rollout and attempt creation, and sequence ids, through the real pipeline."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceResponse as PB2ExportTraceServiceResponse,
+)
+
+from lightning_otlp import ids
+from lightning_otlp.decode import PROTOBUF
+from lightning_otlp.export import Pipeline
+from lightning_otlp.route import RoutingConfig
+from lightning_otlp.store import SQLiteStore
+
+from .payloads import make_request, make_span
+from .support import validate_with_agl
+
+RID, AID = "ro-0123456789ab", "at-01234567"
+
+
+def send(
+    pipeline: Pipeline, spans: list, resource: dict | None = None
+) -> PB2ExportTraceServiceResponse:
+    return pipeline.export_traces(make_request(spans, resource).SerializeToString(), None, PROTOBUF)
+
+
+def by_name(store: SQLiteStore) -> dict[str, dict]:
+    return {s["name"]: s for s in store.spans()}
+
+
+def test_span_attributes_win_over_resource(pipeline: Pipeline, store: SQLiteStore) -> None:
+    res = {
+        "agentlightning.rollout_id": "ro-resource0000",
+        "agentlightning.attempt_id": "at-res00000",
+    }
+    send(
+        pipeline,
+        [
+            make_span(
+                "own",
+                attributes={"agentlightning.rollout_id": RID, "agentlightning.attempt_id": AID},
+            ),
+            make_span("inherits"),
+        ],
+        res,
+    )
+    spans = by_name(store)
+    assert (spans["own"]["rollout_id"], spans["own"]["attempt_id"]) == (RID, AID)
+    assert (spans["inherits"]["rollout_id"], spans["inherits"]["attempt_id"]) == (
+        "ro-resource0000",
+        "at-res00000",
+    )
+
+
+def test_rollout_key_attributes(store: SQLiteStore) -> None:
+    pipeline = Pipeline(store, RoutingConfig(rollout_keys=("session.id", "gen_ai.conversation.id")))
+    try:
+        send(
+            pipeline,
+            [make_span("a", attributes={"session.id": "s-1"}), make_span("b")],
+            {"session.id": "s-2"},
+        )
+        send(pipeline, [make_span("c", attributes={"gen_ai.conversation.id": "c-9"})])
+        send(pipeline, [make_span("d", attributes={"session.id": "s-1"})])
+    finally:
+        pipeline.close()
+    spans = by_name(store)
+    assert (
+        spans["a"]["rollout_id"]
+        == spans["d"]["rollout_id"]
+        == ids.rollout_id_for_key("session.id", "s-1")
+    )
+    assert spans["b"]["rollout_id"] == ids.rollout_id_for_key("session.id", "s-2")
+    assert spans["c"]["rollout_id"] == ids.rollout_id_for_key("gen_ai.conversation.id", "c-9")
+    assert spans["a"]["attempt_id"] == spans["d"]["attempt_id"]
+    rollouts = {r["rollout_id"]: r for r in store.rollouts()}
+    assert rollouts[spans["a"]["rollout_id"]]["metadata"]["lightning_otlp"]["session.id"] == "s-1"
+
+
+def test_fallback_trace_makes_one_rollout_per_trace(pipeline: Pipeline, store: SQLiteStore) -> None:
+    root = make_span("root")
+    child = make_span("child", trace_id=root.trace_id, parent_id=root.span_id)
+    other = make_span("other")
+    send(pipeline, [root, other])
+    send(pipeline, [child])
+    spans = by_name(store)
+    assert (
+        spans["root"]["rollout_id"]
+        == spans["child"]["rollout_id"]
+        == ids.rollout_id_for_trace(root.trace_id.hex())
+    )
+    assert spans["other"]["rollout_id"] != spans["root"]["rollout_id"]
+    assert (
+        ids.rollout_id_for_trace("ab" * 16).startswith("ro-")
+        and len(ids.rollout_id_for_trace("ab" * 16)) == 15
+    )
+    assert validate_with_agl("AttemptedRollout", list(store.rollouts()))
+
+
+def test_fallback_reject_counts_partial_success(store: SQLiteStore) -> None:
+    pipeline = Pipeline(store, RoutingConfig(fallback="reject"))
+    try:
+        answer = send(
+            pipeline,
+            [make_span("x"), make_span("y", attributes={"agentlightning.rollout_id": RID})],
+        )
+    finally:
+        pipeline.close()
+    assert answer.partial_success.rejected_spans == 1
+    assert "reject" in answer.partial_success.error_message
+    assert [s["name"] for s in store.spans()] == ["y"]
+
+
+def test_rollout_without_attempt_gets_latest_attempt(
+    pipeline: Pipeline, store: SQLiteStore
+) -> None:
+    send(pipeline, [make_span("first", attributes={"agentlightning.rollout_id": RID})])
+    created = ids.attempt_id_for(RID, 1)
+    assert by_name(store)["first"]["attempt_id"] == created
+    send(
+        pipeline,
+        [
+            make_span(
+                "second",
+                attributes={"agentlightning.rollout_id": RID, "agentlightning.attempt_id": AID},
+            )
+        ],
+    )
+    send(pipeline, [make_span("third", attributes={"agentlightning.rollout_id": RID})])
+    spans = by_name(store)
+    assert spans["second"]["attempt_id"] == AID
+    assert spans["third"]["attempt_id"] == AID  # the latest attempt, number 2
+    (rollout,) = list(store.rollouts())
+    assert rollout["attempt"]["attempt_id"] == AID and rollout["attempt"]["sequence_id"] == 2
+    assert rollout["status"] == rollout["attempt"]["status"] == "running"
+    assert rollout["attempt"]["last_heartbeat_time"] is not None
+
+
+def test_sequence_ids_follow_start_time_and_keep_explicit_ones(
+    pipeline: Pipeline, store: SQLiteStore
+) -> None:
+    attrs = {"agentlightning.rollout_id": RID, "agentlightning.attempt_id": AID}
+    send(
+        pipeline,
+        [
+            make_span("late", attributes=attrs, start_ns=3_000),
+            make_span("early", attributes=attrs, start_ns=1_000),
+            make_span(
+                "pinned",
+                attributes={**attrs, "agentlightning.span_sequence_id": 40},
+                start_ns=2_000,
+            ),
+        ],
+    )
+    send(pipeline, [make_span("next", attributes=attrs, start_ns=500)])
+    seq = {s["name"]: s["sequence_id"] for s in store.spans()}
+    assert seq == {"early": 1, "late": 2, "pinned": 40, "next": 41}
+    assert [s["name"] for s in store.spans(RID, AID)] == ["early", "late", "pinned", "next"]
+
+
+def test_resource_sequence_id_and_string_values(pipeline: Pipeline, store: SQLiteStore) -> None:
+    send(
+        pipeline,
+        [make_span("s", attributes={"agentlightning.attempt_id": AID})],
+        {"agentlightning.rollout_id": RID, "agentlightning.span_sequence_id": "7"},
+    )
+    (span,) = store.spans()
+    assert (span["rollout_id"], span["attempt_id"], span["sequence_id"]) == (RID, AID, 7)
+
+
+def test_duplicate_spans_in_one_request_are_stored_once(
+    pipeline: Pipeline, store: SQLiteStore
+) -> None:
+    span = make_span("dup", attributes={"agentlightning.rollout_id": RID})
+    send(pipeline, [span, span])
+    send(pipeline, [span])
+    assert [s["name"] for s in store.spans()] == ["dup"]
+
+
+def test_rollout_span_fills_input_and_mode(pipeline: Pipeline, store: SQLiteStore) -> None:
+    attrs = {
+        "agentlightning.rollout_id": RID,
+        "agentlightning.rollout.input": '{"question": "2+2?"}',
+        "agentlightning.rollout.mode": "val",
+    }
+    send(pipeline, [make_span("agentlightning.rollout", attributes=attrs)])
+    (rollout,) = validate_with_agl("AttemptedRollout", list(store.rollouts()))
+    assert rollout["input"] == {"question": "2+2?"} and rollout["mode"] == "val"
+
+
+def test_bad_fallback_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        RoutingConfig(fallback="drop")  # type: ignore[arg-type]

@@ -1,0 +1,77 @@
+"""The embedded store: acknowledged means committed, across kill -9; retries store nothing twice."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from lightning_otlp.store import SQLiteStore, open_store
+from lightning_otlp.store.sqlite import MIGRATIONS
+
+from .payloads import genai_request
+from .support import ReceiverProcess
+
+PB = {"content-type": "application/x-protobuf"}
+TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+@pytest.mark.e2e
+def test_kill_9_right_after_acknowledgement_loses_nothing(
+    start_receiver: Callable[..., ReceiverProcess],
+) -> None:
+    receiver = start_receiver()
+    requests = [genai_request(256, seed=1000 + i) for i in range(12)]
+    bodies = [r.SerializeToString() for r in requests]
+    expected = {
+        (s.trace_id.hex(), s.span_id.hex())
+        for r in requests
+        for s in r.resource_spans[0].scope_spans[0].spans
+    }
+    with httpx.Client() as client, grpc.insecure_channel(receiver.grpc_target) as channel:
+        export = channel.unary_unary(TRACES)
+        for i, body in enumerate(bodies):
+            if i % 2:
+                export(body, timeout=30)
+            else:
+                assert client.post(receiver.traces_url, content=body, headers=PB).status_code == 200
+    receiver.kill()  # SIGKILL straight after the last acknowledgement
+    assert receiver.proc is not None and receiver.proc.returncode == -9
+
+    restarted = start_receiver()  # same database file
+    stored = restarted.spans()
+    assert len(stored) == len(expected) == 12 * 256
+    assert {(s["trace_id"], s["span_id"]) for s in stored} == expected
+
+    # Clients retry what they are unsure of: the same requests again store nothing new.
+    with httpx.Client() as client:
+        for body in bodies[-3:]:
+            assert client.post(restarted.traces_url, content=body, headers=PB).status_code == 200
+    assert len(restarted.spans()) == len(expected)
+
+
+def test_schema_is_created_once_and_migrations_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dir" / "store.db"
+    for _ in range(2):
+        store = SQLiteStore(str(path))
+        store.open()
+        assert store.ready()
+        store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_store_urls(tmp_path: Path) -> None:
+    assert isinstance(open_store("memory://"), SQLiteStore)
+    store = open_store(f"sqlite:///{tmp_path}/x.db?synchronous=normal")
+    assert isinstance(store, SQLiteStore) and store.path == f"{tmp_path}/x.db"
+    assert open_store("sqlite:///relative.db").path == "relative.db"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        open_store("postgres://nowhere")
+    with pytest.raises(ValueError):
+        SQLiteStore("x.db", synchronous="SOMETIMES")
