@@ -152,7 +152,7 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
         return None
     if get_origin(hint) is tuple:
         if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
-            raise ValueError(f"must be a list of strings, like [\"session.id\"], not {raw!r}")
+            raise ValueError(f'must be a list of strings, like ["session.id"], not {raw!r}')
         return tuple(raw)
     if hint is bool:
         if not isinstance(raw, bool):
