@@ -23,6 +23,7 @@ EXAMPLES = {
     "check-config": "example: lightning-otlp check-config lightning-otlp.toml",
     "rollouts": "example: lightning-otlp rollouts --store sqlite:///runs.db",
     "spans": "example: lightning-otlp spans --store sqlite:///runs.db --rollout ro-0123456789ab",
+    "status": "example: lightning-otlp status --store 'agl+http://127.0.0.1:4747?outbox=out.db'",
 }
 
 
@@ -97,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "spans":
             sub.add_argument("--rollout", metavar="ID", help="only this rollout")
             sub.add_argument("--attempt", metavar="ID", help="only this attempt")
+
+    status = commands.add_parser(
+        "status",
+        help="show a store's state: outbox depth, oldest pending age, forwarded counts, errors",
+        epilog=EXAMPLES["status"],
+    )
+    status.add_argument("--store", metavar="URL", help=f"store URL ({DEFAULT_STORE_URL})")
+    status.add_argument("--json", action="store_true", help="one JSON object instead of text")
     return parser
 
 
@@ -111,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "check-config":
             return _check_config(args.file)
+        if args.command == "status":
+            return _status(args)
         return _read(args)
     except (ValueError, ReceiverError, OSError) as exc:
         print(f"lightning-otlp: error: {exc}", file=sys.stderr)
@@ -171,6 +182,18 @@ def _read(args: argparse.Namespace) -> int:
             _print_lines(store.spans(args.rollout, args.attempt))
     finally:
         store.close()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .store.forward import store_status
+
+    report = store_status(args.store or from_env().get("store") or DEFAULT_STORE_URL)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key.replace('_', ' ')}: {'-' if value is None else value}")
     return 0
 
 

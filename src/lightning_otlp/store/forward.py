@@ -783,7 +783,7 @@ def _any_value(value: Any) -> PB2AnyValue:
     return out
 
 
-def forwarding_store(url: str) -> ForwardingStore:
+def forwarding_store(url: str, *, forward: bool = True) -> ForwardingStore:
     """The store an ``agl+http://HOST:PORT?outbox=…&max_outbox_spans=…`` URL names."""
     parts = urlsplit(url)
     if not parts.netloc:
@@ -805,6 +805,7 @@ def forwarding_store(url: str) -> ForwardingStore:
             batch_spans=int(query.get("batch_spans", DEFAULT_BATCH_SPANS)),
             max_backoff=float(query.get("max_backoff", DEFAULT_MAX_BACKOFF)),
             synchronous=query.get("synchronous", "FULL"),
+            forward=forward,
             url=url,
         )
     except ValueError as exc:
@@ -814,3 +815,33 @@ def forwarding_store(url: str) -> ForwardingStore:
 _URL_OPTIONS: Final = frozenset(
     {"outbox", "max_outbox_spans", "max_outbox_bytes", "batch_spans", "max_backoff", "synchronous"}
 )
+
+
+def store_status(url: str) -> dict[str, Any]:
+    """What ``lightning-otlp status`` prints: read from the outbox, plus a server health probe.
+
+    Never forwards or changes anything, so it is safe beside a running receiver.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("agl+http", "agl+https"):
+        from . import open_store
+
+        plain = open_store(url)
+        plain.open()
+        try:
+            return {"store": url, "spans": sum(1 for _ in plain.spans())}
+        finally:
+            plain.close()
+    store = forwarding_store(url, forward=False)
+    store.open()
+    try:
+        report = {"store": url, "outbox": os.path.abspath(store.path), **store.status()}
+    finally:
+        store.close()
+    del report["forwarding"]
+    server = LightningServer(store.server_url, timeout=3.0)
+    try:
+        report["server_reachable"] = server.health()
+    finally:
+        server.close()
+    return report
