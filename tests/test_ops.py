@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -578,3 +579,21 @@ def test_sigterm_under_load_commits_every_acknowledged_request(start_receiver: S
     stored = {s["span_id"] for s in proc.spans()}
     missing = load.acked - stored
     assert not missing, f"{len(missing)} acknowledged spans were not stored"
+
+
+@pytest.mark.e2e
+def test_metrics_show_the_outbox_while_the_server_is_unreachable(
+    start_receiver: Start, tmp_path: Path
+) -> None:
+    """Forwarding to a LightningStore server that is down: spans wait in the outbox."""
+    with socket.socket() as probe:  # a loopback port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    outbox = tmp_path / "outbox.db"
+    proc = start_receiver("--store", f"agl+http://127.0.0.1:{closed_port}?outbox={outbox}")
+    assert "lightning_otlp_outbox_spans" in metrics(proc)
+    grpc_export(proc.grpc_target, request_bytes(7)[0])
+    m = metrics(proc)
+    assert m["lightning_otlp_outbox_spans"] == 7
+    assert m["lightning_otlp_outbox_bytes"] > 0
+    assert m['otelcol_receiver_accepted_spans{receiver="otlp",transport="grpc"}'] == 7

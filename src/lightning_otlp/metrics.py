@@ -80,8 +80,10 @@ def render(pipeline: Pipeline) -> str:
     _gauge(out, "lightning_otlp_ready", "1 when the receiver is ready to store spans.",
            1 if pipeline.ready() else 0)  # fmt: skip
     depth = getattr(pipeline.store, "outbox_depth", None)
-    if callable(depth):
-        _gauge(out, "lightning_otlp_outbox_depth", "Records waiting to be forwarded.", depth())
+    if callable(depth):  # only a forwarding store has an outbox
+        spans, size = depth()
+        _gauge(out, "lightning_otlp_outbox_spans", "Spans waiting to be forwarded.", spans)
+        _gauge(out, "lightning_otlp_outbox_bytes", "Bytes of spans waiting to be forwarded.", size)
     return "\n".join(out) + "\n"
 
 

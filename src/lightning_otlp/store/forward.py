@@ -286,6 +286,11 @@ class ForwardingStore(SQLiteStore):
         report["forwarding"] = self._thread is not None and self._thread.is_alive()
         return report
 
+    def outbox_depth(self) -> tuple[int, int]:
+        """(spans, bytes) pending, for ``/metrics``; read without the lock, so never waits."""
+        spans, size = self._pending
+        return spans, size
+
     # -- the delivery thread ---------------------------------------------------------------
 
     def _run(self) -> None:
