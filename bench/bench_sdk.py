@@ -1,11 +1,11 @@
 """Cost per span of RolloutSpanProcessor against no processor and against BaggageSpanProcessor.
 
 Each span is a start and an end on an SDK TracerProvider whose only other processor hands spans
-to an exporter that does nothing. The providers differ only in the processor under test; all
-spans start in the same context, which holds both a rollout() binding and W3C Baggage with the
-two ids, so both processors stamp the same two attributes. Short rounds are interleaved so the
-configurations share the machine's noise, and each reports its fastest round (as timeit does: the
-slower ones measure other processes, not this code).
+to an exporter that does nothing. The providers differ only in the processor under test. Spans
+start as children of one parent span, in a context holding both a rollout() binding and W3C
+Baggage with the two ids, so both processors stamp the same two attributes. Short rounds are
+interleaved so that the configurations share the machine's noise, and each reports its fastest
+round (as timeit does: the slower ones measure other processes, not this code).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opentelemetry import baggage
+from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.processor.baggage import BaggageSpanProcessor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -70,7 +70,9 @@ def measure(n: int = SPANS_PER_ROUND, rounds: int = ROUNDS) -> dict[str, float]:
     }
     with rollout(propagate=True, tracer_provider=providers["no processor"]):
         both = otel_context.get_current()
-    only_baggage = baggage.set_baggage(semconv.ROLLOUT_ID, "ro-0123456789ab")
+    # The same parent span and Baggage, without the rollout() binding: a downstream service.
+    only_baggage = trace.set_span_in_context(trace.get_current_span(both))
+    only_baggage = baggage.set_baggage(semconv.ROLLOUT_ID, "ro-0123456789ab", only_baggage)
     only_baggage = baggage.set_baggage(semconv.ATTEMPT_ID, "at-01234567", only_baggage)
     empty = otel_context.Context()
     cases: dict[str, tuple[TracerProvider, Any]] = {

@@ -170,6 +170,25 @@ def validate_with_agl(model: str, records: Sequence[dict[str, Any]]) -> list[dic
     return validated
 
 
+def run_in_agl(code: str, payload: Any, timeout: float = 120.0) -> Any:
+    """Run ``code`` in the agentlightning 0.3.0 environment with ``payload`` (JSON) on stdin.
+
+    The snippet reads ``json.load(sys.stdin)`` and prints one JSON value as its last line, which
+    is returned. A one-off process: it pays agentlightning's import time once per call.
+    """
+    done = subprocess.run(
+        [agl_python(), "-c", code],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"agentlightning snippet failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def node_script(name: str) -> Path:
     """A script under tests/node, after checking ``make node-deps`` installed the SDK."""
     if not (NODE_DIR / "node_modules" / "@opentelemetry" / "sdk-trace-node").exists():

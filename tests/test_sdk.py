@@ -22,6 +22,8 @@ from opentelemetry.trace import StatusCode
 from lightning_otlp import RolloutSpanProcessor, current_rollout, emit_reward, rollout, semconv
 from lightning_otlp.auto import RolloutInstrumentor
 
+from .support import ROOT
+
 RO = re.compile(r"^ro-[0-9a-f]{12}$")
 AT = re.compile(r"^at-[0-9a-f]{8}$")
 
@@ -404,3 +406,13 @@ def test_instrumentor_without_an_sdk_provider_only_warns(caplog: pytest.LogCaptu
         instrumentor.instrument(tracer_provider=trace.NoOpTracerProvider())
     instrumentor.uninstrument()
     assert "no OpenTelemetry SDK TracerProvider" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "example", ["processor_in_code.py", "zero_code_agent.py", "resource_attributes_agent.py"]
+)
+def test_readme_shows_the_examples_the_end_to_end_tests_run(example: str) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Python agents: the span processor") :]
+    assert (ROOT / "examples" / example).read_text().rstrip("\n") in section
+    assert f"python examples/{example}" in section
