@@ -44,8 +44,15 @@ SpanRow = tuple[Any, ...]
 # Attributes routing looks at. Spans whose bytes do not contain any of these names skip the
 # attribute scan entirely: the common case pays for one substring search, not a decode.
 _ROUTING_ATTRIBUTES: Final = frozenset(
-    {semconv.ROLLOUT_ID, semconv.ATTEMPT_ID, semconv.SPAN_SEQUENCE_ID, semconv.ATTEMPT_STATUS}
+    {
+        semconv.ROLLOUT_ID,
+        semconv.ATTEMPT_ID,
+        semconv.SPAN_SEQUENCE_ID,
+        semconv.ATTEMPT_STATUS,
+        semconv.PRIMARY_REWARD_VALUE,
+    }
 )
+_OUTCOMES: Final = frozenset({"succeeded", "failed"})
 _AGL_NEEDLE: Final = b"agentlightning."
 
 
@@ -53,6 +60,8 @@ _AGL_NEEDLE: Final = b"agentlightning."
 class RoutingConfig:
     rollout_keys: tuple[str, ...] = ()
     fallback: Fallback = "trace"
+    # Mark a per-trace rollout succeeded or failed by its root span's status when it arrives.
+    finalize_on_root: bool = False
 
     def __post_init__(self) -> None:
         if self.fallback not in FALLBACKS:
@@ -69,6 +78,7 @@ class RolloutInfo:
     has_input: bool = False
     mode: str | None = None
     first_start: float | None = None
+    trace_id: bytes | None = None  # for per-trace rollouts
 
 
 @dataclass(slots=True)
@@ -78,6 +88,12 @@ class SpanBatch:
     groups: dict[Destination, list[tuple[float, int | None, SpanRow]]] = field(default_factory=dict)
     resources: dict[str, str] = field(default_factory=dict)
     rollouts: dict[str, RolloutInfo] = field(default_factory=dict)
+    # Trace affinity: the first destination explicit ids give each trace in this request.
+    bindings: dict[bytes, Destination] = field(default_factory=dict)
+    # Attempt outcomes the spans report: destination -> (status, end_time).
+    outcomes: dict[Destination, tuple[str, float | None]] = field(default_factory=dict)
+    # Primary rewards (``agentlightning.reward.0.value``) by destination, latest wins.
+    rewards: dict[Destination, float] = field(default_factory=dict)
     received: int = 0
     accepted: int = 0
     rejected: int = 0
@@ -102,6 +118,8 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
     trace_rollouts: dict[bytes, str] = {}
     key_rollouts: dict[tuple[str, str], str] = {}
     rollout_span = semconv.ROLLOUT_SPAN
+    finalize_on_root = config.finalize_on_root
+    bindings = batch.bindings
     no_attrs: dict[str, Any] = {}
     for resource_spans in request.resource_spans:
         resource = resource_spans.resource
@@ -182,6 +200,7 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
                                 rollouts[rollout_id] = RolloutInfo(
                                     "trace",
                                     {"lightning_otlp": {"origin": "trace", "trace_id": tid.hex()}},
+                                    trace_id=tid,
                                 )
                 info = rollouts.get(rollout_id)
                 if info is None:
@@ -189,24 +208,38 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
                 start = span.start_time_unix_nano / 1e9 if span.start_time_unix_nano else None
                 if start is not None and (info.first_start is None or start < info.first_start):
                     info.first_start = start
+                dest = (rollout_id, attempt_id)
+                end = span.end_time_unix_nano / 1e9 if span.end_time_unix_nano else None
+                code = span.status.code
                 name = span.name
+                if origin == "explicit":
+                    if tid not in bindings:
+                        bindings[tid] = dest
+                elif finalize_on_root and origin == "trace" and not pid:
+                    batch.outcomes[dest] = ("failed" if code == 2 else "succeeded", end)
                 if name == rollout_span:
                     _rollout_hints(info, attributes(span.attributes))
+                    batch.outcomes[dest] = ("failed" if code == 2 else "succeeded", end)
+                if attrs:
+                    reported = attrs.get(semconv.ATTEMPT_STATUS)
+                    if reported in _OUTCOMES:
+                        batch.outcomes[dest] = (reported, end)
+                    reward = attrs.get(semconv.PRIMARY_REWARD_VALUE)
+                    if isinstance(reward, (int, float)) and not isinstance(reward, bool):
+                        batch.rewards[dest] = float(reward)
                 seq = attrs.get(semconv.SPAN_SEQUENCE_ID, res_seq) if attrs else res_seq
                 explicit_seq = _int_or_none(seq) if seq is not None else None
-                code = span.status.code
                 row = (
                     tid,
                     sid,
                     pid or None,
                     name,
                     start,
-                    span.end_time_unix_nano / 1e9 if span.end_time_unix_nano else None,
+                    end,
                     _STATUS[code] if 0 <= code < 3 else "UNSET",
                     blob,
                     resource_id,
                 )
-                dest = (rollout_id, attempt_id)
                 group = groups.get(dest)
                 if group is None:
                     group = groups[dest] = []

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from ..errors import StoreUnavailable
-from ..ids import attempt_id_for
+from ..ids import attempt_id_for, rollout_id_for_trace
 from ..records import (
     ATTEMPT_COLUMNS,
     DEFAULT_ROLLOUT_CONFIG,
@@ -20,7 +20,8 @@ from ..records import (
     attempted_rollout_record,
     span_record,
 )
-from ..route import RolloutInfo, SpanBatch
+from ..route import Destination, RolloutInfo, SpanBatch
+from .affinity import DEFAULT_AFFINITY_WINDOW, Changes, TraceAffinity
 from .base import WriteResult
 
 # Each entry is one migration, applied in its own transaction. PRAGMA user_version counts them.
@@ -75,6 +76,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     -- scatters them over the whole file and halves the insert rate once it outgrows the cache.
     CREATE UNIQUE INDEX spans_identity ON spans (rollout_id, trace_id, span_id);
     """,
+    """
+    ALTER TABLE attempts ADD COLUMN reward REAL
+    """,
 )
 
 _INSERT_SPAN: Final = f"INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)})"
@@ -90,6 +94,8 @@ class SQLiteStore:
         synchronous: SQLite's ``synchronous`` pragma; ``FULL`` survives power loss,
             ``NORMAL`` survives a crash of this process only.
         busy_timeout: seconds to wait for a lock before answering "unavailable".
+        affinity_window: seconds during which spans that went to a per-trace rollout move to
+            the rollout their trace is later bound to.
     """
 
     def __init__(
@@ -99,6 +105,7 @@ class SQLiteStore:
         synchronous: str = "FULL",
         busy_timeout: float = 2.0,
         url: str | None = None,
+        affinity_window: float = DEFAULT_AFFINITY_WINDOW,
     ) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
@@ -108,6 +115,7 @@ class SQLiteStore:
         self._busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self.affinity = TraceAffinity(affinity_window)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -128,6 +136,7 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=OFF")
             self._migrate(conn)
+            self._load_affinity(conn)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.url}: {exc}") from exc
         self._conn = conn
@@ -166,12 +175,13 @@ class SQLiteStore:
     def write(self, batch: SpanBatch) -> WriteResult:
         if not batch.groups:
             return WriteResult(0, 0)
+        changes = Changes()
         with self._lock:
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    stored = self._write(conn, batch)
+                    stored = self._write(conn, batch, changes)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -181,24 +191,38 @@ class SQLiteStore:
                 raise StoreUnavailable(f"store busy or failing: {exc}") from exc
             except sqlite3.DatabaseError as exc:
                 raise StoreUnavailable(f"store failing: {exc}") from exc
+            self.affinity.apply(changes, time.time())
         return WriteResult(stored, batch.accepted - stored)
 
-    def _write(self, conn: sqlite3.Connection, batch: SpanBatch) -> int:
+    def _write(self, conn: sqlite3.Connection, batch: SpanBatch, changes: Changes) -> int:
         now = time.time()
+        groups = batch.groups
+        retarget: dict[Destination, Destination] = {}
+        if batch.bindings or self.affinity.bindings:
+            groups, retarget = self._follow_bindings(batch)
         conn.executemany(
             "INSERT OR IGNORE INTO resources (resource_id, body) VALUES (?, ?)",
             batch.resources.items(),
         )
+        used = {rollout_id for rollout_id, _ in groups}
         for rollout_id, info in batch.rollouts.items():
-            self._ensure_rollout(conn, rollout_id, info, now)
+            if rollout_id in used and self._ensure_rollout(conn, rollout_id, info, now):
+                if info.origin == "trace" and info.trace_id is not None:
+                    changes.autos.append((info.trace_id, rollout_id, now))
+        # Spans of per-trace rollouts that this request's bindings claim, by destination.
+        moves = self._claim_moves(conn, batch, now, changes)
+        resolved: dict[Destination, str] = {}
         rows: list[tuple[Any, ...]] = []
-        for (rollout_id, wanted_attempt), group in batch.groups.items():
-            attempt_id, next_seq = self._ensure_attempt(
-                conn, rollout_id, wanted_attempt, group, now
-            )
-            group.sort(key=_start_time)
+        updates: list[tuple[Any, ...]] = []
+        for dest, group in groups.items():
+            rollout_id = dest[0]
+            attempt_id, next_seq = self._ensure_attempt(conn, rollout_id, dest[1], group, now)
+            resolved[dest] = attempt_id
+            # Spans moving here and this request's spans share one start-time order.
+            entries: list[Any] = [*group, *moves[dest]] if dest in moves else group
+            entries.sort(key=_start_time)
             highest = next_seq - 1
-            for _, explicit, row in group:
+            for _, explicit, row in entries:
                 if explicit is None:
                     seq = next_seq
                     next_seq += 1
@@ -206,7 +230,10 @@ class SQLiteStore:
                     seq = explicit
                     if explicit > highest:
                         highest = explicit
-                rows.append((rollout_id, attempt_id, seq, *row))
+                if isinstance(row, int):  # a stored span's rowid: it moves here
+                    updates.append((rollout_id, attempt_id, seq, row))
+                else:
+                    rows.append((rollout_id, attempt_id, seq, *row))
             next_seq = max(next_seq, highest + 1)
             conn.execute(
                 "UPDATE attempts SET next_span_seq = ?, last_heartbeat_time = ?,"
@@ -215,12 +242,148 @@ class SQLiteStore:
                 (next_seq, now, rollout_id, attempt_id),
             )
         cursor = conn.executemany(_INSERT_SPAN, rows)
-        return cursor.rowcount if cursor.rowcount >= 0 else len(rows)
+        stored = cursor.rowcount if cursor.rowcount >= 0 else len(rows)
+        if moves:
+            self._finish_moves(conn, updates, changes)
+        for trace_id, dest in batch.bindings.items():
+            bound_attempt = resolved.get(dest)
+            if bound_attempt is not None:
+                changes.bound.append((trace_id, (dest[0], bound_attempt)))
+        self._record_outcomes(conn, batch, retarget, resolved, now)
+        return stored
+
+    def _follow_bindings(
+        self, batch: SpanBatch
+    ) -> tuple[dict[Destination, list[Any]], dict[Destination, Destination]]:
+        """Send spans without explicit ids to the rollout their trace is bound to."""
+        known = self.affinity.bindings
+        fresh = batch.bindings
+        rollouts = batch.rollouts
+        groups: dict[Destination, list[Any]] = {}
+        retarget: dict[Destination, Destination] = {}
+        for dest, group in batch.groups.items():
+            info = rollouts.get(dest[0])
+            if info is None or info.origin == "explicit":
+                groups.setdefault(dest, []).extend(group)
+                continue
+            stay = []
+            for item in group:
+                trace_id = item[2][0]
+                target = known.get(trace_id) or fresh.get(trace_id)
+                if target is None:
+                    stay.append(item)
+                else:
+                    groups.setdefault(target, []).append(item)
+                    retarget[dest] = target
+            if stay:
+                groups.setdefault(dest, []).extend(stay)
+        return groups, retarget
+
+    def _claim_moves(
+        self, conn: sqlite3.Connection, batch: SpanBatch, now: float, changes: Changes
+    ) -> dict[Destination, list[tuple[float, None, int]]]:
+        moves: dict[Destination, list[tuple[float, None, int]]] = {}
+        affinity = self.affinity
+        if not affinity.autos:
+            return moves
+        for trace_id, dest in batch.bindings.items():
+            if trace_id in affinity.bindings:
+                continue  # bound before: its per-trace rollout, if any, was dealt with then
+            auto = affinity.movable(trace_id, now, changes)
+            if auto is None or auto == dest[0]:
+                continue
+            stored = conn.execute(
+                "SELECT start_time, rowid FROM spans WHERE rollout_id = ?", (auto,)
+            ).fetchall()
+            moves.setdefault(dest, []).extend(
+                (start or 0.0, None, rowid) for start, rowid in stored
+            )
+            changes.moved.append(trace_id)
+            changes.moved_spans += len(stored)
+        return moves
+
+    @staticmethod
+    def _finish_moves(
+        conn: sqlite3.Connection, updates: list[tuple[Any, ...]], changes: Changes
+    ) -> None:
+        conn.executemany(
+            "UPDATE OR IGNORE spans SET rollout_id = ?, attempt_id = ?, sequence_id = ?"
+            " WHERE rowid = ?",
+            updates,
+        )
+        emptied = [(rollout_id_for_trace(t.hex()),) for t in changes.moved]
+        # Whatever could not move was already in the target (a duplicate): drop it with its
+        # emptied per-trace rollout.
+        conn.executemany("DELETE FROM spans WHERE rollout_id = ?", emptied)
+        conn.executemany("DELETE FROM attempts WHERE rollout_id = ?", emptied)
+        conn.executemany("DELETE FROM rollouts WHERE rollout_id = ?", emptied)
+
+    @staticmethod
+    def _record_outcomes(
+        conn: sqlite3.Connection,
+        batch: SpanBatch,
+        retarget: dict[Destination, Destination],
+        resolved: dict[Destination, str],
+        now: float,
+    ) -> None:
+        for dest, value in batch.rewards.items():
+            target = retarget.get(dest, dest)
+            attempt_id = resolved.get(target)
+            if attempt_id is not None:
+                conn.execute(
+                    "UPDATE attempts SET reward = ? WHERE rollout_id = ? AND attempt_id = ?",
+                    (value, target[0], attempt_id),
+                )
+        for dest, (status, end) in batch.outcomes.items():
+            target = retarget.get(dest, dest)
+            attempt_id = resolved.get(target)
+            if attempt_id is None:
+                continue
+            rollout_id = target[0]
+            end_time = end if end is not None else now
+            conn.execute(
+                "UPDATE attempts SET status = ?, end_time = ?"
+                " WHERE rollout_id = ? AND attempt_id = ?",
+                (status, end_time, rollout_id, attempt_id),
+            )
+            # A rollout follows its latest attempt.
+            conn.execute(
+                "UPDATE rollouts SET status = ?, end_time = ? WHERE rollout_id = ? AND ? = ("
+                " SELECT attempt_id FROM attempts WHERE rollout_id = ?"
+                " ORDER BY sequence_id DESC LIMIT 1)",
+                (status, end_time, rollout_id, attempt_id, rollout_id),
+            )
+
+    def _load_affinity(self, conn: sqlite3.Connection) -> None:
+        """Rebuild trace affinity from the newest spans and per-trace rollouts on disk."""
+        affinity = self.affinity
+        limit = affinity.max_traces
+        rows = conn.execute(
+            "SELECT s.trace_id, s.rollout_id, s.attempt_id FROM spans s"
+            " JOIN rollouts r ON r.rollout_id = s.rollout_id AND r.origin = 'explicit'"
+            " WHERE s.rowid > (SELECT COALESCE(MAX(rowid), 0) FROM spans) - ?"
+            " ORDER BY s.rowid",
+            (limit,),
+        )
+        changes = Changes()
+        changes.bound.extend((t, (r, a)) for t, r, a in rows)
+        now = time.time()
+        for rollout_id, start, metadata in conn.execute(
+            "SELECT rollout_id, start_time, metadata FROM rollouts WHERE origin = 'trace'"
+            " AND rowid > (SELECT COALESCE(MAX(rowid), 0) FROM rollouts) - ? AND start_time > ?"
+            " ORDER BY rowid",
+            (limit, now - affinity.window - max(affinity.window, 60.0)),
+        ):
+            trace_hex = (json.loads(metadata or "{}").get("lightning_otlp") or {}).get("trace_id")
+            if trace_hex:
+                changes.autos.append((bytes.fromhex(trace_hex), rollout_id, start))
+        affinity.apply(changes, now)
 
     @staticmethod
     def _ensure_rollout(
         conn: sqlite3.Connection, rollout_id: str, info: RolloutInfo, now: float
-    ) -> None:
+    ) -> bool:
+        """Create the rollout unless it exists; True when it was created."""
         start = info.first_start or now
         cursor = conn.execute(
             "INSERT OR IGNORE INTO rollouts (rollout_id, input, start_time, mode, status, config,"
@@ -235,21 +398,22 @@ class SQLiteStore:
                 info.origin,
             ),
         )
-        if cursor.rowcount == 0:
+        if cursor.rowcount == 1:
+            return True
+        conn.execute(
+            "UPDATE rollouts SET status = 'running' WHERE rollout_id = ? AND status IN (?, ?, ?)",
+            (rollout_id, *_STARTED),
+        )
+        if info.has_input:
             conn.execute(
-                "UPDATE rollouts SET status = 'running'"
-                " WHERE rollout_id = ? AND status IN (?, ?, ?)",
-                (rollout_id, *_STARTED),
+                "UPDATE rollouts SET input = ? WHERE rollout_id = ?",
+                (json.dumps(info.input), rollout_id),
             )
-            if info.has_input:
-                conn.execute(
-                    "UPDATE rollouts SET input = ? WHERE rollout_id = ?",
-                    (json.dumps(info.input), rollout_id),
-                )
-            if info.mode is not None:
-                conn.execute(
-                    "UPDATE rollouts SET mode = ? WHERE rollout_id = ?", (info.mode, rollout_id)
-                )
+        if info.mode is not None:
+            conn.execute(
+                "UPDATE rollouts SET mode = ? WHERE rollout_id = ?", (info.mode, rollout_id)
+            )
+        return False
 
     @staticmethod
     def _ensure_attempt(
@@ -283,6 +447,11 @@ class SQLiteStore:
             " (SELECT COALESCE(MAX(sequence_id), 0) + 1 FROM attempts WHERE rollout_id = ?),"
             " ?, 'running', ?, 1)",
             (rollout_id, attempt_id, rollout_id, start, now),
+        )
+        # The rollout follows its newest attempt: running again, whatever the last one ended as.
+        conn.execute(
+            "UPDATE rollouts SET status = 'running', end_time = NULL WHERE rollout_id = ?",
+            (rollout_id,),
         )
         return attempt_id, 1
 
@@ -334,6 +503,39 @@ class SQLiteStore:
             if resource is None:
                 resource = parsed[rid] = json.loads(resources[rid])
             yield span_record(row, resource)
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """One line of figures per rollout, for people: status, attempts, spans, time, reward."""
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT r.rollout_id, r.status, r.mode, r.origin, r.start_time, r.end_time,"
+                    " (SELECT COUNT(*) FROM attempts a WHERE a.rollout_id = r.rollout_id),"
+                    " (SELECT COUNT(*) FROM spans s WHERE s.rollout_id = r.rollout_id),"
+                    " (SELECT MAX(end_time) FROM spans s WHERE s.rollout_id = r.rollout_id),"
+                    " (SELECT reward FROM attempts a WHERE a.rollout_id = r.rollout_id"
+                    "  ORDER BY sequence_id DESC LIMIT 1)"
+                    " FROM rollouts r ORDER BY r.start_time, r.rowid"
+                )
+                .fetchall()
+            )
+        out = []
+        for rid, status, mode, origin, start, end, attempts, spans, last, reward in rows:
+            finish = end if end is not None else last
+            out.append(
+                {
+                    "rollout_id": rid,
+                    "status": status,
+                    "mode": mode,
+                    "origin": origin,
+                    "attempts": attempts,
+                    "spans": spans,
+                    "duration": (finish - start) if finish is not None else None,
+                    "reward": reward,
+                }
+            )
+        return out
 
     def count_spans(self) -> int:
         with self._lock:
