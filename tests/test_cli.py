@@ -79,3 +79,55 @@ def test_bad_store_url_is_a_clean_error() -> None:
     result = cli("rollouts", "--store", "postgres://nowhere")
     assert result.returncode == 2
     assert "unknown store URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_rollouts_table_for_people(db: Path) -> None:
+    result = cli("rollouts", "--store", f"sqlite:///{db}", "--table")
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "ROLLOUT",
+        "STATUS",
+        "ATTEMPTS",
+        "SPANS",
+        "DURATION",
+        "REWARD",
+        "MODE",
+        "ORIGIN",
+    ]
+    rows = [line.split() for line in lines[1:-1]]
+    assert len(rows) == 4 and lines[-1] == "4 rollout(s)"
+    assert sorted(int(r[3]) for r in rows) == [1, 10, 10, 10]
+    assert {r[1] for r in rows} == {"running"}
+    assert {r[7] for r in rows} == {"explicit", "trace"}
+
+
+def test_rollouts_default_to_json_lines_into_a_pipe(db: Path) -> None:
+    lines = cli("rollouts", "--store", f"sqlite:///{db}").stdout.splitlines()
+    assert all(json.loads(line)["attempt"] for line in lines)
+    assert cli("rollouts", "--store", f"sqlite:///{db}", "--json").stdout.splitlines() == lines
+
+
+def test_rollouts_default_to_a_table_on_a_terminal(db: Path) -> None:
+    leader, follower = os.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lightning_otlp", "rollouts", "--store", f"sqlite:///{db}"],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+    assert proc.returncode == 0
+    text = b"".join(chunks).decode()
+    assert text.startswith("ROLLOUT") and "4 rollout(s)" in text

@@ -16,7 +16,7 @@ from .config import ENV_PREFIX, Settings, from_env
 from .configfile import check_config, read_config
 from .errors import ReceiverError
 from .route import FALLBACKS
-from .store import DEFAULT_STORE_URL, open_store
+from .store import DEFAULT_STORE_URL, SQLiteStore, open_store
 
 EXAMPLES = {
     "serve": "example: lightning-otlp serve --store sqlite:///runs.db --rollout-key session.id",
@@ -81,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long in-flight requests may take to finish (10)",
     )
 
+    serve.add_argument(
+        "--affinity-window",
+        type=float,
+        metavar="SECONDS",
+        help="how long spans that reached a per-trace rollout may still move to the rollout"
+        " their trace is bound to (600)",
+    )
+    serve.add_argument(
+        "--finalize-on-root",
+        action="store_true",
+        default=None,
+        help="mark a per-trace rollout succeeded/failed by its root span's status",
+    )
+
     check = commands.add_parser(
         "check-config",
         help="report every mistake in a config file, with its line",
@@ -98,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "spans":
             sub.add_argument("--rollout", metavar="ID", help="only this rollout")
             sub.add_argument("--attempt", metavar="ID", help="only this attempt")
+        else:
+            form = sub.add_mutually_exclusive_group()
+            form.add_argument(
+                "--table",
+                action="store_true",
+                default=None,
+                help="a table for people (the default on a terminal)",
+            )
+            form.add_argument(
+                "--json",
+                action="store_false",
+                dest="table",
+                help="JSON Lines, one AttemptedRollout each (the default into a pipe or file)",
+            )
 
     status = commands.add_parser(
         "status",
@@ -148,6 +176,8 @@ def _serve(args: argparse.Namespace) -> int:
         "tls_key": args.tls_key,
         "tls_client_ca": args.tls_client_ca,
         "shutdown_timeout": args.shutdown_timeout,
+        "affinity_window": args.affinity_window,
+        "finalize_on_root": args.finalize_on_root,
     }
     config_file = args.config or os.environ.get(ENV_PREFIX + "CONFIG")
     from_file = read_config(config_file) if config_file else {}
@@ -177,7 +207,11 @@ def _read(args: argparse.Namespace) -> int:
     store.open()
     try:
         if args.command == "rollouts":
-            _print_lines(store.rollouts())
+            table = sys.stdout.isatty() if args.table is None else args.table
+            if table and isinstance(store, SQLiteStore):
+                _print_table(store.summaries())
+            else:
+                _print_lines(store.rollouts())
         else:
             _print_lines(store.spans(args.rollout, args.attempt))
     finally:
@@ -195,6 +229,39 @@ def _status(args: argparse.Namespace) -> int:
         for key, value in report.items():
             print(f"{key.replace('_', ' ')}: {'-' if value is None else value}")
     return 0
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    header = ("ROLLOUT", "STATUS", "ATTEMPTS", "SPANS", "DURATION", "REWARD", "MODE", "ORIGIN")
+    lines = [header]
+    for row in rows:
+        duration = row["duration"]
+        reward = row["reward"]
+        lines.append(
+            (
+                row["rollout_id"],
+                row["status"],
+                str(row["attempts"]),
+                str(row["spans"]),
+                "-" if duration is None else f"{duration:.2f}s",
+                "-" if reward is None else f"{reward:g}",
+                row["mode"] or "-",
+                row["origin"],
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    numeric = {2, 3, 4, 5}
+    try:
+        for line in lines:
+            cells = [
+                cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+                for i, cell in enumerate(line)
+            ]
+            sys.stdout.write("  ".join(cells).rstrip() + "\n")
+        sys.stdout.write(f"{len(rows)} rollout(s)\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
 
 
 def _print_lines(records: Iterable[dict[str, Any]]) -> None:

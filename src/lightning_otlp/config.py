@@ -33,10 +33,14 @@ class Settings:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     shutdown_timeout: float = 10.0
+    affinity_window: float = 600.0
+    finalize_on_root: bool = False
 
     def __post_init__(self) -> None:
         if self.fallback not in FALLBACKS:
-            raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}, not {self.fallback!r}")
+            raise ValueError(
+                f"fallback must be one of {', '.join(FALLBACKS)}, not {self.fallback!r}"
+            )
         for name in ("grpc", "http"):
             split_address(getattr(self, name))
         if self.health != HEALTH_OFF:
@@ -45,6 +49,8 @@ class Settings:
             raise ValueError("tls_cert and tls_key must be given together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key too")
+        if self.affinity_window < 0:
+            raise ValueError(f"affinity_window must not be negative, not {self.affinity_window!r}")
         if self.shutdown_timeout <= 0:
             raise ValueError(f"shutdown_timeout must be positive, not {self.shutdown_timeout!r}")
 
@@ -75,6 +81,16 @@ def parse_value(name: str, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+    if name == "finalize_on_root":
+        lowered = raw.strip().lower()
+        if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"{name} must be true or false, not {raw!r}")
+        return lowered in ("1", "true", "yes", "on")
+    if name == "affinity_window":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
     if name == "shutdown_timeout":
         try:
             return float(raw)

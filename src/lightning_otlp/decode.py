@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import zlib
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
@@ -77,7 +77,7 @@ def decompress(body: bytes, encoding: str | None, limit: int = DEFAULT_MAX_REQUE
 
 def decode_protobuf(data: bytes, message_type: type[M]) -> M:
     try:
-        return message_type.FromString(data)
+        return cast(M, message_type.FromString(data))
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise InvalidRequest(f"malformed protobuf {message_type.DESCRIPTOR.name}: {exc}") from exc
 
@@ -91,7 +91,7 @@ def decode_json(data: bytes, message_type: type[M]) -> M:
     if not isinstance(doc, dict):
         raise InvalidRequest("malformed JSON: the request must be an object")
     _hex_ids_to_base64(doc)
-    message = message_type()
+    message: M = message_type()
     try:
         json_format.ParseDict(doc, message, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
@@ -112,8 +112,8 @@ def decode_traces(data: bytes, media: str = PROTOBUF) -> PB2ExportTraceServiceRe
 def encode(message: Message, media: str) -> bytes:
     """Encode a response the way the request came: protobuf bytes or spec JSON."""
     if media == JSON:
-        return json_format.MessageToJson(message, indent=None).encode()
-    return message.SerializeToString()
+        return cast(str, json_format.MessageToJson(message, indent=None)).encode()
+    return cast(bytes, message.SerializeToString())
 
 
 def _hex_ids_to_base64(node: Any) -> None:

@@ -21,7 +21,7 @@ from .config import HEALTH_OFF, Settings, split_address
 from .export import Pipeline
 from .health import HealthApp
 from .route import RoutingConfig
-from .store import Store, open_store
+from .store import SQLiteStore, Store, open_store
 from .transport.grpc import build_server
 from .transport.http import HTTPReceiver
 
@@ -34,7 +34,10 @@ def build_pipeline(settings: Settings, store: Store | None = None) -> Pipeline:
     routing = RoutingConfig(
         rollout_keys=settings.rollout_keys,
         fallback=settings.fallback,  # type: ignore[arg-type]
+        finalize_on_root=settings.finalize_on_root,
     )
+    if isinstance(store, SQLiteStore):
+        store.affinity.window = settings.affinity_window
     return Pipeline(
         store,
         routing,
