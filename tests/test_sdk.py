@@ -241,6 +241,50 @@ def test_concurrent_tasks_and_threads_never_cross(traced: Traced) -> None:
     assert len({ids_of(s) for s in work}) == 58
 
 
+def test_one_rollout_object_entered_by_many_threads_and_tasks(traced: Traced) -> None:
+    """A shared instance (a decorator is one) closes each caller's own block."""
+    shared = traced.rollout(mode="train")
+    seen: list[Any] = []
+    barrier = threading.Barrier(4)
+
+    def thread(i: int) -> None:
+        with shared as ids:
+            barrier.wait(10)  # all four blocks open at once
+            traced.tracer.start_span(f"thread.{i}").end()
+            seen.append((current_rollout() == ids, ids))
+        seen.append((current_rollout() is None, None))
+
+    async def task(i: int) -> None:
+        async with shared as ids:
+            await asyncio.sleep(0.001 * (3 - i))  # close in another order than opened
+            traced.tracer.start_span(f"task.{i}").end()
+            seen.append((current_rollout() == ids, ids))
+
+    async def tasks() -> None:
+        await asyncio.gather(*(task(i) for i in range(4)))
+
+    threads = [threading.Thread(target=thread, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    asyncio.run(tasks())
+    assert all(ok for ok, _ in seen) and len(seen) == 12
+    rollouts = [ids for _, ids in seen if ids is not None]
+    assert len(set(rollouts)) == 8
+    for i in range(4):
+        assert ids_of(traced.one(f"thread.{i}")) in rollouts
+        assert ids_of(traced.one(f"task.{i}")) in rollouts
+    assert len(traced.named(semconv.ROLLOUT_SPAN)) == 8
+
+
+def test_rollout_works_without_an_sdk_provider() -> None:
+    with rollout(tracer_provider=trace.NoOpTracerProvider()) as ids:
+        assert current_rollout() == ids
+        emit_reward(1.0, tracer_provider=trace.NoOpTracerProvider())
+    assert current_rollout() is None
+
+
 def test_ids_a_caller_set_are_kept(traced: Traced) -> None:
     with traced.rollout():
         start = traced.tracer.start_span

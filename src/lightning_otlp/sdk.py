@@ -26,6 +26,7 @@ import inspect
 import json
 import logging
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
@@ -205,15 +206,12 @@ class rollout:  # noqa: N801 - a context manager used like a function, as contex
         self._mode = mode
         self._propagate = propagate
         self._tracer_provider = tracer_provider
-        # One entry per open block of this object: (context token, rollout span).
-        self._open: list[tuple[object, trace.Span]] = []
-
-    def _fresh(self) -> rollout:
-        """A copy for one call of a decorated function: calls may overlap across tasks."""
-        clone = object.__new__(rollout)
-        clone.__dict__.update(self.__dict__)
-        clone._open = []
-        return clone
+        # The blocks of this object open in the caller's thread or task, innermost last, as
+        # (context token, rollout span): one object (a decorator, a shared instance) may be
+        # entered by many threads and tasks at once, and each must close its own block.
+        self._open: ContextVar[tuple[tuple[object, trace.Span], ...]] = ContextVar(
+            "lightning_otlp.rollout", default=()
+        )
 
     def __enter__(self) -> RolloutIds:
         rollout_id = self._rollout_id or ids.new_rollout_id()
@@ -231,7 +229,7 @@ class rollout:  # noqa: N801 - a context manager used like a function, as contex
         ctx = _with_baggage(ctx, binding if self._propagate else None)
         ctx = trace.set_span_in_context(span, ctx)
         token = otel_context.attach(ctx)
-        self._open.append((token, span))
+        self._open.set((*self._open.get(), (token, span)))
         # Exported now, not when the block ends: the trace's binding is known from the start.
         marker = tracer.start_span(
             semconv.ROLLOUT_START_SPAN, context=ctx, attributes=binding.attributes
@@ -245,7 +243,8 @@ class rollout:  # noqa: N801 - a context manager used like a function, as contex
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        token, span = self._open.pop()
+        *outer, (token, span) = self._open.get()
+        self._open.set(tuple(outer))
         try:
             if exc is not None:
                 span.record_exception(exc, escaped=True)
@@ -271,14 +270,14 @@ class rollout:  # noqa: N801 - a context manager used like a function, as contex
 
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                with self._fresh():
+                with self:
                     return await fn(*args, **kwargs)
 
             return cast(_F, run_async)
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            with self._fresh():
+            with self:
                 return fn(*args, **kwargs)
 
         return cast(_F, run)
