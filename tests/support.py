@@ -194,3 +194,35 @@ def node_script(name: str) -> Path:
     if not (NODE_DIR / "node_modules" / "@opentelemetry" / "sdk-trace-node").exists():
         raise RuntimeError("Node.js OpenTelemetry packages missing: run `make node-deps`")
     return NODE_DIR / name
+
+
+EXAMPLE_AGENT = ROOT / "examples" / "typescript-agent" / "agent.js"
+EXAMPLE_RUNNER = ROOT / "examples" / "python-runner" / "runner.py"
+
+
+def start_example_agent(
+    otlp_http_url: str, log_path: Path, timeout: float = 30.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The example TypeScript agent on a free port, exporting to ``otlp_http_url``.
+
+    It resolves its npm packages from tests/node (the same versions its package.json names).
+    """
+    node_script("agent.js")  # checks the Node.js packages are installed
+    env = {
+        **os.environ,
+        "NODE_PATH": str(NODE_DIR / "node_modules"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http_url,
+        "PORT": "0",
+    }
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            ["node", str(EXAMPLE_AGENT)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = re.search(r"listening on (\S+)", log_path.read_text())
+        if found:
+            return proc, found.group(1)
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"example agent did not start:\n{log_path.read_text()}")

@@ -5,22 +5,23 @@ Lightning code) inside each. Every agent span must land in its runner's rollout 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from .support import NODE_DIR, ROOT, ReceiverProcess, node_script, validate_with_agl
+from .support import (
+    EXAMPLE_RUNNER,
+    ReceiverProcess,
+    start_example_agent,
+    validate_with_agl,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
-AGENT = ROOT / "examples" / "typescript-agent" / "agent.js"
-RUNNER = ROOT / "examples" / "python-runner" / "runner.py"
 # Per succeeded rollout: runner (rollout, rollout.start, call agent, annotation) + agent (3).
 # Per failed rollout: runner (rollout, rollout.start, call agent) + agent (POST /solve).
 EXPECTED_SPANS = 18 * 7 + 2 * 4
@@ -30,35 +31,22 @@ EXPECTED_SPANS = 18 * 7 + 2 * 4
 def agent(
     start_receiver: Callable[..., ReceiverProcess], tmp_path: Path
 ) -> Iterator[tuple[ReceiverProcess, str]]:
-    node_script("agent.js")  # checks the Node.js packages are installed
     receiver = start_receiver()
-    env = {
-        **os.environ,
-        "NODE_PATH": str(NODE_DIR / "node_modules"),
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_url,
-        "PORT": "0",
-    }
-    log = open(tmp_path / "agent.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen(["node", str(AGENT)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = None
-    deadline = time.monotonic() + 30
-    while url is None and time.monotonic() < deadline and proc.poll() is None:
-        found = re.search(r"listening on (\S+)", (tmp_path / "agent.log").read_text())
-        url = found.group(1) if found else None
-        time.sleep(0.05)
-    assert url, (tmp_path / "agent.log").read_text()
+    proc, url = start_example_agent(receiver.http_url, tmp_path / "agent.log")
     yield receiver, url
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(20)
-    log.close()
+    proc.terminate()
+    proc.wait(20)
 
 
 def test_twenty_parallel_rollouts_across_languages(agent: tuple[ReceiverProcess, str]) -> None:
     receiver, url = agent
     env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_url}
     run = subprocess.run(
-        [sys.executable, str(RUNNER), url], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, str(EXAMPLE_RUNNER), url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("failed") == 2 and len(run.stdout.splitlines()) == 20
