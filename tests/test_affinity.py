@@ -207,3 +207,17 @@ def test_rewards_are_kept_per_attempt(pipeline: Pipeline, store: SQLiteStore) ->
     }
     send(pipeline, [make_span("agentlightning.annotation", attributes=reward)])
     assert store.summaries()[0]["reward"] == 0.75
+
+
+def test_moves_and_late_bindings_are_counted_in_metrics(
+    pipeline: Pipeline, store: SQLiteStore
+) -> None:
+    from lightning_otlp.metrics import render
+
+    trace = make_span("x").trace_id
+    send(pipeline, [make_span("agent", trace_id=trace), make_span("agent2", trace_id=trace)])
+    send(pipeline, [make_span("marker", trace_id=trace, attributes=IDS)])
+    page = render(pipeline)
+    assert "lightning_otlp_affinity_moved_spans 2" in page.splitlines()
+    assert "lightning_otlp_affinity_moved_traces 1" in page.splitlines()
+    assert "lightning_otlp_affinity_late_bindings 0" in page.splitlines()
