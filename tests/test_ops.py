@@ -16,6 +16,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -597,3 +598,19 @@ def test_metrics_show_the_outbox_while_the_server_is_unreachable(
     assert m["lightning_otlp_outbox_spans"] == 7
     assert m["lightning_otlp_outbox_bytes"] > 0
     assert m['otelcol_receiver_accepted_spans{receiver="otlp",transport="grpc"}'] == 7
+
+
+@pytest.mark.e2e
+def test_a_port_in_use_is_one_clean_error(start_receiver: Start, tmp_path: Path) -> None:
+    first = start_receiver()
+    health = first.health_url.removeprefix("http://")
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_otlp", "serve", "--store", f"sqlite:///{tmp_path}/b.db",
+         "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", "--health", health],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"lightning-otlp: error: cannot bind health to {health}" in result.stderr
+    assert "Traceback" not in result.stderr

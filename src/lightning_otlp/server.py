@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Iterator
@@ -62,6 +63,9 @@ async def serve(settings: Settings) -> None:
     """
     auth = BearerAuth(load_tokens(settings.auth_token_file)) if settings.auth_token_file else None
     _warn_if_open(settings, auth)
+    # Bind before anything starts, so a port in use is one clean error.
+    http_socket = _bind(settings.http, "OTLP/HTTP")
+    health_socket = _bind(settings.health, "health") if settings.health != HEALTH_OFF else None
     pipeline = build_pipeline(settings)
     grpc_server, grpc_port = build_server(
         pipeline, settings.grpc, auth=auth, credentials=_grpc_credentials(settings)
@@ -100,8 +104,10 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _on_signal, stopping, http_server)
-    serving = asyncio.ensure_future(http_server.serve())
-    health = asyncio.ensure_future(health_server.serve()) if health_server else None
+    serving = asyncio.ensure_future(http_server.serve(sockets=[http_socket]))
+    health = None
+    if health_server is not None and health_socket is not None:
+        health = asyncio.ensure_future(health_server.serve(sockets=[health_socket]))
     try:
         if await _started(http_server, serving) and (
             health_server is None or health is None or await _started(health_server, health)
@@ -133,6 +139,24 @@ async def serve(settings: Settings) -> None:
             health_server.should_exit = True
             await health
         _announce("stopped")
+
+
+def _bind(address: str, what: str) -> socket.socket:
+    host, port = split_address(address)
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(f"cannot bind {what} to {address}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot bind {what} to {address}: {exc.strerror or exc}") from None
+    return sock
 
 
 def _on_signal(stopping: asyncio.Event, http_server: uvicorn.Server) -> None:
