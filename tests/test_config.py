@@ -210,3 +210,12 @@ def test_serve_refuses_a_bad_config_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"{path}:1: fallbak: unknown setting; did you mean 'fallback'?" in result.stderr
+
+
+def test_every_setting_can_come_from_the_file_and_zero_where_allowed(tmp_path: Path) -> None:
+    path = write(tmp_path, "affinity_window = 0\nfinalize-on-root = true\n")
+    values = read_config(path)
+    assert values == {"affinity_window": 0.0, "finalize_on_root": True}
+    path = write(tmp_path, 'finalize_on_root = "yes"\nmax_in_flight = 0\n', "bad.toml")
+    _, problems = check_config(path)
+    assert [(p.line, p.key) for p in problems] == [(1, "finalize_on_root"), (2, "max_in_flight")]

@@ -33,6 +33,7 @@ CHOICES: Final[dict[str, tuple[str, ...]]] = {
 }
 _ADDRESSES: Final = frozenset({"grpc", "http", "health"})
 _FILES: Final = frozenset({"auth_token_file", "tls_cert", "tls_key", "tls_client_ca"})
+_POSITIVE: Final = frozenset({"max_request_bytes", "max_in_flight", "shutdown_timeout"})
 _KEY_LINE: Final = re.compile(r"""^\s*(?:"([^"]+)"|'([^']+)'|([A-Za-z0-9_-]+))\s*=""")
 _TABLE_LINE: Final = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]")
 _TOML_AT: Final = re.compile(r"\(at line (\d+), column (\d+)\)")
@@ -179,7 +180,7 @@ def _check_value(key: str, value: Any) -> None:
         raise ValueError(f"must be one of {', '.join(CHOICES[key])}, not {value!r}")
     if key in _ADDRESSES and not (key == "health" and value == HEALTH_OFF):
         split_address(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+    if key in _POSITIVE and value <= 0:
         raise ValueError(f"must be positive, not {value!r}")
     if key == "store":
         from .store import open_store
