@@ -70,21 +70,35 @@ class LightningServer:
 
     def __init__(self, base_url: str, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=3.0)
-        )
+        self._timeout = httpx.Timeout(timeout, connect=3.0)
+        self._client = httpx.Client(base_url=self.base_url, timeout=self._timeout)
 
     def close(self) -> None:
         self._client.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code >= 300:
-            raise ServerError(response.status_code, f"{method} {path}: {response.text[:200]}")
-        return response
+    def _call(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> httpx.Response:
+        """One request; ``retry`` (safe for repeatable calls) retries once on a fresh connection.
+
+        The server closes a connection after a request its handler failed on, so the pooled
+        connection the next call picks may be dead: one immediate retry hides that.
+        """
+        for last in (not retry, True):
+            try:
+                response = self._client.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if last:
+                    raise ConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+                continue
+            except httpx.HTTPError as exc:
+                raise ConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            if response.status_code >= 500:
+                # Drop pooled connections: the server may already have closed this one.
+                self._client.close()
+                self._client = httpx.Client(base_url=self.base_url, timeout=self._timeout)
+            if response.status_code >= 300:
+                raise ServerError(response.status_code, f"{method} {path}: {response.text[:200]}")
+            return response
+        raise AssertionError("unreachable")
 
     def health(self) -> bool:
         try:
@@ -108,7 +122,10 @@ class LightningServer:
         return items
 
     def create_rollout(self, body: dict[str, Any]) -> dict[str, Any]:
-        created: dict[str, Any] = self._call("POST", _API + "/rollouts", json=body).json()
+        # Not repeated blindly: a second POST could make a second rollout (see ``link``).
+        created: dict[str, Any] = self._call(
+            "POST", _API + "/rollouts", retry=False, json=body
+        ).json()
         return created
 
     def attempts(self, rollout_id: str) -> list[dict[str, Any]]:
@@ -119,7 +136,7 @@ class LightningServer:
 
     def create_attempt(self, rollout_id: str) -> dict[str, Any]:
         created: dict[str, Any] = self._call(
-            "POST", f"{_API}/rollouts/{rollout_id}/attempts", json={}
+            "POST", f"{_API}/rollouts/{rollout_id}/attempts", retry=False, json={}
         ).json()
         return created
 
@@ -256,10 +273,11 @@ class ForwardingStore(SQLiteStore):
         self._wake.set()
         return result
 
-    def _write(self, conn: sqlite3.Connection, batch: SpanBatch) -> int:
-        # Runs inside the request's transaction, under self._lock.
+    def _write(self, conn: sqlite3.Connection, batch: SpanBatch, *args: Any, **kwargs: Any) -> int:
+        # Runs inside the request's transaction, under self._lock; the embedded store's own
+        # write does the rest, whatever else it takes.
         before = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM spans").fetchone()[0]
-        stored = super()._write(conn, batch)
+        stored: int = super()._write(conn, batch, *args, **kwargs)
         count, size, top = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(length(span)), 0), MAX(rowid) FROM spans"
             " WHERE rowid > ?",
@@ -368,6 +386,7 @@ class _Forwarder:
         self.server = server
         self.targets: dict[tuple[str, str], _Target] = {}
         self.resources: dict[tuple[str, str, str], bytes] = {}
+        self.id_attrs: dict[_Target, bytes] = {}
         self.next_mirror = 0.0
 
     # One step: deliver one batch (True), or mirror statuses when nothing is pending (False).
@@ -418,7 +437,11 @@ class _Forwarder:
             conn = store._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany("DELETE FROM spans WHERE rowid = ?", ((r[0],) for r in rows))
+                first, last = rows[0][0], rows[-1][0]
+                if last - first + 1 == len(rows):  # the usual case: one contiguous range
+                    conn.execute("DELETE FROM spans WHERE rowid BETWEEN ? AND ?", (first, last))
+                else:
+                    conn.executemany("DELETE FROM spans WHERE rowid = ?", ((r[0],) for r in rows))
                 conn.execute(
                     "DELETE FROM forward_marks WHERE max_rowid <"
                     " COALESCE((SELECT MIN(rowid) FROM spans), 9223372036854775807)"
@@ -441,20 +464,27 @@ class _Forwarder:
 
     def _encode(self, rows: list[_Row]) -> bytes:
         groups: dict[tuple[str, str, str], list[bytes]] = {}
-        order = sorted(rows, key=lambda r: (r[1], r[2], r[3]))
+        order = sorted(rows, key=_by_attempt_and_sequence)
+        targets = self.targets
+        id_attrs = self.id_attrs
+        seq_attr = _seq_attr
         for _, rollout_id, attempt_id, seq, resource_id, span in order:
-            server_rollout, server_attempt = self.targets[(rollout_id, attempt_id)]
-            extra = _kv_int(_SEQ_KEY, seq)
+            target = targets[(rollout_id, attempt_id)]
+            extra = seq_attr(seq)
             if _ID_NEEDLE in span:
                 # Span attributes win over resource ones on the server: point them at it too.
-                extra += _kv_str(_ROLLOUT_KEY, server_rollout) + _kv_str(
-                    _ATTEMPT_KEY, server_attempt
-                )
-            key = (server_rollout, server_attempt, resource_id)
+                ids = id_attrs.get(target)
+                if ids is None:
+                    ids = id_attrs[target] = _kv_str(_ROLLOUT_KEY, target[0]) + _kv_str(
+                        _ATTEMPT_KEY, target[1]
+                    )
+                extra += ids
+            key = (target[0], target[1], resource_id)
             group = groups.get(key)
             if group is None:
                 group = groups[key] = []
-            group.append(_field(2, span + extra))
+            body = span + extra
+            group.append(_SPAN_TAG + _varint(len(body)) + body)
         out = []
         for key, spans in groups.items():
             resource = self.resources.get(key)
@@ -739,7 +769,12 @@ def _settled(status: Any) -> str | None:
 # -- protobuf wire format, for the few fields added to stored span bytes --------------------
 
 
+_BYTES: Final = [bytes((i,)) for i in range(0x80)]
+
+
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _BYTES[value]
     if value < 0:
         value += 1 << 64
     out = bytearray()
@@ -756,6 +791,24 @@ def _field(number: int, data: bytes) -> bytes:
 
 
 _SEQ_KEY: Final = _field(1, semconv.SPAN_SEQUENCE_ID.encode())
+_SPAN_TAG: Final = _varint(2 << 3 | 2)  # ScopeSpans.spans
+_seq_attrs: dict[int, bytes] = {}
+
+
+def _seq_attr(seq: int) -> bytes:
+    """The ``agentlightning.span_sequence_id`` span attribute, memoised: values repeat a lot."""
+    found = _seq_attrs.get(seq)
+    if found is None:
+        if len(_seq_attrs) > 100_000:
+            _seq_attrs.clear()
+        found = _seq_attrs[seq] = _kv_int(_SEQ_KEY, seq)
+    return found
+
+
+def _by_attempt_and_sequence(row: _Row) -> tuple[str, str, int]:
+    return row[1], row[2], row[3]
+
+
 _ROLLOUT_KEY: Final = _field(1, semconv.ROLLOUT_ID.encode())
 _ATTEMPT_KEY: Final = _field(1, semconv.ATTEMPT_ID.encode())
 
@@ -822,10 +875,11 @@ _URL_OPTIONS: Final = frozenset(
 )
 
 
-def store_status(url: str) -> dict[str, Any]:
+def store_status(url: str, *, probe: bool = True) -> dict[str, Any]:
     """What ``lightning-otlp status`` prints: read from the outbox, plus a server health probe.
 
-    Never forwards or changes anything, so it is safe beside a running receiver.
+    Reads the file without taking its write lock and never forwards anything, so it is safe
+    (and cheap) beside a running receiver.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("agl+http", "agl+https"):
@@ -838,15 +892,21 @@ def store_status(url: str) -> dict[str, Any]:
         finally:
             plain.close()
     store = forwarding_store(url, forward=False)
-    store.open()
+    path = os.path.abspath(store.path)
+    report: dict[str, Any] = {"store": url, "outbox": path}
+    if not os.path.exists(path):
+        raise ValueError(f"no outbox at {path}: has a receiver with this store URL run here?")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
-        report = {"store": url, "outbox": os.path.abspath(store.path), **store.status()}
+        report.update(read_status(conn))
+    except sqlite3.OperationalError as exc:
+        raise ValueError(f"{path} is not a lightning-otlp outbox ({exc})") from None
     finally:
-        store.close()
-    del report["forwarding"]
-    server = LightningServer(store.server_url, timeout=3.0)
-    try:
-        report["server_reachable"] = server.health()
-    finally:
-        server.close()
+        conn.close()
+    if probe:
+        server = LightningServer(store.server_url, timeout=3.0)
+        try:
+            report["server_reachable"] = server.health()
+        finally:
+            server.close()
     return report
