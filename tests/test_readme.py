@@ -1,0 +1,85 @@
+"""The README's quick-start examples are the files the tests run, and they work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from .support import NODE_DIR, ROOT, ReceiverProcess, node_script, validate_with_agl
+
+README = (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "examples/typescript-agent/quickstart.ts",
+        "examples/quickstart.py",
+        "collector-config/sidecar.yaml",
+    ],
+)
+def test_readme_shows_the_files_verbatim(path: str) -> None:
+    assert (ROOT / path).read_text().rstrip("\n") in README
+
+
+@pytest.mark.e2e
+@pytest.mark.node
+def test_typescript_quickstart(start_receiver: Callable[..., ReceiverProcess]) -> None:
+    node_script("agent.js")
+    receiver = start_receiver()
+    env = {
+        **os.environ,
+        "NODE_PATH": str(NODE_DIR / "node_modules"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_url,
+        "OTEL_RESOURCE_ATTRIBUTES": (
+            "agentlightning.rollout_id=ro-0123456789ab,agentlightning.attempt_id=at-01234567"
+        ),
+    }
+    done = subprocess.run(
+        [str(NODE_DIR / "node_modules" / ".bin" / "tsx"), "quickstart.ts"],
+        cwd=ROOT / "examples" / "typescript-agent",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    spans = receiver.wait_for_spans(2)
+    assert {(s["name"], s["rollout_id"], s["attempt_id"]) for s in spans} == {
+        ("agent run", "ro-0123456789ab", "at-01234567"),
+        ("chat gpt-4o-mini", "ro-0123456789ab", "at-01234567"),
+    }
+    validate_with_agl("Span", spans)
+
+
+@pytest.mark.e2e
+def test_python_quickstart(start_receiver: Callable[..., ReceiverProcess]) -> None:
+    receiver = start_receiver()
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_url}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.split()
+    rollouts = {r["rollout_id"]: r for r in receiver.rollouts()}
+    assert set(printed) == set(rollouts) and len(printed) == 2
+    for rollout in rollouts.values():
+        assert rollout["status"] == "succeeded" and rollout["mode"] == "train"
+    names = sorted(s["name"] for s in receiver.spans())
+    assert names == sorted(
+        [
+            "agentlightning.rollout",
+            "agentlightning.rollout.start",
+            "solve",
+            "agentlightning.annotation",
+        ]
+        * 2
+    )
