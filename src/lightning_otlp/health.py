@@ -10,7 +10,7 @@ from typing import Final
 
 from .export import Pipeline
 from .metrics import CONTENT_TYPE, render
-from .transport.http import Receive, Scope, Send
+from .transport.http import Receive, Scope, Send, respond
 
 READY_PATHS: Final = frozenset({"/", "/health", "/health/ready", "/readyz"})
 LIVE_PATHS: Final = frozenset({"/health/live", "/livez"})
@@ -28,32 +28,20 @@ class HealthApp:
             return
         path = scope["path"]
         if scope["method"] not in ("GET", "HEAD"):
-            await _send(send, 405, b"GET only\n", "text/plain; charset=utf-8", [(b"allow", b"GET")])
+            await respond(
+                send, 405, b"GET only\n", "text/plain; charset=utf-8", [(b"allow", b"GET")]
+            )
         elif path in READY_PATHS:
             ready = self.pipeline.ready()
             body = {"status": "ready" if ready else "not ready"}
             if self.pipeline.draining:
                 body["status"] = "shutting down"
-            await _send(send, 200 if ready else 503, json.dumps(body).encode(), "application/json")
+            await respond(
+                send, 200 if ready else 503, json.dumps(body).encode(), "application/json"
+            )
         elif path in LIVE_PATHS:
-            await _send(send, 200, b'{"status": "alive"}', "application/json")
+            await respond(send, 200, b'{"status": "alive"}', "application/json")
         elif path == METRICS_PATH:
-            await _send(send, 200, render(self.pipeline).encode(), CONTENT_TYPE)
+            await respond(send, 200, render(self.pipeline).encode(), CONTENT_TYPE)
         else:
-            await _send(send, 404, b"try /health, /health/live or /metrics\n", "text/plain")
-
-
-async def _send(
-    send: Send,
-    status: int,
-    body: bytes,
-    content_type: str,
-    extra: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    headers = [
-        (b"content-type", content_type.encode()),
-        (b"content-length", str(len(body)).encode()),
-        *(extra or []),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+            await respond(send, 404, b"try /health, /health/live or /metrics\n", "text/plain")

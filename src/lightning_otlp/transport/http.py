@@ -98,7 +98,7 @@ class HTTPReceiver:
         except ReceiverError as exc:
             await self._error(send, exc, media if media in codec.MEDIA_TYPES else codec.PROTOBUF)
             return
-        await _respond(send, 200, codec.encode(response, media), media)
+        await respond(send, 200, codec.encode(response, media), media)
 
     async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
         limit = self.pipeline.max_request_bytes
@@ -134,7 +134,7 @@ class HTTPReceiver:
             return
         ready = self.pipeline.ready()
         body = json.dumps({"status": "ok" if ready else "unavailable"}).encode()
-        await _respond(send, 200 if ready else 503, body, "application/json")
+        await respond(send, 200 if ready else 503, body, "application/json")
 
     @staticmethod
     async def _error(send: Send, exc: ReceiverError, media: str) -> None:
@@ -149,14 +149,14 @@ class HTTPReceiver:
         if isinstance(exc, Unauthenticated):
             extra.append((b"www-authenticate", b'Bearer realm="otlp"'))
         body = codec.encode(error_status(exc), media)
-        await _respond(send, result.http_status, body, media, extra)
+        await respond(send, result.http_status, body, media, extra)
 
 
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-async def _respond(
+async def respond(
     send: Send,
     status: int,
     body: bytes,
@@ -176,7 +176,7 @@ async def _respond(
 async def _plain(
     send: Send, status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    await _respond(send, status, text.encode(), "text/plain; charset=utf-8", extra)
+    await respond(send, status, text.encode(), "text/plain; charset=utf-8", extra)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
