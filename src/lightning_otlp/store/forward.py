@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -51,6 +52,7 @@ DEFAULT_MAX_BACKOFF: Final = 5.0
 _MIN_BACKOFF: Final = 0.05
 _OUTBOX_FULL_RETRY_AFTER: Final = 2
 _MIRROR_INTERVAL: Final = 0.5
+_TRANSPORT_TRIES: Final = 3
 _API: Final = "/v1/agl"
 _PROTOBUF: Final = {"content-type": "application/x-protobuf"}
 _STARTING: Final = frozenset({"queuing", "preparing", "requeuing"})
@@ -70,31 +72,30 @@ class LightningServer:
 
     def __init__(self, base_url: str, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._timeout = httpx.Timeout(timeout, connect=3.0)
-        self._client = httpx.Client(base_url=self.base_url, timeout=self._timeout)
+        self._client = httpx.Client(
+            base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=3.0)
+        )
 
     def close(self) -> None:
         self._client.close()
 
     def _call(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> httpx.Response:
-        """One request; ``retry`` (safe for repeatable calls) retries once on a fresh connection.
+        """One request; ``retry`` (for repeatable calls) retries at once on a transport error.
 
-        The server closes a connection after a request its handler failed on, so the pooled
-        connection the next call picks may be dead: one immediate retry hides that.
+        The server drops a connection after a request its handler failed on, so a pooled
+        connection may be dead when the next call picks it; the failed one leaves the pool, and
+        an immediate retry takes another or a fresh one.
         """
-        for last in (not retry, True):
+        tries = _TRANSPORT_TRIES if retry else 1
+        for attempt in range(1, tries + 1):
             try:
                 response = self._client.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                if last:
+                if attempt == tries:
                     raise ConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
                 continue
             except httpx.HTTPError as exc:
                 raise ConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-            if response.status_code >= 500:
-                # Drop pooled connections: the server may already have closed this one.
-                self._client.close()
-                self._client = httpx.Client(base_url=self.base_url, timeout=self._timeout)
             if response.status_code >= 300:
                 raise ServerError(response.status_code, f"{method} {path}: {response.text[:200]}")
             return response
@@ -342,6 +343,7 @@ class ForwardingStore(SQLiteStore):
             log.exception("forwarder stopped by an unexpected error; pending spans stay queued")
             self._record_error("forwarder stopped by an unexpected error; see the receiver log")
         finally:
+            forwarder.close()
             server.close()
 
     def _record_error(self, message: str) -> None:
@@ -388,38 +390,87 @@ class _Forwarder:
         self.resources: dict[tuple[str, str, str], bytes] = {}
         self.id_attrs: dict[_Target, bytes] = {}
         self.next_mirror = 0.0
+        self.sender = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-send")
+        self.in_flight: tuple[Future[None], list[_Row]] | None = None
+        self.after = 0  # highest rowid sent or in flight
 
-    # One step: deliver one batch (True), or mirror statuses when nothing is pending (False).
+    # One step: settle the batch in flight and send the next (True), or, with nothing pending,
+    # mirror statuses (False). The next batch is read and encoded, and the previous one deleted,
+    # while a request is with the server; only one request is ever in flight, so batches reach
+    # the server in outbox order, and every other call to the server is made with none in
+    # flight (a failure then leaves the delivered counts final).
     def step(self) -> bool:
-        rows = self._batch()
-        if not rows:
+        # Past the batch in flight; with none, from the start (rowids restart once the outbox
+        # empties, so an old position would skip new spans).
+        rows = self._batch(self.after if self.in_flight is not None else 0)
+        locals_ = sorted({(r[1], r[2]) for r in rows})
+        if self.in_flight is not None and any(t not in self.targets for t in locals_):
+            if not self._settle(None):
+                return True
+        body = None
+        if rows:
+            for local in locals_:
+                if local not in self.targets:
+                    self.targets[local] = self._resolve(*local)
+            body = self._encode(rows)
+        if self.in_flight is not None:
+            if not self._settle((body, rows) if body is not None else None):
+                return True
+        elif body is not None:
+            self._mirror_now_and_then()
+            self._send(body, rows)
+        if self.in_flight is None:
+            if self.store._pending != [0, 0]:
+                # Keep the limit honest even if something else removed spans from the outbox.
+                self.store._recount()
             self._mirror()
             return False
-        targets = {(r[1], r[2]) for r in rows}
-        for local in sorted(targets):
-            if local not in self.targets:
-                self.targets[local] = self._resolve(*local)
-        body = self._encode(rows)
-        try:
-            self.server.export(body)
-        except ServerError as exc:
-            if exc.status >= 500 and self._forget_lost({self.targets[t][0] for t in targets}):
-                return True  # mapped rollouts were gone: re-created on the next step
-            raise
-        self._delivered(rows)
-        if time.monotonic() >= self.next_mirror:
-            self._mirror()
         return True
 
-    def _batch(self) -> list[_Row]:
+    def _settle(self, following: tuple[bytes, list[_Row]] | None) -> bool:
+        """Wait for the batch in flight, send ``following``, then record the first delivered.
+
+        False when the server turned out to have forgotten rollouts: their mapping is dropped
+        and the spans go again, to re-created rollouts, from the next step.
+        """
+        assert self.in_flight is not None
+        future, sent = self.in_flight
+        self.in_flight = None
+        try:
+            future.result()
+        except (ConnectionError, ServerError) as exc:
+            self.after = 0  # resend from the oldest pending span
+            if isinstance(exc, ServerError) and exc.status >= 500:
+                if self._forget_lost({self.targets[(r[1], r[2])][0] for r in sent}):
+                    return False
+            raise
+        self._mirror_now_and_then()
+        if following is not None:
+            self._send(*following)
+        self._delivered(sent)
+        return True
+
+    def _mirror_now_and_then(self) -> None:
+        if time.monotonic() >= self.next_mirror:
+            self._mirror()
+
+    def _send(self, body: bytes, rows: list[_Row]) -> None:
+        self.in_flight = (self.sender.submit(self.server.export, body), rows)
+        self.after = rows[-1][0]
+
+    def close(self) -> None:
+        """Stop without waiting: a request left in flight is sent again next time."""
+        self.sender.shutdown(wait=False, cancel_futures=True)
+
+    def _batch(self, after: int) -> list[_Row]:
         store = self.store
         with store._lock:
             rows = (
                 store._connection()
                 .execute(
                     "SELECT rowid, rollout_id, attempt_id, sequence_id, resource_id, span"
-                    " FROM spans ORDER BY rowid LIMIT ?",
-                    (store.batch_spans,),
+                    " FROM spans WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (after, store.batch_spans),
                 )
                 .fetchall()
             )
@@ -732,7 +783,7 @@ class _Forwarder:
             " AND a.status IS NOT f.mirrored_status"
         )
         for rollout_id, attempt_id, status, server_rollout, server_attempt in attempts:
-            self.server.update_attempt(server_rollout, server_attempt, status)
+            self._update(self.server.update_attempt, server_rollout, server_attempt, status)
             self._mirrored(
                 "UPDATE forward_attempts SET mirrored_status = ?"
                 " WHERE rollout_id = ? AND attempt_id = ?",
@@ -744,11 +795,21 @@ class _Forwarder:
             " WHERE f.server_rollout_id IS NOT NULL AND r.status IS NOT f.mirrored_status"
         )
         for rollout_id, status, server_rollout in rollouts:
-            self.server.update_rollout(server_rollout, status)
+            self._update(self.server.update_rollout, server_rollout, status)
             self._mirrored(
                 "UPDATE forward_rollouts SET mirrored_status = ? WHERE rollout_id = ?",
                 (status, rollout_id),
             )
+
+    @staticmethod
+    def _update(call: Any, *args: str) -> None:
+        """One status update; one the server refuses for good is logged, not retried forever."""
+        try:
+            call(*args)
+        except ServerError as exc:
+            if exc.status >= 500:
+                raise
+            log.warning("server refused status update %s: %s", args, exc)
 
     def _mirrored(self, sql: str, params: tuple[Any, ...]) -> None:
         self.store._commit(
