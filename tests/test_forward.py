@@ -28,10 +28,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse as PB2ExportTraceServiceResponse,
 )
 
+from lightning_otlp import ids as ids_module
 from lightning_otlp.route import RoutingConfig, route
 from lightning_otlp.store.forward import ForwardingStore, store_status
 
-from .payloads import genai_request
+from .payloads import genai_request, make_request, make_span
 from .support import ReceiverProcess, agl_python, node_script, validate_with_agl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.agl]
@@ -148,9 +149,11 @@ def forwarding_receiver(
     """Start receivers whose store is the server, each with an outbox in tmp_path."""
     started: list[ReceiverProcess] = []
 
-    def start(outbox: str = "outbox.db", **options: Any) -> tuple[ReceiverProcess, str]:
+    def start(
+        outbox: str = "outbox.db", flags: tuple[str, ...] = (), **options: Any
+    ) -> tuple[ReceiverProcess, str]:
         url = agl.forward_url(tmp_path / outbox, **options)
-        proc = ReceiverProcess(tmp_path / f"{outbox}.receiver", "--store", url).start()
+        proc = ReceiverProcess(tmp_path / f"{outbox}.receiver", "--store", url, *flags).start()
         started.append(proc)
         return proc, url
 
@@ -240,7 +243,8 @@ def test_python_sdk_spans_reach_the_server_in_a_created_rollout(
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.trace import Status, StatusCode
 
-    receiver, url = forwarding_receiver()
+    # No ids: a per-trace rollout, held in the outbox for the affinity window (short here).
+    receiver, url = forwarding_receiver(flags=("--affinity-window", "0.5"))
     provider = TracerProvider(resource=Resource.create({"service.name": "py-agent"}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=receiver.traces_url)))
     tracer = provider.get_tracer("tests.forward")
@@ -380,22 +384,21 @@ def test_local_status_changes_are_mirrored(tmp_path: Path, agl: AglServer) -> No
         request = genai_request(20, rollouts=2, seed=7001)
         store.write(route(request, RoutingConfig()))
         wait_for(lambda: store.status()["forwarded_spans"] == 20, "20 spans forwarded")
-        local_ids = sorted({r["rollout_id"] for r in store.rollouts()})
-        linked = [agl.linked(rid) for rid in local_ids]
-        # The receiver decides an attempt and its rollout are over (as spans can tell it to).
-        with sqlite3.connect(outbox) as conn:
-            conn.execute(
-                "UPDATE attempts SET status = 'succeeded' WHERE rollout_id = ?", (local_ids[0],)
+        local = sorted((r["rollout_id"], r["attempt"]["attempt_id"]) for r in store.rollouts())
+        linked = [agl.linked(rid) for rid, _ in local]
+        # The rollout spans end: one OK, one ERROR. The receiver derives the outcomes.
+        done = []
+        for (rollout_id, attempt_id), code in zip(local, (1, 2), strict=True):
+            span = make_span(
+                "agentlightning.rollout",
+                attributes={
+                    "agentlightning.rollout_id": rollout_id,
+                    "agentlightning.attempt_id": attempt_id,
+                },
             )
-            conn.execute(
-                "UPDATE rollouts SET status = 'succeeded' WHERE rollout_id = ?", (local_ids[0],)
-            )
-            conn.execute(
-                "UPDATE attempts SET status = 'failed' WHERE rollout_id = ?", (local_ids[1],)
-            )
-            conn.execute(
-                "UPDATE rollouts SET status = 'failed' WHERE rollout_id = ?", (local_ids[1],)
-            )
+            span.status.code = code
+            done.append(span)
+        store.write(route(make_request(done), RoutingConfig()))
         wait_for(
             lambda: (
                 [agl.rollout(r["rollout_id"])["status"] for r in linked] == ["succeeded", "failed"]
@@ -406,6 +409,61 @@ def test_local_status_changes_are_mirrored(tmp_path: Path, agl: AglServer) -> No
         assert [a["status"] for a in attempts] == ["succeeded", "failed"]
         assert all(a["end_time"] is not None for a in attempts)
         assert store.status()["status_updates"] == 4
+    finally:
+        store.close()
+
+
+def test_spans_of_unbound_traces_wait_in_the_outbox(tmp_path: Path, agl: AglServer) -> None:
+    """Agent spans without ids are held until their trace is bound (or the window closes), so
+    the server never receives a span in a rollout it would have to leave."""
+    store = ForwardingStore(agl.url, str(tmp_path / "hold.db"), max_backoff=0.5)
+    store.open()
+    try:
+        runner = agl.create_rollout(input={"task": "hold"})
+        ids = {
+            "agentlightning.rollout_id": runner["rollout_id"],
+            "agentlightning.attempt_id": runner["attempt"]["attempt_id"],
+        }
+        trace = make_span("x").trace_id
+        base = time.time_ns()
+        agent = [
+            make_span(f"agent-{i}", trace_id=trace, start_ns=base + (i + 1) * 1000)
+            for i in range(3)
+        ]
+        store.write(route(make_request(agent), RoutingConfig()))
+        other = genai_request(5, rollouts=1, seed=7100)
+        store.write(route(other, RoutingConfig()))
+        wait_for(lambda: store.status()["forwarded_spans"] == 5, "the bound spans forwarded")
+        time.sleep(1.0)  # several forwarding rounds: the agent spans stay
+        assert store.status()["pending_spans"] == 3
+        auto = ids_module.rollout_id_for_trace(trace.hex())
+        assert not [
+            r
+            for r in agl.rollouts()
+            if ((r.get("metadata") or {}).get("lightning_otlp") or {}).get("rollout_id") == auto
+        ]
+
+        marker = make_span(
+            "agentlightning.rollout.start", trace_id=trace, attributes=ids, start_ns=base
+        )
+        store.write(route(make_request([marker]), RoutingConfig()))
+        wait_for(lambda: store.status()["forwarded_spans"] == 9, "the bound trace forwarded")
+        on_server = sorted(agl.spans(runner["rollout_id"]), key=lambda s: s["sequence_id"])
+        assert [s["name"] for s in on_server] == [
+            "agentlightning.rollout.start",
+            "agent-0",
+            "agent-1",
+            "agent-2",
+        ]
+        validate_with_agl("Span", on_server)
+
+        # A trace never bound goes, once its window closes, to a rollout of its own.
+        store.affinity.window = 0.5
+        orphan = make_span("orphan")
+        store.write(route(make_request([orphan]), RoutingConfig()))
+        wait_for(lambda: store.status()["forwarded_spans"] == 10, "the orphan forwarded")
+        server = agl.linked(ids_module.rollout_id_for_trace(orphan.trace_id.hex()))
+        assert [s["name"] for s in agl.spans(server["rollout_id"])] == ["orphan"]
     finally:
         store.close()
 

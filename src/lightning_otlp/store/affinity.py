@@ -61,6 +61,11 @@ class TraceAffinity:
         self.autos: dict[bytes, tuple[str, float]] = {}
         self.counters = AffinityCounters()
 
+    def holding(self, now: float) -> bool:
+        """Whether any per-trace rollout is young enough that a binding could still move it."""
+        autos = self.autos
+        return bool(autos) and now - next(reversed(autos.values()))[1] <= self.window
+
     def bound(self, trace_id: bytes) -> Destination | None:
         return self.bindings.get(trace_id)
 

@@ -464,16 +464,33 @@ class _Forwarder:
 
     def _batch(self, after: int) -> list[_Row]:
         store = self.store
+        now = time.time()
         with store._lock:
-            rows = (
-                store._connection()
-                .execute(
-                    "SELECT rowid, rollout_id, attempt_id, sequence_id, resource_id, span"
-                    " FROM spans WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                    (after, store.batch_spans),
+            if store.affinity.holding(now):
+                # Spans of a trace not yet bound wait out the affinity window here, so the
+                # server never receives a span in a rollout it is about to leave.
+                rows = (
+                    store._connection()
+                    .execute(
+                        "SELECT s.rowid, s.rollout_id, s.attempt_id, s.sequence_id,"
+                        " s.resource_id, s.span FROM spans s"
+                        " JOIN rollouts r ON r.rollout_id = s.rollout_id"
+                        " WHERE s.rowid > ? AND NOT (r.origin = 'trace' AND r.created_at > ?)"
+                        " ORDER BY s.rowid LIMIT ?",
+                        (after, now - store.affinity.window, store.batch_spans),
+                    )
+                    .fetchall()
                 )
-                .fetchall()
-            )
+            else:
+                rows = (
+                    store._connection()
+                    .execute(
+                        "SELECT rowid, rollout_id, attempt_id, sequence_id, resource_id, span"
+                        " FROM spans WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                        (after, store.batch_spans),
+                    )
+                    .fetchall()
+                )
         size = 0
         for i, row in enumerate(rows):
             size += len(row[5])

@@ -79,6 +79,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE attempts ADD COLUMN reward REAL
     """,
+    """
+    ALTER TABLE rollouts ADD COLUMN created_at REAL
+    """,
 )
 
 _INSERT_SPAN: Final = f"INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)})"
@@ -369,8 +372,8 @@ class SQLiteStore:
         changes.bound.extend((t, (r, a)) for t, r, a in rows)
         now = time.time()
         for rollout_id, start, metadata in conn.execute(
-            "SELECT rollout_id, start_time, metadata FROM rollouts WHERE origin = 'trace'"
-            " AND rowid > (SELECT COALESCE(MAX(rowid), 0) FROM rollouts) - ? AND start_time > ?"
+            "SELECT rollout_id, created_at, metadata FROM rollouts WHERE origin = 'trace'"
+            " AND rowid > (SELECT COALESCE(MAX(rowid), 0) FROM rollouts) - ? AND created_at > ?"
             " ORDER BY rowid",
             (limit, now - affinity.window - max(affinity.window, 60.0)),
         ):
@@ -387,7 +390,7 @@ class SQLiteStore:
         start = info.first_start or now
         cursor = conn.execute(
             "INSERT OR IGNORE INTO rollouts (rollout_id, input, start_time, mode, status, config,"
-            " metadata, origin) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+            " metadata, origin, created_at) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
             (
                 rollout_id,
                 json.dumps(info.input) if info.has_input else None,
@@ -396,6 +399,7 @@ class SQLiteStore:
                 _DEFAULT_CONFIG_JSON,
                 json.dumps(info.metadata) if info.metadata is not None else None,
                 info.origin,
+                now,
             ),
         )
         if cursor.rowcount == 1:
