@@ -221,3 +221,19 @@ def test_moves_and_late_bindings_are_counted_in_metrics(
     assert "lightning_otlp_affinity_moved_spans 2" in page.splitlines()
     assert "lightning_otlp_affinity_moved_traces 1" in page.splitlines()
     assert "lightning_otlp_affinity_late_bindings 0" in page.splitlines()
+
+
+def test_affinity_memory_keeps_the_newest_traces() -> None:
+    from lightning_otlp.store.affinity import Changes, TraceAffinity
+
+    affinity = TraceAffinity(window=10.0, max_traces=3)
+    changes = Changes()
+    changes.bound.extend((bytes([i]) * 16, ("ro-x", "at-y")) for i in range(5))
+    changes.autos.extend((bytes([i]) * 16, f"ro-{i}", 100.0 + i) for i in range(5))
+    affinity.apply(changes, now=105.0)
+    assert list(affinity.bindings) == [bytes([i]) * 16 for i in (2, 3, 4)]
+    assert [v[0] for v in affinity.autos.values()] == ["ro-2", "ro-3", "ro-4"]
+    assert affinity.holding(105.0)
+    affinity.apply(Changes(), now=100.0 + 2 + 10 + 60 + 1)  # past window + retention of ro-2
+    assert [v[0] for v in affinity.autos.values()] == ["ro-3", "ro-4"]
+    assert not affinity.holding(200.0)

@@ -9,6 +9,7 @@ the bindings of the traces still in flight.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -56,9 +57,11 @@ class TraceAffinity:
             raise ValueError("max_traces must be positive")
         self.window = window
         self.max_traces = max_traces
-        self.bindings: dict[bytes, Destination] = {}
+        # Ordered dicts: forgetting the oldest entry is O(1) (a plain dict rescans the holes
+        # its deletions leave at the front, which turns a full map quadratic).
+        self.bindings: OrderedDict[bytes, Destination] = OrderedDict()
         # trace id -> (per-trace rollout id, created at); insertion order is age order.
-        self.autos: dict[bytes, tuple[str, float]] = {}
+        self.autos: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
         self.counters = AffinityCounters()
 
     def holding(self, now: float) -> bool:
@@ -101,10 +104,11 @@ class TraceAffinity:
         self._trim(now)
 
     def _trim(self, now: float) -> None:
-        while len(self.bindings) > self.max_traces:
-            del self.bindings[next(iter(self.bindings))]
+        bindings = self.bindings
+        while len(bindings) > self.max_traces:
+            bindings.popitem(last=False)
         autos = self.autos
         # Per-trace rollouts are remembered past the window so that late bindings are told.
         horizon = now - self.window - max(self.window, 60.0)
         while autos and (len(autos) > self.max_traces or next(iter(autos.values()))[1] < horizon):
-            del autos[next(iter(autos))]
+            autos.popitem(last=False)
