@@ -131,3 +131,21 @@ def test_rollouts_default_to_a_table_on_a_terminal(db: Path) -> None:
     assert proc.returncode == 0
     text = b"".join(chunks).decode()
     assert text.startswith("ROLLOUT") and "4 rollout(s)" in text
+
+
+def test_reading_an_outbox_does_not_start_forwarding(tmp_path: Path) -> None:
+    from lightning_otlp.route import RoutingConfig, route
+    from lightning_otlp.store.forward import ForwardingStore
+
+    outbox = tmp_path / "outbox.db"
+    store = ForwardingStore("http://127.0.0.1:9", str(outbox), forward=False)
+    store.open()
+    store.write(route(genai_request(6, rollouts=2), RoutingConfig()))
+    store.close()
+    url = f"agl+http://127.0.0.1:9?outbox={outbox}"
+    result = cli("rollouts", "--json", "--store", url)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2
+    assert len(cli("spans", "--store", url).stdout.splitlines()) == 6  # all still pending
+    status = json.loads(cli("status", "--json", "--store", url).stdout)
+    assert status["pending_spans"] == 6 and status["last_error"] is None

@@ -203,7 +203,7 @@ def _check_config(path: str) -> int:
 
 def _read(args: argparse.Namespace) -> int:
     url = args.store or from_env().get("store") or DEFAULT_STORE_URL
-    store = open_store(url)
+    store = open_store(url, forward=False)  # reading an outbox must not start delivering it
     store.open()
     try:
         if args.command == "rollouts":

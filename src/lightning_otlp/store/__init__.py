@@ -13,7 +13,7 @@ DEFAULT_STORE_URL: Final = "sqlite:///./lightning-otlp.db"
 __all__ = ["DEFAULT_STORE_URL", "SQLiteStore", "Store", "WriteResult", "open_store"]
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, forward: bool = True) -> Store:
     """Make (not yet open) the store a URL names.
 
     ``sqlite:///relative.db``, ``sqlite:////absolute.db`` (``?synchronous=normal`` to trade
@@ -34,7 +34,7 @@ def open_store(url: str) -> Store:
     if parts.scheme in ("agl+http", "agl+https"):
         from .forward import forwarding_store
 
-        return forwarding_store(url)
+        return forwarding_store(url, forward=forward)
     raise ValueError(
         f"unknown store URL {url!r}: use sqlite:///path/to/file.db, memory:// or"
         " agl+http://HOST:PORT (a LightningStore server)"
