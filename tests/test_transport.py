@@ -6,7 +6,9 @@ from __future__ import annotations
 import gzip
 import json
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import httpx
@@ -326,3 +328,37 @@ def test_store_locked_is_retryable_on_both_transports(
     # The client's retry after the lock is gone goes through, once.
     assert httpx.post(receiver.traces_url, content=body, headers=PB).status_code == 200
     assert count(receiver) == acknowledged + 5
+
+
+def test_too_many_queued_requests_is_retryable(
+    start_receiver: Callable[..., ReceiverProcess],
+) -> None:
+    """With the store thread busy and the queue full, a new request is refused at once (503)."""
+    receiver = start_receiver("--max-in-flight", "1")
+    locker = sqlite3.connect(receiver.db_path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # the first request waits on this lock in the store
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(
+                httpx.post,
+                receiver.traces_url,
+                content=genai_request(3, seed=11).SerializeToString(),
+                headers=PB,
+                timeout=30,
+            )
+            time.sleep(0.5)  # the first request is now in the store thread
+            second = httpx.post(
+                receiver.traces_url,
+                content=genai_request(3, seed=12).SerializeToString(),
+                headers=PB,
+            )
+            assert second.status_code == 503
+            assert second.headers["retry-after"]
+            assert "queued" in status_pb2.Status.FromString(second.content).message
+            locker.execute("ROLLBACK")
+            assert first.result().status_code == 200  # the lock went within the busy timeout
+    assert count(receiver) == 3
+    finally:
+        if locker.in_transaction:
+            locker.execute("ROLLBACK")
+        locker.close()
