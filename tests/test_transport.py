@@ -357,8 +357,8 @@ def test_too_many_queued_requests_is_retryable(
             assert "queued" in status_pb2.Status.FromString(second.content).message
             locker.execute("ROLLBACK")
             assert first.result().status_code == 200  # the lock went within the busy timeout
-    assert count(receiver) == 3
     finally:
         if locker.in_transaction:
             locker.execute("ROLLBACK")
         locker.close()
+    assert count(receiver) == 3
