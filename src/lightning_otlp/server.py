@@ -71,35 +71,17 @@ async def serve(settings: Settings) -> None:
         pipeline, settings.grpc, auth=auth, credentials=_grpc_credentials(settings)
     )
     await grpc_server.start()
-    http_host, http_port = split_address(settings.http)
-    http_server = _Server(
-        uvicorn.Config(
-            HTTPReceiver(pipeline, auth),
-            host=http_host,
-            port=http_port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            http="httptools",
-            timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
-            **_uvicorn_tls(settings),
-        )
+    http_host = split_address(settings.http)[0]
+    http_server = _asgi_server(
+        HTTPReceiver(pipeline, auth),
+        settings.http,
+        grace=max(1, round(settings.shutdown_timeout)),
+        **_uvicorn_tls(settings),
     )
     health_server: _Server | None = None
     if settings.health != HEALTH_OFF:
-        health_host, health_port = split_address(settings.health)
-        health_server = _Server(
-            uvicorn.Config(
-                HealthApp(pipeline),
-                host=health_host,
-                port=health_port,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                http="httptools",
-                timeout_graceful_shutdown=1,
-            )
-        )
+        health_host = split_address(settings.health)[0]
+        health_server = _asgi_server(HealthApp(pipeline), settings.health, grace=1)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -139,6 +121,23 @@ async def serve(settings: Settings) -> None:
             health_server.should_exit = True
             await health
         _announce("stopped")
+
+
+def _asgi_server(app: Any, address: str, *, grace: int, **options: Any) -> _Server:
+    host, port = split_address(address)
+    return _Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            http="httptools",
+            timeout_graceful_shutdown=grace,
+            **options,
+        )
+    )
 
 
 def _bind(address: str, what: str) -> socket.socket:
