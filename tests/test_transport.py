@@ -346,7 +346,13 @@ def test_too_many_queued_requests_is_retryable(
                 headers=PB,
                 timeout=30,
             )
-            time.sleep(0.5)  # the first request is now in the store thread
+            deadline = time.monotonic() + 20
+            while (
+                "lightning_otlp_requests_in_flight 1"
+                not in httpx.get(receiver.health_url + "/metrics").text
+            ):  # wait until the first request holds the one place
+                assert time.monotonic() < deadline, "the first request never reached the store"
+                time.sleep(0.02)
             second = httpx.post(
                 receiver.traces_url,
                 content=genai_request(3, seed=12).SerializeToString(),
@@ -362,3 +368,26 @@ def test_too_many_queued_requests_is_retryable(
             locker.execute("ROLLBACK")
         locker.close()
     assert count(receiver) == 3
+
+
+def test_default_limit_takes_large_llm_batches_on_both_transports(
+    start_receiver: Callable[..., ReceiverProcess],
+) -> None:
+    """grpcio's own default would refuse anything over 4 MiB; the receiver takes 64 MiB."""
+    receiver = start_receiver()
+    prompt = "x" * (5 << 20)  # one 5 MiB prompt attribute
+    body = make_request([make_span("chat", attributes={"gen_ai.prompt": prompt})])
+    with grpc.insecure_channel(receiver.grpc_target) as channel:
+        channel.unary_unary(TRACES)(body.SerializeToString(), timeout=30)
+    assert (
+        httpx.post(
+            receiver.traces_url,
+            content=gzip.compress(body.SerializeToString()),
+            headers={**PB, "content-encoding": "gzip"},
+            timeout=30,
+        ).status_code
+        == 200
+    )
+    assert count(receiver) == 1  # the same span twice: stored once
+    (span,) = receiver.spans()
+    assert len(span["attributes"]["gen_ai.prompt"]) == 5 << 20
