@@ -599,3 +599,27 @@ def test_full_outbox_answers_retryable_and_resent_spans_are_delivered(
     got = identities(server_spans(agl, linked))
     assert len(got) == len(set(got)) == 1200
     assert set(got) == sent_identities(first) | sent_identities(second)
+
+
+def test_bindings_of_delivered_traces_survive_a_restart(
+    forwarding_receiver: Callable[..., tuple[ReceiverProcess, str]], agl: AglServer
+) -> None:
+    """The runner's spans were delivered (and left the outbox) before the receiver restarted;
+    the agent's spans of the same trace that come after still join the runner's rollout."""
+    runner = agl.create_rollout(input={"task": "restart"})
+    ids = {
+        "agentlightning.rollout_id": runner["rollout_id"],
+        "agentlightning.attempt_id": runner["attempt"]["attempt_id"],
+    }
+    receiver, url = forwarding_receiver("restart.db")
+    marker = make_span("agentlightning.rollout.start", attributes=ids)
+    assert post(receiver, make_request([marker])).status_code == 200
+    drained(url, 1)
+    assert receiver.stop() == 0
+
+    receiver, url = forwarding_receiver("restart.db")
+    agent = make_span("agent", trace_id=marker.trace_id, parent_id=marker.span_id)
+    assert post(receiver, make_request([agent])).status_code == 200
+    drained(url, 2, timeout=30)  # well inside the 600 s window: it was not held
+    names = sorted(s["name"] for s in agl.spans(runner["rollout_id"]))
+    assert names == ["agent", "agentlightning.rollout.start"]

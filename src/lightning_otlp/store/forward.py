@@ -36,6 +36,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PB2Resource
 from .. import semconv
 from ..errors import StoreUnavailable
 from ..route import SpanBatch
+from .affinity import Changes
 from .base import WriteResult
 from .outbox import create_schema, pending, read_status
 from .sqlite import SQLiteStore
@@ -213,6 +214,7 @@ class ForwardingStore(SQLiteStore):
         try:
             create_schema(conn)
             conn.execute("UPDATE forward_state SET server = ? WHERE id = 1", (self.server_url,))
+            self._load_delivered_bindings(conn)
             self._pending = list(pending(conn))
         except sqlite3.Error as exc:
             super().close()
@@ -226,6 +228,28 @@ class ForwardingStore(SQLiteStore):
                 target=self._run, name="lightning-otlp-forward", daemon=True
             )
             self._thread.start()
+
+    def _load_delivered_bindings(self, conn: sqlite3.Connection) -> None:
+        """Trace affinity for traces whose spans already left the outbox (newest kept)."""
+        keep = self.affinity.max_traces
+        conn.execute(
+            "DELETE FROM forward_traces WHERE time < (SELECT time FROM forward_traces"
+            " ORDER BY time DESC LIMIT 1 OFFSET ?)",
+            (keep,),
+        )
+        changes = Changes()
+        changes.bound.extend(
+            (trace_id, (rollout_id, attempt_id))
+            for trace_id, rollout_id, attempt_id in conn.execute(
+                "SELECT trace_id, rollout_id, attempt_id FROM forward_traces ORDER BY time"
+            )
+        )
+        # Pending spans were loaded first and are newer: they keep their bindings.
+        pending_bound = dict(self.affinity.bindings)
+        self.affinity.bindings.clear()
+        self.affinity.apply(changes, time.time())
+        for trace_id, dest in pending_bound.items():
+            self.affinity.bindings.setdefault(trace_id, dest)
 
     def _claim(self) -> bool:
         """One forwarder per outbox: two would race to create the same server rollouts."""
@@ -506,6 +530,13 @@ class _Forwarder:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 first, last = rows[0][0], rows[-1][0]
+                conn.execute(
+                    "INSERT OR IGNORE INTO forward_traces (trace_id, rollout_id, attempt_id, time)"
+                    " SELECT s.trace_id, s.rollout_id, s.attempt_id, ? FROM spans s"
+                    " JOIN rollouts r ON r.rollout_id = s.rollout_id AND r.origin = 'explicit'"
+                    " WHERE s.rowid IN (SELECT value FROM json_each(?))",
+                    (time.time(), json.dumps([r[0] for r in rows])),
+                )
                 if last - first + 1 == len(rows):  # the usual case: one contiguous range
                     conn.execute("DELETE FROM spans WHERE rowid BETWEEN ? AND ?", (first, last))
                 else:

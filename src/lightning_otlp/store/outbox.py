@@ -40,6 +40,14 @@ SCHEMA: Final[tuple[str, ...]] = (
         max_rowid INTEGER PRIMARY KEY,
         time      REAL NOT NULL
     )""",
+    # Trace -> the explicit rollout and attempt its delivered spans went to: delivered spans
+    # leave the outbox, and trace affinity must outlive them across a restart.
+    """CREATE TABLE IF NOT EXISTS forward_traces (
+        trace_id   BLOB PRIMARY KEY,
+        rollout_id TEXT NOT NULL,
+        attempt_id TEXT NOT NULL,
+        time       REAL NOT NULL
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS forward_state (
         id                 INTEGER PRIMARY KEY CHECK (id = 1),
         server             TEXT,
