@@ -237,3 +237,18 @@ def test_affinity_memory_keeps_the_newest_traces() -> None:
     affinity.apply(Changes(), now=100.0 + 2 + 10 + 60 + 1)  # past window + retention of ro-2
     assert [v[0] for v in affinity.autos.values()] == ["ro-3", "ro-4"]
     assert not affinity.holding(200.0)
+
+
+def test_finalize_on_root_leaves_a_bound_trace_alone(store: SQLiteStore) -> None:
+    """An unbound root span ends as ERROR, but its trace belongs to the runner's rollout: the
+    runner decides that rollout's outcome, not a per-trace rule."""
+    pipeline = Pipeline(store, RoutingConfig(finalize_on_root=True))
+    try:
+        runner = make_span("runner", attributes=IDS)
+        send(pipeline, [runner])
+        root = make_span("agent-root", trace_id=runner.trace_id)
+        root.status.code = 2
+        send(pipeline, [root])
+    finally:
+        pipeline.close()
+    assert rollouts(store)[RID]["status"] == "running"

@@ -92,6 +92,9 @@ class SpanBatch:
     bindings: dict[bytes, Destination] = field(default_factory=dict)
     # Attempt outcomes the spans report: destination -> (status, end_time).
     outcomes: dict[Destination, tuple[str, float | None]] = field(default_factory=dict)
+    # Outcomes of per-trace rollouts from their root spans (``finalize_on_root``): these only
+    # apply while the rollout stays per-trace, not once its trace is bound elsewhere.
+    root_outcomes: dict[Destination, tuple[str, float | None]] = field(default_factory=dict)
     # Primary rewards (``agentlightning.reward.0.value``) by destination, latest wins.
     rewards: dict[Destination, float] = field(default_factory=dict)
     received: int = 0
@@ -216,7 +219,7 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
                     if tid not in bindings:
                         bindings[tid] = dest
                 elif finalize_on_root and origin == "trace" and not pid:
-                    batch.outcomes[dest] = ("failed" if code == 2 else "succeeded", end)
+                    batch.root_outcomes[dest] = ("failed" if code == 2 else "succeeded", end)
                 if name == rollout_span:
                     _rollout_hints(info, attributes(span.attributes))
                     batch.outcomes[dest] = ("failed" if code == 2 else "succeeded", end)

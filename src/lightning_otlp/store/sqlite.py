@@ -337,7 +337,11 @@ class SQLiteStore:
                     "UPDATE attempts SET reward = ? WHERE rollout_id = ? AND attempt_id = ?",
                     (value, target[0], attempt_id),
                 )
-        for dest, (status, end) in batch.outcomes.items():
+        outcomes = dict(batch.outcomes)
+        for dest, outcome in batch.root_outcomes.items():
+            if dest not in retarget:
+                outcomes.setdefault(dest, outcome)
+        for dest, (status, end) in outcomes.items():
             target = retarget.get(dest, dest)
             attempt_id = resolved.get(target)
             if attempt_id is None:
