@@ -623,3 +623,37 @@ def test_bindings_of_delivered_traces_survive_a_restart(
     drained(url, 2, timeout=30)  # well inside the 600 s window: it was not held
     names = sorted(s["name"] for s in agl.spans(runner["rollout_id"]))
     assert names == ["agent", "agentlightning.rollout.start"]
+
+
+def test_a_span_the_server_refuses_for_good_is_set_aside(tmp_path: Path, agl: AglServer) -> None:
+    """A batch the server answers 4xx is sent again in halves; the one span it refuses is kept
+    as rejected, and every other span is delivered."""
+    outbox = tmp_path / "poison.db"
+    store = ForwardingStore(agl.url, str(outbox), forward=False)
+    store.open()
+    store.write(route(genai_request(10, rollouts=1, seed=7300), RoutingConfig()))
+    store.close()
+    with sqlite3.connect(outbox) as conn:  # one stored span's bytes no longer parse
+        conn.execute(
+            "UPDATE spans SET span = x'ffffffff'"
+            " WHERE rowid = (SELECT rowid FROM spans ORDER BY rowid LIMIT 1 OFFSET 6)"
+        )
+    store = ForwardingStore(agl.url, str(outbox), max_backoff=0.5)
+    store.open()
+    try:
+        wait_for(
+            lambda: store.status()["pending_spans"] == 0 and store.status()["rejected_spans"] == 1,
+            "nine delivered, one set aside",
+        )
+        report = store.status()
+        assert report["forwarded_spans"] == 9
+        assert "refused for good" in report["last_error"]
+        local = store.rollouts().__next__()["rollout_id"]
+        delivered = agl.spans(agl.linked(local)["rollout_id"])
+        assert len(validate_with_agl("Span", delivered)) == 9
+    finally:
+        store.close()
+    with sqlite3.connect(outbox) as conn:
+        assert conn.execute(
+            "SELECT COUNT(*), MIN(length(span)) FROM forward_rejected"
+        ).fetchone() == (1, 4)

@@ -58,6 +58,8 @@ _API: Final = "/v1/agl"
 _PROTOBUF: Final = {"content-type": "application/x-protobuf"}
 _STARTING: Final = frozenset({"queuing", "preparing", "requeuing"})
 _ID_NEEDLE: Final = semconv.ROLLOUT_ID.encode()
+# 4xx answers that mean "later", not "never".
+_RETRYABLE_4XX: Final = frozenset({408, 409, 425, 429})
 
 
 class ServerError(Exception):
@@ -417,6 +419,9 @@ class _Forwarder:
         self.sender = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-send")
         self.in_flight: tuple[Future[None], list[_Row]] | None = None
         self.after = 0  # highest rowid sent or in flight
+        # Spans per batch: halved while the server refuses a batch for good, to find the span
+        # it refuses; grows back with each delivery.
+        self.limit = store.batch_spans
 
     # One step: settle the batch in flight and send the next (True), or, with nothing pending,
     # mirror statuses (False). The next batch is read and encoded, and the previous one deleted,
@@ -454,19 +459,26 @@ class _Forwarder:
     def _settle(self, following: tuple[bytes, list[_Row]] | None) -> bool:
         """Wait for the batch in flight, send ``following``, then record the first delivered.
 
-        False when the server turned out to have forgotten rollouts: their mapping is dropped
-        and the spans go again, to re-created rollouts, from the next step.
+        False when the server turned out to have forgotten rollouts (their mapping is dropped
+        and the spans go again, to re-created rollouts, from the next step), or refused the
+        batch for good (it goes again in halves, down to the one span set aside).
         """
         assert self.in_flight is not None
         future, sent = self.in_flight
         self.in_flight = None
         try:
             future.result()
-        except (ConnectionError, ServerError) as exc:
+        except ServerError as exc:
             self.after = 0  # resend from the oldest pending span
-            if isinstance(exc, ServerError) and exc.status >= 500:
+            if 400 <= exc.status < 500 and exc.status not in _RETRYABLE_4XX:
+                self._refused(sent, str(exc))
+                return False
+            if exc.status >= 500:
                 if self._forget_lost({self.targets[(r[1], r[2])][0] for r in sent}):
                     return False
+            raise
+        except ConnectionError:
+            self.after = 0  # resend from the oldest pending span
             raise
         self._mirror_now_and_then()
         if following is not None:
@@ -501,7 +513,7 @@ class _Forwarder:
                         " JOIN rollouts r ON r.rollout_id = s.rollout_id"
                         " WHERE s.rowid > ? AND NOT (r.origin = 'trace' AND r.created_at > ?)"
                         " ORDER BY s.rowid LIMIT ?",
-                        (after, now - store.affinity.window, store.batch_spans),
+                        (after, now - store.affinity.window, self.limit),
                     )
                     .fetchall()
                 )
@@ -511,7 +523,7 @@ class _Forwarder:
                     .execute(
                         "SELECT rowid, rollout_id, attempt_id, sequence_id, resource_id, span"
                         " FROM spans WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                        (after, store.batch_spans),
+                        (after, self.limit),
                     )
                     .fetchall()
                 )
@@ -522,8 +534,47 @@ class _Forwarder:
                 return rows[:i]
         return rows
 
+    def _refused(self, sent: list[_Row], error: str) -> None:
+        """The server refused a batch for good: narrow it down to one span, and set that aside."""
+        if len(sent) > 1:
+            self.limit = max(1, len(sent) // 2)
+            log.warning(
+                "the server refused %d spans (%s); sending smaller batches to find the span",
+                len(sent),
+                error,
+            )
+            return
+        self.limit = self.store.batch_spans
+        (row,) = sent
+        log.error("the server refused span rowid %d for good (%s); kept as rejected", row[0], error)
+        store = self.store
+        with store._lock:
+            conn = store._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO forward_rejected (rollout_id, attempt_id, sequence_id, trace_id,"
+                    " span_id, span, resource_id, error, time) SELECT rollout_id, attempt_id,"
+                    " sequence_id, trace_id, span_id, span, resource_id, ?, ? FROM spans"
+                    " WHERE rowid = ?",
+                    (error[:500], time.time(), row[0]),
+                )
+                conn.execute("DELETE FROM spans WHERE rowid = ?", (row[0],))
+                conn.execute(
+                    "UPDATE forward_state SET last_error = ?, last_error_time = ? WHERE id = 1",
+                    (f"refused for good, kept as rejected: {error}"[:500], time.time()),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            store._pending[0] -= 1
+            store._pending[1] -= len(row[5])
+
     def _delivered(self, rows: list[_Row]) -> None:
         size = sum(len(r[5]) for r in rows)
+        self.limit = min(self.store.batch_spans, self.limit * 2)
         store = self.store
         with store._lock:
             conn = store._connection()

@@ -48,6 +48,18 @@ SCHEMA: Final[tuple[str, ...]] = (
         attempt_id TEXT NOT NULL,
         time       REAL NOT NULL
     ) WITHOUT ROWID""",
+    # Spans the server refused for good (a 4xx on their own): kept, not retried, not lost.
+    """CREATE TABLE IF NOT EXISTS forward_rejected (
+        rollout_id  TEXT NOT NULL,
+        attempt_id  TEXT NOT NULL,
+        sequence_id INTEGER NOT NULL,
+        trace_id    BLOB NOT NULL,
+        span_id     BLOB NOT NULL,
+        span        BLOB NOT NULL,
+        resource_id TEXT NOT NULL,
+        error       TEXT NOT NULL,
+        time        REAL NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS forward_state (
         id                 INTEGER PRIMARY KEY CHECK (id = 1),
         server             TEXT,
@@ -108,12 +120,14 @@ def read_status(conn: sqlite3.Connection, now: float | None = None) -> dict[str,
     mapped = conn.execute(
         "SELECT COUNT(*) FROM forward_rollouts WHERE server_rollout_id IS NOT NULL"
     ).fetchone()[0]
+    rejected = conn.execute("SELECT COUNT(*) FROM forward_rejected").fetchone()[0]
     return {
         "server": state.get("server"),
         "pending_spans": spans,
         "pending_bytes": size,
         "oldest_pending_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
         "forwarded_spans": state.get("forwarded_spans", 0),
+        "rejected_spans": rejected,
         "forwarded_requests": state.get("forwarded_requests", 0),
         "rollouts_mapped": mapped,
         "rollouts_created": state.get("rollouts_created", 0),
