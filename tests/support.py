@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,14 @@ class ReceiverProcess:
                 return spans
             time.sleep(0.1)
         raise AssertionError(f"expected {count} spans, found {len(spans)}:\n{self.log()}")
+
+
+def module_receiver(tmp_path_factory: Any, name: str, *flags: str) -> Iterator[ReceiverProcess]:
+    """A receiver for a whole test module; at the end it must stop cleanly, with no traceback."""
+    proc = ReceiverProcess(tmp_path_factory.mktemp(name) / "receiver.db", *flags).start()
+    yield proc
+    assert proc.stop() == 0, proc.log()
+    assert "Traceback" not in proc.log()
 
 
 def _read(db_path: Path, fn: Any) -> Iterable[dict[str, Any]]:

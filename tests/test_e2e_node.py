@@ -20,7 +20,7 @@ from .agents import (
     rollouts_by_id,
     run_node_agent,
 )
-from .support import ReceiverProcess
+from .support import ReceiverProcess, module_receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
@@ -40,10 +40,7 @@ TYPED_ATTRIBUTES = {
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiverProcess]:
     """One receiver for the whole module; each case has its own rollout ids."""
-    proc = ReceiverProcess(tmp_path_factory.mktemp("e2e-node") / "receiver.db").start()
-    yield proc
-    assert proc.stop() == 0, proc.log()
-    assert "Traceback" not in proc.log()
+    yield from module_receiver(tmp_path_factory, "e2e-node")
 
 
 def _check(

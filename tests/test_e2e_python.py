@@ -27,7 +27,7 @@ from .agents import (
     run_python_agent,
 )
 from .payloads import make_request, make_span
-from .support import ReceiverProcess
+from .support import ReceiverProcess, module_receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -38,10 +38,7 @@ TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiverProcess]:
     """One receiver with default settings for the whole module; each case has its own ids."""
-    proc = ReceiverProcess(tmp_path_factory.mktemp("e2e-python") / "receiver.db").start()
-    yield proc
-    assert proc.stop() == 0, proc.log()
-    assert "Traceback" not in proc.log()
+    yield from module_receiver(tmp_path_factory, "e2e-python")
 
 
 def _check_explicit(
