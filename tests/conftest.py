@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_otlp.export import Pipeline
-from lightning_otlp.route import RoutingConfig
+from lightning_otlp.receiver.pipeline import Pipeline
+from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore
 
 from .support import ReceiverProcess

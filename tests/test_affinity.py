@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from lightning_otlp import ids
-from lightning_otlp.decode import PROTOBUF
-from lightning_otlp.export import Pipeline
-from lightning_otlp.route import RoutingConfig
+from lightning_otlp.receiver.decode import PROTOBUF
+from lightning_otlp.receiver.pipeline import Pipeline
+from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore
 
 from .payloads import make_request, make_span
@@ -212,7 +212,7 @@ def test_rewards_are_kept_per_attempt(pipeline: Pipeline, store: SQLiteStore) ->
 def test_moves_and_late_bindings_are_counted_in_metrics(
     pipeline: Pipeline, store: SQLiteStore
 ) -> None:
-    from lightning_otlp.metrics import render
+    from lightning_otlp.receiver.metrics import render
 
     trace = make_span("x").trace_id
     send(pipeline, [make_span("agent", trace_id=trace), make_span("agent2", trace_id=trace)])

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_otlp.decode import PROTOBUF
-from lightning_otlp.export import Pipeline
+from lightning_otlp.receiver.decode import PROTOBUF
+from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.store import SQLiteStore
 
 from .payloads import genai_request, make_request, make_span
@@ -134,8 +134,8 @@ def test_rollouts_default_to_a_table_on_a_terminal(db: Path) -> None:
 
 
 def test_reading_an_outbox_does_not_start_forwarding(tmp_path: Path) -> None:
-    from lightning_otlp.route import RoutingConfig, route
-    from lightning_otlp.store.forward import ForwardingStore
+    from lightning_otlp.forward.store import ForwardingStore
+    from lightning_otlp.receiver.route import RoutingConfig, route
 
     outbox = tmp_path / "outbox.db"
     store = ForwardingStore("http://127.0.0.1:9", str(outbox), forward=False)

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from lightning_otlp.cli import build_parser
-from lightning_otlp.config import Settings, split_address
 from lightning_otlp.configfile import check_config
-from lightning_otlp.decode import DEFAULT_MAX_REQUEST_BYTES
+from lightning_otlp.receiver.decode import DEFAULT_MAX_REQUEST_BYTES
+from lightning_otlp.settings import Settings, split_address
 
 from .support import ROOT
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from lightning_otlp.cli import main
-from lightning_otlp.config import Settings, from_env
 from lightning_otlp.configfile import ConfigError, check_config, read_config
+from lightning_otlp.settings import Settings, from_env
 
 
 def write(tmp_path: Path, text: str, name: str = "receiver.toml") -> Path:

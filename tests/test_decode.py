@@ -15,7 +15,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest as PB2ExportTraceServiceRequest,
 )
 
-from lightning_otlp.decode import (
+from lightning_otlp.errors import InvalidRequest, PayloadTooLarge
+from lightning_otlp.receiver.decode import (
     JSON,
     PROTOBUF,
     decode_json,
@@ -24,7 +25,6 @@ from lightning_otlp.decode import (
     encode,
     media_type,
 )
-from lightning_otlp.errors import InvalidRequest, PayloadTooLarge
 
 TRACE_HEX = "5b8efff798038103d269b633813fc60c"
 SPAN_HEX = "eee19b7ec3c1b174"

@@ -42,11 +42,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from lightning_otlp.auth import BearerAuth, load_tokens
-from lightning_otlp.config import Settings
 from lightning_otlp.errors import Unauthenticated
-from lightning_otlp.metrics import Histogram
+from lightning_otlp.receiver.auth import BearerAuth, load_tokens
+from lightning_otlp.receiver.metrics import Histogram
 from lightning_otlp.server import _warn_if_open
+from lightning_otlp.settings import Settings
 
 from .payloads import make_request, make_span
 from .support import ReceiverProcess, node_script

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lightning_otlp.export import Pipeline
+from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.store import SQLiteStore
 
 from .payloads import genai_request, make_request, make_span

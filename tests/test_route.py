@@ -8,9 +8,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from lightning_otlp import ids
-from lightning_otlp.decode import PROTOBUF
-from lightning_otlp.export import Pipeline
-from lightning_otlp.route import RoutingConfig
+from lightning_otlp.receiver.decode import PROTOBUF
+from lightning_otlp.receiver.pipeline import Pipeline
+from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore
 
 from .payloads import make_request, make_span

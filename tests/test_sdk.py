@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from lightning_otlp import RolloutSpanProcessor, current_rollout, emit_reward, rollout, semconv
-from lightning_otlp.auto import RolloutInstrumentor
+from lightning_otlp.sdk.auto import RolloutInstrumentor
 
 from .support import ROOT
 
@@ -446,7 +446,7 @@ def test_instrumentor_adds_the_processor_to_an_sdk_provider() -> None:
 
 def test_instrumentor_without_an_sdk_provider_only_warns(caplog: pytest.LogCaptureFixture) -> None:
     instrumentor = RolloutInstrumentor()
-    with caplog.at_level(logging.WARNING, "lightning_otlp.auto"):
+    with caplog.at_level(logging.WARNING, "lightning_otlp.sdk.auto"):
         instrumentor.instrument(tracer_provider=trace.NoOpTracerProvider())
     instrumentor.uninstrument()
     assert "no OpenTelemetry SDK TracerProvider" in caplog.text

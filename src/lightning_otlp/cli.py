@@ -12,10 +12,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import __version__
-from .config import ENV_PREFIX, Settings, from_env
 from .configfile import check_config, read_config
 from .errors import ReceiverError
-from .route import FALLBACKS
+from .receiver.route import FALLBACKS
+from .settings import ENV_PREFIX, Settings, from_env
 from .store import DEFAULT_STORE_URL, SQLiteStore, open_store
 
 EXAMPLES = {
@@ -220,7 +220,7 @@ def _read(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .store.forward import store_status
+    from .forward.store import store_status
 
     report = store_status(args.store or from_env().get("store") or DEFAULT_STORE_URL)
     if args.json:

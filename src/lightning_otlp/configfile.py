@@ -19,8 +19,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final, Union, get_args, get_origin, get_type_hints
 
-from .auth import load_tokens
-from .config import HEALTH_OFF, Settings, split_address
+from .receiver.auth import load_tokens
+from .settings import HEALTH_OFF, Settings, split_address
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -17,14 +17,14 @@ from typing import Any
 import grpc
 import uvicorn
 
-from .auth import BearerAuth, load_tokens
-from .config import HEALTH_OFF, Settings, split_address
-from .export import Pipeline
-from .health import HealthApp
-from .route import RoutingConfig
+from .receiver.auth import BearerAuth, load_tokens
+from .receiver.health import HealthApp
+from .receiver.pipeline import Pipeline
+from .receiver.route import RoutingConfig
+from .receiver.transport.grpc import build_server
+from .receiver.transport.http import HTTPReceiver
+from .settings import HEALTH_OFF, Settings, split_address
 from .store import SQLiteStore, Store, open_store
-from .transport.grpc import build_server
-from .transport.http import HTTPReceiver
 
 log = logging.getLogger("lightning_otlp")
 

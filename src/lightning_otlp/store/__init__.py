@@ -32,7 +32,7 @@ def open_store(url: str, *, forward: bool = True) -> Store:
             raise ValueError(f"store URL {url!r} names no file (try sqlite:///lightning-otlp.db)")
         return SQLiteStore(path, url=url, synchronous=query.get("synchronous", "FULL"))
     if parts.scheme in ("agl+http", "agl+https"):
-        from .forward import forwarding_store
+        from ..forward.store import forwarding_store
 
         return forwarding_store(url, forward=forward)
     raise ValueError(

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Final
 
-from ..route import Destination
+from ..batch import Destination
 
 log = logging.getLogger("lightning_otlp.affinity")
 

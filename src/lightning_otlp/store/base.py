@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..route import SpanBatch
+from ..batch import SpanBatch
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,12 @@ import time
 from collections.abc import Iterator
 from typing import Any, Final
 
+from ..batch import Destination, RolloutInfo, SpanBatch
 from ..errors import StoreUnavailable
 from ..ids import attempt_id_for, rollout_id_for_trace
-from ..records import (
+from .affinity import DEFAULT_AFFINITY_WINDOW, Changes, TraceAffinity
+from .base import WriteResult
+from .records import (
     ATTEMPT_COLUMNS,
     DEFAULT_ROLLOUT_CONFIG,
     ROLLOUT_COLUMNS,
@@ -20,9 +23,6 @@ from ..records import (
     attempted_rollout_record,
     span_record,
 )
-from ..route import Destination, RolloutInfo, SpanBatch
-from .affinity import DEFAULT_AFFINITY_WINDOW, Changes, TraceAffinity
-from .base import WriteResult
 
 # Each entry is one migration, applied in its own transaction. PRAGMA user_version counts them.
 # Statements are split on ";", so comments inside them must not contain one.

@@ -13,10 +13,10 @@ from typing import Any, Final
 
 import grpc
 
+from ...errors import ReceiverError, Unavailable, outcome
 from ..auth import BearerAuth
 from ..decode import PROTOBUF
-from ..errors import ReceiverError, Unavailable, outcome
-from ..export import Pipeline, error_status, retry_info
+from ..pipeline import Pipeline, error_status, retry_info
 
 log = logging.getLogger("lightning_otlp.grpc")
 

@@ -12,9 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
-from .. import decode as codec
-from ..auth import BearerAuth
-from ..errors import (
+from ...errors import (
     InvalidRequest,
     PayloadTooLarge,
     ReceiverError,
@@ -23,7 +21,9 @@ from ..errors import (
     UnsupportedMediaType,
     outcome,
 )
-from ..export import Pipeline, error_status
+from .. import decode as codec
+from ..auth import BearerAuth
+from ..pipeline import Pipeline, error_status
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -28,11 +28,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse as PB2ExportTraceServiceResponse,
 )
 
+from ..errors import Overloaded, ReceiverError, StoreUnavailable, Unavailable, outcome
+from ..store import Store
 from .decode import DEFAULT_MAX_REQUEST_BYTES, decode, decode_traces, decompress
-from .errors import Overloaded, ReceiverError, StoreUnavailable, Unavailable, outcome
 from .metrics import Histogram
 from .route import RoutingConfig, route
-from .store import Store
 
 log = logging.getLogger("lightning_otlp")
 

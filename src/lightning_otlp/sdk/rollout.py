@@ -36,7 +36,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
-from . import ids, semconv
+from .. import ids, semconv
 
 __all__ = [
     "RolloutIds",

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Final
 
-from .export import Pipeline
 from .metrics import CONTENT_TYPE, render
+from .pipeline import Pipeline
 from .transport.http import Receive, Scope, Send, respond
 
 READY_PATHS: Final = frozenset({"/", "/health", "/health/ready", "/readyz"})

@@ -9,37 +9,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest as PB2ExportTraceServiceRequest,
 )
-from opentelemetry.proto.common.v1.common_pb2 import ArrayValue as PB2ArrayValue
-from opentelemetry.proto.common.v1.common_pb2 import KeyValueList as PB2KeyValueList
 
-from . import ids, semconv
-from .errors import InvalidRequest
+from .. import ids, semconv
+from ..batch import Origin, RolloutInfo, SpanBatch
+from ..errors import InvalidRequest
+from ..otlp import attributes, plain_value
 
 Fallback = Literal["trace", "reject"]
 FALLBACKS: Final[tuple[str, ...]] = ("trace", "reject")
 
-_SCALARS: Final = frozenset({"string_value", "bool_value", "int_value", "double_value"})
 _STATUS: Final[tuple[str, ...]] = ("UNSET", "OK", "ERROR")
 _ZERO_TRACE: Final = bytes(16)
 _ZERO_SPAN: Final = bytes(8)
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
-
-# Where a rollout came from: explicit ids, a rollout-key attribute, or the per-trace fallback.
-Origin = Literal["explicit", "key", "trace"]
-
-# (rollout_id, attempt_id or None for "the latest attempt")
-Destination = tuple[str, "str | None"]
-
-# A span row without its destination and sequence id:
-# (trace_id, span_id, parent_id (bytes or None), name, start_time, end_time, status_code,
-#  span (the OTLP Span message's own bytes), resource_id)
-SpanRow = tuple[Any, ...]
 
 # Attributes routing looks at. Spans whose bytes do not contain any of these names skip the
 # attribute scan entirely: the common case pays for one substring search, not a decode.
@@ -66,48 +54,6 @@ class RoutingConfig:
     def __post_init__(self) -> None:
         if self.fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, not {self.fallback!r}")
-
-
-@dataclass(slots=True)
-class RolloutInfo:
-    """What a batch says about a rollout beyond its spans: origin, input, mode, status."""
-
-    origin: Origin
-    metadata: dict[str, Any] | None = None
-    input: Any = None
-    has_input: bool = False
-    mode: str | None = None
-    first_start: float | None = None
-    trace_id: bytes | None = None  # for per-trace rollouts
-
-
-@dataclass(slots=True)
-class SpanBatch:
-    """One request, routed: spans grouped by destination, ready for one store transaction."""
-
-    groups: dict[Destination, list[tuple[float, int | None, SpanRow]]] = field(default_factory=dict)
-    resources: dict[str, str] = field(default_factory=dict)
-    rollouts: dict[str, RolloutInfo] = field(default_factory=dict)
-    # Trace affinity: the first destination explicit ids give each trace in this request.
-    bindings: dict[bytes, Destination] = field(default_factory=dict)
-    # Attempt outcomes the spans report: destination -> (status, end_time).
-    outcomes: dict[Destination, tuple[str, float | None]] = field(default_factory=dict)
-    # Outcomes of per-trace rollouts from their root spans (``finalize_on_root``): these only
-    # apply while the rollout stays per-trace, not once its trace is bound elsewhere.
-    root_outcomes: dict[Destination, tuple[str, float | None]] = field(default_factory=dict)
-    # Primary rewards (``agentlightning.reward.0.value``) by destination, latest wins.
-    rewards: dict[Destination, float] = field(default_factory=dict)
-    received: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    reject_reasons: dict[str, int] = field(default_factory=dict)
-
-    def reject(self, reason: str, count: int = 1) -> None:
-        self.rejected += count
-        self.reject_reasons[reason] = self.reject_reasons.get(reason, 0) + count
-
-    def error_message(self) -> str:
-        return "; ".join(f"{n} span(s) {reason}" for reason, n in self.reject_reasons.items())
 
 
 def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanBatch:
@@ -257,99 +203,14 @@ def _pick(kvs: Any, wanted: frozenset[str]) -> dict[str, Any]:
     for kv in kvs:
         key = kv.key
         if key in wanted:
-            out[key] = _plain(kv.value)
+            out[key] = plain_value(kv.value)
     return out
-
-
-def attributes(kvs: Any) -> dict[str, Any]:
-    """OTLP KeyValues to a flat dict of the value types Agent Lightning's models accept."""
-    out: dict[str, Any] = {}
-    for kv in kvs:
-        value = kv.value
-        kind = value.WhichOneof("value")
-        if kind in _SCALARS:
-            out[kv.key] = getattr(value, kind)
-        elif kind == "array_value":
-            out[kv.key] = _array(value.array_value)
-        elif kind == "kvlist_value":
-            _flatten(kv.key, value.kvlist_value, out)
-        elif kind == "bytes_value":
-            out[kv.key] = value.bytes_value.hex()
-    return out
-
-
-def _array(array: PB2ArrayValue) -> Any:
-    items = [_plain(v) for v in array.values]
-    kinds = {type(v) for v in items}
-    if len(kinds) <= 1 and not kinds & {dict, list, type(None)}:
-        return items
-    # Mixed or nested arrays have no flat attribute form: keep them as JSON text.
-    return _dumps(items)
-
-
-def _flatten(prefix: str, kvlist: PB2KeyValueList, out: dict[str, Any]) -> None:
-    for key, value in attributes(kvlist.values).items():
-        out[f"{prefix}.{key}"] = value
-
-
-def _plain(value: Any) -> Any:
-    kind = value.WhichOneof("value")
-    if kind in _SCALARS:
-        return getattr(value, kind)
-    if kind == "array_value":
-        return [_plain(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _plain(kv.value) for kv in value.kvlist_value.values}
-    if kind == "bytes_value":
-        return value.bytes_value.hex()
-    return None
-
-
-def events_list(events: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": e.name,
-            "attributes": attributes(e.attributes),
-            "timestamp": e.time_unix_nano / 1e9 if e.time_unix_nano else None,
-        }
-        for e in events
-    ]
 
 
 def _check_links(links: Any) -> None:
     for link in links:
         if len(link.trace_id) not in (0, 16) or len(link.span_id) not in (0, 8):
             raise InvalidRequest("a link's trace_id must be 16 bytes and span_id 8 bytes")
-
-
-def links_list(links: Any) -> list[dict[str, Any]]:
-    out = []
-    for link in links:
-        tid, sid = link.trace_id, link.span_id
-        out.append(
-            {
-                "context": {
-                    "trace_id": tid.hex().rjust(32, "0"),
-                    "span_id": sid.hex().rjust(16, "0"),
-                    "is_remote": bool(link.flags & 0x200),
-                    "trace_state": parse_trace_state(link.trace_state),
-                },
-                "attributes": attributes(link.attributes) or None,
-            }
-        )
-    return out
-
-
-def parse_trace_state(value: str) -> dict[str, str]:
-    """W3C tracestate header text to the dict form Agent Lightning's SpanContext keeps."""
-    if not value:
-        return {}
-    out: dict[str, str] = {}
-    for member in value.split(","):
-        key, sep, val = member.strip().partition("=")
-        if sep and key:
-            out[key] = val
-    return out
 
 
 def _rollout_hints(info: RolloutInfo, attrs: dict[str, Any]) -> None:

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final
 
-from .decode import DEFAULT_MAX_REQUEST_BYTES
-from .export import DEFAULT_MAX_IN_FLIGHT
-from .route import FALLBACKS
+from .receiver.decode import DEFAULT_MAX_REQUEST_BYTES
+from .receiver.pipeline import DEFAULT_MAX_IN_FLIGHT
+from .receiver.route import FALLBACKS
 from .store import DEFAULT_STORE_URL
 
 ENV_PREFIX: Final = "LIGHTNING_OTLP_"

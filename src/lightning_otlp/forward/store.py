@@ -34,12 +34,12 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue as PB2KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PB2Resource
 
 from .. import semconv
+from ..batch import SpanBatch
 from ..errors import StoreUnavailable
-from ..route import SpanBatch
-from .affinity import Changes
-from .base import WriteResult
+from ..store.affinity import Changes
+from ..store.base import WriteResult
+from ..store.sqlite import SQLiteStore
 from .outbox import create_schema, pending, read_status
-from .sqlite import SQLiteStore
 
 log = logging.getLogger("lightning_otlp.forward")
 
@@ -1043,7 +1043,7 @@ def store_status(url: str, *, probe: bool = True) -> dict[str, Any]:
     """
     parts = urlsplit(url)
     if parts.scheme not in ("agl+http", "agl+https"):
-        from . import open_store
+        from ..store import open_store
 
         plain = open_store(url)
         plain.open()

@@ -19,7 +19,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
     BaseInstrumentor,
 )
 
-from .sdk import RolloutSpanProcessor
+from .rollout import RolloutSpanProcessor
 
 __all__ = ["RolloutInstrumentor"]
 

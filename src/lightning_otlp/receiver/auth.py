@@ -9,7 +9,7 @@ import hmac
 from pathlib import Path
 from typing import Final
 
-from .errors import Unauthenticated
+from ..errors import Unauthenticated
 
 _SCHEME: Final = "bearer"
 _REFUSAL: Final = "missing or invalid bearer token in the authorization header"

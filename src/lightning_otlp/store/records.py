@@ -8,7 +8,7 @@ from typing import Any, Final
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
-from .route import attributes, events_list, links_list, parse_trace_state
+from ..otlp import attributes, events_list, links_list, parse_trace_state
 
 DEFAULT_ROLLOUT_CONFIG: Final[dict[str, Any]] = {
     "timeout_seconds": None,

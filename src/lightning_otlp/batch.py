@@ -1,0 +1,59 @@
+"""The routed form of one request: what the receiver hands a store to commit in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# Where a rollout came from: explicit ids, a rollout-key attribute, or the per-trace fallback.
+Origin = Literal["explicit", "key", "trace"]
+
+# (rollout_id, attempt_id or None for "the latest attempt")
+Destination = tuple[str, "str | None"]
+
+# A span row without its destination and sequence id:
+# (trace_id, span_id, parent_id (bytes or None), name, start_time, end_time, status_code,
+#  span (the OTLP Span message's own bytes), resource_id)
+SpanRow = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class RolloutInfo:
+    """What a batch says about a rollout beyond its spans: origin, input, mode, status."""
+
+    origin: Origin
+    metadata: dict[str, Any] | None = None
+    input: Any = None
+    has_input: bool = False
+    mode: str | None = None
+    first_start: float | None = None
+    trace_id: bytes | None = None  # for per-trace rollouts
+
+
+@dataclass(slots=True)
+class SpanBatch:
+    """One request, routed: spans grouped by destination, ready for one store transaction."""
+
+    groups: dict[Destination, list[tuple[float, int | None, SpanRow]]] = field(default_factory=dict)
+    resources: dict[str, str] = field(default_factory=dict)
+    rollouts: dict[str, RolloutInfo] = field(default_factory=dict)
+    # Trace affinity: the first destination explicit ids give each trace in this request.
+    bindings: dict[bytes, Destination] = field(default_factory=dict)
+    # Attempt outcomes the spans report: destination -> (status, end_time).
+    outcomes: dict[Destination, tuple[str, float | None]] = field(default_factory=dict)
+    # Outcomes of per-trace rollouts from their root spans (``finalize_on_root``): these only
+    # apply while the rollout stays per-trace, not once its trace is bound elsewhere.
+    root_outcomes: dict[Destination, tuple[str, float | None]] = field(default_factory=dict)
+    # Primary rewards (``agentlightning.reward.0.value``) by destination, latest wins.
+    rewards: dict[Destination, float] = field(default_factory=dict)
+    received: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str, count: int = 1) -> None:
+        self.rejected += count
+        self.reject_reasons[reason] = self.reject_reasons.get(reason, 0) + count
+
+    def error_message(self) -> str:
+        return "; ".join(f"{n} span(s) {reason}" for reason, n in self.reject_reasons.items())

@@ -1,0 +1,1 @@
+"""Forwarding into a LightningStore server (``agl store``) through a durable local outbox."""

@@ -1,0 +1,97 @@
+"""OTLP protobuf values to the plain Python forms Agent Lightning's records hold. No I/O."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from opentelemetry.proto.common.v1.common_pb2 import ArrayValue as PB2ArrayValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValueList as PB2KeyValueList
+
+_SCALARS: Final = frozenset({"string_value", "bool_value", "int_value", "double_value"})
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
+def attributes(kvs: Any) -> dict[str, Any]:
+    """OTLP KeyValues to a flat dict of the value types Agent Lightning's models accept."""
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        if kind in _SCALARS:
+            out[kv.key] = getattr(value, kind)
+        elif kind == "array_value":
+            out[kv.key] = _array(value.array_value)
+        elif kind == "kvlist_value":
+            _flatten(kv.key, value.kvlist_value, out)
+        elif kind == "bytes_value":
+            out[kv.key] = value.bytes_value.hex()
+    return out
+
+
+def _array(array: PB2ArrayValue) -> Any:
+    items = [plain_value(v) for v in array.values]
+    kinds = {type(v) for v in items}
+    if len(kinds) <= 1 and not kinds & {dict, list, type(None)}:
+        return items
+    # Mixed or nested arrays have no flat attribute form: keep them as JSON text.
+    return _dumps(items)
+
+
+def _flatten(prefix: str, kvlist: PB2KeyValueList, out: dict[str, Any]) -> None:
+    for key, value in attributes(kvlist.values).items():
+        out[f"{prefix}.{key}"] = value
+
+
+def plain_value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    if kind in _SCALARS:
+        return getattr(value, kind)
+    if kind == "array_value":
+        return [plain_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: plain_value(kv.value) for kv in value.kvlist_value.values}
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return None
+
+
+def events_list(events: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": e.name,
+            "attributes": attributes(e.attributes),
+            "timestamp": e.time_unix_nano / 1e9 if e.time_unix_nano else None,
+        }
+        for e in events
+    ]
+
+
+def links_list(links: Any) -> list[dict[str, Any]]:
+    out = []
+    for link in links:
+        tid, sid = link.trace_id, link.span_id
+        out.append(
+            {
+                "context": {
+                    "trace_id": tid.hex().rjust(32, "0"),
+                    "span_id": sid.hex().rjust(16, "0"),
+                    "is_remote": bool(link.flags & 0x200),
+                    "trace_state": parse_trace_state(link.trace_state),
+                },
+                "attributes": attributes(link.attributes) or None,
+            }
+        )
+    return out
+
+
+def parse_trace_state(value: str) -> dict[str, str]:
+    """W3C tracestate header text to the dict form Agent Lightning's SpanContext keeps."""
+    if not value:
+        return {}
+    out: dict[str, str] = {}
+    for member in value.split(","):
+        key, sep, val = member.strip().partition("=")
+        if sep and key:
+            out[key] = val
+    return out

@@ -1,0 +1,1 @@
+"""The OTLP receiver: transports, then one pipeline (decode, route) handing batches to a store."""
