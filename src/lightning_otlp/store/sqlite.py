@@ -15,6 +15,7 @@ from ..errors import StoreUnavailable
 from ..ids import attempt_id_for, rollout_id_for_trace
 from .affinity import DEFAULT_AFFINITY_WINDOW, Changes, TraceAffinity
 from .base import WriteResult
+from .db import transaction
 from .records import (
     ATTEMPT_COLUMNS,
     DEFAULT_ROLLOUT_CONFIG,
@@ -157,16 +158,11 @@ class SQLiteStore:
     def _migrate(conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 for statement in script.split(";"):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={number}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -182,14 +178,8 @@ class SQLiteStore:
         with self._lock:
             conn = self._connection()
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with transaction(conn):
                     stored = self._write(conn, batch, changes)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"store busy or failing: {exc}") from exc
             except sqlite3.DatabaseError as exc:
