@@ -149,3 +149,21 @@ def test_reading_an_outbox_does_not_start_forwarding(tmp_path: Path) -> None:
     assert len(cli("spans", "--store", url).stdout.splitlines()) == 6  # all still pending
     status = json.loads(cli("status", "--json", "--store", url).stdout)
     assert status["pending_spans"] == 6 and status["last_error"] is None
+
+
+def test_read_commands_take_the_store_from_the_config_file(db: Path, tmp_path: Path) -> None:
+    config = tmp_path / "receiver.toml"
+    config.write_text(f'store = "sqlite:///{db}"\n')
+    by_file = cli("rollouts", "--json", "--config", str(config))
+    assert by_file.returncode == 0, by_file.stderr
+    assert len(by_file.stdout.splitlines()) == 4
+    by_env = cli("spans", env={"LIGHTNING_OTLP_CONFIG": str(config)})
+    assert len(by_env.stdout.splitlines()) == 31
+    # A flag still beats the file, as for serve.
+    other = tmp_path / "other.db"
+    empty = SQLiteStore(str(other))
+    empty.open()
+    empty.close()
+    by_flag = cli("spans", "--config", str(config), "--store", f"sqlite:///{other}")
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert by_flag.stdout == ""

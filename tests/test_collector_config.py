@@ -19,7 +19,7 @@ import yaml
 from lightning_otlp.cli import build_parser
 from lightning_otlp.configfile import check_config
 from lightning_otlp.receiver.decode import DEFAULT_MAX_REQUEST_BYTES
-from lightning_otlp.settings import Settings, split_address
+from lightning_otlp.settings import SPECS, Address, Settings
 
 from .support import ROOT
 
@@ -48,7 +48,7 @@ def load(name: str) -> list[dict[str, Any]]:
 
 
 def port(endpoint: str) -> int:
-    return split_address(endpoint.removeprefix("http://").removeprefix("https://"))[1]
+    return Address.parse(endpoint.removeprefix("http://").removeprefix("https://"))[1]
 
 
 def collector_configs() -> dict[str, dict[str, Any]]:
@@ -135,9 +135,9 @@ def test_sidecar_exports_to_the_receivers_default_port() -> None:
     match = re.fullmatch(r"\$\{env:LIGHTNING_OTLP_ENDPOINT:-(.+)\}", exporter["endpoint"])
     assert match, exporter["endpoint"]
     defaults = Settings()
-    assert port(match.group(1)) == split_address(defaults.grpc)[1] == 4317
-    assert split_address(defaults.http)[1] == 4318
-    assert split_address(defaults.health)[1] == 13133
+    assert port(match.group(1)) == defaults.grpc.port == 4317
+    assert defaults.http.port == 4318
+    assert defaults.health.port == 13133
 
 
 def test_gateway_balances_by_trace_id_over_receivers() -> None:
@@ -149,7 +149,7 @@ def test_gateway_balances_by_trace_id_over_receivers() -> None:
     assert balancer["protocol"]["otlp"]["sending_queue"]["enabled"] is True
     hostnames = balancer["resolver"]["static"]["hostnames"]
     assert len(hostnames) >= 2
-    assert {port(h) for h in hostnames} == {split_address(Settings().grpc)[1]}
+    assert {port(h) for h in hostnames} == {Settings().grpc.port}
 
 
 # -- Kubernetes ------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def receiver_args(
         values, problems = check_config(path)
         assert problems == []
         settings = settings.with_overrides(values)
-    flags = {k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__}
+    flags = {k: v for k, v in vars(args).items() if k in SPECS and v is not None}
     return settings.with_overrides(flags)
 
 
@@ -202,8 +202,8 @@ def test_kubernetes_manifests_have_required_fields(name: str, tmp_path: Path) ->
     container = receiver_container(deployment)
     settings = receiver_args(container, tmp_path, configmaps)
     ports = {p["containerPort"] for p in container["ports"]}
-    assert {split_address(settings.grpc)[1], split_address(settings.http)[1]} <= ports
-    health_host, health_port = split_address(settings.health)
+    assert {settings.grpc.port, settings.http.port} <= ports
+    health_host, health_port = settings.health
     assert health_host == "0.0.0.0"  # kubelet probes come from outside the pod's loopback
     assert container["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": health_port}
     assert container["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": health_port}
@@ -238,7 +238,7 @@ def test_operator_sidecar_is_injected_and_forwards_to_the_pods_receiver(tmp_path
     assert annotations["sidecar.opentelemetry.io/inject"] == collector["metadata"]["name"]
     settings = receiver_args(receiver_container(deployment), tmp_path, {})
     exporter = otlp_exporter(collector["spec"]["config"])
-    assert exporter["endpoint"] == settings.grpc  # same pod: loopback, moved off 4317
+    assert exporter["endpoint"] == str(settings.grpc)  # same pod: loopback, moved off 4317
     # the injected Collector's queue volume exists in the pod
     pod_volumes = {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert {m["name"] for m in collector["spec"]["volumeMounts"]} <= pod_volumes

@@ -12,7 +12,7 @@ import pytest
 
 from lightning_otlp.cli import main
 from lightning_otlp.configfile import ConfigError, check_config, read_config
-from lightning_otlp.settings import Settings, from_env
+from lightning_otlp.settings import Address, Settings, from_env
 
 
 def write(tmp_path: Path, text: str, name: str = "receiver.toml") -> Path:
@@ -38,15 +38,15 @@ auth_token_file = "{tokens}"
     )
     values = read_config(path)
     settings = Settings().with_overrides(values)
-    assert settings.grpc == "0.0.0.0:4317"
+    assert settings.grpc == Address("0.0.0.0", 4317)
     assert settings.max_request_bytes == 1048576
     assert settings.max_in_flight == 8
     assert settings.rollout_keys == ("session.id", "gen_ai.conversation.id")
     assert settings.fallback == "reject"
-    assert settings.health == "off"
+    assert settings.health is None
     assert settings.shutdown_timeout == 3.0
     assert settings.auth_token_file == str(tokens)
-    assert settings.http == "127.0.0.1:4318"  # untouched default
+    assert str(settings.http) == "127.0.0.1:4318"  # untouched default
 
 
 def test_check_config_reports_every_mistake_with_its_line(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_environment_reads_the_new_settings() -> None:
     }
     values = from_env(env)
     assert values == {
-        "health": "0.0.0.0:13133",
+        "health": Address("0.0.0.0", 13133),
         "shutdown_timeout": 2.5,
         "tls_cert": "/c.pem",
         "tls_key": "/k.pem",
@@ -216,6 +216,6 @@ def test_every_setting_can_come_from_the_file_and_zero_where_allowed(tmp_path: P
     path = write(tmp_path, "affinity_window = 0\nfinalize-on-root = true\n")
     values = read_config(path)
     assert values == {"affinity_window": 0.0, "finalize_on_root": True}
-    path = write(tmp_path, 'finalize_on_root = "yes"\nmax_in_flight = 0\n', "bad.toml")
+    path = write(tmp_path, 'finalize_on_root = "maybe"\nmax_in_flight = 0\n', "bad.toml")
     _, problems = check_config(path)
     assert [(p.line, p.key) for p in problems] == [(1, "finalize_on_root"), (2, "max_in_flight")]

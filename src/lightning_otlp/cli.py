@@ -6,16 +6,14 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import __version__
-from .configfile import check_config, read_config
+from .configfile import check_config
 from .errors import ReceiverError
-from .receiver.route import FALLBACKS
-from .settings import ENV_PREFIX, Settings, from_env
+from .settings import CONFIG_ENV, DEFAULTS, ENV_PREFIX, SPECS, Settings, load
 from .store import DEFAULT_STORE_URL, SQLiteStore, open_store
 
 EXAMPLES = {
@@ -38,62 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the OTLP receiver", epilog=EXAMPLES["serve"] + _env_note()
     )
-    serve.add_argument("--grpc", metavar="HOST:PORT", help="OTLP/gRPC address (127.0.0.1:4317)")
-    serve.add_argument("--http", metavar="HOST:PORT", help="OTLP/HTTP address (127.0.0.1:4318)")
-    serve.add_argument("--store", metavar="URL", help=f"store URL ({DEFAULT_STORE_URL})")
-    serve.add_argument(
-        "--rollout-key",
-        metavar="ATTR",
-        action="append",
-        dest="rollout_keys",
-        help="attribute whose value names a rollout, e.g. session.id (repeatable)",
-    )
-    serve.add_argument(
-        "--fallback", choices=FALLBACKS, help="spans with no rollout: trace or reject"
-    )
-    serve.add_argument("--max-request-bytes", type=int, help="limit after decompression (64 MiB)")
-    serve.add_argument("--max-in-flight", type=int, help="queued requests before 503 (64)")
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    serve.add_argument(
-        "--config",
-        metavar="FILE",
-        help=f"TOML file with any of these settings (env {ENV_PREFIX}CONFIG); env and flags win",
-    )
-    serve.add_argument(
-        "--health",
-        metavar="HOST:PORT",
-        help="health, readiness and /metrics address, or 'off' (127.0.0.1:13133)",
-    )
-    serve.add_argument(
-        "--auth-token-file",
-        metavar="FILE",
-        help="require 'authorization: Bearer <token>', one accepted token per line",
-    )
-    serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate: TLS on both transports")
-    serve.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
-    serve.add_argument(
-        "--tls-client-ca", metavar="FILE", help="PEM CA: require client certificates (mutual TLS)"
-    )
-    serve.add_argument(
-        "--shutdown-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="on SIGTERM, how long in-flight requests may take to finish (10)",
-    )
-
-    serve.add_argument(
-        "--affinity-window",
-        type=float,
-        metavar="SECONDS",
-        help="how long spans that reached a per-trace rollout may still move to the rollout"
-        " their trace is bound to (600)",
-    )
-    serve.add_argument(
-        "--finalize-on-root",
-        action="store_true",
-        default=None,
-        help="mark a per-trace rollout succeeded/failed by its root span's status",
-    )
+    _add_setting_flags(serve)
+    _add_config_flag(serve)
 
     check = commands.add_parser(
         "check-config",
@@ -106,9 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name, help=f"print stored records, one {what} JSON per line", epilog=EXAMPLES[name]
         )
-        sub.add_argument(
-            "--store", metavar="URL", default=None, help=f"store URL ({DEFAULT_STORE_URL})"
-        )
+        _add_store_flags(sub)
         if name == "spans":
             sub.add_argument("--rollout", metavar="ID", help="only this rollout")
             sub.add_argument("--attempt", metavar="ID", help="only this attempt")
@@ -132,9 +74,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="show a store's state: outbox depth, oldest pending age, forwarded counts, errors",
         epilog=EXAMPLES["status"],
     )
-    status.add_argument("--store", metavar="URL", help=f"store URL ({DEFAULT_STORE_URL})")
+    _add_store_flags(status)
     status.add_argument("--json", action="store_true", help="one JSON object instead of text")
     return parser
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, straight from the settings table (values are parsed there)."""
+    for name, spec in SPECS.items():
+        flag = "--" + name.replace("_", "-")
+        default = getattr(DEFAULTS, name)
+        shown = "" if default in (None, (), False) else f" ({default})"
+        if spec.metavar is None:
+            parser.add_argument(flag, action="store_true", default=None, help=spec.help)
+        elif spec.repeatable:
+            singular = flag.removesuffix("s")
+            parser.add_argument(
+                singular, metavar=spec.metavar, action="append", dest=name, help=spec.help
+            )
+        else:
+            parser.add_argument(flag, metavar=spec.metavar, help=spec.help + shown)
+
+
+def _add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML file with any of these settings (env {CONFIG_ENV}); env and flags win",
+    )
+
+
+def _add_store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", metavar="URL", help=f"store URL ({DEFAULT_STORE_URL})")
+    _add_config_flag(parser)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {name: getattr(args, name) for name in SPECS if hasattr(args, name)}
+    return load(flags, config_file=args.config)
 
 
 def _env_note() -> str:
@@ -161,27 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .server import serve
 
-    flags = {
-        "grpc": args.grpc,
-        "http": args.http,
-        "store": args.store,
-        "rollout_keys": tuple(args.rollout_keys) if args.rollout_keys else None,
-        "fallback": args.fallback,
-        "max_request_bytes": args.max_request_bytes,
-        "max_in_flight": args.max_in_flight,
-        "log_level": args.log_level,
-        "health": args.health,
-        "auth_token_file": args.auth_token_file,
-        "tls_cert": args.tls_cert,
-        "tls_key": args.tls_key,
-        "tls_client_ca": args.tls_client_ca,
-        "shutdown_timeout": args.shutdown_timeout,
-        "affinity_window": args.affinity_window,
-        "finalize_on_root": args.finalize_on_root,
-    }
-    config_file = args.config or os.environ.get(ENV_PREFIX + "CONFIG")
-    from_file = read_config(config_file) if config_file else {}
-    settings = Settings().with_overrides(from_file).with_overrides(from_env()).with_overrides(flags)
+    settings = _settings(args)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="lightning-otlp: %(levelname)s %(name)s: %(message)s",
@@ -202,8 +159,9 @@ def _check_config(path: str) -> int:
 
 
 def _read(args: argparse.Namespace) -> int:
-    url = args.store or from_env().get("store") or DEFAULT_STORE_URL
-    store = open_store(url, forward=False)  # reading an outbox must not start delivering it
+    store = open_store(
+        _settings(args).store, forward=False
+    )  # reading an outbox must not start delivering it
     store.open()
     try:
         if args.command == "rollouts":
@@ -222,7 +180,7 @@ def _read(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .forward.store import store_status
 
-    report = store_status(args.store or from_env().get("store") or DEFAULT_STORE_URL)
+    report = store_status(_settings(args).store)
     if args.json:
         print(json.dumps(report))
     else:

@@ -23,7 +23,7 @@ from .receiver.pipeline import Pipeline
 from .receiver.route import RoutingConfig
 from .receiver.transport.grpc import build_server
 from .receiver.transport.http import HTTPReceiver
-from .settings import HEALTH_OFF, Settings, split_address
+from .settings import Address, Settings
 from .store import SQLiteStore, Store, open_store
 
 log = logging.getLogger("lightning_otlp")
@@ -65,13 +65,12 @@ async def serve(settings: Settings) -> None:
     _warn_if_open(settings, auth)
     # Bind before anything starts, so a port in use is one clean error.
     http_socket = _bind(settings.http, "OTLP/HTTP")
-    health_socket = _bind(settings.health, "health") if settings.health != HEALTH_OFF else None
+    health_socket = _bind(settings.health, "health") if settings.health is not None else None
     pipeline = build_pipeline(settings)
     grpc_server, grpc_port = build_server(
-        pipeline, settings.grpc, auth=auth, credentials=_grpc_credentials(settings)
+        pipeline, str(settings.grpc), auth=auth, credentials=_grpc_credentials(settings)
     )
     await grpc_server.start()
-    http_host = split_address(settings.http)[0]
     http_server = _asgi_server(
         HTTPReceiver(pipeline, auth),
         settings.http,
@@ -79,8 +78,7 @@ async def serve(settings: Settings) -> None:
         **_uvicorn_tls(settings),
     )
     health_server: _Server | None = None
-    if settings.health != HEALTH_OFF:
-        health_host = split_address(settings.health)[0]
+    if settings.health is not None:
         health_server = _asgi_server(HealthApp(pipeline), settings.health, grace=1)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,14 +93,13 @@ async def serve(settings: Settings) -> None:
             health_server is None or health is None or await _started(health_server, health)
         ):
             scheme = "https" if settings.tls_cert else "http"
-            grpc_host = split_address(settings.grpc)[0]
             tls = " (TLS)" if settings.tls_cert else ""
-            _announce(f"OTLP/gRPC listening on {grpc_host}:{grpc_port}{tls}")
-            _announce(
-                f"OTLP/HTTP listening on {scheme}://{http_host}:{_port(http_server)}/v1/traces"
-            )
-            if health_server is not None:
-                _announce(f"health listening on http://{health_host}:{_port(health_server)}/health")
+            _announce(f"OTLP/gRPC listening on {Address(settings.grpc.host, grpc_port)}{tls}")
+            http_at = Address(settings.http.host, _port(http_server))
+            _announce(f"OTLP/HTTP listening on {scheme}://{http_at}/v1/traces")
+            if health_server is not None and settings.health is not None:
+                health_at = Address(settings.health.host, _port(health_server))
+                _announce(f"health listening on http://{health_at}/health")
             _announce(f"store: {pipeline.store.url}")
             stop = asyncio.ensure_future(stopping.wait())
             await asyncio.wait({stop, serving}, return_when=asyncio.FIRST_COMPLETED)
@@ -123,8 +120,8 @@ async def serve(settings: Settings) -> None:
         _announce("stopped")
 
 
-def _asgi_server(app: Any, address: str, *, grace: int, **options: Any) -> _Server:
-    host, port = split_address(address)
+def _asgi_server(app: Any, address: Address, *, grace: int, **options: Any) -> _Server:
+    host, port = address
     return _Server(
         uvicorn.Config(
             app,
@@ -140,8 +137,8 @@ def _asgi_server(app: Any, address: str, *, grace: int, **options: Any) -> _Serv
     )
 
 
-def _bind(address: str, what: str) -> socket.socket:
-    host, port = split_address(address)
+def _bind(address: Address, what: str) -> socket.socket:
+    host, port = address
     try:
         family, kind, proto, _, sockaddr = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -202,7 +199,7 @@ def _warn_if_open(settings: Settings, auth: BearerAuth | None) -> None:
     if auth is not None:
         return
     for name in ("grpc", "http"):
-        host = split_address(getattr(settings, name))[0]
+        host = getattr(settings, name).host
         if _all_interfaces(host):
             log.warning(
                 "OTLP/%s listens on all interfaces (%s) without authentication: anyone who can "
