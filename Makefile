@@ -6,14 +6,23 @@ BIN := $(VENV)/bin
 AGL_VENV ?= .cache/agl-0.3.0
 NODE_DIR := tests/node
 PIP_FLAGS := --disable-pip-version-check --no-input -q
+# Tests that need nothing beyond the project's own venv.
+FAST := not e2e and not agl and not node and not slow
 
-.PHONY: install run test test-fast bench lint agl-env node-deps clean
+.PHONY: install install-test run test test-fast bench lint agl-env node-deps clean
 
-install: $(VENV)/.installed
+# Serving needs only the [server] extra; the test tools come with install-test.
+install: $(VENV)/.server
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.server: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[test]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[server]'
+	touch $@
+
+install-test: $(VENV)/.test
+
+$(VENV)/.test: $(VENV)/.server
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test]'
 	touch $@
 
 agl-env: $(AGL_VENV)/.installed
@@ -32,16 +41,16 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/packag
 run: install
 	$(BIN)/lightning-otlp serve
 
-test: install agl-env node-deps
+test: install-test agl-env node-deps
 	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python $(BIN)/pytest
 
-test-fast: install
-	$(BIN)/pytest -m "not e2e"
+test-fast: install-test
+	$(BIN)/pytest -m "$(FAST)"
 
-bench: install agl-env
+bench: install-test agl-env
 	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python $(BIN)/python bench/run.py $(BENCH)
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy

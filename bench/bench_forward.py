@@ -102,7 +102,7 @@ def forwarded(receiver_url: str, store_url: str, bodies: list[bytes]) -> tuple[f
 
 
 def start_receiver(store_url: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    log = open(log_path, "wb")  # noqa: SIM115 - kept open for the process's life
+    log = open(log_path, "wb")  # kept open for the process's life
     proc = subprocess.Popen(
         [
             sys.executable,

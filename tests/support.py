@@ -45,7 +45,7 @@ class ReceiverProcess:
         args += list(self.flags)
         env = {**os.environ, **(self.env or {})}
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "a")  # noqa: SIM115 - kept open for the process's life
+        log = open(self.log_path, "a")  # kept open for the process's life
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, text=True, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -132,6 +132,7 @@ def test_bad_encodings_are_invalid_request(body: bytes, encoding: str) -> None:
         decompress(body, encoding, 10_000)
 
 
+@pytest.mark.slow
 def test_gzip_bomb_is_never_inflated_past_the_limit() -> None:
     limit = 1 << 20
     inflater = zlib.compressobj(9, zlib.DEFLATED, 31)
@@ -165,6 +166,7 @@ def test_responses_encode_as_requested() -> None:
 
 
 @settings(max_examples=300, deadline=None)
+@pytest.mark.slow
 @given(st.binary(max_size=2048), st.sampled_from([PROTOBUF, JSON]))
 def test_fuzz_decoders_raise_only_invalid_request(data: bytes, media: str) -> None:
     try:
@@ -183,6 +185,7 @@ json_values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
+@pytest.mark.slow
 @given(json_values)
 def test_fuzz_json_documents_raise_only_invalid_request(doc: object) -> None:
     wrapped = {"resourceSpans": [{"scopeSpans": [{"spans": [doc]}]}]}

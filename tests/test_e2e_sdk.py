@@ -42,7 +42,7 @@ StartReceiver = Callable[..., ReceiverProcess]
 class _Tool(BaseHTTPRequestHandler):
     """The "tool" an agent calls over HTTP."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:  # http.server's naming
         body = b'{"ok": true}'
         self.send_response(200)
         self.send_header("content-type", "application/json")

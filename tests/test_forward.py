@@ -58,7 +58,7 @@ class AglServer:
 
     def start(self, timeout: float = 90.0) -> None:
         agl = Path(agl_python()).parent / "agl"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
+        log = open(self.log_path, "ab")  # kept open for the process's life
         self.proc = subprocess.Popen(
             [str(agl), "store", "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=log,

@@ -14,7 +14,7 @@ from . import __version__
 from .configfile import check_config
 from .errors import ReceiverError
 from .settings import CONFIG_ENV, DEFAULTS, ENV_PREFIX, SPECS, Settings, load
-from .store import DEFAULT_STORE_URL, SQLiteStore, open_store
+from .store import DEFAULT_STORE_URL, open_store
 
 EXAMPLES = {
     "serve": "example: lightning-otlp serve --store sqlite:///runs.db --rollout-key session.id",
@@ -166,7 +166,7 @@ def _read(args: argparse.Namespace) -> int:
     try:
         if args.command == "rollouts":
             table = sys.stdout.isatty() if args.table is None else args.table
-            if table and isinstance(store, SQLiteStore):
+            if table:
                 _print_table(store.summaries())
             else:
                 _print_lines(store.rollouts())

@@ -1,21 +1,18 @@
-"""Errors and the one place that maps them to HTTP and gRPC statuses.
+"""Every error a request can end in; ``receiver/status.py`` alone maps them to answers.
 
 ReceiverError
- ├── InvalidRequest        400 / INVALID_ARGUMENT    (permanent: a client's mistake)
- ├── PayloadTooLarge       413 / RESOURCE_EXHAUSTED  (permanent)
- ├── UnsupportedMediaType  415                       (HTTP only)
- ├── Unauthenticated       401 / UNAUTHENTICATED
- └── Unavailable           503 + Retry-After / UNAVAILABLE + RetryInfo (retryable)
+ ├── InvalidRequest        a client's mistake: permanent
+ ├── PayloadTooLarge       over the size limit: permanent
+ ├── UnsupportedMediaType  HTTP only
+ ├── Unauthenticated       no valid bearer token
+ └── Unavailable           retryable, with a hint of when
       ├── Overloaded       too many requests in flight
       └── StoreUnavailable the store cannot commit right now
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
-
-import grpc
 
 DEFAULT_RETRY_AFTER_SECONDS: Final = 1
 
@@ -52,23 +49,3 @@ class Overloaded(Unavailable):
 
 class StoreUnavailable(Unavailable):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    http_status: int
-    grpc_code: grpc.StatusCode
-    rpc_code: int  # google.rpc.Code, for the google.rpc.Status body
-    retry_after: int | None
-
-
-def outcome(exc: ReceiverError) -> Outcome:
-    if isinstance(exc, Unavailable):
-        return Outcome(503, grpc.StatusCode.UNAVAILABLE, 14, exc.retry_after)
-    if isinstance(exc, PayloadTooLarge):
-        return Outcome(413, grpc.StatusCode.RESOURCE_EXHAUSTED, 8, None)
-    if isinstance(exc, UnsupportedMediaType):
-        return Outcome(415, grpc.StatusCode.INVALID_ARGUMENT, 3, None)
-    if isinstance(exc, Unauthenticated):
-        return Outcome(401, grpc.StatusCode.UNAUTHENTICATED, 16, None)
-    return Outcome(400, grpc.StatusCode.INVALID_ARGUMENT, 3, None)

@@ -24,21 +24,19 @@ from .receiver.route import RoutingConfig
 from .receiver.transport.grpc import build_server
 from .receiver.transport.http import HTTPReceiver
 from .settings import Address, Settings
-from .store import SQLiteStore, Store, open_store
+from .store import Store, open_store
 
 log = logging.getLogger("lightning_otlp")
 
 
 def build_pipeline(settings: Settings, store: Store | None = None) -> Pipeline:
-    store = store or open_store(settings.store)
+    store = store or open_store(settings.store, affinity_window=settings.affinity_window)
     store.open()
     routing = RoutingConfig(
         rollout_keys=settings.rollout_keys,
         fallback=settings.fallback,  # type: ignore[arg-type]
         finalize_on_root=settings.finalize_on_root,
     )
-    if isinstance(store, SQLiteStore):
-        store.affinity.window = settings.affinity_window
     return Pipeline(
         store,
         routing,

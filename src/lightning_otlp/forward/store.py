@@ -36,8 +36,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PB2Resource
 from .. import semconv
 from ..batch import SpanBatch
 from ..errors import StoreUnavailable
-from ..store.affinity import Changes
-from ..store.base import WriteResult
+from ..store.affinity import DEFAULT_AFFINITY_WINDOW, Changes
+from ..store.base import Metric, WriteResult
 from ..store.sqlite import SQLiteStore
 from .outbox import create_schema, pending, read_status
 
@@ -181,6 +181,7 @@ class ForwardingStore(SQLiteStore):
         synchronous: str = "FULL",
         forward: bool = True,
         url: str | None = None,
+        affinity_window: float = DEFAULT_AFFINITY_WINDOW,
     ) -> None:
         if outbox == ":memory:":
             raise ValueError("the outbox must be a file: it is what survives a restart")
@@ -193,7 +194,7 @@ class ForwardingStore(SQLiteStore):
                 raise ValueError(f"{name} must be positive")
         if max_backoff <= 0:
             raise ValueError("max_backoff must be positive")
-        super().__init__(outbox, synchronous=synchronous, url=url)
+        super().__init__(outbox, synchronous=synchronous, url=url, affinity_window=affinity_window)
         self.server_url = server_url.rstrip("/")
         self.max_outbox_spans = max_outbox_spans
         self.max_outbox_bytes = max_outbox_bytes
@@ -330,6 +331,19 @@ class ForwardingStore(SQLiteStore):
             report = read_status(self._connection())
         report["forwarding"] = self._thread is not None and self._thread.is_alive()
         return report
+
+    def metrics(self) -> list[Metric]:
+        spans, size = self.outbox_depth()
+        return [
+            *super().metrics(),
+            Metric("lightning_otlp_outbox_spans", "Spans waiting to be forwarded.", "gauge", spans),
+            Metric(
+                "lightning_otlp_outbox_bytes",
+                "Bytes of spans waiting to be forwarded.",
+                "gauge",
+                size,
+            ),
+        ]
 
     def outbox_depth(self) -> tuple[int, int]:
         """(spans, bytes) pending, for ``/metrics``; read without the lock, so never waits."""
@@ -1001,7 +1015,9 @@ def _any_value(value: Any) -> PB2AnyValue:
     return out
 
 
-def forwarding_store(url: str, *, forward: bool = True) -> ForwardingStore:
+def forwarding_store(
+    url: str, *, forward: bool = True, affinity_window: float = DEFAULT_AFFINITY_WINDOW
+) -> ForwardingStore:
     """The store an ``agl+http://HOST:PORT?outbox=…&max_outbox_spans=…`` URL names."""
     parts = urlsplit(url)
     if not parts.netloc:
@@ -1025,6 +1041,7 @@ def forwarding_store(url: str, *, forward: bool = True) -> ForwardingStore:
             synchronous=query.get("synchronous", "FULL"),
             forward=forward,
             url=url,
+            affinity_window=affinity_window,
         )
     except ValueError as exc:
         raise ValueError(f"store URL {url!r}: {exc}") from None

@@ -79,25 +79,10 @@ def render(pipeline: Pipeline) -> str:
            pipeline.in_flight)  # fmt: skip
     _gauge(out, "lightning_otlp_ready", "1 when the receiver is ready to store spans.",
            1 if pipeline.ready() else 0)  # fmt: skip
-    depth = getattr(pipeline.store, "outbox_depth", None)
-    if callable(depth):  # only a forwarding store has an outbox
-        spans, size = depth()
-        _gauge(out, "lightning_otlp_outbox_spans", "Spans waiting to be forwarded.", spans)
-        _gauge(out, "lightning_otlp_outbox_bytes", "Bytes of spans waiting to be forwarded.", size)
-    affinity = getattr(pipeline.store, "affinity", None)
-    if affinity is not None:  # the SQLite store and the forwarder's outbox keep trace affinity
-        moved = affinity.counters
-        for name, help_text, value in (
-            ("lightning_otlp_affinity_moved_spans", "Spans moved from a per-trace rollout to"
-             " the rollout their trace was bound to.", moved.moved_spans),
-            ("lightning_otlp_affinity_moved_traces", "Traces whose per-trace rollout was"
-             " emptied into a bound rollout.", moved.moved_traces),
-            ("lightning_otlp_affinity_late_bindings", "Bindings that arrived after the affinity"
-             " window: their trace's earlier spans stayed where they were.", moved.late_bindings),
-        ):  # fmt: skip
-            out.append(f"# HELP {name} {help_text}")
-            out.append(f"# TYPE {name} counter")
-            out.append(f"{name} {value}")
+    for metric in pipeline.store.metrics():
+        out.append(f"# HELP {metric.name} {metric.help}")
+        out.append(f"# TYPE {metric.name} {metric.kind}")
+        out.append(f"{metric.name} {_number(metric.value)}")
     return "\n".join(out) + "\n"
 
 

@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 
-from google.rpc import error_details_pb2, status_pb2
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest as PB2ExportLogsServiceRequest,
 )
@@ -28,7 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse as PB2ExportTraceServiceResponse,
 )
 
-from ..errors import Overloaded, ReceiverError, StoreUnavailable, Unavailable, outcome
+from ..errors import Overloaded, ReceiverError, StoreUnavailable
 from ..store import Store
 from .decode import DEFAULT_MAX_REQUEST_BYTES, decode, decode_traces, decompress
 from .metrics import Histogram
@@ -42,6 +42,10 @@ NOT_READY_AFTER_FAILURE_SECONDS: Final = 5.0
 _NOT_STORED: Final = "lightning-otlp stores traces only; {} were not stored"
 
 T = TypeVar("T")
+# The OTLP signals; each has one export entry that both transports call.
+Signal = Literal["traces", "metrics", "logs"]
+SIGNALS: Final[tuple[Signal, ...]] = ("traces", "metrics", "logs")
+Transport = Literal["grpc", "http"]
 
 
 @dataclass(slots=True)
@@ -92,6 +96,11 @@ class Pipeline:
         self._in_flight = 0
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-store")
+        self._exporters: dict[Signal, Callable[..., Message]] = {
+            "traces": self.export_traces,
+            "metrics": self.export_metrics,
+            "logs": self.export_logs,
+        }
 
     # -- synchronous stages (run on the store thread) ------------------------------------
 
@@ -127,7 +136,7 @@ class Pipeline:
         return response
 
     def export_metrics(
-        self, body: bytes, encoding: str | None, media: str
+        self, body: bytes, encoding: str | None, media: str, transport: str = "grpc"
     ) -> PB2ExportMetricsServiceResponse:
         request = decode(
             decompress(body, encoding, self.max_request_bytes),
@@ -148,7 +157,7 @@ class Pipeline:
         return response
 
     def export_logs(
-        self, body: bytes, encoding: str | None, media: str
+        self, body: bytes, encoding: str | None, media: str, transport: str = "grpc"
     ) -> PB2ExportLogsServiceResponse:
         request = decode(
             decompress(body, encoding, self.max_request_bytes), media, PB2ExportLogsServiceRequest
@@ -161,6 +170,26 @@ class Pipeline:
         return response
 
     # -- async entry point for the transports --------------------------------------------
+
+    async def export(
+        self,
+        signal: Signal,
+        body: bytes,
+        encoding: str | None,
+        media: str,
+        transport: Transport,
+    ) -> Message:
+        """The one export entry both transports call: the signal's request, committed, answered.
+
+        Raises ``ReceiverError`` for anything the client should be told; the transport turns it
+        into its answer through ``receiver.status.answer``.
+        """
+        exporter = self._exporters[signal]
+        started = time.perf_counter()
+        try:
+            return await self.run(exporter, body, encoding, media, transport)
+        finally:
+            self.request_seconds[transport].observe(time.perf_counter() - started)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Queue ``fn`` on the store thread, or refuse at once when too much is queued."""
@@ -187,17 +216,3 @@ class Pipeline:
             return False
         failed = self._store_failed_at
         return failed is None or time.monotonic() - failed > NOT_READY_AFTER_FAILURE_SECONDS
-
-
-def error_status(exc: ReceiverError) -> status_pb2.Status:
-    """The ``google.rpc.Status`` an error answers with, RetryInfo included when retryable."""
-    status = status_pb2.Status(code=outcome(exc).rpc_code, message=str(exc))
-    if isinstance(exc, Unavailable):
-        status.details.add().Pack(retry_info(exc.retry_after))
-    return status
-
-
-def retry_info(seconds: int) -> error_details_pb2.RetryInfo:
-    info = error_details_pb2.RetryInfo()
-    info.retry_delay.seconds = seconds
-    return info

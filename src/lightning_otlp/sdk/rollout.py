@@ -159,7 +159,8 @@ def _tracer(provider: trace.TracerProvider | None) -> trace.Tracer:
     return provider.get_tracer(_TRACER_NAME)
 
 
-class rollout:  # noqa: N801 - a context manager used like a function, as contextlib's are
+# Lower case: a context manager used like a function, as contextlib's are.
+class rollout:
     """Open a rollout context: a ``with`` block, an ``async with`` block, or a decorator.
 
     Every span started inside (in this thread or asyncio task) is stamped with the rollout's ids
@@ -183,7 +184,7 @@ class rollout:  # noqa: N801 - a context manager used like a function, as contex
         rollout_id: str | None = None,
         attempt_id: str | None = None,
         *,
-        input: Any = None,  # noqa: A002 - Agent Lightning's field name
+        input: Any = None,  # Agent Lightning's field name
         mode: str | None = None,
         propagate: bool = False,
         tracer_provider: trace.TracerProvider | None = None,

@@ -1,10 +1,10 @@
-"""The interface every store implements; the receiver never knows which one it has."""
+"""The interface every store implements; the receiver and the CLI never know which one they have."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from ..batch import SpanBatch
 
@@ -13,6 +13,15 @@ from ..batch import SpanBatch
 class WriteResult:
     stored: int
     duplicates: int
+
+
+class Metric(NamedTuple):
+    """One self-metric a store reports, rendered on ``/metrics`` as it is."""
+
+    name: str
+    help: str
+    kind: Literal["counter", "gauge"]
+    value: float
 
 
 class Store(Protocol):
@@ -40,4 +49,16 @@ class Store(Protocol):
         self, rollout_id: str | None = None, attempt_id: str | None = None
     ) -> Iterator[dict[str, Any]]:
         """Span records in sequence order within each attempt."""
+        ...
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """One row of figures per rollout, for people (``rollouts --table``)."""
+        ...
+
+    def metrics(self) -> list[Metric]:
+        """The store's own counters and gauges; read on every ``/metrics`` scrape."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """What ``lightning-otlp status`` prints: the store's state, without the network."""
         ...

@@ -14,7 +14,7 @@ from ..batch import Destination, RolloutInfo, SpanBatch
 from ..errors import StoreUnavailable
 from ..ids import attempt_id_for, rollout_id_for_trace
 from .affinity import DEFAULT_AFFINITY_WINDOW, Changes, TraceAffinity
-from .base import WriteResult
+from .base import Metric, WriteResult
 from .db import transaction
 from .records import (
     ATTEMPT_COLUMNS,
@@ -534,6 +534,37 @@ class SQLiteStore:
                 }
             )
         return out
+
+    def metrics(self) -> list[Metric]:
+        moved = self.affinity.counters
+        return [
+            Metric(
+                "lightning_otlp_affinity_moved_spans",
+                "Spans moved from a per-trace rollout to the rollout their trace was bound to.",
+                "counter",
+                moved.moved_spans,
+            ),
+            Metric(
+                "lightning_otlp_affinity_moved_traces",
+                "Traces whose per-trace rollout was emptied into a bound rollout.",
+                "counter",
+                moved.moved_traces,
+            ),
+            Metric(
+                "lightning_otlp_affinity_late_bindings",
+                "Bindings that arrived after the affinity window: their trace's earlier spans"
+                " stayed where they were.",
+                "counter",
+                moved.late_bindings,
+            ),
+        ]
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            conn = self._connection()
+            rollouts = conn.execute("SELECT COUNT(*) FROM rollouts").fetchone()[0]
+            spans = conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
+        return {"store": self.url, "rollouts": rollouts, "spans": spans}
 
     def count_spans(self) -> int:
         with self._lock:

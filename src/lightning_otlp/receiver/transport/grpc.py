@@ -6,46 +6,39 @@ INVALID_ARGUMENT (grpcio's own deserializer would answer INTERNAL).
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 
 import grpc
 
-from ...errors import ReceiverError, Unavailable, outcome
+from ...errors import ReceiverError
 from ..auth import BearerAuth
 from ..decode import PROTOBUF
-from ..pipeline import Pipeline, error_status, retry_info
-
-log = logging.getLogger("lightning_otlp.grpc")
+from ..pipeline import Pipeline, Signal
+from ..status import answer
 
 TRACE_SERVICE: Final = "opentelemetry.proto.collector.trace.v1.TraceService"
 METRICS_SERVICE: Final = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 LOGS_SERVICE: Final = "opentelemetry.proto.collector.logs.v1.LogsService"
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
+SERVICES: Final[dict[str, Signal]] = {
+    TRACE_SERVICE: "traces",
+    METRICS_SERVICE: "metrics",
+    LOGS_SERVICE: "logs",
+}
 
 
-def _handler(pipeline: Pipeline, signal: str, auth: BearerAuth | None = None) -> Handler:
+def _handler(pipeline: Pipeline, signal: Signal, auth: BearerAuth | None = None) -> Handler:
     async def export(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        started = time.perf_counter()
         try:
             if auth is not None:
                 auth.require(_authorization(context))
-            if signal == "traces":
-                response: Any = await pipeline.run(
-                    pipeline.export_traces, request, None, PROTOBUF, "grpc"
-                )
-            elif signal == "metrics":
-                response = await pipeline.run(pipeline.export_metrics, request, None, PROTOBUF)
-            else:
-                response = await pipeline.run(pipeline.export_logs, request, None, PROTOBUF)
+            response = await pipeline.export(signal, request, None, PROTOBUF, "grpc")
         except ReceiverError as exc:
-            await _abort(context, exc)
+            result = answer(exc)
+            await context.abort(result.grpc_code, str(exc), trailing_metadata=result.grpc_trailers)
             raise AssertionError("unreachable") from exc  # abort() raises
-        finally:
-            pipeline.request_seconds["grpc"].observe(time.perf_counter() - started)
         data: bytes = response.SerializeToString()
         return data
 
@@ -57,20 +50,6 @@ def _authorization(context: grpc.aio.ServicerContext[bytes, bytes]) -> str | byt
         if key == "authorization":
             return value  # type: ignore[no-any-return]
     return None
-
-
-async def _abort(context: grpc.aio.ServicerContext[bytes, bytes], exc: ReceiverError) -> None:
-    result = outcome(exc)
-    level = logging.WARNING if isinstance(exc, Unavailable) else logging.INFO
-    log.log(level, "answering %s: %s", result.grpc_code.name, exc)
-    metadata: list[tuple[str, str | bytes]] = [
-        ("grpc-status-details-bin", error_status(exc).SerializeToString())
-    ]
-    if isinstance(exc, Unavailable):
-        metadata.append(
-            ("google.rpc.retryinfo-bin", retry_info(exc.retry_after).SerializeToString())
-        )
-    await context.abort(result.grpc_code, str(exc), trailing_metadata=tuple(metadata))
 
 
 def build_server(
@@ -92,18 +71,14 @@ def build_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    handlers = {
-        service: grpc.method_handlers_generic_handler(
+    handlers = tuple(
+        grpc.method_handlers_generic_handler(
             service,
             {"Export": grpc.unary_unary_rpc_method_handler(_handler(pipeline, signal, auth))},
         )
-        for service, signal in (
-            (TRACE_SERVICE, "traces"),
-            (METRICS_SERVICE, "metrics"),
-            (LOGS_SERVICE, "logs"),
-        )
-    }
-    server.add_generic_rpc_handlers(tuple(handlers.values()))
+        for service, signal in SERVICES.items()
+    )
+    server.add_generic_rpc_handlers(handlers)
     if credentials is None:
         port = server.add_insecure_port(address)
     else:

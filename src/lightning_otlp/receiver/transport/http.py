@@ -7,8 +7,6 @@ body, decode (400), export, answer in the request's encoding.
 from __future__ import annotations
 
 import json
-import logging
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
@@ -16,23 +14,23 @@ from ...errors import (
     InvalidRequest,
     PayloadTooLarge,
     ReceiverError,
-    Unauthenticated,
-    Unavailable,
     UnsupportedMediaType,
-    outcome,
 )
 from .. import decode as codec
 from ..auth import BearerAuth
-from ..pipeline import Pipeline, error_status
+from ..pipeline import Pipeline, Signal
+from ..status import answer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-log = logging.getLogger("lightning_otlp.http")
-
-SIGNAL_PATHS: Final = {"/v1/traces": "traces", "/v1/metrics": "metrics", "/v1/logs": "logs"}
+SIGNAL_PATHS: Final[dict[str, Signal]] = {
+    "/v1/traces": "traces",
+    "/v1/metrics": "metrics",
+    "/v1/logs": "logs",
+}
 HEALTH_PATHS: Final = frozenset({"/health", "/healthz"})
 
 
@@ -58,29 +56,20 @@ class HTTPReceiver:
         if signal is None:
             await _plain(send, 404, f"no such path {path!r}; OTLP/HTTP takes POST /v1/traces\n")
             return
-        started = time.perf_counter()
-        try:
-            await self._signal(scope, receive, send, signal)
-        finally:
-            self.pipeline.request_seconds["http"].observe(time.perf_counter() - started)
+        await self._signal(scope, receive, send, signal)
 
-    async def _signal(self, scope: Scope, receive: Receive, send: Send, signal: str) -> None:
+    async def _signal(self, scope: Scope, receive: Receive, send: Send, signal: Signal) -> None:
         path = scope["path"]
-        method = scope["method"]
         headers = _headers(scope)
-        if self.auth is not None:
-            try:
-                self.auth.require(headers.get("authorization"))
-            except Unauthenticated as exc:
-                media = codec.media_type(headers.get("content-type"))
-                known = media in codec.MEDIA_TYPES
-                await self._error(send, exc, media if known else codec.PROTOBUF)
-                return
-        if method != "POST":
-            await _plain(send, 405, f"{path} takes POST\n", [(b"allow", b"POST")])
-            return
         media = codec.media_type(headers.get("content-type"))
+        # Errors answer in the request's encoding when it is one OTLP knows, else protobuf.
+        answer_media = media if media in codec.MEDIA_TYPES else codec.PROTOBUF
         try:
+            if self.auth is not None:
+                self.auth.require(headers.get("authorization"))
+            if scope["method"] != "POST":
+                await _plain(send, 405, f"{path} takes POST\n", [(b"allow", b"POST")])
+                return
             if media not in codec.MEDIA_TYPES:
                 raise UnsupportedMediaType(
                     f"unsupported Content-Type {headers.get('content-type')!r}: "
@@ -88,15 +77,11 @@ class HTTPReceiver:
                 )
             body = await self._body(headers, receive)
             encoding = headers.get("content-encoding")
-            pipeline = self.pipeline
-            if signal == "traces":
-                response = await pipeline.run(pipeline.export_traces, body, encoding, media, "http")
-            elif signal == "metrics":
-                response = await pipeline.run(pipeline.export_metrics, body, encoding, media)
-            else:
-                response = await pipeline.run(pipeline.export_logs, body, encoding, media)
+            response = await self.pipeline.export(signal, body, encoding, media, "http")
         except ReceiverError as exc:
-            await self._error(send, exc, media if media in codec.MEDIA_TYPES else codec.PROTOBUF)
+            result = answer(exc)
+            body = codec.encode(result.status, answer_media)
+            await respond(send, result.http_status, body, answer_media, result.http_headers)
             return
         await respond(send, 200, codec.encode(response, media), media)
 
@@ -135,21 +120,6 @@ class HTTPReceiver:
         ready = self.pipeline.ready()
         body = json.dumps({"status": "ok" if ready else "unavailable"}).encode()
         await respond(send, 200 if ready else 503, body, "application/json")
-
-    @staticmethod
-    async def _error(send: Send, exc: ReceiverError, media: str) -> None:
-        result = outcome(exc)
-        if result.http_status >= 500:
-            log.warning("answering %d: %s", result.http_status, exc)
-        else:
-            log.info("answering %d: %s", result.http_status, exc)
-        extra: list[tuple[bytes, bytes]] = []
-        if isinstance(exc, Unavailable) and result.retry_after is not None:
-            extra.append((b"retry-after", str(result.retry_after).encode()))
-        if isinstance(exc, Unauthenticated):
-            extra.append((b"www-authenticate", b'Bearer realm="otlp"'))
-        body = codec.encode(error_status(exc), media)
-        await respond(send, result.http_status, body, media, extra)
 
 
 def _headers(scope: Scope) -> dict[str, str]:

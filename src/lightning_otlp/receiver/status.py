@@ -1,0 +1,90 @@
+"""The one place an error becomes an answer: HTTP status and headers, gRPC code and trailers.
+
+Retryable (``Unavailable``) becomes 503 + ``Retry-After`` / UNAVAILABLE + RetryInfo; a client's
+mistake becomes 400 / INVALID_ARGUMENT with a ``google.rpc.Status`` body; nothing a client sends
+becomes a 5xx other than 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from ..errors import (
+    PayloadTooLarge,
+    ReceiverError,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger("lightning_otlp.receiver")
+
+_RETRY_INFO_TRAILER: Final = "google.rpc.retryinfo-bin"
+_STATUS_TRAILER: Final = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How to answer one error on either transport."""
+
+    http_status: int
+    grpc_code: grpc.StatusCode
+    status: status_pb2.Status  # the body (HTTP) and the status details (gRPC)
+    retry_after: int | None
+
+    @property
+    def http_headers(self) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = []
+        if self.retry_after is not None:
+            headers.append((b"retry-after", str(self.retry_after).encode()))
+        if self.http_status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="otlp"'))
+        return headers
+
+    @property
+    def grpc_trailers(self) -> tuple[tuple[str, str | bytes], ...]:
+        """Both trailers: the Collector reads the status details, the Python exporter RetryInfo."""
+        trailers: list[tuple[str, str | bytes]] = [
+            (_STATUS_TRAILER, self.status.SerializeToString())
+        ]
+        if self.retry_after is not None:
+            trailers.append((_RETRY_INFO_TRAILER, retry_info(self.retry_after).SerializeToString()))
+        return tuple(trailers)
+
+
+def answer(exc: ReceiverError) -> Answer:
+    """The answer for ``exc``, logged once here (retryable at WARNING, a client's fault at INFO)."""
+    retry_after = None
+    if isinstance(exc, Unavailable):
+        http, code, rpc = 503, grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE
+        retry_after = exc.retry_after
+    elif isinstance(exc, PayloadTooLarge):
+        http, code, rpc = 413, grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED
+    elif isinstance(exc, UnsupportedMediaType):
+        http, code, rpc = 415, grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT
+    elif isinstance(exc, Unauthenticated):
+        http, code, rpc = 401, grpc.StatusCode.UNAUTHENTICATED, code_pb2.UNAUTHENTICATED
+    else:
+        http, code, rpc = 400, grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT
+    status = status_pb2.Status(code=rpc, message=str(exc))
+    if retry_after is not None:
+        status.details.add().Pack(retry_info(retry_after))
+    log.log(
+        logging.WARNING if retry_after is not None else logging.INFO,
+        "answering %d / %s: %s",
+        http,
+        code.name,
+        exc,
+    )
+    return Answer(http, code, status, retry_after)
+
+
+def retry_info(seconds: int) -> error_details_pb2.RetryInfo:
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.seconds = seconds
+    return info
