@@ -46,8 +46,8 @@ def test_binding_in_the_same_request_wins(pipeline: Pipeline, store: SQLiteStore
     agent = make_span("agent", trace_id=root.trace_id, start_ns=20 * MS)
     send(pipeline, [agent, root])
     assert [(s["name"], s["rollout_id"], s["sequence_id"]) for s in store.spans()] == [
-        ("runner", RID, 1),
-        ("agent", RID, 2),
+        ("runner", RID, 10_000),
+        ("agent", RID, 20_000),
     ]
 
 
@@ -71,12 +71,13 @@ def test_earlier_spans_move_when_the_binding_arrives(
         ("agent-1", RID, AID),
         ("agent-2", RID, AID),
     ]
-    assert [s["sequence_id"] for s in spans] == [1, 2, 3, 4]  # re-issued in start-time order
+    # Re-issued from their start times (microseconds): the order they started in.
+    assert [s["sequence_id"] for s in spans] == [10_000, 20_000, 21_000, 22_000]
     assert set(rollouts(store)) == {RID}  # the emptied auto rollout is gone
     assert store.affinity.counters.moved_spans == 3
     later = make_span("agent-late", trace_id=trace, start_ns=30 * MS)
     send(pipeline, [later])
-    assert [s["sequence_id"] for s in store.spans() if s["name"] == "agent-late"] == [5]
+    assert [s["sequence_id"] for s in store.spans() if s["name"] == "agent-late"] == [30_000]
     validate_with_agl("Span", list(store.spans()))
 
 

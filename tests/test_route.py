@@ -144,19 +144,22 @@ def test_sequence_ids_follow_start_time_and_keep_explicit_ones(
     send(
         pipeline,
         [
-            make_span("late", attributes=attrs, start_ns=3_000),
-            make_span("early", attributes=attrs, start_ns=1_000),
+            make_span("late", attributes=attrs, start_ns=30_000),
+            make_span("early", attributes=attrs, start_ns=10_000),
             make_span(
                 "pinned",
                 attributes={**attrs, "agentlightning.span_sequence_id": 40},
-                start_ns=2_000,
+                start_ns=20_000,
             ),
+            make_span("same-microsecond", attributes=attrs, start_ns=30_500),
         ],
     )
-    send(pipeline, [make_span("next", attributes=attrs, start_ns=500)])
+    # Arrives later but started first: its id still sorts before the others'.
+    send(pipeline, [make_span("arrived-late", attributes=attrs, start_ns=5_000)])
     seq = {s["name"]: s["sequence_id"] for s in store.spans()}
-    assert seq == {"early": 1, "late": 2, "pinned": 40, "next": 41}
-    assert [s["name"] for s in store.spans(RID, AID)] == ["early", "late", "pinned", "next"]
+    assert seq == {"arrived-late": 5, "early": 10, "late": 30, "same-microsecond": 31, "pinned": 40}
+    names = [s["name"] for s in store.spans(RID, AID)]
+    assert names == ["arrived-late", "early", "late", "same-microsecond", "pinned"]
 
 
 def test_resource_sequence_id_and_string_values(pipeline: Pipeline, store: SQLiteStore) -> None:

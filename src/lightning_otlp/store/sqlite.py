@@ -214,20 +214,26 @@ class SQLiteStore:
             # Spans moving here and this request's spans share one start-time order.
             entries: list[Any] = [*group, *moves[dest]] if dest in moves else group
             entries.sort(key=_start_time)
+            # Sequence ids follow time, not arrival: a span's id is its start in microseconds,
+            # so a span that arrives late (an exporter's batch delay) still sorts where it
+            # started, among spans and LLM-proxy spans issued ids by the counter meanwhile.
             highest = next_seq - 1
-            for _, explicit, row in entries:
+            previous = 0
+            for start, explicit, row in entries:
                 if explicit is None:
-                    seq = next_seq
-                    next_seq += 1
+                    seq = round(start * 1_000_000) if start > 0 else highest + 1
+                    if seq <= previous:  # same microsecond in this request: keep ids apart
+                        seq = previous + 1
+                    previous = seq
                 else:
                     seq = explicit
-                    if explicit > highest:
-                        highest = explicit
+                if seq > highest:
+                    highest = seq
                 if isinstance(row, int):  # a stored span's rowid: it moves here
                     updates.append((rollout_id, attempt_id, seq, row))
                 else:
                     rows.append((rollout_id, attempt_id, seq, *row))
-            next_seq = max(next_seq, highest + 1)
+            next_seq = highest + 1
             conn.execute(
                 "UPDATE attempts SET next_span_seq = ?, last_heartbeat_time = ?,"
                 " status = CASE status WHEN 'preparing' THEN 'running' ELSE status END"
