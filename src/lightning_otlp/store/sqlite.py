@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 from ..batch import Destination, RolloutInfo, SpanBatch
@@ -174,20 +175,34 @@ class SQLiteStore:
     def write(self, batch: SpanBatch) -> WriteResult:
         if not batch.groups:
             return WriteResult(0, 0)
-        changes = Changes()
+        with self.write_transaction() as (conn, changes):
+            stored = self.write_in(conn, batch, changes)
+        return WriteResult(stored, batch.accepted - stored)
+
+    @contextmanager
+    def locked(self) -> Iterator[sqlite3.Connection]:
+        """The store's connection under its lock, for a table owner sharing the file (the
+        forwarder's outbox keeps its own tables beside these)."""
         with self._lock:
-            conn = self._connection()
+            yield self._connection()
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[tuple[sqlite3.Connection, Changes]]:
+        """One write transaction under the lock; trace-affinity changes made in it apply once it
+        commits, and a failing database becomes ``StoreUnavailable`` (retryable)."""
+        changes = Changes()
+        with self.locked() as conn:
             try:
                 with transaction(conn):
-                    stored = self._write(conn, batch, changes)
+                    yield conn, changes
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"store busy or failing: {exc}") from exc
             except sqlite3.DatabaseError as exc:
                 raise StoreUnavailable(f"store failing: {exc}") from exc
             self.affinity.apply(changes, time.time())
-        return WriteResult(stored, batch.accepted - stored)
 
-    def _write(self, conn: sqlite3.Connection, batch: SpanBatch, changes: Changes) -> int:
+    def write_in(self, conn: sqlite3.Connection, batch: SpanBatch, changes: Changes) -> int:
+        """A request's records, inside the caller's transaction; the number of spans stored."""
         now = time.time()
         groups = batch.groups
         retarget: dict[Destination, Destination] = {}
