@@ -1,0 +1,75 @@
+"""The one parser of store URLs: every command and store reads a URL through it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import parse_qs, urlsplit
+
+DEFAULT_OUTBOX: Final = "./lightning-otlp-outbox.db"
+
+# The options each scheme takes; anything else is a mistake worth a clear error, not a silent
+# default.
+_SQLITE_OPTIONS: Final = frozenset({"synchronous"})
+_FORWARD_OPTIONS: Final = frozenset(
+    {"outbox", "max_outbox_spans", "max_outbox_bytes", "batch_spans", "max_backoff", "synchronous"}
+)
+_OPTIONS: Final[Mapping[str, frozenset[str]]] = {
+    "memory": _SQLITE_OPTIONS,
+    "sqlite": _SQLITE_OPTIONS,
+    "agl+http": _FORWARD_OPTIONS,
+    "agl+https": _FORWARD_OPTIONS,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoreURL:
+    """A store URL taken apart.
+
+    ``path`` is the SQLite file (``:memory:`` for ``memory://``, the outbox for a forwarder);
+    ``server`` the LightningStore server's base URL (forwarders only); ``options`` the query,
+    last value of each name, as text.
+    """
+
+    url: str
+    scheme: str
+    path: str
+    server: str | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def forwards(self) -> bool:
+        return self.server is not None
+
+
+def parse_store_url(url: str) -> StoreURL:
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``memory://`` or
+    ``agl+http://HOST:PORT?outbox=path.db``; raises ``ValueError`` naming the mistake."""
+    parts = urlsplit(url)
+    known = _OPTIONS.get(parts.scheme)
+    if known is None:
+        raise ValueError(
+            f"unknown store URL {url!r}: use sqlite:///path/to/file.db, memory:// or"
+            " agl+http://HOST:PORT (a LightningStore server)"
+        )
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(
+            f"store URL {url!r}: unknown option(s) {', '.join(sorted(unknown))};"
+            f" known: {', '.join(sorted(known))}"
+        )
+    if parts.scheme == "memory":
+        return StoreURL(url, parts.scheme, ":memory:", options=options)
+    if parts.scheme == "sqlite":
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc:
+            path = parts.netloc + "/" + path
+        if not path:
+            raise ValueError(f"store URL {url!r} names no file (try sqlite:///lightning-otlp.db)")
+        return StoreURL(url, parts.scheme, path, options=options)
+    if not parts.netloc:
+        raise ValueError(f"store URL {url!r} names no server (try agl+http://127.0.0.1:4747)")
+    server = f"{parts.scheme.removeprefix('agl+')}://{parts.netloc}{parts.path.rstrip('/')}"
+    return StoreURL(url, parts.scheme, options.get("outbox", DEFAULT_OUTBOX), server, options)
