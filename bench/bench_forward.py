@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 from common import agl_store, say
 
-from lightning_otlp.forward.store import store_status
+from lightning_otlp.forward.status import store_status
 from tests.payloads import GENAI_ATTRIBUTES, make_request, make_span
 
 SPANS_PER_REQUEST = 500

@@ -29,7 +29,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from lightning_otlp import ids as ids_module
-from lightning_otlp.forward.store import ForwardingStore, store_status
+from lightning_otlp.forward.status import store_status
+from lightning_otlp.forward.store import ForwardingStore
 from lightning_otlp.receiver.route import RoutingConfig, route
 
 from .payloads import genai_request, make_request, make_span

@@ -178,7 +178,7 @@ def _read(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .forward.store import store_status
+    from .forward.status import store_status
 
     report = store_status(_settings(args).store)
     if args.json:

@@ -1,16 +1,27 @@
-"""The forwarder's own tables inside the outbox file, and its status report.
+"""The outbox: the embedded store's span tables plus the forwarder's own, in one SQLite file.
 
-The outbox is an ordinary lightning-otlp SQLite store: its ``spans`` table holds exactly the
-spans not yet delivered (a delivered span's row is deleted in the transaction that records the
-delivery). These tables add what forwarding needs to survive a restart: the local -> server id
-mapping, what was mirrored, delivery counters and the last error.
+Its ``spans`` table holds exactly the spans not yet delivered (a delivered span's row is deleted
+in the transaction that records the delivery). The forwarder's tables add what forwarding needs
+to survive a restart: the local -> server id mapping, what was mirrored, delivery counters and
+the last error. ``Outbox`` is the only code that writes SQL for them; it holds an embedded
+``SQLiteStore`` (for the span tables, trace affinity and the reads) and shares its connection,
+so a request's spans and its outbox mark commit in one transaction.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+from dataclasses import dataclass
 from typing import Any, Final
+
+from ..batch import SpanBatch
+from ..errors import StoreUnavailable
+from ..store.affinity import DEFAULT_AFFINITY_WINDOW, Changes
+from ..store.base import WriteResult
+from ..store.db import transaction
+from ..store.sqlite import SQLiteStore
 
 # Created with IF NOT EXISTS so the embedded store's own migrations stay independent of them.
 SCHEMA: Final[tuple[str, ...]] = (
@@ -83,14 +94,9 @@ _STATE_COLUMNS: Final = (
 
 def create_schema(conn: sqlite3.Connection) -> None:
     """Add the forwarder's tables to an open outbox, in one transaction."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         for statement in SCHEMA:
             conn.execute(statement)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def pending(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -137,3 +143,450 @@ def read_status(conn: sqlite3.Connection, now: float | None = None) -> dict[str,
         "last_error": state.get("last_error"),
         "last_error_time": state.get("last_error_time"),
     }
+
+
+# A pending span: (rowid, rollout_id, attempt_id, sequence_id, resource_id, span bytes)
+Row = tuple[int, str, str, int, str, bytes]
+# Where a local attempt goes on the server: (server rollout, server attempt)
+Target = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutMapping:
+    """A local rollout's server rollout; ``server_rollout_id`` is None while a creation request
+    is in doubt (``link``, sent in its metadata at ``requested``, finds it again)."""
+
+    server_rollout_id: str | None
+    spare_attempt_id: str | None
+    link: str
+    requested: float
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptMapping:
+    """A local attempt's server attempt; None while a creation request is in doubt, with the
+    server's attempt count (``known_attempts``) from before the request."""
+
+    server_attempt_id: str | None
+    known_attempts: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRollout:
+    """What a server rollout is created from."""
+
+    input: Any
+    mode: str | None
+    metadata: Any
+
+
+class Outbox:
+    """The durable queue between the receiver and the server, and the forwarder's memory.
+
+    Args:
+        path: the outbox's SQLite file (never ``:memory:``: it is what survives a restart).
+        server_url: the server it forwards to, recorded for ``lightning-otlp status``.
+        synchronous: SQLite's ``synchronous`` pragma for the file.
+        url: the store URL, for messages.
+        affinity_window: the embedded store's trace-affinity window, in seconds.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        server_url: str,
+        *,
+        synchronous: str = "FULL",
+        url: str | None = None,
+        affinity_window: float = DEFAULT_AFFINITY_WINDOW,
+    ) -> None:
+        if path == ":memory:":
+            raise ValueError("the outbox must be a file: it is what survives a restart")
+        self.store = SQLiteStore(
+            path, synchronous=synchronous, url=url, affinity_window=affinity_window
+        )
+        self.server_url = server_url
+        # (spans, bytes) pending, kept in memory so the hot path never counts; under the lock.
+        self._pending = [0, 0]
+
+    @property
+    def path(self) -> str:
+        return self.store.path
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self.store.ready():
+            return
+        self.store.open()
+        try:
+            with self.store.locked() as conn:
+                create_schema(conn)
+                conn.execute("UPDATE forward_state SET server = ? WHERE id = 1", (self.server_url,))
+                self._load_delivered_bindings(conn)
+                self._pending = list(pending(conn))
+        except sqlite3.Error as exc:
+            self.store.close()
+            raise StoreUnavailable(f"cannot prepare outbox {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _load_delivered_bindings(self, conn: sqlite3.Connection) -> None:
+        """Trace affinity for traces whose spans already left the outbox (newest kept)."""
+        affinity = self.store.affinity
+        conn.execute(
+            "DELETE FROM forward_traces WHERE time < (SELECT time FROM forward_traces"
+            " ORDER BY time DESC LIMIT 1 OFFSET ?)",
+            (affinity.max_traces,),
+        )
+        changes = Changes()
+        changes.bound.extend(
+            (trace_id, (rollout_id, attempt_id))
+            for trace_id, rollout_id, attempt_id in conn.execute(
+                "SELECT trace_id, rollout_id, attempt_id FROM forward_traces ORDER BY time"
+            )
+        )
+        # Pending spans were loaded first and are newer: they keep their bindings.
+        pending_bound = dict(affinity.bindings)
+        affinity.bindings.clear()
+        affinity.apply(changes, time.time())
+        for trace_id, dest in pending_bound.items():
+            affinity.bindings.setdefault(trace_id, dest)
+
+    # -- the queue -------------------------------------------------------------------------
+
+    def write(self, batch: SpanBatch) -> WriteResult:
+        """A request's records and its outbox mark, in one transaction."""
+        try:
+            with self.store.write_transaction() as (conn, changes):
+                before = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM spans").fetchone()[0]
+                stored = self.store.write_in(conn, batch, changes)
+                count, size, top = conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(length(span)), 0), MAX(rowid) FROM spans"
+                    " WHERE rowid > ?",
+                    (before,),
+                ).fetchone()
+                if count:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO forward_marks (max_rowid, time) VALUES (?, ?)",
+                        (top, time.time()),
+                    )
+                    self._pending[0] += count
+                    self._pending[1] += size
+        except StoreUnavailable:
+            self.recount()  # the counts above may belong to a transaction rolled back
+            raise
+        return WriteResult(stored, batch.accepted - stored)
+
+    def pending(self) -> tuple[int, int]:
+        """(spans, bytes) pending; read without the lock, so never waits."""
+        spans, size = self._pending
+        return spans, size
+
+    def recount(self) -> None:
+        """Count pending spans again, from the table."""
+        try:
+            with self.store.locked() as conn:
+                self._pending = list(pending(conn))
+        except StoreUnavailable:
+            pass  # closed: nothing to count
+
+    def pending_batch(self, after: int, limit: int, max_bytes: int) -> list[Row]:
+        """Up to ``limit`` pending spans past rowid ``after``, in outbox order, at most
+        ``max_bytes`` of span bytes (one span at least)."""
+        now = time.time()
+        affinity = self.store.affinity
+        with self.store.locked() as conn:
+            if affinity.holding(now):
+                # Spans of a trace not yet bound wait out the affinity window here, so the
+                # server never receives a span in a rollout it is about to leave.
+                rows = conn.execute(
+                    "SELECT s.rowid, s.rollout_id, s.attempt_id, s.sequence_id,"
+                    " s.resource_id, s.span FROM spans s"
+                    " JOIN rollouts r ON r.rollout_id = s.rollout_id"
+                    " WHERE s.rowid > ? AND NOT (r.origin = 'trace' AND r.created_at > ?)"
+                    " ORDER BY s.rowid LIMIT ?",
+                    (after, now - affinity.window, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT rowid, rollout_id, attempt_id, sequence_id, resource_id, span"
+                    " FROM spans WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (after, limit),
+                ).fetchall()
+        size = 0
+        for i, row in enumerate(rows):
+            size += len(row[5])
+            if size > max_bytes and i:
+                return rows[:i]
+        return rows
+
+    def delivered(self, rows: list[Row]) -> None:
+        """The server has these spans: count them and take them out, in one transaction."""
+        size = sum(len(r[5]) for r in rows)
+        with self.store.locked() as conn:
+            with transaction(conn):
+                first, last = rows[0][0], rows[-1][0]
+                conn.execute(
+                    "INSERT OR IGNORE INTO forward_traces (trace_id, rollout_id, attempt_id, time)"
+                    " SELECT s.trace_id, s.rollout_id, s.attempt_id, ? FROM spans s"
+                    " JOIN rollouts r ON r.rollout_id = s.rollout_id AND r.origin = 'explicit'"
+                    " WHERE s.rowid IN (SELECT value FROM json_each(?))",
+                    (time.time(), json.dumps([r[0] for r in rows])),
+                )
+                if last - first + 1 == len(rows):  # the usual case: one contiguous range
+                    conn.execute("DELETE FROM spans WHERE rowid BETWEEN ? AND ?", (first, last))
+                else:
+                    conn.executemany("DELETE FROM spans WHERE rowid = ?", ((r[0],) for r in rows))
+                conn.execute(
+                    "DELETE FROM forward_marks WHERE max_rowid <"
+                    " COALESCE((SELECT MIN(rowid) FROM spans), 9223372036854775807)"
+                )
+                conn.execute(
+                    "UPDATE forward_state SET forwarded_spans = forwarded_spans + ?,"
+                    " forwarded_requests = forwarded_requests + 1, last_forward_time = ?"
+                    " WHERE id = 1",
+                    (len(rows), time.time()),
+                )
+            self._pending[0] -= len(rows)
+            self._pending[1] -= size
+
+    def reject(self, row: Row, error: str) -> None:
+        """The server refused this span for good: keep it aside, out of the queue."""
+        with self.store.locked() as conn:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO forward_rejected (rollout_id, attempt_id, sequence_id, trace_id,"
+                    " span_id, span, resource_id, error, time) SELECT rollout_id, attempt_id,"
+                    " sequence_id, trace_id, span_id, span, resource_id, ?, ? FROM spans"
+                    " WHERE rowid = ?",
+                    (error[:500], time.time(), row[0]),
+                )
+                conn.execute("DELETE FROM spans WHERE rowid = ?", (row[0],))
+                conn.execute(
+                    "UPDATE forward_state SET last_error = ?, last_error_time = ? WHERE id = 1",
+                    (f"refused for good, kept as rejected: {error}"[:500], time.time()),
+                )
+            self._pending[0] -= 1
+            self._pending[1] -= len(row[5])
+
+    def record_error(self, message: str) -> None:
+        """The last delivery error, for ``status``; never raises (it is said while failing)."""
+        try:
+            self._execute(
+                "UPDATE forward_state SET last_error = ?, last_error_time = ? WHERE id = 1",
+                (message[:500], time.time()),
+            )
+        except (StoreUnavailable, sqlite3.Error):
+            pass
+
+    def resource(self, resource_id: str) -> dict[str, Any]:
+        """A stored resource (``attributes``, ``schema_url``); empty if unknown."""
+        found = self._execute("SELECT body FROM resources WHERE resource_id = ?", (resource_id,))
+        body: dict[str, Any] = json.loads(found[0][0]) if found else {}
+        return body
+
+    # -- ids: local -> server --------------------------------------------------------------
+
+    def target(self, rollout_id: str, attempt_id: str) -> Target | None:
+        """The server rollout and attempt a local attempt maps to, once both are known."""
+        found = self._execute(
+            "SELECT r.server_rollout_id, a.server_attempt_id FROM forward_rollouts r"
+            " JOIN forward_attempts a ON a.rollout_id = r.rollout_id"
+            " WHERE r.rollout_id = ? AND a.attempt_id = ?"
+            " AND r.server_rollout_id IS NOT NULL AND a.server_attempt_id IS NOT NULL",
+            (rollout_id, attempt_id),
+        )
+        return (found[0][0], found[0][1]) if found else None
+
+    def rollout_mapping(self, rollout_id: str) -> RolloutMapping | None:
+        found = self._execute(
+            "SELECT server_rollout_id, spare_attempt_id, link, requested FROM forward_rollouts"
+            " WHERE rollout_id = ?",
+            (rollout_id,),
+        )
+        return RolloutMapping(*found[0]) if found else None
+
+    def local_rollout(self, rollout_id: str) -> LocalRollout:
+        found = self._execute(
+            "SELECT input, mode, metadata FROM rollouts WHERE rollout_id = ?", (rollout_id,)
+        )
+        input_json, mode, metadata_json = found[0] if found else (None, None, None)
+        return LocalRollout(
+            json.loads(input_json) if input_json is not None else None,
+            mode,
+            json.loads(metadata_json) if metadata_json else None,
+        )
+
+    def rollout_requested(self, rollout_id: str, link: str) -> None:
+        """Committed before a rollout creation request: what finds it again if it is in doubt."""
+        self._commit(
+            ("DELETE FROM forward_rollouts WHERE rollout_id = ?", (rollout_id,)),
+            ("DELETE FROM forward_attempts WHERE rollout_id = ?", (rollout_id,)),
+            (
+                "INSERT INTO forward_rollouts (rollout_id, link, requested) VALUES (?, ?, ?)",
+                (rollout_id, link, time.time()),
+            ),
+        )
+
+    def rollout_mapped(
+        self,
+        rollout_id: str,
+        server_rollout_id: str,
+        *,
+        spare_attempt_id: str | None,
+        status: str | None,
+        created: bool,
+    ) -> None:
+        """A local rollout goes to ``server_rollout_id`` (which this forwarder ``created``, or
+        found); ``spare_attempt_id`` is its first attempt, not yet given to a local one."""
+        self._commit(
+            ("DELETE FROM forward_attempts WHERE rollout_id = ?", (rollout_id,)),
+            (
+                "INSERT INTO forward_rollouts (rollout_id, server_rollout_id, spare_attempt_id,"
+                " link, requested, mirrored_status) VALUES (?, ?, ?, '', ?, ?)"
+                " ON CONFLICT (rollout_id) DO UPDATE SET"
+                " server_rollout_id = excluded.server_rollout_id,"
+                " spare_attempt_id = excluded.spare_attempt_id,"
+                " mirrored_status = excluded.mirrored_status",
+                (rollout_id, server_rollout_id, spare_attempt_id, time.time(), status),
+            ),
+            *(
+                [
+                    (
+                        "UPDATE forward_state SET rollouts_created = rollouts_created + 1"
+                        " WHERE id = 1",
+                        (),
+                    )
+                ]
+                if created
+                else []
+            ),
+        )
+
+    def attempt_mapping(self, rollout_id: str, attempt_id: str) -> AttemptMapping | None:
+        found = self._execute(
+            "SELECT server_attempt_id, known_attempts FROM forward_attempts"
+            " WHERE rollout_id = ? AND attempt_id = ?",
+            (rollout_id, attempt_id),
+        )
+        return AttemptMapping(*found[0]) if found else None
+
+    def attempt_requested(self, rollout_id: str, attempt_id: str, known_attempts: int) -> None:
+        """Committed before an attempt creation request, with the server's attempt count."""
+        self._commit(
+            (
+                "INSERT OR REPLACE INTO forward_attempts (rollout_id, attempt_id,"
+                " known_attempts) VALUES (?, ?, ?)",
+                (rollout_id, attempt_id, known_attempts),
+            )
+        )
+
+    def attempt_mapped(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        server_attempt_id: str,
+        status: str | None,
+        *,
+        spare_used: bool = False,
+    ) -> None:
+        """A local attempt goes to ``server_attempt_id``; ``spare_used`` when it is the server
+        rollout's first attempt."""
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                "INSERT OR REPLACE INTO forward_attempts (rollout_id, attempt_id,"
+                " server_attempt_id, mirrored_status) VALUES (?, ?, ?, ?)",
+                (rollout_id, attempt_id, server_attempt_id, status),
+            )
+        ]
+        if spare_used:
+            statements.append(
+                (
+                    "UPDATE forward_rollouts SET spare_attempt_id = NULL WHERE rollout_id = ?",
+                    (rollout_id,),
+                )
+            )
+        self._commit(*statements)
+
+    def forget_server_rollouts(self, server_rollout_ids: set[str]) -> int:
+        """Drop the mapping of local rollouts that went to these (lost) server rollouts, so they
+        are created again; the number of local rollouts forgotten."""
+        marks = ",".join("?" * len(server_rollout_ids))
+        local = [
+            r[0]
+            for r in self._execute(
+                f"SELECT rollout_id FROM forward_rollouts WHERE server_rollout_id IN ({marks})",
+                tuple(server_rollout_ids),
+            )
+        ]
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        for rollout_id in local:
+            statements.append(("DELETE FROM forward_rollouts WHERE rollout_id = ?", (rollout_id,)))
+            statements.append(("DELETE FROM forward_attempts WHERE rollout_id = ?", (rollout_id,)))
+        statements.append(
+            (
+                "UPDATE forward_state SET rollouts_recreated = rollouts_recreated + ? WHERE id = 1",
+                (len(local),),
+            )
+        )
+        self._commit(*statements)
+        return len(local)
+
+    # -- statuses: what changed locally since it was last mirrored -------------------------
+
+    def unmirrored_attempts(self) -> list[tuple[str, str, str, str, str]]:
+        """(rollout_id, attempt_id, status, server rollout, server attempt) to mirror."""
+        return self._execute(
+            "SELECT a.rollout_id, a.attempt_id, a.status, r.server_rollout_id, f.server_attempt_id"
+            " FROM forward_attempts f"
+            " JOIN attempts a ON a.rollout_id = f.rollout_id AND a.attempt_id = f.attempt_id"
+            " JOIN forward_rollouts r ON r.rollout_id = f.rollout_id"
+            " WHERE f.server_attempt_id IS NOT NULL AND r.server_rollout_id IS NOT NULL"
+            " AND a.status IS NOT f.mirrored_status"
+        )
+
+    def unmirrored_rollouts(self) -> list[tuple[str, str, str]]:
+        """(rollout_id, status, server rollout) to mirror."""
+        return self._execute(
+            "SELECT r.rollout_id, r.status, f.server_rollout_id FROM forward_rollouts f"
+            " JOIN rollouts r ON r.rollout_id = f.rollout_id"
+            " WHERE f.server_rollout_id IS NOT NULL AND r.status IS NOT f.mirrored_status"
+        )
+
+    def attempt_mirrored(self, rollout_id: str, attempt_id: str, status: str) -> None:
+        self._mirrored(
+            "UPDATE forward_attempts SET mirrored_status = ?"
+            " WHERE rollout_id = ? AND attempt_id = ?",
+            (status, rollout_id, attempt_id),
+        )
+
+    def rollout_mirrored(self, rollout_id: str, status: str) -> None:
+        self._mirrored(
+            "UPDATE forward_rollouts SET mirrored_status = ? WHERE rollout_id = ?",
+            (status, rollout_id),
+        )
+
+    def _mirrored(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._commit(
+            (sql, params),
+            ("UPDATE forward_state SET status_updates = status_updates + 1 WHERE id = 1", ()),
+        )
+
+    def status(self) -> dict[str, Any]:
+        """Outbox depth, oldest pending age, forwarded counts and the last error."""
+        with self.store.locked() as conn:
+            return read_status(conn)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """One autocommitted statement on the shared connection."""
+        with self.store.locked() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def _commit(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        with self.store.locked() as conn, transaction(conn):
+            for sql, params in statements:
+                conn.execute(sql, params)

@@ -1,0 +1,158 @@
+"""Pending spans as one OTLP/protobuf ``ExportTraceServiceRequest`` for the server.
+
+The outbox keeps each span's bytes as received. Protobuf lets fields be appended to a message's
+bytes, so the span attributes the server needs (``agentlightning.span_sequence_id``, and the
+server's ids where the span names a rollout itself) are appended without parsing the span, and
+the spans are grouped under a resource that carries the server's rollout and attempt ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue as PB2AnyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue as PB2KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PB2Resource
+
+from .. import semconv
+from .outbox import Row, Target
+
+# Hand-written wire format: measured 3.8 us a span against 20 us parsing and re-serialising
+# each span with protobuf (upb 7.36, 372-byte GenAI spans), on the delivery thread's hot path.
+_BYTES: Final = [bytes((i,)) for i in range(0x80)]
+
+
+def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _BYTES[value]
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited field."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _kv_int(key: bytes, value: int) -> bytes:
+    """A span attribute (Span field 9) with an int value (AnyValue field 3)."""
+    return _field(9, key + _field(2, b"\x18" + _varint(value)))
+
+
+def _kv_str(key: bytes, value: str) -> bytes:
+    return _field(9, key + _field(2, _field(1, value.encode())))
+
+
+_SEQ_KEY: Final = _field(1, semconv.SPAN_SEQUENCE_ID.encode())
+_ROLLOUT_KEY: Final = _field(1, semconv.ROLLOUT_ID.encode())
+_ATTEMPT_KEY: Final = _field(1, semconv.ATTEMPT_ID.encode())
+_SPAN_TAG: Final = _varint(2 << 3 | 2)  # ScopeSpans.spans
+_ID_NEEDLE: Final = semconv.ROLLOUT_ID.encode()
+_ID_KEYS: Final = (semconv.ROLLOUT_ID, semconv.ATTEMPT_ID, semconv.SPAN_SEQUENCE_ID)
+_seq_attrs: dict[int, bytes] = {}
+
+
+def _seq_attr(seq: int) -> bytes:
+    """The ``agentlightning.span_sequence_id`` span attribute, memoised: values repeat a lot."""
+    found = _seq_attrs.get(seq)
+    if found is None:
+        if len(_seq_attrs) > 100_000:
+            _seq_attrs.clear()
+        found = _seq_attrs[seq] = _kv_int(_SEQ_KEY, seq)
+    return found
+
+
+def _by_attempt_and_sequence(row: Row) -> tuple[str, str, int]:
+    return row[1], row[2], row[3]
+
+
+def any_value(value: Any) -> PB2AnyValue:
+    """A JSON value (as stored for resources) as an OTLP ``AnyValue``."""
+    out = PB2AnyValue()
+    if isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        out.int_value = value
+    elif isinstance(value, float):
+        out.double_value = value
+    elif isinstance(value, (list, tuple)):
+        out.array_value.values.extend(any_value(v) for v in value)
+    elif isinstance(value, dict):
+        out.kvlist_value.values.extend(
+            PB2KeyValue(key=str(k), value=any_value(v)) for k, v in value.items()
+        )
+    elif value is not None:
+        out.string_value = str(value)
+    return out
+
+
+class Encoder:
+    """Encodes batches, remembering each (server ids, resource) prefix it has encoded.
+
+    Args:
+        resource: a stored resource's JSON body (``attributes``, ``schema_url``) by id.
+    """
+
+    def __init__(self, resource: Callable[[str], dict[str, Any]]) -> None:
+        self._resource_body = resource
+        self._resources: dict[tuple[str, str, str], bytes] = {}
+        self._id_attrs: dict[Target, bytes] = {}
+
+    def encode(self, rows: list[Row], targets: dict[tuple[str, str], Target]) -> bytes:
+        """The request for ``rows``, each local attempt sent to ``targets[(rollout, attempt)]``;
+        within an attempt, spans go in sequence order."""
+        groups: dict[tuple[str, str, str], list[bytes]] = {}
+        id_attrs = self._id_attrs
+        seq_attr = _seq_attr
+        for _, rollout_id, attempt_id, seq, resource_id, span in sorted(
+            rows, key=_by_attempt_and_sequence
+        ):
+            target = targets[(rollout_id, attempt_id)]
+            extra = seq_attr(seq)
+            if _ID_NEEDLE in span:
+                # Span attributes win over resource ones on the server: point them at it too.
+                ids = id_attrs.get(target)
+                if ids is None:
+                    ids = id_attrs[target] = _kv_str(_ROLLOUT_KEY, target[0]) + _kv_str(
+                        _ATTEMPT_KEY, target[1]
+                    )
+                extra += ids
+            key = (target[0], target[1], resource_id)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+            body = span + extra
+            group.append(_SPAN_TAG + _varint(len(body)) + body)
+        out = []
+        for key, spans in groups.items():
+            resource = self._resources.get(key)
+            if resource is None:
+                resource = self._resources[key] = self._resource(*key)
+            out.append(_field(1, resource + _field(2, b"".join(spans))))
+        return b"".join(out)
+
+    def forget(self, server_rollouts: set[str]) -> None:
+        """Drop what was encoded for server rollouts that are gone."""
+        self._resources = {k: v for k, v in self._resources.items() if k[0] not in server_rollouts}
+
+    def _resource(self, server_rollout: str, server_attempt: str, resource_id: str) -> bytes:
+        """ResourceSpans' resource and schema_url fields, ids set to the server's."""
+        body = self._resource_body(resource_id)
+        attrs = {k: v for k, v in (body.get("attributes") or {}).items() if k not in _ID_KEYS}
+        attrs[semconv.ROLLOUT_ID] = server_rollout
+        attrs[semconv.ATTEMPT_ID] = server_attempt
+        resource = PB2Resource(
+            attributes=[PB2KeyValue(key=k, value=any_value(v)) for k, v in attrs.items()]
+        )
+        out = _field(1, resource.SerializeToString())
+        schema_url = body.get("schema_url") or ""
+        if schema_url:
+            out += _field(3, schema_url.encode())
+        return out
