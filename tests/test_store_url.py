@@ -1,0 +1,53 @@
+"""One store-URL parser for every command and store."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightning_otlp.store import SQLiteStore, open_store
+from lightning_otlp.store.url import DEFAULT_OUTBOX, parse_store_url
+
+
+@pytest.mark.parametrize(
+    ("url", "scheme", "path", "server"),
+    [
+        ("sqlite:///x.db", "sqlite", "x.db", None),
+        ("sqlite:////abs/x.db", "sqlite", "/abs/x.db", None),
+        ("sqlite://dir/x.db", "sqlite", "dir/x.db", None),
+        ("memory://", "memory", ":memory:", None),
+        ("agl+http://127.0.0.1:4747", "agl+http", DEFAULT_OUTBOX, "http://127.0.0.1:4747"),
+        ("agl+https://h/base/?outbox=o.db", "agl+https", "o.db", "https://h/base"),
+    ],
+)
+def test_urls_taken_apart(url: str, scheme: str, path: str, server: str | None) -> None:
+    parsed = parse_store_url(url)
+    assert (parsed.scheme, parsed.path, parsed.server, parsed.url) == (scheme, path, server, url)
+
+
+def test_options_last_value_wins() -> None:
+    parsed = parse_store_url("agl+http://h:1?batch_spans=5&batch_spans=7&max_backoff=1")
+    assert parsed.options == {"batch_spans": "7", "max_backoff": "1"}
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///x.db?outbox=y.db", "unknown option(s) outbox"),
+        ("agl+http://h:1?batch=5", "unknown option(s) batch"),
+        ("sqlite://", "names no file"),
+        ("agl+http:///path", "names no server"),
+        ("postgres://db", "unknown store URL"),
+    ],
+)
+def test_mistakes_are_named(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_store_url(url)
+
+
+def test_open_store_goes_through_the_parser() -> None:
+    store = open_store("sqlite:///x.db?synchronous=normal")
+    assert isinstance(store, SQLiteStore) and store.path == "x.db"
+    with pytest.raises(ValueError, match="unknown option"):
+        open_store("memory://?synchronus=off")
+    with pytest.raises(ValueError, match="batch_spans must be positive"):
+        open_store("agl+http://h:1?batch_spans=0&outbox=o.db", forward=False)
