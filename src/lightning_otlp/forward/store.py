@@ -18,7 +18,7 @@ from ..batch import SpanBatch
 from ..errors import StoreUnavailable
 from ..store.affinity import DEFAULT_AFFINITY_WINDOW, TraceAffinity
 from ..store.base import Metric, WriteResult
-from ..store.url import DEFAULT_OUTBOX, StoreURL, parse_store_url
+from ..store.url import DEFAULT_OUTBOX, StoreURL
 from .client import HTTPLightningClient, LightningClient
 from .delivery import DEFAULT_BATCH_SPANS, DEFAULT_MAX_BACKOFF, Delivery
 from .outbox import Outbox
@@ -30,7 +30,7 @@ DEFAULT_MAX_OUTBOX_SPANS: Final = 1_000_000
 DEFAULT_MAX_OUTBOX_BYTES: Final = 1 << 30
 _OUTBOX_FULL_RETRY_AFTER: Final = 2
 
-__all__ = ["DEFAULT_OUTBOX", "ForwardingStore", "forwarding_store"]
+__all__ = ["DEFAULT_OUTBOX", "ForwardingStore"]
 
 
 class ForwardingStore:
@@ -238,13 +238,3 @@ class ForwardingStore:
                 size,
             ),
         ]
-
-
-def forwarding_store(
-    url: str, *, forward: bool = True, affinity_window: float = DEFAULT_AFFINITY_WINDOW
-) -> ForwardingStore:
-    """The store an ``agl+http://HOST:PORT?outbox=…`` URL names (see ``parse_store_url``)."""
-    parsed = parse_store_url(url)
-    if not parsed.forwards:
-        raise ValueError(f"store URL {url!r} does not forward (try agl+http://HOST:PORT)")
-    return ForwardingStore.from_url(parsed, forward=forward, affinity_window=affinity_window)
