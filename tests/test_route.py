@@ -8,6 +8,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from lightning_otlp import ids
+from lightning_otlp.batch import MAX_SEQUENCE_ID
 from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
@@ -195,3 +196,102 @@ def test_rollout_span_fills_input_and_mode(pipeline: Pipeline, store: SQLiteStor
 def test_bad_fallback_is_rejected() -> None:
     with pytest.raises(ValueError):
         RoutingConfig(fallback="drop")  # type: ignore[arg-type]
+
+
+# -- poison values (issue 11, fault 1): never an error, never a poisoned attempt --------------
+
+POISON_SEQUENCE_IDS = [
+    2**63 - 2,
+    2**63 - 1,
+    -1,
+    float("inf"),
+    1e300,
+    2.5,
+    "99999999999999999999",
+    "-3",
+    True,
+]
+
+
+@pytest.mark.parametrize("value", POISON_SEQUENCE_IDS, ids=repr)
+def test_unusable_sequence_id_is_dropped_and_counted(
+    pipeline: Pipeline, store: SQLiteStore, value: object
+) -> None:
+    attrs = {"agentlightning.rollout_id": RID, "agentlightning.attempt_id": AID}
+    answer = send(
+        pipeline,
+        [
+            make_span("poison", attributes={**attrs, "agentlightning.span_sequence_id": value}),
+            make_span("honest", attributes={"agentlightning.rollout_id": "ro-00000000beef"}),
+        ],
+    )
+    # Both spans stored; the unusable value is named in a warning, nothing is rejected.
+    assert answer.partial_success.rejected_spans == 0
+    assert "sequence" in answer.partial_success.error_message
+    # The attempt is not poisoned: later spans, explicit or not, keep being stored.
+    send(pipeline, [make_span("after", attributes=attrs)])
+    send(
+        pipeline, [make_span("pinned", attributes={**attrs, "agentlightning.span_sequence_id": 9})]
+    )
+    send(pipeline, [make_span("last", attributes=attrs)])
+    seq = {s["name"]: s["sequence_id"] for s in store.spans()}
+    assert set(seq) == {"poison", "honest", "after", "pinned", "last"}
+    assert seq["pinned"] == 9
+    assert seq["poison"] < seq["after"] < seq["last"] <= MAX_SEQUENCE_ID  # start-time ids
+    assert pipeline.counters.dropped_values == {"grpc": 1}
+
+
+def test_a_bad_resource_sequence_id_is_counted_per_span(
+    pipeline: Pipeline, store: SQLiteStore
+) -> None:
+    resource = {"agentlightning.rollout_id": RID, "agentlightning.span_sequence_id": 1e300}
+    answer = send(pipeline, [make_span("a"), make_span("b")], resource)
+    assert answer.partial_success.rejected_spans == 0
+    assert answer.partial_success.error_message.startswith("2 span(s)")
+    assert all(0 < s["sequence_id"] <= MAX_SEQUENCE_ID for s in store.spans())
+    assert len(list(store.spans())) == 2
+
+
+def test_largest_kept_sequence_id_leaves_room_to_count_on(
+    pipeline: Pipeline, store: SQLiteStore
+) -> None:
+    attrs = {"agentlightning.rollout_id": RID, "agentlightning.attempt_id": AID}
+    top = {**attrs, "agentlightning.span_sequence_id": MAX_SEQUENCE_ID}
+    answer = send(pipeline, [make_span("top", attributes=top)])
+    assert not answer.partial_success.error_message
+    # No start time: the attempt's counter issues the id.
+    send(pipeline, [make_span("next", attributes=attrs, start_ns=0)])
+    seq = {s["name"]: s["sequence_id"] for s in store.spans()}
+    assert seq == {"top": MAX_SEQUENCE_ID, "next": MAX_SEQUENCE_ID + 1}
+
+
+def test_rollout_input_nested_too_deep_is_kept_as_text(
+    pipeline: Pipeline, store: SQLiteStore
+) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    attrs = {"agentlightning.rollout_id": RID, "agentlightning.rollout.input": deep}
+    answer = send(
+        pipeline,
+        [
+            make_span("agentlightning.rollout", attributes=attrs),
+            make_span("other", attributes={"agentlightning.rollout_id": "ro-00000000beef"}),
+        ],
+    )
+    assert answer.partial_success.rejected_spans == 0
+    assert "input" in answer.partial_success.error_message
+    rollouts = {r["rollout_id"]: r for r in store.rollouts()}
+    assert rollouts[RID]["input"] == deep
+    assert len(list(store.spans())) == 2
+    # Nested, but within bounds: parsed as JSON.
+    fine = {"agentlightning.rollout_id": RID, "agentlightning.rollout.input": "[[[1]]]"}
+    assert not send(
+        pipeline, [make_span("agentlightning.rollout", attributes=fine)]
+    ).partial_success.error_message
+    assert next(iter(store.rollouts()))["input"] == [[[1]]]
+
+
+def test_non_finite_reward_is_dropped(pipeline: Pipeline, store: SQLiteStore) -> None:
+    attrs = {"agentlightning.rollout_id": RID, "agentlightning.reward.0.value": float("nan")}
+    answer = send(pipeline, [make_span("agentlightning.annotation", attributes=attrs)])
+    assert "reward" in answer.partial_success.error_message
+    assert store.summaries()[0]["reward"] is None

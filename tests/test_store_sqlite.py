@@ -75,3 +75,38 @@ def test_store_urls(tmp_path: Path) -> None:
         open_store("postgres://nowhere")
     with pytest.raises(ValueError):
         SQLiteStore("x.db", synchronous="SOMETIMES")
+
+
+def test_an_attempt_counter_poisoned_on_disk_heals(tmp_path: Path) -> None:
+    """A database written before sequence ids were bounded still takes that attempt's spans
+    (those without a start time take their ids from the attempt's counter)."""
+    from lightning_otlp.receiver.decode import PROTOBUF
+    from lightning_otlp.receiver.pipeline import Pipeline
+
+    from .payloads import make_request, make_span
+
+    path = tmp_path / "poisoned.db"
+    attrs = {"agentlightning.rollout_id": "ro-0123456789ab", "agentlightning.attempt_id": "at-1"}
+    store = SQLiteStore(str(path))
+    store.open()
+    pipeline = Pipeline(store)
+    try:
+        pipeline.export_traces(
+            make_request([make_span("first", attributes=attrs, start_ns=0)]).SerializeToString(),
+            None,
+            PROTOBUF,
+        )
+        with sqlite3.connect(path) as conn:  # what a 2^63-2 sequence id left behind
+            conn.execute("UPDATE attempts SET next_span_seq = ?", (2**63 - 1,))
+        for name in ("second", "third"):
+            answer = pipeline.export_traces(
+                make_request([make_span(name, attributes=attrs, start_ns=0)]).SerializeToString(),
+                None,
+                PROTOBUF,
+            )
+            assert answer.partial_success.rejected_spans == 0
+        seq = {s["name"]: s["sequence_id"] for s in store.spans()}
+    finally:
+        pipeline.close()
+        store.close()
+    assert seq == {"first": 1, "second": 2, "third": 3}

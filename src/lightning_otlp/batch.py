@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 # Where a rollout came from: explicit ids, a rollout-key attribute, or the per-trace fallback.
 Origin = Literal["explicit", "key", "trace"]
@@ -15,6 +15,10 @@ Destination = tuple[str, "str | None"]
 # (trace_id, span_id, parent_id (bytes or None), name, start_time, end_time, status_code,
 #  span (the OTLP Span message's own bytes), resource_id)
 SpanRow = tuple[Any, ...]
+
+# The largest ``agentlightning.span_sequence_id`` kept as sent: every JSON reader holds it
+# exactly, and an attempt's counter starting there stays far from SQLite's 64-bit limit.
+MAX_SEQUENCE_ID: Final = 2**53 - 1
 
 
 @dataclass(slots=True)
@@ -50,10 +54,18 @@ class SpanBatch:
     accepted: int = 0
     rejected: int = 0
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    # Values the receiver could not use and left out, the span itself stored: reason -> spans.
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def reject(self, reason: str, count: int = 1) -> None:
         self.rejected += count
         self.reject_reasons[reason] = self.reject_reasons.get(reason, 0) + count
 
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
+
     def error_message(self) -> str:
-        return "; ".join(f"{n} span(s) {reason}" for reason, n in self.reject_reasons.items())
+        """Rejected spans and dropped values, for ``partial_success.error_message``."""
+        parts = [f"{n} span(s) {reason}" for reason, n in self.reject_reasons.items()]
+        parts.extend(f"{n} span(s) stored without {what}" for what, n in self.dropped.items())
+        return "; ".join(parts)

@@ -66,6 +66,12 @@ def render(pipeline: Pipeline) -> str:
         "Trace export requests answered with an error.",
         {t: counters.failed_requests.get(t, 0) for t in transports},
     )
+    _counter(
+        out,
+        "lightning_otlp_dropped_values",
+        "Spans stored without a value the receiver could not use (named in partial_success).",
+        {t: counters.dropped_values.get(t, 0) for t in transports},
+    )
     name = "lightning_otlp_request_duration_seconds"
     out.append(f"# HELP {name} Export request latency, receipt to answer, by transport.")
     out.append(f"# TYPE {name} histogram")

@@ -56,6 +56,8 @@ class Counters:
     refused_spans: dict[str, int] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)
     failed_requests: dict[str, int] = field(default_factory=dict)
+    # Spans stored without a value the receiver could not use (a sequence id out of range...).
+    dropped_values: dict[str, int] = field(default_factory=dict)
 
     def add(self, table: dict[str, int], transport: str, n: int) -> None:
         table[transport] = table.get(transport, 0) + n
@@ -132,6 +134,10 @@ class Pipeline:
         if batch.rejected:
             counters.add(counters.refused_spans, transport, batch.rejected)
             response.partial_success.rejected_spans = batch.rejected
+        if batch.dropped:
+            # A warning in partial_success (rejected_spans 0): the spec's way to say "stored, but".
+            counters.add(counters.dropped_values, transport, sum(batch.dropped.values()))
+        if batch.rejected or batch.dropped:
             response.partial_success.error_message = batch.error_message()
         return response
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -17,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from .. import ids, semconv
-from ..batch import Origin, RolloutInfo, SpanBatch
+from ..batch import MAX_SEQUENCE_ID, Origin, RolloutInfo, SpanBatch
 from ..errors import InvalidRequest
 from ..otlp import attributes, plain_value
 
@@ -42,6 +43,16 @@ _ROUTING_ATTRIBUTES: Final = frozenset(
 )
 _OUTCOMES: Final = frozenset({"succeeded", "failed"})
 _AGL_NEEDLE: Final = b"agentlightning."
+# A rollout input nested deeper than this is kept as its text: every reader (the store's JSON,
+# agentlightning's models) can then handle it without running out of stack.
+MAX_INPUT_DEPTH: Final = 100
+_BAD_SEQUENCE: Final = (
+    f"their {semconv.SPAN_SEQUENCE_ID} (not a whole number from 0 to {MAX_SEQUENCE_ID})"
+)
+_BAD_REWARD: Final = f"their {semconv.PRIMARY_REWARD_VALUE} (not a finite number)"
+_DEEP_INPUT: Final = (
+    f"their {semconv.ROLLOUT_INPUT} as JSON (nested deeper than {MAX_INPUT_DEPTH}; kept as text)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +178,7 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
                 elif finalize_on_root and origin == "trace" and not pid:
                     batch.root_outcomes[dest] = ("failed" if code == 2 else "succeeded", end)
                 if name == rollout_span:
-                    _rollout_hints(info, attributes(span.attributes))
+                    _rollout_hints(info, attributes(span.attributes), batch)
                     batch.outcomes[dest] = ("failed" if code == 2 else "succeeded", end)
                 if attrs:
                     reported = attrs.get(semconv.ATTEMPT_STATUS)
@@ -175,9 +186,16 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
                         batch.outcomes[dest] = (reported, end)
                     reward = attrs.get(semconv.PRIMARY_REWARD_VALUE)
                     if isinstance(reward, (int, float)) and not isinstance(reward, bool):
-                        batch.rewards[dest] = float(reward)
+                        if math.isfinite(reward):
+                            batch.rewards[dest] = float(reward)
+                        else:
+                            batch.drop(_BAD_REWARD)
                 seq = attrs.get(semconv.SPAN_SEQUENCE_ID, res_seq) if attrs else res_seq
-                explicit_seq = _int_or_none(seq) if seq is not None else None
+                explicit_seq = None
+                if seq is not None:
+                    explicit_seq = _sequence_id(seq)
+                    if explicit_seq is None:
+                        batch.drop(_BAD_SEQUENCE)
                 row = (
                     tid,
                     sid,
@@ -213,13 +231,20 @@ def _check_links(links: Any) -> None:
             raise InvalidRequest("a link's trace_id must be 16 bytes and span_id 8 bytes")
 
 
-def _rollout_hints(info: RolloutInfo, attrs: dict[str, Any]) -> None:
+def _rollout_hints(info: RolloutInfo, attrs: dict[str, Any], batch: SpanBatch) -> None:
     raw = attrs.get(semconv.ROLLOUT_INPUT)
     if raw is not None:
         try:
             info.input = json.loads(raw) if isinstance(raw, str) else raw
         except ValueError:
             info.input = raw
+        except RecursionError:
+            info.input = raw
+            batch.drop(_DEEP_INPUT)
+        else:
+            if _deeper_than(info.input, MAX_INPUT_DEPTH):
+                info.input = raw
+                batch.drop(_DEEP_INPUT)
         info.has_input = True
     mode = attrs.get(semconv.ROLLOUT_MODE)
     if mode in ("train", "val", "test"):
@@ -239,9 +264,36 @@ def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
-def _int_or_none(value: Any) -> int | None:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
+def _sequence_id(value: Any) -> int | None:
+    """A usable explicit sequence id, or None: whole, from 0 to ``MAX_SEQUENCE_ID``."""
+    if isinstance(value, bool):
         return None
-    return number if number >= 0 else None
+    if isinstance(value, float):
+        if not value.is_integer():  # also inf and nan
+            return None
+        number = int(value)
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and len(value) <= 20:
+        try:
+            number = int(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if 0 <= number <= MAX_SEQUENCE_ID else None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON-like ``value`` nests more than ``limit`` containers deep (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend(
+                (child, depth + 1) for child in children if isinstance(child, (dict, list))
+            )
+    return False

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
-from ..batch import Destination, RolloutInfo, SpanBatch
+from ..batch import MAX_SEQUENCE_ID, Destination, RolloutInfo, SpanBatch
 from ..errors import StoreUnavailable
 from ..ids import attempt_id_for, rollout_id_for_trace
 from .affinity import DEFAULT_AFFINITY_WINDOW, Changes, TraceAffinity
@@ -89,6 +89,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 _INSERT_SPAN: Final = f"INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 _DEFAULT_CONFIG_JSON: Final = json.dumps(DEFAULT_ROLLOUT_CONFIG)
 _STARTED: Final = ("queuing", "preparing", "requeuing")
+# An attempt's span counter above this was left by an unbounded explicit sequence id (before
+# they were bounded): it is rebuilt from the attempt's spans, so it can never overflow SQLite.
+_COUNTER_CEILING: Final = 2**62
 
 
 class SQLiteStore:
@@ -235,7 +238,7 @@ class SQLiteStore:
             highest = next_seq - 1
             previous = 0
             for start, explicit, row in entries:
-                if explicit is None:
+                if explicit is None or not 0 <= explicit <= MAX_SEQUENCE_ID:
                     seq = round(start * 1_000_000) if start > 0 else highest + 1
                     if seq <= previous:  # same microsecond in this request: keep ids apart
                         seq = previous + 1
@@ -449,7 +452,7 @@ class SQLiteStore:
                 (rollout_id,),
             ).fetchone()
             if found is not None:
-                return found[0], found[1]
+                return found[0], _counter(conn, rollout_id, found[0], found[1])
             attempt_id = attempt_id_for(rollout_id, 1)
         else:
             found = conn.execute(
@@ -457,7 +460,7 @@ class SQLiteStore:
                 (rollout_id, attempt_id),
             ).fetchone()
             if found is not None:
-                return attempt_id, found[0]
+                return attempt_id, _counter(conn, rollout_id, attempt_id, found[0])
         starts = [g[0] for g in group if g[0]]
         start = min(min(starts), now) if starts else now
         conn.execute(
@@ -594,3 +597,15 @@ class SQLiteStore:
 
 def _start_time(item: tuple[float, int | None, tuple[Any, ...]]) -> float:
     return item[0]
+
+
+def _counter(conn: sqlite3.Connection, rollout_id: str, attempt_id: str, stored: int) -> int:
+    """An attempt's next sequence id; a counter out of bounds is rebuilt from its spans."""
+    if 1 <= stored <= _COUNTER_CEILING:
+        return stored
+    row = conn.execute(
+        "SELECT COALESCE(MAX(sequence_id), 0) + 1 FROM spans"
+        " WHERE rollout_id = ? AND attempt_id = ? AND sequence_id BETWEEN 0 AND ?",
+        (rollout_id, attempt_id, MAX_SEQUENCE_ID),
+    ).fetchone()
+    return int(row[0])
