@@ -194,3 +194,43 @@ def test_fuzz_json_documents_raise_only_invalid_request(doc: object) -> None:
             decode_traces(json.dumps(candidate).encode(), JSON)
         except InvalidRequest:
             pass
+
+
+class _CountingInflater:
+    """A zlib decompressor that counts the input bytes it is handed."""
+
+    fed = 0
+
+    def __init__(self, wbits: int) -> None:
+        self._inner = _real_decompressobj(wbits)
+
+    def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+        _CountingInflater.fed += len(data)
+        return self._inner.decompress(data, max_length)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+_real_decompressobj = zlib.decompressobj
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_many_members_inflate_in_linear_work(
+    monkeypatch: pytest.MonkeyPatch, encoding: str
+) -> None:
+    """Each member used to be handed all the input after it: quadratic in the body's size."""
+    compress = gzip.compress if encoding == "gzip" else zlib.compress
+    body = compress(b"") * 1000 + compress(b"payload")
+    monkeypatch.setattr(zlib, "decompressobj", _CountingInflater)
+    _CountingInflater.fed = 0
+    assert decompress(body, encoding, 1 << 20) == b"payload"
+    assert _CountingInflater.fed <= 2 * len(body)
+
+
+def test_too_many_members_is_invalid_request_before_inflating_them() -> None:
+    from lightning_otlp.receiver.decode import MAX_MEMBERS
+
+    body = gzip.compress(b"") * (4 * MAX_MEMBERS)
+    with pytest.raises(InvalidRequest, match="members"):
+        decompress(body, "gzip", 1 << 20)
