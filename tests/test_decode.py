@@ -225,7 +225,8 @@ def test_many_members_inflate_in_linear_work(
     monkeypatch.setattr(zlib, "decompressobj", _CountingInflater)
     _CountingInflater.fed = 0
     assert decompress(body, encoding, 1 << 20) == b"payload"
-    assert _CountingInflater.fed <= 2 * len(body)
+    # Quadratic handed each member all that followed: 500 times the body here.
+    assert _CountingInflater.fed <= 10 * len(body)
 
 
 def test_too_many_members_is_invalid_request_before_inflating_them() -> None:

@@ -24,6 +24,12 @@ MEDIA_TYPES: Final = frozenset({PROTOBUF, JSON})
 
 M = TypeVar("M", bound=Message)
 
+# A compressed body may hold several members back to back; each costs a fresh inflater, so an
+# attacker's thousands of empty ones are refused rather than paid for.
+MAX_MEMBERS: Final = 1024
+_FIRST_WINDOW: Final = 64
+_LAST_WINDOW: Final = 256 * 1024
+
 # OTLP JSON carries these ids as hex; protobuf's JSON mapping would read them as base64.
 _ID_LENGTHS: Final[dict[str, int]] = {
     "traceId": 16,
@@ -57,21 +63,45 @@ def decompress(body: bytes, encoding: str | None, limit: int = DEFAULT_MAX_REQUE
         wbits = zlib.MAX_WBITS
     else:
         raise InvalidRequest(f"unsupported Content-Encoding {encoding!r} (use gzip or identity)")
-    out = bytearray()
-    data = body
     try:
-        while data:
-            inflater = zlib.decompressobj(wbits)
-            out += inflater.decompress(data, limit - len(out) + 1)
-            if len(out) > limit:
-                raise PayloadTooLarge(f"decompressed request exceeds the {limit}-byte limit")
-            if inflater.unconsumed_tail:
-                raise PayloadTooLarge(f"decompressed request exceeds the {limit}-byte limit")
-            if not inflater.eof:
-                raise InvalidRequest(f"truncated {enc} body")
-            data = inflater.unused_data  # gzip allows several members back to back
+        return _inflate(body, wbits, limit, enc)
     except zlib.error as exc:
         raise InvalidRequest(f"corrupt {enc} body: {exc}") from exc
+
+
+def _inflate(body: bytes, wbits: int, limit: int, enc: str) -> bytes:
+    """Inflate member after member (gzip allows several back to back) in linear work.
+
+    zlib hands back whatever input follows a member as a fresh copy, so each member is fed a
+    small window that doubles while the member lasts: a body of many tiny members costs its
+    size, not its size times the number of members.
+    """
+    out = bytearray()
+    view = memoryview(body)
+    size = len(body)
+    pos = 0
+    members = 0
+    inflater = None
+    window = _FIRST_WINDOW
+    while pos < size:
+        if inflater is None:
+            members += 1
+            if members > MAX_MEMBERS:
+                raise InvalidRequest(f"{enc} body has more than {MAX_MEMBERS} members")
+            inflater = zlib.decompressobj(wbits)
+            window = _FIRST_WINDOW
+        data = view[pos : pos + window]
+        out += inflater.decompress(data, limit - len(out) + 1)
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"decompressed request exceeds the {limit}-byte limit")
+        if inflater.eof:
+            pos += len(data) - len(inflater.unused_data)
+            inflater = None
+        else:
+            pos += len(data)
+            window = min(window * 2, _LAST_WINDOW)
+    if inflater is not None:
+        raise InvalidRequest(f"truncated {enc} body")
     return bytes(out)
 
 
