@@ -253,3 +253,31 @@ def test_finalize_on_root_leaves_a_bound_trace_alone(store: SQLiteStore) -> None
     finally:
         pipeline.close()
     assert rollouts(store)[RID]["status"] == "running"
+
+
+def test_the_configured_window_applies_to_bindings_reloaded_at_start(tmp_path: Path) -> None:
+    """The store used to be opened (and its state reloaded) before the window was set."""
+    import sqlite3
+    import time
+
+    from lightning_otlp.server import build_pipeline
+    from lightning_otlp.settings import Settings
+
+    path = tmp_path / "window.db"
+    store = SQLiteStore(str(path))
+    store.open()
+    first = Pipeline(store)
+    auto = make_span("auto")
+    try:
+        send(first, [auto])
+    finally:
+        first.close()
+        store.close()
+    with sqlite3.connect(path) as conn:  # made 2,000 s ago: past the default window, not 1 h's
+        conn.execute("UPDATE rollouts SET created_at = ?", (time.time() - 2000,))
+    pipeline = build_pipeline(Settings(store=f"sqlite:///{path}", affinity_window=3600))
+    try:
+        assert auto.trace_id in pipeline.store.affinity.autos  # type: ignore[attr-defined]
+    finally:
+        pipeline.close()
+        pipeline.store.close()
