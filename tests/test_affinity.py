@@ -51,6 +51,7 @@ def test_binding_in_the_same_request_wins(pipeline: Pipeline, store: SQLiteStore
     ]
 
 
+@pytest.mark.agl
 def test_earlier_spans_move_when_the_binding_arrives(
     pipeline: Pipeline, store: SQLiteStore
 ) -> None:
@@ -143,6 +144,7 @@ def test_affinity_survives_a_restart(tmp_path: Path) -> None:
 # -- lifecycle ---------------------------------------------------------------------------
 
 
+@pytest.mark.agl
 def test_rollout_span_status_finishes_the_attempt(pipeline: Pipeline, store: SQLiteStore) -> None:
     ok = make_span("agentlightning.rollout", attributes=IDS)
     send(pipeline, [ok])

@@ -45,6 +45,7 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.agl
 def test_rollouts_and_spans_print_valid_json_lines(db: Path) -> None:
     url = f"sqlite:///{db}"
     rollouts = [json.loads(line) for line in cli("rollouts", "--store", url).stdout.splitlines()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.store import SQLiteStore
 
@@ -9,6 +11,7 @@ from .payloads import genai_request, make_request, make_span
 from .support import validate_with_agl
 
 
+@pytest.mark.agl
 def test_records_validate_with_agentlightning(pipeline: Pipeline, store: SQLiteStore) -> None:
     root = make_span("root", attributes={"nested": {"a": 1, "b": [1, 2]}, "mixed": [1, "x"]})
     child = make_span(

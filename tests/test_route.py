@@ -79,6 +79,7 @@ def test_rollout_key_attributes(store: SQLiteStore) -> None:
     assert rollouts[spans["a"]["rollout_id"]]["metadata"]["lightning_otlp"]["session.id"] == "s-1"
 
 
+@pytest.mark.agl
 def test_fallback_trace_makes_one_rollout_per_trace(pipeline: Pipeline, store: SQLiteStore) -> None:
     root = make_span("root")
     child = make_span("child", trace_id=root.trace_id, parent_id=root.span_id)
@@ -182,6 +183,7 @@ def test_duplicate_spans_in_one_request_are_stored_once(
     assert [s["name"] for s in store.spans()] == ["dup"]
 
 
+@pytest.mark.agl
 def test_rollout_span_fills_input_and_mode(pipeline: Pipeline, store: SQLiteStore) -> None:
     attrs = {
         "agentlightning.rollout_id": RID,
