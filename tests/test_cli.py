@@ -170,3 +170,13 @@ def test_read_commands_take_the_store_from_the_config_file(db: Path, tmp_path: P
     by_flag = cli("spans", "--config", str(config), "--store", f"sqlite:///{other}")
     assert by_flag.returncode == 0, by_flag.stderr
     assert by_flag.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["rollouts", "spans", "status"])
+def test_read_commands_on_a_missing_store_create_nothing(tmp_path: Path, command: str) -> None:
+    missing = tmp_path / "not" / "there.db"
+    result = cli(command, "--store", f"sqlite:///{missing}")
+    assert result.returncode == 2
+    assert "no store" in result.stderr and str(missing) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "not").exists()
