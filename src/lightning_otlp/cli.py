@@ -159,9 +159,8 @@ def _check_config(path: str) -> int:
 
 
 def _read(args: argparse.Namespace) -> int:
-    store = open_store(
-        _settings(args).store, forward=False
-    )  # reading an outbox must not start delivering it
+    # Reading an outbox must not start delivering it; reading a store must not create one.
+    store = open_store(_settings(args).store, forward=False, create=False)
     store.open()
     try:
         if args.command == "rollouts":

@@ -22,10 +22,10 @@ def store_status(url: str, *, probe: bool = True) -> dict[str, Any]:
     if parsed.server is None:
         from ..store import open_store
 
-        plain = open_store(url)
+        plain = open_store(url, create=False)
         plain.open()
         try:
-            return {"store": url, "spans": sum(1 for _ in plain.spans())}
+            return plain.status()
         finally:
             plain.close()
     from .store import ForwardingStore

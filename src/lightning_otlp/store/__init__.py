@@ -24,9 +24,14 @@ __all__ = [
 
 
 def open_store(
-    url: str, *, forward: bool = True, affinity_window: float = DEFAULT_AFFINITY_WINDOW
+    url: str,
+    *,
+    forward: bool = True,
+    affinity_window: float = DEFAULT_AFFINITY_WINDOW,
+    create: bool = True,
 ) -> Store:
-    """Make (not yet open) the store a URL names.
+    """Make (not yet open) the store a URL names; with ``create`` off, opening a store that
+    does not exist yet is an error (read commands create nothing).
 
     ``sqlite:///relative.db``, ``sqlite:////absolute.db`` (``?synchronous=normal`` to trade
     power-loss safety for speed), ``memory://`` for tests, and ``agl+http://HOST:PORT`` to
@@ -36,11 +41,16 @@ def open_store(
     if parsed.forwards:
         from ..forward.store import ForwardingStore
 
-        return ForwardingStore.from_url(parsed, forward=forward, affinity_window=affinity_window)
+        forwarder = ForwardingStore.from_url(
+            parsed, forward=forward, affinity_window=affinity_window
+        )
+        forwarder.create = create  # its outbox is a SQLite store like any other
+        return forwarder
     default = "OFF" if parsed.scheme == "memory" else "FULL"
     return SQLiteStore(
         parsed.path,
         url=url,
         synchronous=parsed.options.get("synchronous", default),
         affinity_window=affinity_window,
+        create=create,
     )

@@ -104,6 +104,7 @@ class SQLiteStore:
         busy_timeout: seconds to wait for a lock before answering "unavailable".
         affinity_window: seconds during which spans that went to a per-trace rollout move to
             the rollout their trace is later bound to.
+        create: create the file when it does not exist (off for read-only tools).
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class SQLiteStore:
         busy_timeout: float = 2.0,
         url: str | None = None,
         affinity_window: float = DEFAULT_AFFINITY_WINDOW,
+        create: bool = True,
     ) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
@@ -124,6 +126,7 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self.affinity = TraceAffinity(affinity_window)
+        self.create = create
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -131,6 +134,11 @@ class SQLiteStore:
         if self._conn is not None:
             return
         if self.path != ":memory:":
+            if not self.create and not os.path.isfile(self.path):
+                raise FileNotFoundError(
+                    f"no store at {os.path.abspath(self.path)}: nothing was ever stored there"
+                    " (check --store)"
+                )
             parent = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(parent, exist_ok=True)
         try:
