@@ -21,6 +21,7 @@ from .receiver.auth import BearerAuth, load_tokens
 from .receiver.health import HealthApp
 from .receiver.pipeline import Pipeline
 from .receiver.route import RoutingConfig
+from .receiver.status import rejections
 from .receiver.transport.grpc import build_server
 from .receiver.transport.http import HTTPReceiver
 from .settings import Address, Settings
@@ -112,6 +113,7 @@ async def serve(settings: Settings) -> None:
         await grpc_server.stop(grace=None)
         pipeline.close()
         pipeline.store.close()
+        rejections.flush()
         if health_server is not None and health is not None:
             health_server.should_exit = True
             await health

@@ -21,8 +21,11 @@ from ..errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from .rejectlog import RejectionLog
 
 log = logging.getLogger("lightning_otlp.receiver")
+# A few lines per kind of answer a minute, then a count: 9,000 bad tokens are not 9,000 lines.
+rejections = RejectionLog(log)
 
 _RETRY_INFO_TRAILER: Final = "google.rpc.retryinfo-bin"
 _STATUS_TRAILER: Final = "grpc-status-details-bin"
@@ -58,7 +61,8 @@ class Answer:
 
 
 def answer(exc: ReceiverError) -> Answer:
-    """The answer for ``exc``, logged once here (retryable at WARNING, a client's fault at INFO)."""
+    """The answer for ``exc``, logged here (retryable at WARNING, a client's fault at INFO), a
+    few lines per kind a minute."""
     retry_after = None
     if isinstance(exc, Unavailable):
         http, code, rpc = 503, grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE
@@ -74,13 +78,8 @@ def answer(exc: ReceiverError) -> Answer:
     status = status_pb2.Status(code=rpc, message=str(exc))
     if retry_after is not None:
         status.details.add().Pack(retry_info(retry_after))
-    log.log(
-        logging.WARNING if retry_after is not None else logging.INFO,
-        "answering %d / %s: %s",
-        http,
-        code.name,
-        exc,
-    )
+    level = logging.WARNING if retry_after is not None else logging.INFO
+    rejections.refused(level, f"{http} / {code.name}", str(exc))
     return Answer(http, code, status, retry_after)
 
 
