@@ -235,3 +235,71 @@ def test_too_many_members_is_invalid_request_before_inflating_them() -> None:
     body = gzip.compress(b"") * (4 * MAX_MEMBERS)
     with pytest.raises(InvalidRequest, match="members"):
         decompress(body, "gzip", 1 << 20)
+
+
+# -- decode work is bounded by what a request holds, not only by its bytes -------------------
+
+
+def _empty_spans_request(count: int) -> bytes:
+    """One ResourceSpans, one ScopeSpans, ``count`` empty spans: two bytes a span."""
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    spans = b"\x12\x00" * count
+    scope = b"\x12" + _VarintBytes(len(spans)) + spans
+    return b"\x0a" + _VarintBytes(len(scope)) + scope
+
+
+def test_a_flood_of_empty_spans_is_refused_before_it_is_decoded() -> None:
+    from lightning_otlp.receiver.decode import MAX_REQUEST_ELEMENTS
+
+    body = _empty_spans_request(MAX_REQUEST_ELEMENTS + 1)
+    with pytest.raises(PayloadTooLarge, match="spans"):
+        decode_traces(body, PROTOBUF)
+    # Up to the limit, they decode (and routing rejects each for its missing ids).
+    request = decode_traces(_empty_spans_request(1000), PROTOBUF)
+    assert len(request.resource_spans[0].scope_spans[0].spans) == 1000
+
+
+def test_a_flood_of_empty_resource_spans_is_refused() -> None:
+    from lightning_otlp.receiver.decode import MAX_REQUEST_ELEMENTS
+
+    with pytest.raises(PayloadTooLarge):
+        decode_traces(b"\x0a\x00" * (MAX_REQUEST_ELEMENTS + 1), PROTOBUF)
+
+
+def test_a_flood_of_json_objects_is_refused_before_parsing() -> None:
+    from lightning_otlp.receiver.decode import MAX_REQUEST_ELEMENTS
+
+    spans = ",".join(["{}"] * (MAX_REQUEST_ELEMENTS + 1))
+    body = ('{"resourceSpans":[{"scopeSpans":[{"spans":[' + spans + "]}]}]}").encode()
+    with pytest.raises(PayloadTooLarge):
+        decode_traces(body, JSON)
+
+
+@pytest.mark.parametrize("depth", [5_000, 100_000])
+def test_json_nested_too_deep_is_invalid_request(depth: int) -> None:
+    with pytest.raises(InvalidRequest, match="deep"):
+        decode_traces(b"[" * depth + b"]" * depth, JSON)
+    body = b'{"resourceSpans":' + b'{"a":' * depth + b"1" + b"}" * depth + b"}"
+    with pytest.raises(InvalidRequest, match="deep"):
+        decode_traces(body, JSON)
+
+
+def test_span_count_refuses_group_fields_that_would_hide_spans() -> None:
+    # A group (wire type 3, field 15) in a ScopeSpans: protobuf would skip it; OTLP has none.
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    from lightning_otlp.receiver.decode import count_spans
+
+    scope = b"\x7b\x7c" + b"\x12\x00" * 10
+    body = b"\x0a" + _VarintBytes(len(scope) + 2) + b"\x12" + _VarintBytes(len(scope)) + scope
+    with pytest.raises(InvalidRequest):
+        count_spans(body, 1000)
+    assert count_spans(_empty_spans_request(10), 1000) == 12
+    assert count_spans(genai_request_bytes(), 1000) == 7
+
+
+def genai_request_bytes() -> bytes:
+    from .payloads import genai_request
+
+    return genai_request(5).SerializeToString()

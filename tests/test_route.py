@@ -297,3 +297,14 @@ def test_non_finite_reward_is_dropped(pipeline: Pipeline, store: SQLiteStore) ->
     answer = send(pipeline, [make_span("agentlightning.annotation", attributes=attrs)])
     assert "reward" in answer.partial_success.error_message
     assert store.summaries()[0]["reward"] is None
+
+
+def test_resource_spans_without_spans_cost_no_resource_work() -> None:
+    from lightning_otlp.receiver.decode import decode_traces
+    from lightning_otlp.receiver.route import route
+
+    empty = make_request([]).SerializeToString()  # a resource with attributes, no spans
+    request = decode_traces(empty * 1000)
+    assert len(request.resource_spans) == 1000
+    batch = route(request, RoutingConfig())
+    assert (batch.received, batch.resources) == (0, {})
