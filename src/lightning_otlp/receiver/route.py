@@ -82,6 +82,8 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
     bindings = batch.bindings
     no_attrs: dict[str, Any] = {}
     for resource_spans in request.resource_spans:
+        if not any(scope_spans.spans for scope_spans in resource_spans.scope_spans):
+            continue  # nothing to store: skip the resource's encoding and hashing
         resource = resource_spans.resource
         res_attrs = attributes(resource.attributes)
         res_json = _dumps({"attributes": res_attrs, "schema_url": resource_spans.schema_url})
