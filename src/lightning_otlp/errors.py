@@ -5,6 +5,7 @@ ReceiverError
  ├── PayloadTooLarge       over the size limit: permanent
  ├── UnsupportedMediaType  HTTP only
  ├── Unauthenticated       no valid bearer token
+ ├── RequestTimeout        the body did not arrive in time (HTTP only)
  └── Unavailable           retryable, with a hint of when
       ├── Overloaded       too many requests in flight
       └── StoreUnavailable the store cannot commit right now
@@ -26,6 +27,10 @@ class InvalidRequest(ReceiverError):
 
 
 class PayloadTooLarge(ReceiverError):
+    pass
+
+
+class RequestTimeout(ReceiverError):
     pass
 
 

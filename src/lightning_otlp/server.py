@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import resource
 import signal
 import socket
 import ssl
@@ -23,6 +24,7 @@ from .receiver.pipeline import Pipeline
 from .receiver.route import RoutingConfig
 from .receiver.status import rejections
 from .receiver.transport.grpc import build_server
+from .receiver.transport.guard import uvicorn_options
 from .receiver.transport.http import HTTPReceiver
 from .settings import Address, Settings
 from .store import Store, open_store
@@ -43,6 +45,7 @@ def build_pipeline(settings: Settings, store: Store | None = None) -> Pipeline:
         routing,
         max_request_bytes=settings.max_request_bytes,
         max_in_flight=settings.max_in_flight,
+        max_request_memory=settings.max_request_memory,
     )
 
 
@@ -62,23 +65,33 @@ async def serve(settings: Settings) -> None:
     """
     auth = BearerAuth(load_tokens(settings.auth_token_file)) if settings.auth_token_file else None
     _warn_if_open(settings, auth)
+    _raise_file_limit()
     # Bind before anything starts, so a port in use is one clean error.
     http_socket = _bind(settings.http, "OTLP/HTTP")
     health_socket = _bind(settings.health, "health") if settings.health is not None else None
     pipeline = build_pipeline(settings)
     grpc_server, grpc_port = build_server(
-        pipeline, str(settings.grpc), auth=auth, credentials=_grpc_credentials(settings)
+        pipeline,
+        str(settings.grpc),
+        auth=auth,
+        credentials=_grpc_credentials(settings),
+        idle_timeout=settings.idle_timeout,
+        max_concurrent_streams=settings.max_grpc_streams,
     )
     await grpc_server.start()
+    limits = uvicorn_options(
+        settings.header_timeout, settings.idle_timeout, settings.max_connections
+    )
     http_server = _asgi_server(
-        HTTPReceiver(pipeline, auth),
+        HTTPReceiver(pipeline, auth, body_timeout=settings.body_timeout),
         settings.http,
         grace=max(1, round(settings.shutdown_timeout)),
+        **limits,
         **_uvicorn_tls(settings),
     )
     health_server: _Server | None = None
     if settings.health is not None:
-        health_server = _asgi_server(HealthApp(pipeline), settings.health, grace=1)
+        health_server = _asgi_server(HealthApp(pipeline), settings.health, grace=1, **limits)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -130,11 +143,23 @@ def _asgi_server(app: Any, address: Address, *, grace: int, **options: Any) -> _
             log_level="warning",
             access_log=False,
             lifespan="off",
-            http="httptools",
             timeout_graceful_shutdown=grace,
-            **options,
+            **{"http": "httptools", **options},
         )
     )
+
+
+def _raise_file_limit() -> None:
+    """Every connection holds a file descriptor: use all the system allows (Go servers do the
+    same), so connection limits, not a 1,024 default, decide when clients are refused."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = max(soft, 1 << 20)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        log.debug("cannot raise the open-file limit: %s", exc)
 
 
 def _bind(address: Address, what: str) -> socket.socket:

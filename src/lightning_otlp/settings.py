@@ -12,9 +12,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, NamedTuple
 
+from .receiver.budget import DEFAULT_MAX_REQUEST_MEMORY
 from .receiver.decode import DEFAULT_MAX_REQUEST_BYTES
 from .receiver.pipeline import DEFAULT_MAX_IN_FLIGHT
 from .receiver.route import FALLBACKS
+from .receiver.transport.grpc import DEFAULT_MAX_CONCURRENT_STREAMS
+from .receiver.transport.http import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+)
 from .store import DEFAULT_STORE_URL
 
 ENV_PREFIX: Final = "LIGHTNING_OTLP_"
@@ -190,6 +198,47 @@ class Settings:
     )
     max_in_flight: int = _spec(
         DEFAULT_MAX_IN_FLIGHT, Spec(_positive(_whole), "queued requests before 503", "N")
+    )
+    max_request_memory: int = _spec(
+        DEFAULT_MAX_REQUEST_MEMORY,
+        Spec(
+            _positive(_whole),
+            "request bytes held in memory at once (bodies, decompressed bodies) before new"
+            " requests get 503",
+            "BYTES",
+        ),
+    )
+    header_timeout: float = _spec(
+        DEFAULT_HEADER_TIMEOUT,
+        Spec(
+            _positive(_number),
+            "HTTP: seconds for a request's line and headers to arrive, then the connection closes",
+            "SECONDS",
+        ),
+    )
+    body_timeout: float = _spec(
+        DEFAULT_BODY_TIMEOUT,
+        Spec(
+            _positive(_number),
+            "HTTP: seconds for a request's whole body to arrive (408)",
+            "SECONDS",
+        ),
+    )
+    idle_timeout: float = _spec(
+        DEFAULT_IDLE_TIMEOUT,
+        Spec(
+            _positive(_number),
+            "seconds an idle connection stays open (HTTP keep-alive, gRPC connection idle)",
+            "SECONDS",
+        ),
+    )
+    max_connections: int = _spec(
+        DEFAULT_MAX_CONNECTIONS,
+        Spec(_positive(_whole), "HTTP connections at once; more get 503 and are closed", "N"),
+    )
+    max_grpc_streams: int = _spec(
+        DEFAULT_MAX_CONCURRENT_STREAMS,
+        Spec(_positive(_whole), "gRPC calls at once on one connection", "N"),
     )
     log_level: str = _spec("info", Spec(_one_of(LOG_LEVELS), "log level", "LEVEL"))
     health: Address | None = _spec(

@@ -28,8 +28,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse as PB2ExportTraceServiceResponse,
 )
 
+from ..batch import SpanBatch
 from ..errors import Overloaded, ReceiverError, StoreUnavailable
 from ..store import Store
+from .budget import DEFAULT_MAX_REQUEST_MEMORY, MemoryBudget
 from .decode import DEFAULT_MAX_REQUEST_BYTES, decode, decode_traces, decompress
 from .metrics import Histogram
 from .route import RoutingConfig, route
@@ -80,6 +82,7 @@ class Pipeline:
         *,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_request_memory: int = DEFAULT_MAX_REQUEST_MEMORY,
     ) -> None:
         if max_request_bytes <= 0:
             raise ValueError("max_request_bytes must be positive")
@@ -90,6 +93,8 @@ class Pipeline:
         self.max_request_bytes = max_request_bytes
         self.max_in_flight = max_in_flight
         self.counters = Counters()
+        # Request bytes in memory (bodies, decompressed bodies), shared with the transports.
+        self.budget = MemoryBudget(max_request_memory)
         # Per request, never per span: latency from receipt to answer, and store commit time.
         self.request_seconds = {"grpc": Histogram(), "http": Histogram()}
         self.commit_seconds = Histogram()
@@ -98,6 +103,10 @@ class Pipeline:
         self._in_flight = 0
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-store")
+        # Decompression, decoding and routing run here, so one costly request never holds up
+        # the commits of the others (the store thread only commits).
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-decode")
+        self._counters_lock = threading.Lock()
         self._exporters: dict[Signal, Callable[..., Message]] = {
             "traces": self.export_traces,
             "metrics": self.export_metrics,
@@ -109,11 +118,43 @@ class Pipeline:
     def export_traces(
         self, body: bytes, encoding: str | None, media: str, transport: str = "grpc"
     ) -> PB2ExportTraceServiceResponse:
-        """Commit a trace export request; return its response only once it is durable."""
-        batch = None
+        """Commit a trace export request; return its response only once it is durable.
+
+        Both stages on the calling thread (tests and tools); ``export`` runs them apart.
+        """
+        batch, charged = self.decode_traces(body, encoding, media, transport)
         try:
-            request = decode_traces(decompress(body, encoding, self.max_request_bytes), media)
-            batch = route(request, self.routing)
+            return self.commit_traces(batch, transport)
+        finally:
+            self.budget.release(charged)
+
+    def decode_traces(
+        self, body: bytes, encoding: str | None, media: str, transport: str = "grpc"
+    ) -> tuple[SpanBatch, int]:
+        """Decompress, decode and route; returns the batch and the budget bytes it holds (the
+        decompressed body's), which the caller releases once the batch is committed."""
+        charged = 0
+        try:
+            data = decompress(body, encoding, self.max_request_bytes)
+            if data is not body:
+                charged = len(data)
+                if not self.budget.reserve(charged):
+                    charged = 0
+                    raise Overloaded(
+                        f"{len(data)} decompressed bytes do not fit the request memory budget"
+                        " now; retry later"
+                    )
+            return route(decode_traces(data, media), self.routing), charged
+        except ReceiverError:
+            self.budget.release(charged)
+            self._count(self.counters.failed_requests, transport, 1)
+            raise
+
+    def commit_traces(
+        self, batch: SpanBatch, transport: str = "grpc"
+    ) -> PB2ExportTraceServiceResponse:
+        """Commit a routed batch (on the store thread) and answer for it."""
+        try:
             started = time.perf_counter()
             try:
                 self.store.write(batch)
@@ -123,23 +164,26 @@ class Pipeline:
             self.commit_seconds.observe(time.perf_counter() - started)
             self._store_failed_at = None
         except ReceiverError:
-            self.counters.add(self.counters.failed_requests, transport, 1)
-            if batch is not None:
-                self.counters.add(self.counters.refused_spans, transport, batch.received)
+            self._count(self.counters.failed_requests, transport, 1)
+            self._count(self.counters.refused_spans, transport, batch.received)
             raise
         counters = self.counters
-        counters.add(counters.requests, transport, 1)
-        counters.add(counters.accepted_spans, transport, batch.accepted)
+        self._count(counters.requests, transport, 1)
+        self._count(counters.accepted_spans, transport, batch.accepted)
         response = PB2ExportTraceServiceResponse()
         if batch.rejected:
-            counters.add(counters.refused_spans, transport, batch.rejected)
+            self._count(counters.refused_spans, transport, batch.rejected)
             response.partial_success.rejected_spans = batch.rejected
         if batch.dropped:
             # A warning in partial_success (rejected_spans 0): the spec's way to say "stored, but".
-            counters.add(counters.dropped_values, transport, sum(batch.dropped.values()))
+            self._count(counters.dropped_values, transport, sum(batch.dropped.values()))
         if batch.rejected or batch.dropped:
             response.partial_success.error_message = batch.error_message()
         return response
+
+    def _count(self, table: dict[str, int], transport: str, n: int) -> None:
+        with self._counters_lock:  # written from the decode and the store threads
+            self.counters.add(table, transport, n)
 
     def export_metrics(
         self, body: bytes, encoding: str | None, media: str, transport: str = "grpc"
@@ -190,26 +234,55 @@ class Pipeline:
         Raises ``ReceiverError`` for anything the client should be told; the transport turns it
         into its answer through ``receiver.status.answer``.
         """
-        exporter = self._exporters[signal]
         started = time.perf_counter()
         try:
-            return await self.run(exporter, body, encoding, media, transport)
+            if signal == "traces":
+                return await self._export_traces(body, encoding, media, transport)
+            exporter = self._exporters[signal]
+            return await self.run(exporter, body, encoding, media, transport, stage="decode")
         finally:
             self.request_seconds[transport].observe(time.perf_counter() - started)
 
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """Queue ``fn`` on the store thread, or refuse at once when too much is queued."""
+    async def _export_traces(
+        self, body: bytes, encoding: str | None, media: str, transport: Transport
+    ) -> Message:
+        self._enter()
+        loop = asyncio.get_running_loop()
+        try:
+            batch, charged = await loop.run_in_executor(
+                self._decoder, self.decode_traces, body, encoding, media, transport
+            )
+            try:
+                return await loop.run_in_executor(
+                    self._executor, self.commit_traces, batch, transport
+                )
+            finally:
+                self.budget.release(charged)
+        finally:
+            self._leave()
+
+    async def run(self, fn: Callable[..., T], *args: object, stage: str = "store") -> T:
+        """Queue ``fn`` on the store (or decode) thread, or refuse at once when too much is
+        queued."""
+        self._enter()
+        executor = self._executor if stage == "store" else self._decoder
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
         with self._lock:
             if self._in_flight >= self.max_in_flight:
                 raise Overloaded(f"{self._in_flight} requests already queued; retry later")
             self._in_flight += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        finally:
-            with self._lock:
-                self._in_flight -= 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def close(self) -> None:
+        self._decoder.shutdown(wait=True)
         self._executor.shutdown(wait=True)
 
     @property

@@ -17,6 +17,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from ..errors import (
     PayloadTooLarge,
     ReceiverError,
+    RequestTimeout,
     Unauthenticated,
     Unavailable,
     UnsupportedMediaType,
@@ -47,6 +48,8 @@ class Answer:
             headers.append((b"retry-after", str(self.retry_after).encode()))
         if self.http_status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="otlp"'))
+        if self.http_status == 408:  # what is left of a trickled body is not worth reading
+            headers.append((b"connection", b"close"))
         return headers
 
     @property
@@ -71,6 +74,8 @@ def answer(exc: ReceiverError) -> Answer:
         http, code, rpc = 413, grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED
     elif isinstance(exc, UnsupportedMediaType):
         http, code, rpc = 415, grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT
+    elif isinstance(exc, RequestTimeout):
+        http, code, rpc = 408, grpc.StatusCode.DEADLINE_EXCEEDED, code_pb2.DEADLINE_EXCEEDED
     elif isinstance(exc, Unauthenticated):
         http, code, rpc = 401, grpc.StatusCode.UNAUTHENTICATED, code_pb2.UNAUTHENTICATED
     else:

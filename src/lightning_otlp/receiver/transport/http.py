@@ -6,14 +6,18 @@ body, decode (400), export, answer in the request's encoding.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from ...errors import (
     InvalidRequest,
+    Overloaded,
     PayloadTooLarge,
     ReceiverError,
+    RequestTimeout,
     UnsupportedMediaType,
 )
 from .. import decode as codec
@@ -32,14 +36,30 @@ SIGNAL_PATHS: Final[dict[str, Signal]] = {
     "/v1/logs": "logs",
 }
 HEALTH_PATHS: Final = frozenset({"/health", "/healthz"})
+_NO_ROOM: Final = "requests in flight hold the whole request memory budget; retry later"
+# Seconds a request's whole body may take to arrive, once its headers have.
+DEFAULT_BODY_TIMEOUT: Final = 60.0
+# Seconds for a request's line and headers (and a new connection's first byte) to arrive.
+DEFAULT_HEADER_TIMEOUT: Final = 10.0
+# Seconds a connection with no request in progress stays open (HTTP keep-alive, gRPC idle).
+DEFAULT_IDLE_TIMEOUT: Final = 30.0
+# HTTP connections at once; the common limit is 1,024 file descriptors for everything.
+DEFAULT_MAX_CONNECTIONS: Final = 512
 
 
 class HTTPReceiver:
     """The ASGI application for OTLP/HTTP; with ``auth``, signal paths need a bearer token."""
 
-    def __init__(self, pipeline: Pipeline, auth: BearerAuth | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        auth: BearerAuth | None = None,
+        *,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    ) -> None:
         self.pipeline = pipeline
         self.auth = auth
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -75,9 +95,13 @@ class HTTPReceiver:
                     f"unsupported Content-Type {headers.get('content-type')!r}: "
                     f"use {codec.PROTOBUF} or {codec.JSON}"
                 )
-            body = await self._body(headers, receive)
-            encoding = headers.get("content-encoding")
-            response = await self.pipeline.export(signal, body, encoding, media, "http")
+            held = [0]  # bytes of the memory budget this request holds, released at the end
+            try:
+                body = await self._body(headers, receive, held)
+                encoding = headers.get("content-encoding")
+                response = await self.pipeline.export(signal, body, encoding, media, "http")
+            finally:
+                self.pipeline.budget.release(held[0])
         except ReceiverError as exc:
             result = answer(exc)
             body = codec.encode(result.status, answer_media)
@@ -85,8 +109,12 @@ class HTTPReceiver:
             return
         await respond(send, 200, codec.encode(response, media), media)
 
-    async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
+    async def _body(self, headers: dict[str, str], receive: Receive, held: list[int]) -> bytes:
+        """Read the body within the budget: all of a declared Content-Length is reserved before
+        a byte is read (refused at once when it does not fit), a chunked body chunk by chunk;
+        the whole body must arrive within ``body_timeout``."""
         limit = self.pipeline.max_request_bytes
+        budget = self.pipeline.budget
         declared = headers.get("content-length")
         if declared is not None:
             try:
@@ -97,10 +125,19 @@ class HTTPReceiver:
                 raise PayloadTooLarge(
                     f"request body of {size} bytes exceeds the {limit}-byte limit"
                 )
+            if not budget.reserve(size):
+                raise Overloaded(_NO_ROOM)
+            held[0] = size
         chunks: list[bytes] = []
         total = 0
+        deadline = time.monotonic() + self.body_timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                raise RequestTimeout(
+                    f"the body took longer than {self.body_timeout:g} s to arrive"
+                ) from None
             if message["type"] == "http.disconnect":
                 raise InvalidRequest("client disconnected before sending the whole body")
             chunk = message.get("body", b"")
@@ -108,6 +145,10 @@ class HTTPReceiver:
                 total += len(chunk)
                 if total > limit:
                     raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+                if total > held[0]:  # chunked, or more than declared (the server refuses that)
+                    if not budget.reserve(total - held[0]):
+                        raise Overloaded(_NO_ROOM)
+                    held[0] = total
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
