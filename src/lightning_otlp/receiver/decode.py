@@ -30,10 +30,12 @@ M = TypeVar("M", bound=Message)
 MAX_MEMBERS: Final = 1024
 _FIRST_WINDOW: Final = 64
 _LAST_WINDOW: Final = 256 * 1024
-# Most resource spans, scope spans and spans (for JSON: objects and arrays) in one request.
-# Two bytes make an empty span and decoding one costs about 170 bytes: without this bound a
-# 64 MiB request of empty spans held 5.8 GB and kept the store thread busy for 40 s.
-MAX_REQUEST_ELEMENTS: Final = 500_000
+# Most resource spans, scope spans and spans (for JSON: objects and arrays) in one request:
+# SDKs send 512 spans a request, a Collector's batch processor about 8,192. Two bytes make an
+# empty span and decoding one costs about 170 bytes: without this bound a 64 MiB request of
+# empty spans held 5.8 GB and kept the store thread busy for 40 s; with it, refusing one costs
+# a bounded count of at most this many elements.
+MAX_REQUEST_ELEMENTS: Final = 100_000
 
 # OTLP JSON carries these ids as hex; protobuf's JSON mapping would read them as base64.
 _ID_LENGTHS: Final[dict[str, int]] = {
@@ -121,17 +123,17 @@ def decode_json(data: bytes, message_type: type[M]) -> M:
     """Parse OTLP JSON: hex ids, camelCase or snake_case keys, enum names or numbers."""
     # Every object or array opens with one of these (strings may hold more: an upper bound).
     containers = data.count(b"{") + data.count(b"[") if len(data) > MAX_REQUEST_ELEMENTS else 0
-    if containers > MAX_REQUEST_ELEMENTS:
-        raise PayloadTooLarge(
-            f"JSON request with {containers} objects and arrays exceeds the limit of"
-            f" {MAX_REQUEST_ELEMENTS}: send fewer spans a request"
-        )
+    if containers > 4 * MAX_REQUEST_ELEMENTS:
+        raise PayloadTooLarge(_too_many_json(containers))
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"malformed JSON: {exc}") from exc
     except RecursionError:
+        # Before the count below: a document nested this deep is malformed whatever its size.
         raise InvalidRequest("malformed JSON: nested too deep") from None
+    if containers > MAX_REQUEST_ELEMENTS:
+        raise PayloadTooLarge(_too_many_json(containers))
     if not isinstance(doc, dict):
         raise InvalidRequest("malformed JSON: the request must be an object")
     _hex_ids_to_base64(doc)
@@ -143,6 +145,13 @@ def decode_json(data: bytes, message_type: type[M]) -> M:
     except RecursionError:
         raise InvalidRequest("malformed OTLP JSON: nested too deep") from None
     return message
+
+
+def _too_many_json(containers: int) -> str:
+    return (
+        f"JSON request with {containers} objects and arrays exceeds the limit of"
+        f" {MAX_REQUEST_ELEMENTS}: send fewer spans a request"
+    )
 
 
 def decode(data: bytes, media: str, message_type: type[M]) -> M:

@@ -48,8 +48,6 @@ class Answer:
             headers.append((b"retry-after", str(self.retry_after).encode()))
         if self.http_status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="otlp"'))
-        if self.http_status == 408:  # what is left of a trickled body is not worth reading
-            headers.append((b"connection", b"close"))
         return headers
 
     @property

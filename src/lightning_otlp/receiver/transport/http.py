@@ -84,6 +84,7 @@ class HTTPReceiver:
         media = codec.media_type(headers.get("content-type"))
         # Errors answer in the request's encoding when it is one OTLP knows, else protobuf.
         answer_media = media if media in codec.MEDIA_TYPES else codec.PROTOBUF
+        read = False
         try:
             if self.auth is not None:
                 self.auth.require(headers.get("authorization"))
@@ -98,6 +99,7 @@ class HTTPReceiver:
             held = [0]  # bytes of the memory budget this request holds, released at the end
             try:
                 body = await self._body(headers, receive, held)
+                read = True
                 encoding = headers.get("content-encoding")
                 response = await self.pipeline.export(signal, body, encoding, media, "http")
             finally:
@@ -105,7 +107,10 @@ class HTTPReceiver:
         except ReceiverError as exc:
             result = answer(exc)
             body = codec.encode(result.status, answer_media)
-            await respond(send, result.http_status, body, answer_media, result.http_headers)
+            extra = result.http_headers
+            if not read:  # refused before its body: close rather than read the rest to drop it
+                extra = [*extra, (b"connection", b"close")]
+            await respond(send, result.http_status, body, answer_media, extra)
             return
         await respond(send, 200, codec.encode(response, media), media)
 
