@@ -1,0 +1,329 @@
+"""Soak: honest clients keep their throughput while hostile ones attack the same receiver.
+
+Runs a receiver on loopback, measures honest clients alone (the quiet run), then again while
+attackers hold slow connections, stall uploads, send many-member gzip bodies, floods of empty
+spans and poison values. Reports honest throughput under attack against the quiet run, the
+receiver's peak memory against a container budget, and checks that every span acknowledged to
+an honest client is stored. Kept out of ``make test``: ``python bench/soak.py [--seconds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.payloads import genai_request, make_request, make_span  # noqa: E402
+from tests.support import ReceiverProcess  # noqa: E402
+
+PB = {"content-type": "application/x-protobuf"}
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+HONEST = [(f"ro-50a4{i:08x}", f"at-50a4{i:04x}") for i in range(8)]
+MIB = 1 << 20
+
+
+class Honest:
+    """Clients sending 512-span requests back to back; counts what was acknowledged."""
+
+    def __init__(self, receiver: ReceiverProcess, stop: threading.Event) -> None:
+        self.receiver = receiver
+        self.stop = stop
+        self.acknowledged = 0
+        self.refused = Counter[str]()
+        self._lock = threading.Lock()
+
+    def http(self) -> None:
+        request = genai_request(512, ids=HONEST)
+        with httpx.Client(timeout=60) as client:
+            while not self.stop.is_set():
+                status = client.post(self.receiver.traces_url, content=_fresh(request), headers=PB)
+                self._count(status.status_code == 200, f"http {status.status_code}")
+
+    def grpc(self) -> None:
+        request = genai_request(512, ids=HONEST)
+        with grpc.insecure_channel(self.receiver.grpc_target) as channel:
+            export = channel.unary_unary(EXPORT)
+            while not self.stop.is_set():
+                body = _fresh(request)
+                try:
+                    export(body, timeout=60)
+                    self._count(True, "")
+                except grpc.RpcError as exc:
+                    self._count(False, f"grpc {exc.code().name}")
+
+    def _count(self, ok: bool, refusal: str) -> None:
+        with self._lock:
+            if ok:
+                self.acknowledged += 512
+            else:
+                self.refused[refusal] += 1
+
+
+class Attack:
+    """Hostile clients, each kind at a bounded rate; counts the answers they get."""
+
+    def __init__(self, receiver: ReceiverProcess, stop: threading.Event) -> None:
+        self.receiver = receiver
+        self.stop = stop
+        self.answers = Counter[str]()
+        host, port = receiver.http_url.removeprefix("http://").rsplit(":", 1)
+        self.address = (host, int(port))
+
+    # -- raw sockets on one asyncio loop: cheap for the attacker, costly if not bounded ------
+
+    async def _slow_headers(self) -> None:
+        while not self.stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(*self.address)
+                closed = asyncio.ensure_future(reader.read())  # EOF: the receiver closed it
+                for byte in b"POST /v1/traces HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 1000:
+                    if self.stop.is_set() or closed.done():
+                        break
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(1.0)
+                if closed.done():
+                    self.answers["slow headers: closed by the receiver"] += 1
+                elif not self.stop.is_set():
+                    self.answers["slow headers: all sent, never closed"] += 1
+                closed.cancel()
+                writer.close()
+            except (ConnectionError, OSError):
+                self.answers["slow headers: closed by the receiver"] += 1
+            await asyncio.sleep(0.1)
+
+    async def _stalled_upload(self) -> None:
+        headers = (
+            "POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\n"
+            f"content-length: {40 * MIB}\r\n\r\n"
+        ).encode()
+        chunk = b"\x00" * (64 * 1024)
+        while not self.stop.is_set():
+            reader, writer = await asyncio.open_connection(*self.address)
+            answer = asyncio.ensure_future(reader.readline())
+            try:
+                writer.write(headers)
+                sent = 0
+                # All but the last byte, unless answered first (refused before the body).
+                while sent < 40 * MIB - 1 and not answer.done() and not self.stop.is_set():
+                    piece = chunk[: 40 * MIB - 1 - sent]
+                    writer.write(piece)
+                    await writer.drain()
+                    sent += len(piece)
+                line = await asyncio.wait_for(asyncio.shield(answer), 120)
+                status = line[9:12].decode() or "closed"
+            except (ConnectionError, OSError, asyncio.TimeoutError):
+                status = "closed"
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                status = answer.result()[9:12].decode() or status
+            answer.cancel()
+            writer.close()
+            self.answers[f"stalled 40 MiB upload: {status}"] += 1
+            await asyncio.sleep(1.0)  # as Retry-After says
+
+    async def _sockets(self, slow: int, stalled: int) -> None:
+        tasks = [asyncio.ensure_future(self._slow_headers()) for _ in range(slow)]
+        tasks += [asyncio.ensure_future(self._stalled_upload()) for _ in range(stalled)]
+        while not self.stop.is_set():
+            await asyncio.sleep(0.2)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def sockets(self, slow: int, stalled: int) -> None:
+        asyncio.run(self._sockets(slow, stalled))
+
+    # -- hostile bodies over HTTP ------------------------------------------------------------
+
+    def bodies(self) -> None:
+        members = gzip.compress(b"") * (MIB // 20)  # 1 MiB of empty gzip members
+        flood = _empty_spans(2 * MIB)  # a million empty spans in 2 MiB
+        ids = {
+            "agentlightning.rollout_id": "ro-ba0000000000",
+            "agentlightning.attempt_id": "at-ba00",
+        }
+        deep = "[" * 5000 + "]" * 5000
+        with httpx.Client(timeout=60) as client:
+            while not self.stop.is_set():
+                for label, body, extra in (
+                    ("gzip members", members, {"content-encoding": "gzip"}),
+                    ("empty-span flood", flood, {}),
+                    ("poison values", _poison(ids, deep), {}),
+                ):
+                    status = client.post(
+                        self.receiver.traces_url, content=body, headers={**PB, **extra}
+                    )
+                    self.answers[f"{label}: {status.status_code}"] += 1
+                time.sleep(0.1)
+
+
+def _fresh(request: Any) -> bytes:
+    """The request with new span ids: new spans to store, for little client CPU."""
+    for span in request.resource_spans[0].scope_spans[0].spans:
+        span.span_id = os.urandom(8)
+    data: bytes = request.SerializeToString()
+    return data
+
+
+def _empty_spans(size: int) -> bytes:
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    spans = b"\x12\x00" * (size // 2)
+    scope = b"\x12" + _VarintBytes(len(spans)) + spans
+    return b"\x0a" + _VarintBytes(len(scope)) + scope
+
+
+def _poison(ids: dict[str, str], deep: str) -> bytes:
+    spans = [
+        make_span(attributes={**ids, "agentlightning.span_sequence_id": value})
+        for value in (2**63 - 2, 2**63 - 1, float("inf"), 1e300, "99999999999999999999", -1)
+    ]
+    spans.append(
+        make_span(
+            "agentlightning.rollout",
+            attributes={**ids, "agentlightning.rollout.input": deep},
+        )
+    )
+    return make_request(spans).SerializeToString()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss(pid: int) -> int:
+    """The receiver's peak resident memory (VmHWM), bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def run(receiver: ReceiverProcess, seconds: float, attack: bool) -> tuple[Honest, Counter[str]]:
+    """Honest clients for ``seconds``, with attackers in a process of their own (so they do not
+    take the honest clients' interpreter lock) when ``attack`` is set."""
+    stop = threading.Event()
+    honest = Honest(receiver, stop)
+    threads = [threading.Thread(target=honest.http), threading.Thread(target=honest.grpc)]
+    attackers = None
+    if attack:
+        attackers = subprocess.Popen(
+            [sys.executable, __file__, "--attack", receiver.http_url, "--seconds", str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(180)
+    honest.elapsed = time.monotonic() - started  # type: ignore[attr-defined]
+    answers = Counter[str]()
+    if attackers is not None:
+        out, _ = attackers.communicate(timeout=300)
+        answers.update(json.loads(out.strip().splitlines()[-1]))
+    return honest, answers
+
+
+def attack(http_url: str, seconds: float) -> None:
+    """The attacker process: every kind of hostile client for ``seconds``, then its answers."""
+    receiver = ReceiverProcess(Path("unused.db"))
+    receiver.http_url = http_url
+    stop = threading.Event()
+    attacker = Attack(receiver, stop)
+    only = os.environ.get("SOAK_ONLY", "")  # diagnosis: slow, stalled or bodies alone
+    threads = [
+        threading.Thread(
+            target=attacker.sockets,
+            args=(300 if only in ("", "slow") else 0, 50 if only in ("", "stalled") else 0),
+        )
+    ]
+    if only in ("", "bodies"):
+        threads.append(threading.Thread(target=attacker.bodies))
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(180)
+    print(json.dumps(dict(attacker.answers)), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each run (30)")
+    parser.add_argument(
+        "--budget-mib", type=int, default=512, help="container memory to compare against (512)"
+    )
+    parser.add_argument("--attack", metavar="HTTP_URL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.attack:
+        attack(args.attack, args.seconds)
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        receiver = ReceiverProcess(Path(tmp) / "soak.db").start()
+        assert receiver.proc is not None
+        try:
+            pid = receiver.proc.pid
+            cpu0 = cpu_seconds(pid)
+            quiet, _ = run(receiver, args.seconds, attack=False)
+            rss_quiet = peak_rss(pid)
+            cpu1 = cpu_seconds(pid)
+            loud, answers = run(receiver, args.seconds, attack=True)
+            rss = peak_rss(pid)
+            cpu2 = cpu_seconds(pid)
+        finally:
+            code = receiver.stop()
+        with sqlite3.connect(Path(tmp) / "soak.db") as conn:
+            kept = conn.execute(
+                "SELECT COUNT(*) FROM spans WHERE rollout_id LIKE 'ro-50a4%'"
+            ).fetchone()[0]
+    quiet_rate = quiet.acknowledged / quiet.elapsed  # type: ignore[attr-defined]
+    loud_rate = loud.acknowledged / loud.elapsed  # type: ignore[attr-defined]
+    print(f"quiet run:    {quiet_rate:9,.0f} honest spans/s  ({quiet.acknowledged:,} acknowledged)")
+    print(f"under attack: {loud_rate:9,.0f} honest spans/s  ({loud.acknowledged:,} acknowledged)")
+    print(f"ratio:        {loud_rate / quiet_rate:9.2f}  (done when >= 0.80)")
+    print(
+        f"receiver CPU: {cpu1 - cpu0:.1f} s quiet, {cpu2 - cpu1:.1f} s under attack"
+        f" ({(cpu1 - cpu0) / quiet.elapsed:.0%} and {(cpu2 - cpu1) / loud.elapsed:.0%} of a core)"  # type: ignore[attr-defined]
+    )
+    if quiet.refused or loud.refused:
+        print(f"honest refusals: quiet {dict(quiet.refused)}, under attack {dict(loud.refused)}")
+    print(
+        f"peak RSS:     {rss / MIB:9.0f} MiB  (quiet run {rss_quiet / MIB:.0f} MiB;"
+        f" budget {args.budget_mib} MiB)"
+    )
+    acknowledged = quiet.acknowledged + loud.acknowledged
+    print(f"durability:   {kept:,} honest spans stored of {acknowledged:,} acknowledged")
+    print(f"receiver exit code after SIGTERM: {code}")
+    print("attackers' answers:")
+    for answer, n in sorted(answers.items()):
+        print(f"  {n:6d}  {answer}")
+    ok = loud_rate >= 0.8 * quiet_rate and rss <= args.budget_mib * MIB and kept >= acknowledged
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
