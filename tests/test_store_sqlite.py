@@ -110,3 +110,61 @@ def test_an_attempt_counter_poisoned_on_disk_heals(tmp_path: Path) -> None:
         pipeline.close()
         store.close()
     assert seq == {"first": 1, "second": 2, "third": 3}
+
+
+def _filled(path: Path, rollouts: int = 20, spans: int = 100) -> None:
+    from lightning_otlp.receiver.decode import PROTOBUF
+    from lightning_otlp.receiver.pipeline import Pipeline
+
+    from .payloads import genai_request
+
+    store = SQLiteStore(str(path))
+    store.open()
+    pipeline = Pipeline(store)
+    try:
+        for i in range(rollouts):
+            body = genai_request(spans, rollouts=1, seed=i).SerializeToString()
+            pipeline.export_traces(body, None, PROTOBUF)
+    finally:
+        pipeline.close()
+        store.close()
+
+
+def test_reading_all_spans_streams_one_rollout_at_a_time(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = tmp_path / "big.db"
+    _filled(path)
+    reader = SQLiteStore(str(path), create=False)
+    reader.open()
+    try:
+        tracemalloc.start()
+        records = reader.spans()
+        first = next(records)
+        _, first_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        rest = list(records)
+        _, all_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert len(rest) + 1 == 2000
+        assert first_peak * 5 < all_peak  # the first record did not load every row
+        assert [r["sequence_id"] for r in [first, *rest] if r["rollout_id"] == first["rollout_id"]]
+        # While a reader is between rollouts, a checkpoint can empty the WAL.
+        records = reader.spans()
+        next(records)
+        with sqlite3.connect(path) as conn:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0
+        assert sum(1 for _ in records) == 1999
+    finally:
+        reader.close()
+
+
+def test_the_wal_is_truncated_after_checkpoints(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "wal.db"))
+    store.open()
+    try:
+        limit = store._connection().execute("PRAGMA journal_size_limit").fetchone()[0]
+    finally:
+        store.close()
+    assert 0 < limit <= 64 * 1024 * 1024
