@@ -92,6 +92,7 @@ _STARTED: Final = ("queuing", "preparing", "requeuing")
 # An attempt's span counter above this was left by an unbounded explicit sequence id (before
 # they were bounded): it is rebuilt from the attempt's spans, so it can never overflow SQLite.
 _COUNTER_CEILING: Final = 2**62
+_WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 
 
 class SQLiteStore:
@@ -149,10 +150,14 @@ class SQLiteStore:
                 check_same_thread=False,
             )
             conn.execute("PRAGMA journal_mode=WAL")
+            # After a checkpoint the WAL file is cut back to this size, so one long read (or a
+            # burst of writes) does not leave it at its largest for good.
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=OFF")
             self._migrate(conn)
-            self._load_affinity(conn)
+            if self.create:  # a read-only tool routes nothing: it needs no trace affinity
+                self._load_affinity(conn)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.url}: {exc}") from exc
         self._conn = conn
@@ -507,32 +512,42 @@ class SQLiteStore:
     def spans(
         self, rollout_id: str | None = None, attempt_id: str | None = None
     ) -> Iterator[dict[str, Any]]:
-        where, params = [], []
+        """Streamed one rollout at a time, each read its own short statement: memory stays at
+        one rollout's spans, and a checkpoint can reset the WAL between rollouts while a
+        reader goes through millions of spans."""
         if rollout_id is not None:
-            where.append("s.rollout_id = ?")
-            params.append(rollout_id)
-        if attempt_id is not None:
-            where.append("s.attempt_id = ?")
-            params.append(attempt_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        with self._lock:
-            conn = self._connection()
-            rows = conn.execute(
-                f"SELECT {', '.join('s.' + c.strip() for c in SPAN_COLUMNS.split(','))}"
-                f" FROM spans s LEFT JOIN attempts a"
-                f" ON a.rollout_id = s.rollout_id AND a.attempt_id = s.attempt_id"
-                f" LEFT JOIN rollouts r ON r.rollout_id = s.rollout_id {clause}"
-                f" ORDER BY r.start_time, s.rollout_id, a.sequence_id, s.sequence_id",
-                params,
-            ).fetchall()
-            resources = dict(conn.execute("SELECT resource_id, body FROM resources").fetchall())
-        parsed: dict[str, Any] = {}
-        for row in rows:
-            rid = row[11]
-            resource = parsed.get(rid)
-            if resource is None:
-                resource = parsed[rid] = json.loads(resources[rid])
-            yield span_record(row, resource)
+            ids: list[str] = [rollout_id]
+        else:
+            with self._lock:
+                ids = [
+                    row[0]
+                    for row in self._connection().execute(
+                        "SELECT rollout_id FROM rollouts ORDER BY start_time, rollout_id"
+                    )
+                ]
+        where = "s.rollout_id = ?" + (" AND s.attempt_id = ?" if attempt_id is not None else "")
+        query = (
+            f"SELECT {', '.join('s.' + c.strip() for c in SPAN_COLUMNS.split(','))}"
+            f" FROM spans s LEFT JOIN attempts a"
+            f" ON a.rollout_id = s.rollout_id AND a.attempt_id = s.attempt_id"
+            f" WHERE {where} ORDER BY a.sequence_id, s.sequence_id"
+        )
+        resources: dict[str, Any] = {}
+        for rid in ids:
+            params = (rid,) if attempt_id is None else (rid, attempt_id)
+            with self._lock:
+                conn = self._connection()
+                rows = conn.execute(query, params).fetchall()
+                missing = {row[11] for row in rows} - resources.keys()
+                if missing:
+                    marks = ", ".join("?" * len(missing))
+                    found = conn.execute(
+                        f"SELECT resource_id, body FROM resources WHERE resource_id IN ({marks})",
+                        tuple(missing),
+                    ).fetchall()
+                    resources.update((key, json.loads(body)) for key, body in found)
+            for row in rows:
+                yield span_record(row, resources[row[11]])
 
     def summaries(self) -> list[dict[str, Any]]:
         """One line of figures per rollout, for people: status, attempts, spans, time, reward."""
