@@ -614,3 +614,28 @@ def test_a_port_in_use_is_one_clean_error(start_receiver: Start, tmp_path: Path)
     assert result.returncode == 2
     assert f"lightning-otlp: error: cannot bind health to {health}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("setting", ["grpc", "http", "health"])
+def test_each_port_in_use_is_one_line_naming_its_setting(
+    start_receiver: Start, tmp_path: Path, setting: str
+) -> None:
+    first = start_receiver()
+    taken = {
+        "grpc": first.grpc_target,
+        "http": first.http_url.removeprefix("http://"),
+        "health": first.health_url.removeprefix("http://"),
+    }[setting]
+    flags = {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0", "health": "127.0.0.1:0", setting: taken}
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_otlp", "serve", "--store", f"sqlite:///{tmp_path}/c.db",
+         *(f"--{name}={value}" for name, value in flags.items())],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert taken in lines[0] and f"--{setting}" in lines[0]
+    assert f"LIGHTNING_OTLP_{setting.upper()}" in lines[0]
