@@ -26,7 +26,7 @@ from .receiver.status import rejections
 from .receiver.transport.grpc import build_server
 from .receiver.transport.guard import uvicorn_options
 from .receiver.transport.http import HTTPReceiver
-from .settings import Address, Settings
+from .settings import ENV_PREFIX, Address, Settings
 from .store import Store, open_store
 
 log = logging.getLogger("lightning_otlp")
@@ -67,8 +67,12 @@ async def serve(settings: Settings) -> None:
     _warn_if_open(settings, auth)
     _raise_file_limit()
     # Bind before anything starts, so a port in use is one clean error.
-    http_socket = _bind(settings.http, "OTLP/HTTP")
-    health_socket = _bind(settings.health, "health") if settings.health is not None else None
+    http_socket = _bind(settings.http, "OTLP/HTTP", "http")
+    health_socket = (
+        _bind(settings.health, "health", "health") if settings.health is not None else None
+    )
+    if settings.grpc.port:  # grpcio binds its own socket: try the port first, for a clean line
+        _bind(settings.grpc, "OTLP/gRPC", "grpc").close()
     pipeline = build_pipeline(settings)
     grpc_server, grpc_port = build_server(
         pipeline,
@@ -162,21 +166,23 @@ def _raise_file_limit() -> None:
         log.debug("cannot raise the open-file limit: %s", exc)
 
 
-def _bind(address: Address, what: str) -> socket.socket:
+def _bind(address: Address, what: str, setting: str) -> socket.socket:
+    """A socket bound to ``address``; failing that, one line naming the setting to change."""
     host, port = address
+    hint = f"(set --{setting} or {ENV_PREFIX}{setting.upper()} to a free HOST:PORT)"
     try:
         family, kind, proto, _, sockaddr = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
-        raise OSError(f"cannot bind {what} to {address}: {exc}") from None
+        raise OSError(f"cannot bind {what} to {address}: {exc} {hint}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(sockaddr)
     except OSError as exc:
         sock.close()
-        raise OSError(f"cannot bind {what} to {address}: {exc.strerror or exc}") from None
+        raise OSError(f"cannot bind {what} to {address}: {exc.strerror or exc} {hint}") from None
     return sock
 
 
