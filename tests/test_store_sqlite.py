@@ -168,3 +168,17 @@ def test_the_wal_is_truncated_after_checkpoints(tmp_path: Path) -> None:
     finally:
         store.close()
     assert 0 < limit <= 64 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("sqlite:/x.db", "sqlite:///x.db"),
+        ("sqlite://./y.db", "sqlite:///./y.db"),
+        ("sqlite:///x.db?synchronus=normal", "did you mean 'synchronous'"),
+        ("memory://?sync=off", "unknown option"),
+    ],
+)
+def test_store_urls_are_strict_and_say_what_was_meant(url: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says.replace("?", r"\?")):
+        open_store(url)
