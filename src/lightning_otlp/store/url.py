@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -53,19 +54,29 @@ def parse_store_url(url: str) -> StoreURL:
             f"unknown store URL {url!r}: use sqlite:///path/to/file.db, memory:// or"
             " agl+http://HOST:PORT (a LightningStore server)"
         )
-    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(options) - known
-    if unknown:
+    options = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    for name in sorted(set(options) - known):
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"store URL {url!r}: unknown option(s) {', '.join(sorted(unknown))};"
-            f" known: {', '.join(sorted(known))}"
+            f"store URL {url!r}: unknown option {name!r}{hint}; known: {', '.join(sorted(known))}"
         )
     if parts.scheme == "memory":
         return StoreURL(url, parts.scheme, ":memory:", options=options)
     if parts.scheme == "sqlite":
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        # Only sqlite:///relative and sqlite:////absolute: anything else was meant as one of them.
         if parts.netloc:
-            path = parts.netloc + "/" + path
+            raise ValueError(
+                f"store URL {url!r} has a host part ({parts.netloc!r}); a file is named after"
+                f" three slashes: sqlite:///{parts.netloc}{parts.path}"
+            )
+        if not url.startswith("sqlite:///"):
+            rest = url.removeprefix("sqlite:").lstrip("/")
+            raise ValueError(
+                f"store URL {url!r} is ambiguous: write sqlite:///{rest} for ./{rest}"
+                f" or sqlite:////{rest} for /{rest}"
+            )
+        path = parts.path[1:]
         if not path:
             raise ValueError(f"store URL {url!r} names no file (try sqlite:///lightning-otlp.db)")
         return StoreURL(url, parts.scheme, path, options=options)
