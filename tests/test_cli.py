@@ -180,3 +180,56 @@ def test_read_commands_on_a_missing_store_create_nothing(tmp_path: Path, command
     assert "no store" in result.stderr and str(missing) in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "not").exists()
+
+
+@pytest.fixture
+def damaged(tmp_path: Path) -> tuple[Path, int]:
+    """A store of 20 rollouts with one page of span rows in the middle overwritten."""
+    import sqlite3
+
+    path = tmp_path / "damaged.db"
+    store = SQLiteStore(str(path))
+    store.open()
+    pipeline = Pipeline(store)
+    try:
+        for i in range(20):
+            body = genai_request(100, rollouts=1, seed=i).SerializeToString()
+            pipeline.export_traces(body, None, PROTOBUF)
+    finally:
+        pipeline.close()
+        store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = [
+            row[0]
+            for row in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name = 'spans' AND pagetype = 'leaf'"
+                " ORDER BY pageno"
+            )
+        ]
+    with open(path, "r+b") as f:
+        f.seek((pages[len(pages) // 2] - 1) * size)
+        f.write(b"\xa5" * size)
+    return path, 2000
+
+
+def test_check_store_finds_a_damaged_page(damaged: tuple[Path, int], db: Path) -> None:
+    path, _ = damaged
+    bad = cli("check-store", "--store", f"sqlite:///{path}")
+    assert bad.returncode == 1
+    assert "damaged" in bad.stderr and "Traceback" not in bad.stderr
+    good = cli("check-store", "--store", f"sqlite:///{db}", "--full")
+    assert good.returncode == 0 and "ok" in good.stdout
+
+
+def test_spans_salvage_what_is_readable(damaged: tuple[Path, int]) -> None:
+    path, total = damaged
+    plain = cli("spans", "--store", f"sqlite:///{path}")
+    assert plain.returncode == 2
+    assert "--salvage" in plain.stderr and "Traceback" not in plain.stderr
+    salvaged = cli("spans", "--store", f"sqlite:///{path}", "--salvage")
+    assert salvaged.returncode == 0, salvaged.stderr
+    read = [json.loads(line) for line in salvaged.stdout.splitlines()]
+    assert 0 < len(read) < total
+    assert "skipped" in salvaged.stderr
