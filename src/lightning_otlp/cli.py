@@ -12,7 +12,7 @@ from typing import Any
 
 from . import __version__
 from .configfile import check_config
-from .errors import ReceiverError
+from .errors import ReceiverError, StoreDamaged
 from .settings import CONFIG_ENV, DEFAULTS, ENV_PREFIX, SPECS, Settings, load
 from .store import DEFAULT_STORE_URL, open_store
 
@@ -22,6 +22,7 @@ EXAMPLES = {
     "rollouts": "example: lightning-otlp rollouts --store sqlite:///runs.db",
     "spans": "example: lightning-otlp spans --store sqlite:///runs.db --rollout ro-0123456789ab",
     "status": "example: lightning-otlp status --store 'agl+http://127.0.0.1:4747?outbox=out.db'",
+    "check-store": "example: lightning-otlp check-store --store sqlite:///runs.db --full",
 }
 
 
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=f"print stored records, one {what} JSON per line", epilog=EXAMPLES[name]
         )
         _add_store_flags(sub)
+        sub.add_argument(
+            "--salvage",
+            action="store_true",
+            help="skip what a damaged store cannot give back (each skip on stderr)",
+        )
         if name == "spans":
             sub.add_argument("--rollout", metavar="ID", help="only this rollout")
             sub.add_argument("--attempt", metavar="ID", help="only this attempt")
@@ -76,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_store_flags(status)
     status.add_argument("--json", action="store_true", help="one JSON object instead of text")
+
+    check_store = commands.add_parser(
+        "check-store",
+        help="check every page of a store's file; exit 1 and list the damage if there is any",
+        epilog=EXAMPLES["check-store"],
+    )
+    _add_store_flags(check_store)
+    check_store.add_argument(
+        "--full", action="store_true", help="also check every index against its table (slower)"
+    )
     return parser
 
 
@@ -127,8 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(args.file)
         if args.command == "status":
             return _status(args)
+        if args.command == "check-store":
+            return _check_store(args)
         return _read(args)
-    except (ValueError, ReceiverError, OSError) as exc:
+    except (ValueError, ReceiverError, OSError, StoreDamaged) as exc:
         print(f"lightning-otlp: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -160,7 +178,7 @@ def _check_config(path: str) -> int:
 
 def _read(args: argparse.Namespace) -> int:
     # Reading an outbox must not start delivering it; reading a store must not create one.
-    store = open_store(_settings(args).store, forward=False, create=False)
+    store = open_store(_settings(args).store, forward=False, create=False, salvage=args.salvage)
     store.open()
     try:
         if args.command == "rollouts":
@@ -174,6 +192,27 @@ def _read(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _check_store(args: argparse.Namespace) -> int:
+    store = open_store(_settings(args).store, forward=False, create=False)
+    store.open()
+    try:
+        problems = store.check(full=args.full)
+    finally:
+        store.close()
+    if not problems:
+        print(f"{store.url}: ok")
+        return 0
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(
+        f"{store.url}: damaged ({len(problems)} problem(s)). Stop the receiver, keep a copy of"
+        " the file, and read what is left with `spans --salvage` / `rollouts --salvage`"
+        " (see the README, Damaged store)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -54,3 +54,7 @@ class Overloaded(Unavailable):
 
 class StoreUnavailable(Unavailable):
     pass
+
+
+class StoreDamaged(Exception):
+    """A store file that cannot give back what it holds (a read, not a request, fails)."""

@@ -29,9 +29,11 @@ def open_store(
     forward: bool = True,
     affinity_window: float = DEFAULT_AFFINITY_WINDOW,
     create: bool = True,
+    salvage: bool = False,
 ) -> Store:
     """Make (not yet open) the store a URL names; with ``create`` off, opening a store that
-    does not exist yet is an error (read commands create nothing).
+    does not exist yet is an error (read commands create nothing); with ``salvage``, reads skip
+    what a damaged file cannot give back (logging each skip) instead of failing.
 
     ``sqlite:///relative.db``, ``sqlite:////absolute.db`` (``?synchronous=normal`` to trade
     power-loss safety for speed), ``memory://`` for tests, and ``agl+http://HOST:PORT`` to
@@ -45,6 +47,7 @@ def open_store(
             parsed, forward=forward, affinity_window=affinity_window
         )
         forwarder.create = create  # its outbox is a SQLite store like any other
+        forwarder.salvage = salvage
         return forwarder
     default = "OFF" if parsed.scheme == "memory" else "FULL"
     return SQLiteStore(
@@ -53,4 +56,5 @@ def open_store(
         synchronous=parsed.options.get("synchronous", default),
         affinity_window=affinity_window,
         create=create,
+        salvage=salvage,
     )

@@ -62,3 +62,7 @@ class Store(Protocol):
     def status(self) -> dict[str, Any]:
         """What ``lightning-otlp status`` prints: the store's state, without the network."""
         ...
+
+    def check(self, full: bool = False) -> list[str]:
+        """Damage found in the store's files (empty when none); ``full`` checks everything."""
+        ...

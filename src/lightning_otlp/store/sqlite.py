@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -11,8 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
+from google.protobuf.message import DecodeError
+
 from ..batch import MAX_SEQUENCE_ID, Destination, RolloutInfo, SpanBatch
-from ..errors import StoreUnavailable
+from ..errors import StoreDamaged, StoreUnavailable
 from ..ids import attempt_id_for, rollout_id_for_trace
 from .affinity import DEFAULT_AFFINITY_WINDOW, Changes, TraceAffinity
 from .base import Metric, WriteResult
@@ -25,6 +28,8 @@ from .records import (
     attempted_rollout_record,
     span_record,
 )
+
+log = logging.getLogger("lightning_otlp.store")
 
 # Each entry is one migration, applied in its own transaction. PRAGMA user_version counts them.
 # Statements are split on ";", so comments inside them must not contain one.
@@ -106,6 +111,8 @@ class SQLiteStore:
         affinity_window: seconds during which spans that went to a per-trace rollout move to
             the rollout their trace is later bound to.
         create: create the file when it does not exist (off for read-only tools).
+        salvage: reads skip a rollout a damaged file cannot give back, logging it, instead
+            of failing.
     """
 
     def __init__(
@@ -117,6 +124,7 @@ class SQLiteStore:
         url: str | None = None,
         affinity_window: float = DEFAULT_AFFINITY_WINDOW,
         create: bool = True,
+        salvage: bool = False,
     ) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
@@ -128,6 +136,7 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self.affinity = TraceAffinity(affinity_window)
         self.create = create
+        self.salvage = salvage
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -493,17 +502,21 @@ class SQLiteStore:
     # -- reads -----------------------------------------------------------------------------
 
     def rollouts(self) -> Iterator[dict[str, Any]]:
-        with self._lock:
-            conn = self._connection()
-            rollouts = conn.execute(
-                f"SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY start_time, rowid"
-            ).fetchall()
-            latest = {
-                row[0]: row
-                for row in conn.execute(
-                    f"SELECT {ATTEMPT_COLUMNS} FROM attempts ORDER BY rollout_id, sequence_id"
-                )
-            }
+        try:
+            with self._lock:
+                conn = self._connection()
+                rollouts = conn.execute(
+                    f"SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY start_time, rowid"
+                ).fetchall()
+                latest = {
+                    row[0]: row
+                    for row in conn.execute(
+                        f"SELECT {ATTEMPT_COLUMNS} FROM attempts ORDER BY rollout_id, sequence_id"
+                    )
+                }
+        except sqlite3.DatabaseError as exc:
+            self._damaged("the rollouts and attempts tables", exc)
+            return
         for rollout in rollouts:
             attempt = latest.get(rollout[0])
             if attempt is not None:
@@ -518,13 +531,17 @@ class SQLiteStore:
         if rollout_id is not None:
             ids: list[str] = [rollout_id]
         else:
-            with self._lock:
-                ids = [
-                    row[0]
-                    for row in self._connection().execute(
-                        "SELECT rollout_id FROM rollouts ORDER BY start_time, rollout_id"
-                    )
-                ]
+            try:
+                with self._lock:
+                    ids = [
+                        row[0]
+                        for row in self._connection().execute(
+                            "SELECT rollout_id FROM rollouts ORDER BY start_time, rollout_id"
+                        )
+                    ]
+            except sqlite3.DatabaseError as exc:
+                self._damaged("the list of rollouts", exc)
+                return
         where = "s.rollout_id = ?" + (" AND s.attempt_id = ?" if attempt_id is not None else "")
         query = (
             f"SELECT {', '.join('s.' + c.strip() for c in SPAN_COLUMNS.split(','))}"
@@ -535,19 +552,45 @@ class SQLiteStore:
         resources: dict[str, Any] = {}
         for rid in ids:
             params = (rid,) if attempt_id is None else (rid, attempt_id)
-            with self._lock:
-                conn = self._connection()
-                rows = conn.execute(query, params).fetchall()
-                missing = {row[11] for row in rows} - resources.keys()
-                if missing:
-                    marks = ", ".join("?" * len(missing))
-                    found = conn.execute(
-                        f"SELECT resource_id, body FROM resources WHERE resource_id IN ({marks})",
-                        tuple(missing),
-                    ).fetchall()
-                    resources.update((key, json.loads(body)) for key, body in found)
-            for row in rows:
-                yield span_record(row, resources[row[11]])
+            try:
+                with self._lock:
+                    conn = self._connection()
+                    rows = conn.execute(query, params).fetchall()
+                    missing = {row[11] for row in rows} - resources.keys()
+                    if missing:
+                        marks = ", ".join("?" * len(missing))
+                        found = conn.execute(
+                            "SELECT resource_id, body FROM resources"
+                            f" WHERE resource_id IN ({marks})",
+                            tuple(missing),
+                        ).fetchall()
+                        resources.update((key, json.loads(body)) for key, body in found)
+                records = [span_record(row, resources[row[11]]) for row in rows]
+            except (sqlite3.DatabaseError, ValueError, KeyError, DecodeError) as exc:
+                self._damaged(f"the spans of rollout {rid}", exc)
+                continue
+            yield from records
+
+    def _damaged(self, what: str, exc: Exception) -> None:
+        """Skip ``what`` when salvaging; otherwise fail with what to do about it."""
+        if not self.salvage:
+            raise StoreDamaged(
+                f"{self.url} is damaged ({exc}) reading {what}: run `lightning-otlp check-store`;"
+                " `--salvage` reads whatever is still readable"
+            ) from exc
+        log.warning("skipped %s: %s", what, exc)
+
+    def check(self, full: bool = False) -> list[str]:
+        """SQLite's own check of every page: ``quick_check``, or ``integrity_check`` (slower,
+        also compares each index with its table) with ``full``."""
+        pragma = "integrity_check" if full else "quick_check"
+        with self._lock:
+            try:
+                rows = self._connection().execute(f"PRAGMA {pragma}").fetchall()
+            except sqlite3.DatabaseError as exc:
+                return [str(exc)]
+        problems = [str(row[0]) for row in rows]
+        return [] if problems == ["ok"] else problems
 
     def summaries(self) -> list[dict[str, Any]]:
         """One line of figures per rollout, for people: status, attempts, spans, time, reward."""
