@@ -303,3 +303,47 @@ def genai_request_bytes() -> bytes:
     from .payloads import genai_request
 
     return genai_request(5).SerializeToString()
+
+
+def _deep_kvlist_request(depth: int) -> bytes:
+    """A span with one attribute whose value nests ``depth`` kvlists, a string at the bottom,
+    built as bytes: protobuf's own encoder stops at its nesting limit too."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    from .payloads import make_span
+
+    inner = AnyValue(string_value="leaf").SerializeToString()
+    for _ in range(depth):  # AnyValue.kvlist_value -> KeyValueList.values -> KeyValue "k"
+        kv = b"\x0a\x01k\x12" + _varint(len(inner)) + inner
+        kvlist = b"\x0a" + _varint(len(kv)) + kv
+        inner = b"\x32" + _varint(len(kvlist)) + kvlist
+    attribute = b"\x0a\x04deep\x12" + _varint(len(inner)) + inner
+    span = make_span("deep").SerializeToString() + b"\x4a" + _varint(len(attribute)) + attribute
+    scope = b"\x12" + _varint(len(span)) + span
+    resource_spans = b"\x12" + _varint(len(scope)) + scope
+    return b"\x0a" + _varint(len(resource_spans)) + resource_spans
+
+
+def _varint(n: int) -> bytes:
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    return bytes(_VarintBytes(n))
+
+
+@pytest.mark.parametrize("depth", [40, 2_000, 20_000])
+def test_kvlists_nested_past_the_decoders_limit_are_flattened_not_refused(depth: int) -> None:
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
+
+    from lightning_otlp.otlp import attributes
+
+    request = decode_traces(_deep_kvlist_request(depth))
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    # The flat attributes are what an unlimited decoder would have made of it ...
+    assert attributes(span.attributes) == {"deep" + ".k" * depth: "leaf"}
+    # ... and the span as stored reads back with any decoder's default limit.
+    assert PB2Span.FromString(span.SerializeToString()).name == "deep"
+
+
+def test_nesting_past_protobufs_maximum_is_still_a_400() -> None:
+    with pytest.raises(InvalidRequest):
+        decode_traces(_deep_kvlist_request(30_000))  # 90,000 messages deep
