@@ -16,6 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from ..errors import InvalidRequest, PayloadTooLarge
+from .deep import decode_deep, deep_decoding_available
 
 DEFAULT_MAX_REQUEST_BYTES: Final = 64 * 1024 * 1024
 
@@ -169,7 +170,18 @@ def decode_traces(data: bytes, media: str = PROTOBUF) -> PB2ExportTraceServiceRe
                 f"request with more than {MAX_REQUEST_ELEMENTS} resource spans, scope spans and"
                 " spans: send fewer spans a request"
             )
-    return decode(data, media, PB2ExportTraceServiceRequest)
+    if media == JSON:
+        return decode_json(data, PB2ExportTraceServiceRequest)
+    try:
+        return cast(PB2ExportTraceServiceRequest, PB2ExportTraceServiceRequest.FromString(data))
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        if "MaxDepth" in str(exc) and deep_decoding_available():
+            # Attribute values nested past protobuf's default limit: the Collector takes them.
+            try:
+                return decode_deep(data)
+            except (DecodeError, RuntimeError, ValueError) as deep_exc:
+                exc = deep_exc
+        raise InvalidRequest(f"malformed protobuf ExportTraceServiceRequest: {exc}") from exc
 
 
 def count_spans(data: bytes, limit: int) -> int:
