@@ -54,6 +54,8 @@ def test_typescript_quickstart(start_receiver: Callable[..., ReceiverProcess]) -
         ("chat gpt-4o-mini", "ro-0123456789ab", "at-01234567"),
     }
     validate_with_agl("Span", spans)
+    (rollout,) = receiver.rollouts()
+    assert rollout["status"] == rollout["attempt"]["status"] == "succeeded"  # it says how it ended
 
 
 @pytest.mark.e2e

@@ -1,7 +1,7 @@
 // A TypeScript agent reporting to lightning-otlp with the stock OpenTelemetry SDK only.
 //
 //   npm install @opentelemetry/api @opentelemetry/resources @opentelemetry/sdk-trace-node \
-//     @opentelemetry/exporter-trace-otlp-proto
+//     @opentelemetry/exporter-trace-otlp-proto tsx
 //   OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 \
 //   OTEL_RESOURCE_ATTRIBUTES=agentlightning.rollout_id=ro-0123456789ab,agentlightning.attempt_id=at-01234567 \
 //   npx tsx quickstart.ts
@@ -32,6 +32,8 @@ async function solve(question: string): Promise<number> {
 async function main(): Promise<void> {
   await tracer.startActiveSpan('agent run', async (run) => {
     run.setAttribute('answer', await solve('What is 6 x 7?'));
+    // Ends the attempt and its rollout; without it the rollout stays `running`.
+    run.setAttribute('agentlightning.attempt.status', 'succeeded');
     run.end();
   });
   await provider.shutdown(); // flush before the process exits
