@@ -282,7 +282,10 @@ class Pipeline:
             self._in_flight -= 1
 
     def close(self) -> None:
-        self._decoder.shutdown(wait=True)
+        """Wait for the request being decoded and the one being committed; requests still
+        queued were never answered (their transports have stopped), so they are dropped:
+        shutdown takes one bounded decode and one commit past ``--shutdown-timeout``."""
+        self._decoder.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True)
 
     @property
