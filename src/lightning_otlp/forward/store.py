@@ -219,6 +219,9 @@ class ForwardingStore:
     def summaries(self) -> list[dict[str, Any]]:
         return self.outbox.store.summaries()
 
+    def check(self, full: bool = False) -> list[str]:
+        return self.outbox.store.check(full)
+
     def status(self) -> dict[str, Any]:
         """Outbox depth, oldest pending age, forwarded counts and the last error."""
         report = self.outbox.status()

@@ -46,8 +46,9 @@ def open_store(
         forwarder = ForwardingStore.from_url(
             parsed, forward=forward, affinity_window=affinity_window
         )
-        forwarder.create = create  # its outbox is a SQLite store like any other
-        forwarder.salvage = salvage
+        # Its outbox is a SQLite store like any other: read commands create nothing there either.
+        forwarder.outbox.store.create = create
+        forwarder.outbox.store.salvage = salvage
         return forwarder
     default = "OFF" if parsed.scheme == "memory" else "FULL"
     return SQLiteStore(
