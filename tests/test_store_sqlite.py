@@ -175,7 +175,7 @@ def test_the_wal_is_truncated_after_checkpoints(tmp_path: Path) -> None:
     [
         ("sqlite:/x.db", "sqlite:///x.db"),
         ("sqlite://./y.db", "sqlite:///./y.db"),
-        ("sqlite:///x.db?synchronus=normal", "did you mean 'synchronous'"),
+        ("sqlite:///x.db?synchronus=normal", "did you mean 'synchronus' -> 'synchronous'"),
         ("memory://?sync=off", "unknown option"),
     ],
 )

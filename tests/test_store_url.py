@@ -13,7 +13,6 @@ from lightning_otlp.store.url import DEFAULT_OUTBOX, parse_store_url
     [
         ("sqlite:///x.db", "sqlite", "x.db", None),
         ("sqlite:////abs/x.db", "sqlite", "/abs/x.db", None),
-        ("sqlite://dir/x.db", "sqlite", "dir/x.db", None),
         ("memory://", "memory", ":memory:", None),
         ("agl+http://127.0.0.1:4747", "agl+http", DEFAULT_OUTBOX, "http://127.0.0.1:4747"),
         ("agl+https://h/base/?outbox=o.db", "agl+https", "o.db", "https://h/base"),
@@ -35,6 +34,7 @@ def test_options_last_value_wins() -> None:
         ("sqlite:///x.db?outbox=y.db", "unknown option(s) outbox"),
         ("agl+http://h:1?batch=5", "unknown option(s) batch"),
         ("sqlite://", "names no file"),
+        ("sqlite://dir/x.db", "sqlite:///dir/x.db"),  # a host part: three slashes were meant
         ("agl+http:///path", "names no server"),
         ("postgres://db", "unknown store URL"),
     ],

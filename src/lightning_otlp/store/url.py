@@ -55,16 +55,23 @@ def parse_store_url(url: str) -> StoreURL:
             " agl+http://HOST:PORT (a LightningStore server)"
         )
     options = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-    for name in sorted(set(options) - known):
-        close = difflib.get_close_matches(name, sorted(known), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+    unknown = sorted(set(options) - known)
+    if unknown:
+        meant = [difflib.get_close_matches(name, sorted(known), n=1) for name in unknown]
+        hints = [
+            f"{name!r} -> {close[0]!r}" for name, close in zip(unknown, meant, strict=True) if close
+        ]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
         raise ValueError(
-            f"store URL {url!r}: unknown option {name!r}{hint}; known: {', '.join(sorted(known))}"
+            f"store URL {url!r}: unknown option(s) {', '.join(unknown)}{hint};"
+            f" known: {', '.join(sorted(known))}"
         )
     if parts.scheme == "memory":
         return StoreURL(url, parts.scheme, ":memory:", options=options)
     if parts.scheme == "sqlite":
         # Only sqlite:///relative and sqlite:////absolute: anything else was meant as one of them.
+        if not (parts.netloc + parts.path).strip("/"):
+            raise ValueError(f"store URL {url!r} names no file (try sqlite:///lightning-otlp.db)")
         if parts.netloc:
             raise ValueError(
                 f"store URL {url!r} has a host part ({parts.netloc!r}); a file is named after"
