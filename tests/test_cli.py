@@ -214,6 +214,7 @@ def damaged(tmp_path: Path) -> tuple[Path, int]:
     return path, 2000
 
 
+@pytest.mark.slow
 def test_check_store_finds_a_damaged_page(damaged: tuple[Path, int], db: Path) -> None:
     path, _ = damaged
     bad = cli("check-store", "--store", f"sqlite:///{path}")
@@ -223,6 +224,7 @@ def test_check_store_finds_a_damaged_page(damaged: tuple[Path, int], db: Path) -
     assert good.returncode == 0 and "ok" in good.stdout
 
 
+@pytest.mark.slow
 def test_spans_salvage_what_is_readable(damaged: tuple[Path, int]) -> None:
     path, total = damaged
     plain = cli("spans", "--store", f"sqlite:///{path}")

@@ -249,6 +249,7 @@ def _empty_spans_request(count: int) -> bytes:
     return b"\x0a" + _VarintBytes(len(scope)) + scope
 
 
+@pytest.mark.slow
 def test_a_flood_of_empty_spans_is_refused_before_it_is_decoded() -> None:
     from lightning_otlp.receiver.decode import MAX_REQUEST_ELEMENTS
 
@@ -260,6 +261,7 @@ def test_a_flood_of_empty_spans_is_refused_before_it_is_decoded() -> None:
     assert len(request.resource_spans[0].scope_spans[0].spans) == 1000
 
 
+@pytest.mark.slow
 def test_a_flood_of_empty_resource_spans_is_refused() -> None:
     from lightning_otlp.receiver.decode import MAX_REQUEST_ELEMENTS
 
@@ -267,6 +269,7 @@ def test_a_flood_of_empty_resource_spans_is_refused() -> None:
         decode_traces(b"\x0a\x00" * (MAX_REQUEST_ELEMENTS + 1), PROTOBUF)
 
 
+@pytest.mark.slow
 def test_a_flood_of_json_objects_is_refused_before_parsing() -> None:
     from lightning_otlp.receiver.decode import MAX_REQUEST_ELEMENTS
 
@@ -276,6 +279,7 @@ def test_a_flood_of_json_objects_is_refused_before_parsing() -> None:
         decode_traces(body, JSON)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [5_000, 100_000])
 def test_json_nested_too_deep_is_invalid_request(depth: int) -> None:
     with pytest.raises(InvalidRequest, match="deep"):
@@ -330,6 +334,7 @@ def _varint(n: int) -> bytes:
     return bytes(_VarintBytes(n))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [40, 2_000, 20_000])
 def test_kvlists_nested_past_the_decoders_limit_are_flattened_not_refused(depth: int) -> None:
     from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
@@ -344,6 +349,7 @@ def test_kvlists_nested_past_the_decoders_limit_are_flattened_not_refused(depth:
     assert PB2Span.FromString(span.SerializeToString()).name == "deep"
 
 
+@pytest.mark.slow
 def test_nesting_past_protobufs_maximum_is_still_a_400() -> None:
     with pytest.raises(InvalidRequest):
         decode_traces(_deep_kvlist_request(30_000))  # 90,000 messages deep

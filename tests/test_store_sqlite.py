@@ -130,6 +130,7 @@ def _filled(path: Path, rollouts: int = 20, spans: int = 100) -> None:
         store.close()
 
 
+@pytest.mark.slow
 def test_reading_all_spans_streams_one_rollout_at_a_time(tmp_path: Path) -> None:
     import tracemalloc
 
