@@ -30,6 +30,7 @@ def open_store(
     affinity_window: float = DEFAULT_AFFINITY_WINDOW,
     create: bool = True,
     salvage: bool = False,
+    translate: bool = True,
 ) -> Store:
     """Make (not yet open) the store a URL names; with ``create`` off, opening a store that
     does not exist yet is an error (read commands create nothing); with ``salvage``, reads skip
@@ -58,4 +59,5 @@ def open_store(
         affinity_window=affinity_window,
         create=create,
         salvage=salvage,
+        translate=translate,
     )
