@@ -182,3 +182,36 @@ def test_agent_lightning_makes_one_triplet_per_call_with_the_reward() -> None:
             )
         # TraceToMessages also counts any span with gen_ai.request.* (an embedding call, say).
         assert got["messages"] >= 2, case
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_forwarded_bytes_carry_the_same_view(path: Path) -> None:
+    """What the forwarder sends (stored bytes, translated) reads as the records do."""
+    import sqlite3
+
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
+
+    from lightning_otlp.otlp import attributes
+    from lightning_otlp.store.logs import span_events
+    from lightning_otlp.translate.otlp import translate_span_bytes
+
+    traces, logs = load_case(path)
+    store = SQLiteStore(":memory:")
+    store.open()
+    try:
+        store.write(route(traces, RoutingConfig()))
+        if logs is not None:
+            store.write_logs(log_rows(logs).rows)
+        conn: sqlite3.Connection = store._connection()
+        blobs = [b for (b,) in conn.execute("SELECT span FROM spans ORDER BY sequence_id")]
+        records = {r["span_id"]: r for r in store.spans()}
+        for blob in blobs:
+            sent = PB2Span.FromString(
+                translate_span_bytes(blob, lambda t, s: span_events(conn, t, s))
+            )
+            record = records[sent.span_id.hex()]
+            assert sent.name == record["name"]
+            assert attributes(sent.attributes) == record["attributes"]
+            assert [e.name for e in sent.events] == [e["name"] for e in record["events"]]
+    finally:
+        store.close()

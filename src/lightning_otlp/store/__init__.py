@@ -45,7 +45,7 @@ def open_store(
         from ..forward.store import ForwardingStore
 
         forwarder = ForwardingStore.from_url(
-            parsed, forward=forward, affinity_window=affinity_window
+            parsed, forward=forward, affinity_window=affinity_window, translate=translate
         )
         # Its outbox is a SQLite store like any other: read commands create nothing there either.
         forwarder.outbox.store.create = create

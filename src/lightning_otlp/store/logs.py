@@ -57,6 +57,15 @@ def log_rows(request: PB2ExportLogsServiceRequest) -> LogBatch:
     return batch
 
 
+def span_events(conn: sqlite3.Connection, trace_id: bytes, span_id: bytes) -> list[dict[str, Any]]:
+    """The stored GenAI log records of one span as span events, oldest first."""
+    rows = conn.execute(
+        "SELECT record FROM span_logs WHERE trace_id = ? AND span_id = ? ORDER BY time, rowid",
+        (trace_id, span_id),
+    ).fetchall()
+    return [log_event(PB2LogRecord.FromString(blob)) for (blob,) in rows]
+
+
 def joined_events(
     conn: sqlite3.Connection, trace_ids: Iterable[bytes]
 ) -> dict[tuple[bytes, bytes], list[dict[str, Any]]]:
