@@ -10,7 +10,7 @@ GENAI_VENV ?= .cache/genai-py
 # util-genai 0.4b0: the release that keeps openai-v2's default (per-message log events) mode.
 GENAI_PACKAGES := openai==3.51.0 opentelemetry-instrumentation-openai-v2==2.4b0 \
 	opentelemetry-util-genai==0.4b0 opentelemetry-instrumentation-openai==0.62.4 \
-	openinference-instrumentation-openai==0.1.66 opentelemetry-sdk opentelemetry-exporter-otlp
+	openinference-instrumentation-openai==0.1.66 opentelemetry-sdk opentelemetry-exporter-otlp httpx
 NODE_DIR := tests/node
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 # Tests that need nothing beyond the project's own venv.
