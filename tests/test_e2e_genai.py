@@ -15,10 +15,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from lightning_otlp import ids
@@ -179,3 +181,52 @@ def test_content_in_log_records_survives_order_and_restart(
     result = adapt({r: records[r] for r in rollouts})
     for rollout_id in rollouts:
         check_rollout(result[rollout_id], rewards=[0.5, 1.0], token_ids=False)
+
+
+def test_forwarded_into_agl_store_the_server_gives_the_same_triplets(
+    model: FakeModelServer, tmp_path: Path
+) -> None:
+    """Through ``--store agl+http://…`` into a real ``agl store``, read back with its REST API,
+    as a runner would: its rollouts made on the server, their ids passed to the agents."""
+    from bench.common import agl_store
+    from lightning_otlp.forward.store import store_status
+
+    with agl_store(tmp_path / "agl.log") as base, httpx.Client(base_url=base, timeout=30) as agl:
+        url = f"agl+{base}?outbox={tmp_path / 'outbox.db'}&max_backoff=0.5"
+        receiver = ReceiverProcess(tmp_path / "receiver.db", "--store", url).start()
+        try:
+            runs = {}
+            # OpenInference: token ids; openai-v2: content in log records, sent first here
+            # (the forwarder sends a span as it is when delivered).
+            for instrumentation, flags in [("openinference", ()), ("openai-v2", ("--logs-first",))]:
+                created = agl.post("/v1/agl/rollouts", json={"input": {"task": "weather"}})
+                assert created.status_code == 201, created.text
+                rollout = created.json()
+                run_agent(
+                    instrumentation,
+                    model.base_url,
+                    receiver.http_url,
+                    "--rollout-id",
+                    rollout["rollout_id"],
+                    "--attempt-id",
+                    rollout["attempt"]["attempt_id"],
+                    *flags,
+                )
+                runs[rollout["rollout_id"]] = instrumentation
+            deadline = time.monotonic() + 90
+            while store_status(url, probe=False)["pending_spans"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert store_status(url, probe=False)["pending_spans"] == 0
+        finally:
+            assert receiver.stop() == 0, receiver.log()
+        records = {
+            rollout_id: agl.get("/v1/agl/spans", params={"rollout_id": rollout_id}).json()["items"]
+            for rollout_id in runs
+        }
+    result = adapt(records)
+    for rollout_id, instrumentation in runs.items():
+        check_rollout(
+            result[rollout_id],
+            rewards=[0.5, 1.0],
+            token_ids=instrumentation == "openinference",
+        )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -109,3 +113,42 @@ def test_raw_reads_ignore_joined_logs(pipeline: Pipeline) -> None:
     raw = list(pipeline.store.spans(raw=True))
     assert all(s["name"] != names.AGL_LLM_CALL_NAME for s in raw)
     assert all(e["attributes"].get(names.LOG_SOURCE) != "log" for s in raw for e in s["events"])
+
+
+def test_cli_reads_translated_by_default_raw_on_request(tmp_path: Path) -> None:
+    traces, logs = load_case(CASE)
+    assert logs is not None
+    path = tmp_path / "cli.db"
+    store = SQLiteStore(str(path))
+    store.open()
+    pipeline = Pipeline(store, RoutingConfig())
+    try:
+        pipeline.export_logs(logs.SerializeToString(), None, PB)
+        pipeline.export_traces(traces.SerializeToString(), None, PB)
+    finally:
+        pipeline.close()
+        store.close()
+
+    def names_read(*args: str, env: dict[str, str] | None = None) -> list[str]:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lightning_otlp",
+                "spans",
+                "--store",
+                f"sqlite:///{path}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **(env or {})},
+            check=True,
+        )
+        return [json.loads(line)["name"] for line in done.stdout.splitlines()]
+
+    assert names_read().count(names.AGL_LLM_CALL_NAME) == 2
+    assert names.AGL_LLM_CALL_NAME not in names_read("--raw")
+    off = names_read(env={"LIGHTNING_OTLP_TRANSLATE": "false"})
+    assert names.AGL_LLM_CALL_NAME not in off and "chat fake-model" in off

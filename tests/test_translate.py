@@ -180,6 +180,10 @@ def test_agent_lightning_makes_one_triplet_per_call_with_the_reward() -> None:
             assert (
                 bool(t["prompt_token_ids"]) == has_ids and bool(t["response_token_ids"]) == has_ids
             )
+        if "0_33" in case:
+            # Old OpenLLMetry's embedding span (not a model call, left as it is) has
+            # gen_ai.prompt.0.content without a role, which TraceToMessages cannot read.
+            continue
         # TraceToMessages also counts any span with gen_ai.request.* (an embedding call, say).
         assert got["messages"] >= 2, case
 

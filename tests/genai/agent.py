@@ -72,7 +72,9 @@ def instrument(name: str, tracer_provider: Any, logger_provider: Any) -> None:
         raise SystemExit(f"unknown instrumentation {name!r}")
 
 
-def run_agent(model_url: str, tracer_provider: Any) -> str:
+def run_agent(
+    model_url: str, tracer_provider: Any, rollout_id: str | None, attempt_id: str | None
+) -> str:
     import openai
     from opentelemetry.trace import SpanKind
 
@@ -84,7 +86,7 @@ def run_agent(model_url: str, tracer_provider: Any) -> str:
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": QUESTION},
     ]
-    with rollout(input={"question": QUESTION}, mode="train") as ids:
+    with rollout(rollout_id, attempt_id, input={"question": QUESTION}, mode="train") as ids:
         first = client.chat.completions.create(
             model="fake-model", messages=messages, tools=[WEATHER_TOOL]
         )
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     order.add_argument("--logs-first", action="store_true")
     order.add_argument("--spans-first", action="store_true")
     parser.add_argument("--pause", action="store_true")
+    # A rollout that already exists (a runner's, on a LightningStore server); new ids if not given.
+    parser.add_argument("--rollout-id")
+    parser.add_argument("--attempt-id")
     args = parser.parse_args(argv)
     os.environ.update(_ENV[args.instrumentation])
 
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     trace.set_tracer_provider(tracer_provider)
     _logs.set_logger_provider(logger_provider)
     instrument(args.instrumentation, tracer_provider, logger_provider)
-    rollout_id = run_agent(args.model_url, tracer_provider)
+    rollout_id = run_agent(args.model_url, tracer_provider, args.rollout_id, args.attempt_id)
 
     if args.record:
         _record(args.record, spans_out.get_finished_spans(), logs_out.get_finished_logs())

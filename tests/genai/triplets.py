@@ -17,7 +17,10 @@ out = {}
 for rollout_id, records in json.load(sys.stdin).items():
     spans = [Span.model_validate(r) for r in records]
     triplets = TracerTraceToTriplet().adapt(spans)
-    messages = TraceToMessages().adapt(spans)
+    try:
+        messages = len(TraceToMessages().adapt(spans))
+    except KeyError as exc:  # it needs a role on any span's gen_ai.prompt.{i}
+        messages = f"TraceToMessages failed: {exc!r}"
     out[rollout_id] = {
         "triplets": [
             {
@@ -35,7 +38,7 @@ for rollout_id, records in json.load(sys.stdin).items():
             }
             for t in triplets
         ],
-        "messages": len(messages),
+        "messages": messages,
     }
 print(json.dumps(out), flush=True)
 os._exit(0)  # agentlightning's imports leave threads that can hold the exit up
