@@ -189,7 +189,7 @@ def test_forwarded_into_agl_store_the_server_gives_the_same_triplets(
     """Through ``--store agl+http://…`` into a real ``agl store``, read back with its REST API,
     as a runner would: its rollouts made on the server, their ids passed to the agents."""
     from bench.common import agl_store
-    from lightning_otlp.forward.store import store_status
+    from lightning_otlp.forward.status import store_status
 
     with agl_store(tmp_path / "agl.log") as base, httpx.Client(base_url=base, timeout=30) as agl:
         url = f"agl+{base}?outbox={tmp_path / 'outbox.db'}&max_backoff=0.5"
