@@ -122,7 +122,7 @@ def test_two_model_calls_with_text_and_tool_calls(path: Path) -> None:
         for k, v in second.items()
         if k.startswith("gen_ai.prompt.")
     )
-    # OpenLLMetry before 0.40 recorded no response id.
+    # OpenLLMetry 0.33 recorded no response id.
     assert (
         first.get("gen_ai.response.id") != second.get("gen_ai.response.id") or "0_33" in path.name
     )
