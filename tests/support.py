@@ -90,8 +90,9 @@ class ReceiverProcess:
         return self.log_path.read_text()
 
     # Reads go straight to the SQLite file, as the CLI does.
-    def spans(self, rollout_id: str | None = None) -> list[dict[str, Any]]:
-        return list(_read(self.db_path, lambda s: s.spans(rollout_id)))
+    def spans(self, rollout_id: str | None = None, *, raw: bool = True) -> list[dict[str, Any]]:
+        """Spans as received (``raw``), or model calls in Agent Lightning's shape as users read."""
+        return list(_read(self.db_path, lambda s: s.spans(rollout_id, raw=raw)))
 
     def rollouts(self) -> list[dict[str, Any]]:
         return list(_read(self.db_path, lambda s: s.rollouts()))

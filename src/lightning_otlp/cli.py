@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "spans":
             sub.add_argument("--rollout", metavar="ID", help="only this rollout")
             sub.add_argument("--attempt", metavar="ID", help="only this attempt")
+            sub.add_argument(
+                "--raw",
+                action="store_true",
+                help="every span exactly as received (model calls not in Agent Lightning's shape)",
+            )
         else:
             form = sub.add_mutually_exclusive_group()
             form.add_argument(
@@ -177,8 +182,12 @@ def _check_config(path: str) -> int:
 
 
 def _read(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    translate = settings.translate and not getattr(args, "raw", False)
     # Reading an outbox must not start delivering it; reading a store must not create one.
-    store = open_store(_settings(args).store, forward=False, create=False, salvage=args.salvage)
+    store = open_store(
+        settings.store, forward=False, create=False, salvage=args.salvage, translate=translate
+    )
     store.open()
     try:
         if args.command == "rollouts":

@@ -33,7 +33,9 @@ log = logging.getLogger("lightning_otlp")
 
 
 def build_pipeline(settings: Settings, store: Store | None = None) -> Pipeline:
-    store = store or open_store(settings.store, affinity_window=settings.affinity_window)
+    store = store or open_store(
+        settings.store, affinity_window=settings.affinity_window, translate=settings.translate
+    )
     store.open()
     routing = RoutingConfig(
         rollout_keys=settings.rollout_keys,

@@ -277,6 +277,15 @@ class Settings:
         False,
         Spec(_flag, "mark a per-trace rollout succeeded/failed by its root span's status"),
     )
+    translate: bool = _spec(
+        True,
+        Spec(
+            _flag,
+            "read model calls of the GenAI conventions (OTel, OpenLLMetry, OpenInference, Vercel)"
+            " in Agent Lightning's shape; false reads every span exactly as received",
+            "true|false",
+        ),
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

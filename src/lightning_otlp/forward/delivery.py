@@ -67,7 +67,10 @@ class Delivery:
         self.batch_spans = batch_spans
         self.max_backoff = max_backoff
         self.targets: dict[tuple[str, str], Target] = {}
-        self.encoder = Encoder(outbox.resource)
+        # The server gets the view the records show.
+        self.encoder = Encoder(
+            outbox.resource, outbox.translated if outbox.store.translate else None
+        )
         self.next_mirror = 0.0
         self.sender = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-send")
         self.in_flight: tuple[Future[None], list[Row]] | None = None

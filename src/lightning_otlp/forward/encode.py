@@ -98,10 +98,17 @@ class Encoder:
 
     Args:
         resource: a stored resource's JSON body (``attributes``, ``schema_url``) by id.
+        translate: a stored span's bytes as the records show them (model calls in Agent
+            Lightning's shape); None sends spans as received.
     """
 
-    def __init__(self, resource: Callable[[str], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        resource: Callable[[str], dict[str, Any]],
+        translate: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         self._resource_body = resource
+        self._translate = translate
         self._resources: dict[tuple[str, str, str], bytes] = {}
         self._id_attrs: dict[Target, bytes] = {}
 
@@ -115,6 +122,8 @@ class Encoder:
             rows, key=_by_attempt_and_sequence
         ):
             target = targets[(rollout_id, attempt_id)]
+            if self._translate is not None:
+                span = self._translate(span)
             extra = seq_attr(seq)
             if _ID_NEEDLE in span:
                 # Span attributes win over resource ones on the server: point them at it too.

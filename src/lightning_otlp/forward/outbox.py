@@ -21,7 +21,9 @@ from ..errors import StoreUnavailable
 from ..store.affinity import DEFAULT_AFFINITY_WINDOW, Changes
 from ..store.base import WriteResult
 from ..store.db import transaction
+from ..store.logs import span_events
 from ..store.sqlite import SQLiteStore
+from ..translate.otlp import translate_span_bytes
 
 # Created with IF NOT EXISTS so the embedded store's own migrations stay independent of them.
 SCHEMA: Final[tuple[str, ...]] = (
@@ -189,6 +191,7 @@ class Outbox:
         synchronous: SQLite's ``synchronous`` pragma for the file.
         url: the store URL, for messages.
         affinity_window: the embedded store's trace-affinity window, in seconds.
+        translate: read and forward model calls in Agent Lightning's shape.
     """
 
     def __init__(
@@ -199,11 +202,16 @@ class Outbox:
         synchronous: str = "FULL",
         url: str | None = None,
         affinity_window: float = DEFAULT_AFFINITY_WINDOW,
+        translate: bool = True,
     ) -> None:
         if path == ":memory:":
             raise ValueError("the outbox must be a file: it is what survives a restart")
         self.store = SQLiteStore(
-            path, synchronous=synchronous, url=url, affinity_window=affinity_window
+            path,
+            synchronous=synchronous,
+            url=url,
+            affinity_window=affinity_window,
+            translate=translate,
         )
         self.server_url = server_url
         # (spans, bytes) pending, kept in memory so the hot path never counts; under the lock.
@@ -386,6 +394,14 @@ class Outbox:
         found = self._execute("SELECT body FROM resources WHERE resource_id = ?", (resource_id,))
         body: dict[str, Any] = json.loads(found[0][0]) if found else {}
         return body
+
+    def translated(self, span: bytes) -> bytes:
+        """A pending span's bytes as the records show it (``translate.otlp``)."""
+        return translate_span_bytes(span, self._span_events)
+
+    def _span_events(self, trace_id: bytes, span_id: bytes) -> list[dict[str, Any]]:
+        with self.store.locked() as conn:
+            return span_events(conn, trace_id, span_id)
 
     # -- ids: local -> server --------------------------------------------------------------
 

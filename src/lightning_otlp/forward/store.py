@@ -65,6 +65,7 @@ class ForwardingStore:
         url: str | None = None,
         affinity_window: float = DEFAULT_AFFINITY_WINDOW,
         client: Callable[[], LightningClient] | None = None,
+        translate: bool = True,
     ) -> None:
         for name, value in (
             ("max_outbox_spans", max_outbox_spans),
@@ -82,6 +83,7 @@ class ForwardingStore:
             synchronous=synchronous,
             url=url,
             affinity_window=affinity_window,
+            translate=translate,
         )
         self.url = self.outbox.store.url
         self.max_outbox_spans = max_outbox_spans
@@ -102,6 +104,7 @@ class ForwardingStore:
         *,
         forward: bool = True,
         affinity_window: float = DEFAULT_AFFINITY_WINDOW,
+        translate: bool = True,
     ) -> ForwardingStore:
         """The store an ``agl+http://HOST:PORT?outbox=…&max_outbox_spans=…`` URL names."""
         if url.server is None:
@@ -119,6 +122,7 @@ class ForwardingStore:
                 forward=forward,
                 url=url.url,
                 affinity_window=affinity_window,
+                translate=translate,
             )
         except ValueError as exc:
             raise ValueError(f"store URL {url.url!r}: {exc}") from None
@@ -205,6 +209,10 @@ class ForwardingStore:
         result = self.outbox.write(batch)
         self._wake.set()
         return result
+
+    def write_logs(self, rows: list[tuple[bytes, bytes, bytes, float | None, bytes]]) -> int:
+        """GenAI log records go in the outbox beside the spans they belong to."""
+        return self.outbox.store.write_logs(rows)
 
     # -- reads: what is still in the outbox -------------------------------------------------
 

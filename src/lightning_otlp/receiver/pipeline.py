@@ -31,6 +31,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from ..batch import SpanBatch
 from ..errors import Overloaded, ReceiverError, StoreUnavailable
 from ..store import Store
+from ..store.logs import log_rows
 from .budget import DEFAULT_MAX_REQUEST_MEMORY, MemoryBudget
 from .decode import DEFAULT_MAX_REQUEST_BYTES, decode, decode_traces, decompress
 from .metrics import Histogram
@@ -42,6 +43,10 @@ DEFAULT_MAX_IN_FLIGHT: Final = 64
 # After a failed commit, readiness stays false this long unless a commit succeeds first.
 NOT_READY_AFTER_FAILURE_SECONDS: Final = 5.0
 _NOT_STORED: Final = "lightning-otlp stores traces only; {} were not stored"
+_LOGS_NOT_STORED: Final = (
+    "{} log record(s) not stored: lightning-otlp keeps only GenAI events (gen_ai.*) that name"
+    " the span they belong to"
+)
 
 T = TypeVar("T")
 # The OTLP signals; each has one export entry that both transports call.
@@ -209,14 +214,23 @@ class Pipeline:
     def export_logs(
         self, body: bytes, encoding: str | None, media: str, transport: str = "grpc"
     ) -> PB2ExportLogsServiceResponse:
+        """Commit the GenAI events of a logs request (message content for their spans)."""
         request = decode(
             decompress(body, encoding, self.max_request_bytes), media, PB2ExportLogsServiceRequest
         )
-        records = sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+        batch = log_rows(request)
+        if batch.rows:
+            try:
+                self.store.write_logs(batch.rows)
+            except StoreUnavailable:
+                self._store_failed_at = time.monotonic()
+                self.counters.add(self.counters.failed_requests, transport, 1)
+                raise
+            self._store_failed_at = None
         response = PB2ExportLogsServiceResponse()
-        if records:
-            response.partial_success.rejected_log_records = records
-            response.partial_success.error_message = _NOT_STORED.format(f"{records} log record(s)")
+        if batch.rejected:
+            response.partial_success.rejected_log_records = batch.rejected
+            response.partial_success.error_message = _LOGS_NOT_STORED.format(batch.rejected)
         return response
 
     # -- async entry point for the transports --------------------------------------------

@@ -30,6 +30,7 @@ def open_store(
     affinity_window: float = DEFAULT_AFFINITY_WINDOW,
     create: bool = True,
     salvage: bool = False,
+    translate: bool = True,
 ) -> Store:
     """Make (not yet open) the store a URL names; with ``create`` off, opening a store that
     does not exist yet is an error (read commands create nothing); with ``salvage``, reads skip
@@ -44,7 +45,7 @@ def open_store(
         from ..forward.store import ForwardingStore
 
         forwarder = ForwardingStore.from_url(
-            parsed, forward=forward, affinity_window=affinity_window
+            parsed, forward=forward, affinity_window=affinity_window, translate=translate
         )
         # Its outbox is a SQLite store like any other: read commands create nothing there either.
         forwarder.outbox.store.create = create
@@ -58,4 +59,5 @@ def open_store(
         affinity_window=affinity_window,
         create=create,
         salvage=salvage,
+        translate=translate,
     )

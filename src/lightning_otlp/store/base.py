@@ -41,6 +41,10 @@ class Store(Protocol):
 
     def write(self, batch: SpanBatch) -> WriteResult: ...
 
+    def write_logs(self, rows: list[tuple[bytes, bytes, bytes, float | None, bytes]]) -> int:
+        """Commit GenAI log records, keyed by their span (``store.logs``), in one transaction."""
+        ...
+
     def rollouts(self) -> Iterator[dict[str, Any]]:
         """AttemptedRollout records (agentlightning 0.3 field names), oldest first."""
         ...

@@ -17,9 +17,11 @@ from google.protobuf.message import DecodeError
 from ..batch import MAX_SEQUENCE_ID, Destination, RolloutInfo, SpanBatch
 from ..errors import StoreDamaged, StoreUnavailable
 from ..ids import attempt_id_for, rollout_id_for_trace
+from ..translate import translate
 from .affinity import DEFAULT_AFFINITY_WINDOW, Changes, TraceAffinity
 from .base import Metric, WriteResult
 from .db import transaction
+from .logs import LogRows, joined_events
 from .records import (
     ATTEMPT_COLUMNS,
     DEFAULT_ROLLOUT_CONFIG,
@@ -89,6 +91,18 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE rollouts ADD COLUMN created_at REAL
     """,
+    # GenAI log records (message content) keyed by the span they belong to, whichever of the
+    # two arrives first; joined onto the span when it is read. ``digest`` makes a retry a no-op.
+    """
+    CREATE TABLE span_logs (
+        trace_id BLOB NOT NULL,
+        span_id  BLOB NOT NULL,
+        digest   BLOB NOT NULL,
+        time     REAL,
+        record   BLOB NOT NULL  -- the OTLP LogRecord message as received
+    );
+    CREATE UNIQUE INDEX span_logs_identity ON span_logs (trace_id, span_id, digest)
+    """,
 )
 
 _INSERT_SPAN: Final = f"INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)})"
@@ -113,6 +127,8 @@ class SQLiteStore:
         create: create the file when it does not exist (off for read-only tools).
         salvage: reads skip a rollout a damaged file cannot give back, logging it, instead
             of failing.
+        translate: read model-call spans of the GenAI conventions in Agent Lightning's shape
+            (``lightning_otlp.translate``); False reads every span exactly as received.
     """
 
     def __init__(
@@ -125,6 +141,7 @@ class SQLiteStore:
         affinity_window: float = DEFAULT_AFFINITY_WINDOW,
         create: bool = True,
         salvage: bool = False,
+        translate: bool = True,
     ) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
@@ -137,6 +154,7 @@ class SQLiteStore:
         self.affinity = TraceAffinity(affinity_window)
         self.create = create
         self.salvage = salvage
+        self.translate = translate
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -523,11 +541,13 @@ class SQLiteStore:
                 yield attempted_rollout_record(rollout, attempt)
 
     def spans(
-        self, rollout_id: str | None = None, attempt_id: str | None = None
+        self, rollout_id: str | None = None, attempt_id: str | None = None, *, raw: bool = False
     ) -> Iterator[dict[str, Any]]:
         """Streamed one rollout at a time, each read its own short statement: memory stays at
         one rollout's spans, and a checkpoint can reset the WAL between rollouts while a
-        reader goes through millions of spans."""
+        reader goes through millions of spans. Model calls read in Agent Lightning's shape
+        (GenAI log records joined onto their span) unless ``raw`` or not translating."""
+        translating = self.translate and not raw
         if rollout_id is not None:
             ids: list[str] = [rollout_id]
         else:
@@ -565,11 +585,33 @@ class SQLiteStore:
                             tuple(missing),
                         ).fetchall()
                         resources.update((key, json.loads(body)) for key, body in found)
+                    logs = joined_events(conn, {row[3] for row in rows}) if translating else {}
                 records = [span_record(row, resources[row[11]]) for row in rows]
+                if translating:
+                    records = [
+                        _translated(r, logs.get((row[3], row[4])))
+                        for r, row in zip(records, rows, strict=True)
+                    ]
             except (sqlite3.DatabaseError, ValueError, KeyError, DecodeError) as exc:
                 self._damaged(f"the spans of rollout {rid}", exc)
                 continue
             yield from records
+
+    def write_logs(self, rows: LogRows) -> int:
+        """Commit GenAI log records (``store.logs``) in one transaction; return how many are new."""
+        if not rows:
+            return 0
+        with self.locked() as conn:
+            try:
+                with transaction(conn):
+                    cursor = conn.executemany(
+                        "INSERT OR IGNORE INTO span_logs (trace_id, span_id, digest, time, record)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        rows,
+                    )
+            except sqlite3.DatabaseError as exc:
+                raise StoreUnavailable(f"store busy or failing: {exc}") from exc
+        return cursor.rowcount if cursor.rowcount >= 0 else len(rows)
 
     def _damaged(self, what: str, exc: Exception) -> None:
         """Skip ``what`` when salvaging; otherwise fail with what to do about it."""
@@ -675,3 +717,10 @@ def _counter(conn: sqlite3.Connection, rollout_id: str, attempt_id: str, stored:
         (rollout_id, attempt_id, MAX_SEQUENCE_ID),
     ).fetchone()
     return int(row[0])
+
+
+def _translated(record: dict[str, Any], events: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A span record with its GenAI log records as events, translated (``translate``)."""
+    if events:
+        record["events"] = [*record["events"], *events]
+    return translate(record)

@@ -1,0 +1,188 @@
+"""OpenTelemetry GenAI semantic conventions to Agent Lightning's shape.
+
+Reads, in order of preference: the current JSON attributes (``gen_ai.input.messages``,
+``gen_ai.output.messages``, ``gen_ai.system_instructions``), the same inside a
+``gen_ai.client.inference.operation.details`` event, the older per-message events
+(``gen_ai.user.message`` ... ``gen_ai.choice``), and the oldest ``gen_ai.content.prompt`` /
+``gen_ai.content.completion`` span events. Events are the span's own or GenAI log records joined
+onto it (see ``logs.py``). OpenLLMetry 0.62 writes the same JSON attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import names as n
+from .call import LlmCall, Message, Tool, ToolCall, arguments_text, as_text, loads
+
+
+def parse(attrs: dict[str, Any], events: list[dict[str, Any]], convention: str) -> LlmCall:
+    call = LlmCall(convention)
+    call.request_model = _str(attrs.get(n.GENAI_REQUEST_MODEL))
+    call.response_model = _str(attrs.get(n.GENAI_RESPONSE_MODEL))
+    call.response_id = _str(attrs.get(n.GENAI_RESPONSE_ID))
+    details = _operation_details(events)
+    source = attrs if n.GENAI_INPUT_MESSAGES in attrs or n.GENAI_OUTPUT_MESSAGES in attrs else None
+    source = source or details
+    if source is not None:
+        system = parts_text(loads(source.get(n.GENAI_SYSTEM_INSTRUCTIONS)))
+        prompt = [part_message(m) for m in _list(loads(source.get(n.GENAI_INPUT_MESSAGES)))]
+        if system is not None and not any(m.role == "system" for m in prompt):
+            prompt.insert(0, Message("system", system))
+        call.prompt = prompt
+        call.completion = [
+            part_message(m) for m in _list(loads(source.get(n.GENAI_OUTPUT_MESSAGES)))
+        ]
+        call.tools = definitions(loads(source.get(n.GENAI_TOOL_DEFINITIONS)))
+    else:
+        call.prompt, call.completion = _from_events(events)
+    _default_finish_reasons(call, attrs.get(n.GENAI_RESPONSE_FINISH_REASONS))
+    return call
+
+
+def _operation_details(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for event in events:
+        if event.get("name") == n.GENAI_OPERATION_DETAILS_EVENT:
+            attrs = dict(event.get("attributes") or {})
+            body = loads(attrs.get(n.LOG_BODY))
+            if isinstance(body, dict):
+                attrs.update(body)
+            return attrs
+    return None
+
+
+def _from_events(events: list[dict[str, Any]]) -> tuple[list[Message], list[Message]]:
+    prompt: list[Message] = []
+    completion: list[Message] = []
+    for event in events:
+        name = event.get("name")
+        attrs = event.get("attributes") or {}
+        body = loads(attrs.get(n.LOG_BODY))
+        if not isinstance(body, dict):
+            body = attrs
+        if name in n.GENAI_MESSAGE_EVENTS:
+            message = openai_message(body, default_role=n.GENAI_MESSAGE_EVENTS[name])
+            # The tool message's call id is ``id`` in these events.
+            if message.role == "tool" and message.tool_call_id is None:
+                message.tool_call_id = _str(body.get("id"))
+            prompt.append(message)
+        elif name == n.GENAI_CHOICE_EVENT:
+            inner = body.get("message")
+            message = openai_message(inner if isinstance(inner, dict) else {}, "assistant")
+            message.finish_reason = _str(body.get("finish_reason"))
+            completion.append(message)
+        elif name == n.GENAI_PROMPT_EVENT:
+            prompt.extend(_openai_messages(attrs.get(n.GENAI_PROMPT_EVENT_ATTRIBUTE), "user"))
+        elif name == n.GENAI_COMPLETION_EVENT:
+            completion.extend(
+                _openai_messages(attrs.get(n.GENAI_COMPLETION_EVENT_ATTRIBUTE), "assistant")
+            )
+    return prompt, completion
+
+
+def _openai_messages(value: Any, default_role: str) -> list[Message]:
+    parsed = loads(value)
+    if isinstance(parsed, list):
+        return [openai_message(m, default_role) for m in parsed if isinstance(m, dict)]
+    if isinstance(value, str) and value:
+        return [Message(default_role, value)]
+    return []
+
+
+def openai_message(body: dict[str, Any], default_role: str) -> Message:
+    """A message in OpenAI's chat format (``role``, ``content``, ``tool_calls``...)."""
+    message = Message(_str(body.get("role")) or default_role)
+    content = body.get("content")
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, dict) and "text" in p]
+        message.content = "".join(str(t) for t in texts) if texts else as_text(content)
+    else:
+        message.content = as_text(content)
+    for raw in _list(loads(body.get("tool_calls")) or body.get("tool_calls")):
+        if not isinstance(raw, dict):
+            continue
+        inner = raw.get("function")
+        function: dict[str, Any] = inner if isinstance(inner, dict) else raw
+        message.tool_calls.append(
+            ToolCall(
+                name=str(function.get("name", "")),
+                arguments=arguments_text(function.get("arguments")),
+                id=_str(raw.get("id")),
+            )
+        )
+    message.tool_call_id = _str(body.get("tool_call_id")) or message.tool_call_id
+    return message
+
+
+def part_message(raw: Any) -> Message:
+    """A message of the current conventions: ``role`` and typed ``parts``."""
+    if not isinstance(raw, dict):
+        return Message("user", as_text(raw))
+    message = Message(_str(raw.get("role")) or "user")
+    texts: list[str] = []
+    for part in _list(raw.get("parts")):
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind == "text":
+            texts.append(str(part.get("content", "")))
+        elif kind == "tool_call":
+            message.tool_calls.append(
+                ToolCall(
+                    name=str(part.get("name", "")),
+                    arguments=arguments_text(part.get("arguments")),
+                    id=_str(part.get("id")),
+                )
+            )
+        elif kind == "tool_call_response":
+            message.tool_call_id = _str(part.get("id"))
+            texts.append(as_text(part.get("response")) or "")
+    if texts:
+        message.content = "".join(texts)
+    message.finish_reason = _str(raw.get("finish_reason"))
+    return message
+
+
+def parts_text(value: Any) -> str | None:
+    """System instructions: a list of parts (or plain text) as one text."""
+    if isinstance(value, str):
+        return value
+    texts = [str(p.get("content", "")) for p in _list(value) if isinstance(p, dict)]
+    return "".join(texts) if texts else None
+
+
+def definitions(value: Any) -> list[Tool]:
+    tools = []
+    for raw in _list(value):
+        if not isinstance(raw, dict):
+            continue
+        inner = raw.get("function")
+        function: dict[str, Any] = inner if isinstance(inner, dict) else raw
+        if "name" not in function:
+            continue
+        parameters = function.get("parameters", function.get("inputSchema"))
+        tools.append(
+            Tool(
+                name=str(function["name"]),
+                description=_str(function.get("description")),
+                parameters=None if parameters is None else as_text(parameters),
+            )
+        )
+    return tools
+
+
+def _default_finish_reasons(call: LlmCall, reasons: Any) -> None:
+    if isinstance(reasons, list):
+        for message, reason in zip(call.completion, reasons, strict=False):
+            if message.finish_reason is None and isinstance(reason, str):
+                message.finish_reason = reason
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)

@@ -1,0 +1,84 @@
+"""Translation of a stored OTLP span (its bytes), for paths that send spans on as OTLP.
+
+The forwarder re-sends stored span bytes; this gives it the same translated view the records
+show. Spans whose bytes hold no GenAI convention name are returned as they are, undecoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue as PB2AnyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue as PB2KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
+
+from ..otlp import attributes, events_list
+from . import names as n
+from .dispatch import translate
+
+# Every model call carries one of these names (see ``dispatch.model_call``).
+_NEEDLES: Final = (
+    n.GENAI_EVENT_PREFIX.encode(),
+    n.OI_SPAN_KIND.encode(),
+    n.AI_OPERATION_ID.encode(),
+    n.LLM_REQUEST_TYPE.encode(),
+)
+
+# (trace_id, span_id) -> the GenAI log records joined onto that span, as span events.
+EventLookup = Callable[[bytes, bytes], list[dict[str, Any]]]
+
+
+def translate_span_bytes(blob: bytes, joined: EventLookup | None = None) -> bytes:
+    """The span's bytes in Agent Lightning's shape if it is a model call, else ``blob`` itself."""
+    if not any(needle in blob for needle in _NEEDLES):
+        return blob
+    span = PB2Span.FromString(blob)
+    extra = joined(span.trace_id, span.span_id) if joined is not None else []
+    original = attributes(span.attributes)
+    record = {
+        "name": span.name,
+        "attributes": original,
+        "events": [*events_list(span.events), *extra],
+    }
+    translated = translate(record)
+    if translated is record:
+        return blob
+    attrs: dict[str, Any] = translated["attributes"]
+    # Keep the original attribute order and encoding where the value did not change.
+    kept = [kv for kv in span.attributes if attrs.get(kv.key, _GONE) == original.get(kv.key)]
+    kept_keys = {kv.key for kv in kept}
+    del span.attributes[:]
+    span.attributes.extend(kept)
+    span.attributes.extend(
+        PB2KeyValue(key=k, value=any_value(v)) for k, v in attrs.items() if k not in kept_keys
+    )
+    span.name = translated["name"]
+    for event in extra:
+        added = span.events.add()
+        added.name = event["name"]
+        added.time_unix_nano = int((event.get("timestamp") or 0) * 1e9)
+        added.attributes.extend(
+            PB2KeyValue(key=k, value=any_value(v)) for k, v in event["attributes"].items()
+        )
+    out: bytes = span.SerializeToString()
+    return out
+
+
+_GONE: Final = object()
+
+
+def any_value(value: Any) -> PB2AnyValue:
+    """A plain attribute value (as records hold them) as an OTLP ``AnyValue``."""
+    out = PB2AnyValue()
+    if isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        out.int_value = value
+    elif isinstance(value, float):
+        out.double_value = value
+    elif isinstance(value, (list, tuple)):
+        out.array_value.values.extend(any_value(v) for v in value)
+    elif value is not None:
+        out.string_value = str(value)
+    return out

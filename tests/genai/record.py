@@ -1,0 +1,89 @@
+"""Record the golden inputs: each real instrumentation's spans and log records, as exported.
+
+    make golden    (or: python tests/genai/record.py, with the GenAI env and Node packages)
+
+Each agent (tests/genai/agent.py in the GenAI env, tests/node/vercel_agent.mjs in Node.js) runs
+against the fake model server with in-memory exporters and writes what its OTLP exporters would
+send to tests/golden/<convention>/<case>.json. The expected translations beside them are written
+by ``LIGHTNING_OTLP_UPDATE_GOLDEN=1 pytest tests/test_translate.py`` and reviewed by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.genai.fake_model import FakeModelServer  # noqa: E402
+
+GOLDEN = ROOT / "tests" / "golden"
+GENAI_PYTHON = os.environ.get("GENAI_PYTHON") or str(
+    ROOT / ".cache" / "genai-py" / "bin" / "python"
+)
+
+# (convention directory, case, command after the interpreter)
+PYTHON_CASES = [
+    ("otel_genai", "openai_v2_log_events", "openai-v2"),
+    ("otel_genai", "openai_v2_span_attributes", "openai-v2-span"),
+    ("otel_genai", "openai_v2_operation_details", "openai-v2-event"),
+    ("openllmetry", "openai_0_62", "openllmetry"),
+    ("openinference", "openai_vllm_token_ids", "openinference"),
+]
+# Older OpenLLMetry wrote the indexed gen_ai.prompt.{i}.* layout. Its pins clash with the GenAI
+# env, so it is recorded only when OLD_OPENLLMETRY_PYTHON names a venv with
+# opentelemetry-instrumentation-openai==0.33.12, "openai<2" and opentelemetry-sdk==1.28.2.
+OLD_CASE = ("openllmetry", "openai_0_33_indexed", "openllmetry")
+NODE_CASES = [
+    ("vercel", "generate_text_legacy", "legacy"),
+    ("otel_genai", "vercel_ai_otel", "otel"),
+]
+
+
+def main() -> int:
+    with FakeModelServer() as server:
+        for directory, case, instrumentation in PYTHON_CASES:
+            out = GOLDEN / directory / f"{case}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                [GENAI_PYTHON, str(ROOT / "tests" / "genai" / "agent.py"), instrumentation]
+                + ["--model-url", server.base_url, "--record", str(out)],
+                check=True,
+            )
+        old_python = os.environ.get("OLD_OPENLLMETRY_PYTHON")
+        if old_python:
+            directory, case, instrumentation = OLD_CASE
+            subprocess.run(
+                [old_python, str(ROOT / "tests" / "genai" / "agent.py"), instrumentation]
+                + [
+                    "--model-url",
+                    server.base_url,
+                    "--record",
+                    str(GOLDEN / directory / f"{case}.json"),
+                ],
+                check=True,
+            )
+        for directory, case, integration in NODE_CASES:
+            out = GOLDEN / directory / f"{case}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            env = {
+                **os.environ,
+                "OTEL_RESOURCE_ATTRIBUTES": "agentlightning.rollout_id=ro-0000000000"
+                + ("01" if integration == "legacy" else "02")
+                + ",agentlightning.attempt_id=at-00000001",
+            }
+            subprocess.run(
+                ["node", str(ROOT / "tests" / "node" / "vercel_agent.mjs")]
+                + ["--model-url", server.base_url, "--record", str(out)]
+                + ["--integration", integration],
+                check=True,
+                env=env,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
