@@ -27,6 +27,7 @@ GO_AGENT_BIN = CACHE / "go-agent" / "bin"
 JAVAAGENT_VERSION = "2.33.1"
 JAVAAGENT = CACHE / "java" / f"opentelemetry-javaagent-{JAVAAGENT_VERSION}.jar"
 JAVA_EXAMPLES = ROOT / "examples" / "java-agent"
+JAVA_SERVICE_CLASSES = CACHE / "java" / "classes"
 JAVA_SDK_CLASSPATH = JAVA_EXAMPLES / "sdk" / "target" / "classpath.txt"
 CONFIG_DIR = ROOT / "collector-config"
 
