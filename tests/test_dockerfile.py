@@ -27,26 +27,11 @@ import pytest
 
 from .collectors import free_port, wait_until
 from .support import ROOT
+from .test_collector_config import dockerfile
 
 pytestmark = [pytest.mark.e2e]
 
-DOCKERFILE = ROOT / "collector-config" / "Dockerfile"
 NEEDS_A_REAL_IMAGE = ("useradd", "chown")
-
-
-def instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    joined = re.sub(
-        r"\\\n",
-        " ",
-        "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")),
-    )
-    steps = []
-    for line in joined.splitlines():
-        if line.strip():
-            word, _, rest = line.strip().partition(" ")
-            steps.append((word.upper(), rest.strip()))
-    return steps
 
 
 def base_python(image: str) -> str:
@@ -77,7 +62,7 @@ def test_the_dockerfile_steps_install_and_start(tmp_path: Path) -> None:
     def inside(path: str) -> Path:
         return root / path.lstrip("/") if path.startswith("/") else workdir / path
 
-    for word, args in instructions(DOCKERFILE.read_text()):
+    for word, args in dockerfile():
         if word == "FROM":
             python = base_python(args)
             venv = root / "usr" / "local"
@@ -171,7 +156,8 @@ def test_the_dockerfile_steps_install_and_start(tmp_path: Path) -> None:
         assert response.status_code == 200, response.text
     finally:
         proc.terminate()
-        assert proc.wait(30) == 0, log_path.read_text()
+        code = proc.wait(30)
+    assert code == 0, log_path.read_text()
     listed = subprocess.run(
         [
             argv[0],

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from lightning_otlp.forward.store import store_status
+from lightning_otlp.forward.status import store_status
 
 from .collectors import (
     GO_AGENT_BIN,
@@ -66,10 +66,17 @@ def forwarded(urls: list[str]) -> int | None:
     return sum(int(r["forwarded_spans"]) for r in reports)
 
 
+# gateway.yaml as it is, and, for contrast, with the rollout route sent by trace id too.
+TRACE_ID_ONLY = {
+    "service": {"pipelines": {"traces/by_rollout": {"exporters": ["loadbalancing/trace"]}}}
+}
+
+
+@pytest.mark.parametrize("routing", ["rollout id", "trace id only"])
 def test_gateway_keeps_every_rollout_whole_in_one_server_rollout(
-    tmp_path: Path,
-    agl: AglServer,
+    tmp_path: Path, agl: AglServer, routing: str
 ) -> None:
+    per_runner = ROLLOUTS_PER_RUNNER if routing == "rollout id" else 20
     service = built(GO_AGENT_BIN / "service", "go-agent")
     ports = [free_port() for _ in range(3)]
     urls = [agl.forward_url(tmp_path / f"outbox-{i}.db") for i in range(3)]
@@ -82,7 +89,7 @@ def test_gateway_keeps_every_rollout_whole_in_one_server_rollout(
     gateway = CollectorProcess(
         "gateway.yaml",
         tmp_path,
-        {},
+        {} if routing == "rollout id" else TRACE_ID_ONLY,
         {f"LIGHTNING_OTLP_{i}": f"127.0.0.1:{port}" for i, port in enumerate(ports)},
     )
     agents: list[subprocess.Popen[bytes]] = []
@@ -117,7 +124,7 @@ def test_gateway_keeps_every_rollout_whole_in_one_server_rollout(
                 sys.executable,
                 str(ROOT / "tests" / "clients" / "rollout_runner.py"),
                 python_agent_url,
-                str(ROLLOUTS_PER_RUNNER),
+                str(per_runner),
             ],
             env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": gateway.grpc_endpoint},
             stdout=subprocess.PIPE,
@@ -130,7 +137,7 @@ def test_gateway_keeps_every_rollout_whole_in_one_server_rollout(
                 str(node_script("rollout_runner.js")),
                 gateway.http_endpoint + "/v1/traces",
                 node_agent_url,
-                str(ROLLOUTS_PER_RUNNER),
+                str(per_runner),
             ],
             env={**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules")},
             stdout=subprocess.PIPE,
@@ -142,7 +149,7 @@ def test_gateway_keeps_every_rollout_whole_in_one_server_rollout(
             out, err = runner.communicate(timeout=600)
             assert runner.returncode == 0, f"{name} runner failed:\n{err}"
             lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-            assert len(lines) == ROLLOUTS_PER_RUNNER, out
+            assert len(lines) == per_runner, out
             for line in lines:
                 expected[line["rollout_id"]] = sorted(line["spans"] + GO_SPANS_PER_CALL * 2)
         for proc in agents:
@@ -168,33 +175,39 @@ def test_gateway_keeps_every_rollout_whole_in_one_server_rollout(
         )
         delivered = 0
         duplicates = 0
-        wrong: list[str] = []
+        not_whole: list[str] = []  # no server rollout holds all of the rollout's spans
         for rollout_id, names in expected.items():
             for server_rollout in by_local.get(rollout_id, []):
                 spans = agl.spans(server_rollout["rollout_id"])
                 delivered += len(spans)
                 keys = [(s["trace_id"], s["span_id"]) for s in spans]
                 duplicates += len(keys) - len(set(keys))
-                if sorted(s["name"] for s in spans) != names:
-                    wrong.append(rollout_id)
-                traces = {s["trace_id"] for s in spans}
-                assert len(traces) == 2, f"{rollout_id} spans {len(traces)} traces"
+                whole = sorted(s["name"] for s in spans) == names
+                if whole:
+                    assert len({s["trace_id"] for s in spans}) == 2  # both of its traces
+                    break
+            else:
+                not_whole.append(rollout_id)
         per_receiver = [len(outbox_rollouts(tmp_path / f"outbox-{i}.db")) for i in range(3)]
         print(
-            f"\n[gateway, otelcol {OTELCOL_VERSION}, 3 receivers → agl store 0.3.0] "
-            f"rollouts={len(expected)} (python {ROLLOUTS_PER_RUNNER}, typescript "
-            f"{ROLLOUTS_PER_RUNNER}, 2 traces each, Go agents gRPC and HTTP), "
+            f"\n[gateway routing by {routing}, otelcol {OTELCOL_VERSION}, 3 receivers → "
+            f"agl store 0.3.0] rollouts={len(expected)} (python {per_runner}, typescript "
+            f"{per_runner}, 2 traces each, Go agents gRPC and HTTP), "
             f"spans_sent={total}, delivered={delivered}, duplicates={duplicates}, "
+            f"rollouts_not_whole={len(not_whole)}, "
             f"server_rollouts_per_rollout={dict(server_rollouts_per_rollout)}, "
             f"receivers_per_rollout={dict(receivers_per_rollout)}, "
             f"rollouts_per_receiver={per_receiver}, seconds_to_all_delivered={drain_seconds:.1f}",
             flush=True,
         )
-        assert server_rollouts_per_rollout == Counter({1: len(expected)})
-        assert receivers_per_rollout == Counter({1: len(expected)})
-        assert wrong == []
         assert delivered == total and duplicates == 0
         assert all(n > 0 for n in per_receiver), per_receiver
+        if routing == "rollout id":
+            assert server_rollouts_per_rollout == Counter({1: len(expected)})
+            assert receivers_per_rollout == Counter({1: len(expected)})
+            assert not_whole == []
+        else:  # the failure the rollout route prevents: rollouts split over receivers
+            assert not_whole and max(server_rollouts_per_rollout) > 1
         assert "Traceback" not in "".join(r.log() for r in receivers)
     finally:
         for proc in agents:
