@@ -30,6 +30,8 @@ JAVA_EXAMPLES = ROOT / "examples" / "java-agent"
 JAVA_SERVICE_CLASSES = CACHE / "java" / "classes"
 JAVA_SDK_CLASSPATH = JAVA_EXAMPLES / "sdk" / "target" / "classpath.txt"
 CONFIG_DIR = ROOT / "collector-config"
+# A Python runner that sends its rollout ids to an agent service in W3C Baggage.
+BAGGAGE_RUNNER = ROOT / "tests" / "clients" / "baggage_runner.py"
 
 
 def built(path: Path, target: str) -> Path:

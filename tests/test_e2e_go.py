@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .collectors import GO_AGENT_BIN, built, start_service, stop_service, wait_until
+from .collectors import BAGGAGE_RUNNER, GO_AGENT_BIN, built, start_service, stop_service, wait_until
 from .support import ROOT, ReceiverProcess, validate_with_agl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.go]
@@ -55,6 +55,32 @@ def assert_typed(attributes: dict[str, Any], expected: dict[str, Any]) -> None:
             assert type(have) is type(want), (key, have, want)
 
 
+def resource_ids(rollout_id: str) -> dict[str, str]:
+    ids = f"agentlightning.rollout_id={rollout_id},agentlightning.attempt_id={ATTEMPT}"
+    return {"OTEL_RESOURCE_ATTRIBUTES": ids}
+
+
+def assert_quickstart(
+    receiver: ReceiverProcess, rollout_id: str, language: str, service: str
+) -> None:
+    """A quickstart's two spans, in its rollout, every attribute as sent, valid for agl."""
+    spans = {s["name"]: s for s in receiver.spans(rollout_id)}
+    assert set(spans) == {"agent run", "chat gpt-4o-mini"}
+    chat = spans["chat gpt-4o-mini"]
+    assert chat["attempt_id"] == ATTEMPT
+    assert_typed(chat["attributes"], CHAT_ATTRIBUTES)
+    assert chat["parent_id"] == spans["agent run"]["span_id"]
+    assert chat["status"]["status_code"] == "OK"
+    assert [e["name"] for e in chat["events"]] == ["gen_ai.choice"]
+    assert chat["resource"]["attributes"]["service.name"] == service
+    assert chat["resource"]["attributes"]["telemetry.sdk.language"] == language
+    validated = validate_with_agl("Span", list(spans.values()))
+    assert_typed(
+        validated[[s["name"] for s in validated].index("chat gpt-4o-mini")]["attributes"],
+        CHAT_ATTRIBUTES,
+    )
+
+
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiverProcess]:
     proc = ReceiverProcess(tmp_path_factory.mktemp("go") / "receiver.db").start()
@@ -75,30 +101,14 @@ def test_go_quickstart_lands_in_its_rollout_with_every_attribute_type(
             **os.environ,
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-            "OTEL_RESOURCE_ATTRIBUTES": (
-                f"agentlightning.rollout_id={rollout_id},agentlightning.attempt_id={ATTEMPT}"
-            ),
+            **resource_ids(rollout_id),
         },
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    spans = {s["name"]: s for s in receiver.spans(rollout_id)}
-    assert set(spans) == {"agent run", "chat gpt-4o-mini"}
-    chat = spans["chat gpt-4o-mini"]
-    assert chat["attempt_id"] == ATTEMPT
-    assert_typed(chat["attributes"], CHAT_ATTRIBUTES)
-    assert chat["parent_id"] == spans["agent run"]["span_id"]
-    assert chat["status"]["status_code"] == "OK"
-    assert [e["name"] for e in chat["events"]] == ["gen_ai.choice"]
-    assert chat["resource"]["attributes"]["service.name"] == "go-agent"
-    assert chat["resource"]["attributes"]["telemetry.sdk.language"] == "go"
-    validated = validate_with_agl("Span", list(spans.values()))
-    assert_typed(
-        validated[[s["name"] for s in validated].index("chat gpt-4o-mini")]["attributes"],
-        CHAT_ATTRIBUTES,
-    )
+    assert_quickstart(receiver, rollout_id, "go", "go-agent")
 
 
 @pytest.fixture
@@ -126,39 +136,13 @@ def go_service(receiver: ReceiverProcess, tmp_path: Path) -> Iterator[Callable[[
         assert stop_service(proc) == 0
 
 
-_BAGGAGE_RUNNER = r"""
-import json, sys
-import httpx
-from opentelemetry import propagate, trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from lightning_otlp import RolloutSpanProcessor, rollout
-
-provider = TracerProvider()
-provider.add_span_processor(RolloutSpanProcessor())
-provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-trace.set_tracer_provider(provider)
-out = []
-for question in ["What is 2 + 3?", "What is 40 + 2?"]:
-    # A new trace per task: the Go service's spans join by Baggage, not by the trace.
-    with rollout(input={"question": question}, propagate=True) as ids:
-        headers = {}
-        propagate.inject(headers)
-        answer = httpx.post(sys.argv[1], json={"question": question}, headers=headers).json()
-    out.append({"rollout_id": ids.rollout_id, "attempt_id": ids.attempt_id, **answer})
-provider.shutdown()
-print(json.dumps(out))
-"""
-
-
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_go_service_spans_join_the_python_runners_rollout_through_baggage(
     receiver: ReceiverProcess, go_service: Callable[[str], str], protocol: str
 ) -> None:
     url = go_service(protocol)
     done = subprocess.run(
-        [sys.executable, "-c", _BAGGAGE_RUNNER, url],
+        [sys.executable, str(BAGGAGE_RUNNER), url],
         env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_url},
         capture_output=True,
         text=True,

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from .collectors import (
+    BAGGAGE_RUNNER,
     JAVA_EXAMPLES,
     JAVA_SDK_CLASSPATH,
     JAVA_SERVICE_CLASSES,
@@ -26,11 +27,10 @@ from .collectors import (
     wait_until,
 )
 from .support import ReceiverProcess, validate_with_agl
-from .test_e2e_go import CHAT_ATTRIBUTES, assert_typed
+from .test_e2e_go import ATTEMPT, assert_quickstart, resource_ids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.java]
 
-ATTEMPT = "at-01234567"
 # Quiet and quick: no metrics or logs, spans leave every 200 ms.
 JAVA_ENV = {
     "OTEL_METRICS_EXPORTER": "none",
@@ -81,31 +81,6 @@ def java_service(
         stop_service(proc)
 
 
-_RUNNER = r"""
-import json, sys
-import httpx
-from opentelemetry import propagate, trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from lightning_otlp import RolloutSpanProcessor, rollout
-
-provider = TracerProvider()
-provider.add_span_processor(RolloutSpanProcessor())
-provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-trace.set_tracer_provider(provider)
-out = []
-for question in ["What is 2 + 3?", "What is 40 + 2?"]:
-    with rollout(input={"question": question}, propagate=True) as ids:
-        headers = {}
-        propagate.inject(headers)  # traceparent and baggage
-        answer = httpx.post(sys.argv[1], json={"question": question}, headers=headers).json()
-    out.append({"rollout_id": ids.rollout_id, "attempt_id": ids.attempt_id, **answer})
-provider.shutdown()
-print(json.dumps(out))
-"""
-
-
 def java_spans(receiver: ReceiverProcess, rollout_id: str) -> list[dict[str, Any]] | None:
     spans = receiver.spans(rollout_id)
     java = [s for s in spans if s["resource"]["attributes"].get("service.name") == "java-agent"]
@@ -119,7 +94,7 @@ def test_java_agent_service_joins_the_callers_rollout_through_baggage(
         {"OTEL_JAVA_EXPERIMENTAL_SPAN_ATTRIBUTES_COPY_FROM_BAGGAGE_INCLUDE": "agentlightning.*"}
     )
     done = subprocess.run(
-        [sys.executable, "-c", _RUNNER, url],
+        [sys.executable, str(BAGGAGE_RUNNER), url],
         env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_url},
         capture_output=True,
         text=True,
@@ -149,13 +124,7 @@ def test_java_agent_service_in_a_rollout_by_resource_attributes(
     import httpx
 
     rollout_id = "ro-0123456789aa"
-    url = java_service(
-        {
-            "OTEL_RESOURCE_ATTRIBUTES": (
-                f"agentlightning.rollout_id={rollout_id},agentlightning.attempt_id={ATTEMPT}"
-            )
-        }
-    )
+    url = java_service(resource_ids(rollout_id))
     assert httpx.post(url, json={"question": "What is 1 + 2?"}, timeout=30).json() == {"answer": 3}
     [server] = wait_until(lambda: java_spans(receiver, rollout_id), "the Java service's span")
     assert server["attempt_id"] == ATTEMPT
@@ -178,20 +147,11 @@ def test_java_sdk_quickstart_lands_in_its_rollout_with_every_attribute_type(
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
             "OTEL_SERVICE_NAME": "java-sdk-agent",
-            "OTEL_RESOURCE_ATTRIBUTES": (
-                f"agentlightning.rollout_id={rollout_id},agentlightning.attempt_id={ATTEMPT}"
-            ),
+            **resource_ids(rollout_id),
         },
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    spans = {s["name"]: s for s in receiver.spans(rollout_id)}
-    assert set(spans) == {"agent run", "chat gpt-4o-mini"}
-    chat = spans["chat gpt-4o-mini"]
-    assert chat["attempt_id"] == ATTEMPT
-    assert_typed(chat["attributes"], CHAT_ATTRIBUTES)
-    assert chat["parent_id"] == spans["agent run"]["span_id"]
-    assert chat["resource"]["attributes"]["telemetry.sdk.language"] == "java"
-    validate_with_agl("Span", list(spans.values()))
+    assert_quickstart(receiver, rollout_id, "java", "java-sdk-agent")
