@@ -16,7 +16,23 @@ PIP_FLAGS := --disable-pip-version-check --no-input -q
 # Tests that need nothing beyond the project's own venv.
 FAST := not e2e and not agl and not node and not slow
 
-.PHONY: install install-test run test test-fast bench lint agl-env genai-env golden node-deps clean
+# Go, the Collector and Maven keep everything under .cache/ too, so CI can cache that one folder.
+CACHE := $(abspath .cache)
+GO_ENV := GOPATH=$(CACHE)/go GOMODCACHE=$(CACHE)/go/mod GOCACHE=$(CACHE)/go/build GOFLAGS=-modcacherw
+# The Collector built from collector-config/builder-config.yaml with the Collector's own builder.
+OTELCOL_VERSION := 0.136.0
+OTELCOL_DIR := $(CACHE)/otelcol/$(OTELCOL_VERSION)
+OTELCOL := $(OTELCOL_DIR)/otelcol-lightning/otelcol-lightning
+# Where the checksum database has no entry for some of the Collector's modules, they are taken
+# from the module proxy as they are; set OTELCOL_GONOSUMDB= to check every one.
+OTELCOL_GONOSUMDB ?= github.com/open-telemetry/opentelemetry-collector-contrib,go.opentelemetry.io/collector
+GO_AGENT_BIN := $(CACHE)/go-agent/bin
+MVN := mvn -B -q -Dmaven.repo.local=$(CACHE)/m2
+JAVAAGENT_VERSION := 2.33.1
+JAVAAGENT := $(CACHE)/java/opentelemetry-javaagent-$(JAVAAGENT_VERSION).jar
+JAVA_SDK_AGENT := examples/java-agent/sdk
+
+.PHONY: install install-test run test test-fast bench lint agl-env genai-env golden node-deps collector go-agent java-deps clean
 
 # Serving needs only the [server] extra; the test tools come with install-test.
 install: $(VENV)/.server
@@ -57,10 +73,39 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/packag
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+collector: $(OTELCOL)
+
+$(OTELCOL): collector-config/builder-config.yaml
+	GOBIN=$(OTELCOL_DIR)/bin $(GO_ENV) go install go.opentelemetry.io/collector/cmd/builder@v$(OTELCOL_VERSION)
+	cd $(OTELCOL_DIR) && $(GO_ENV) GONOSUMDB=$(OTELCOL_GONOSUMDB) \
+		$(OTELCOL_DIR)/bin/builder --config $(abspath collector-config/builder-config.yaml)
+	touch $@
+
+go-agent: $(GO_AGENT_BIN)/.built
+
+$(GO_AGENT_BIN)/.built: examples/go-agent/go.mod examples/go-agent/go.sum $(wildcard examples/go-agent/*/*.go)
+	cd examples/go-agent && $(GO_ENV) go build -o $(GO_AGENT_BIN)/ ./...
+	touch $@
+
+JAVA_SERVICE := $(CACHE)/java/classes/Service.class
+
+java-deps: $(JAVAAGENT) $(JAVA_SERVICE) $(JAVA_SDK_AGENT)/target/classpath.txt
+
+$(JAVA_SERVICE): examples/java-agent/Service.java
+	javac -d $(dir $@) $<
+
+$(JAVAAGENT):
+	$(MVN) dependency:copy -Dartifact=io.opentelemetry.javaagent:opentelemetry-javaagent:$(JAVAAGENT_VERSION) \
+		-DoutputDirectory=$(dir $@)
+
+$(JAVA_SDK_AGENT)/target/classpath.txt: $(JAVA_SDK_AGENT)/pom.xml $(wildcard $(JAVA_SDK_AGENT)/src/main/java/*.java)
+	cd $(JAVA_SDK_AGENT) && $(MVN) compile
+	touch $@
+
 run: install
 	$(BIN)/lightning-otlp serve
 
-test: install-test agl-env genai-env node-deps
+test: install-test agl-env genai-env node-deps collector go-agent java-deps
 	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python GENAI_PYTHON=$(abspath $(GENAI_VENV))/bin/python \
 		$(BIN)/pytest
 
@@ -76,4 +121,4 @@ lint: install-test
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache $(JAVA_SDK_AGENT)/target

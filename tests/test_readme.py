@@ -20,6 +20,10 @@ README = (ROOT / "README.md").read_text()
         "examples/typescript-agent/quickstart.ts",
         "examples/quickstart.py",
         "collector-config/sidecar.yaml",
+        "examples/go-agent/quickstart/main.go",
+        "examples/go-agent/service/main.go",
+        "examples/java-agent/sdk/src/main/java/Quickstart.java",
+        "examples/java-agent/Service.java",
     ],
 )
 def test_readme_shows_the_files_verbatim(path: str) -> None:
