@@ -86,7 +86,7 @@ async def serve(settings: Settings) -> None:
     )
     await grpc_server.start()
     limits = uvicorn_options(
-        settings.header_timeout, settings.idle_timeout, settings.max_connections
+        settings.header_timeout, settings.idle_timeout, settings.max_connections, pipeline.budget
     )
     http_server = _asgi_server(
         HTTPReceiver(pipeline, auth, body_timeout=settings.body_timeout),

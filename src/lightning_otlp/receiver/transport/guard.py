@@ -15,6 +15,12 @@ from typing import Any, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ...errors import Overloaded
+from .. import decode as codec
+from ..budget import MemoryBudget
+from ..status import answer
+
+NO_ROOM: Final = "requests in flight hold the whole request memory budget; retry later"
 _REFUSAL: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"content-type: text/plain; charset=utf-8\r\n"
@@ -25,13 +31,21 @@ _REFUSAL: Final = (
 )
 
 
-def guarded_protocol(header_timeout: float, max_connections: int) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with these limits, to pass as ``uvicorn.Config(http=...)``."""
+def guarded_protocol(
+    header_timeout: float, max_connections: int, budget: MemoryBudget | None = None
+) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with these limits, to pass as ``uvicorn.Config(http=...)``.
+
+    With ``budget``, a request whose declared body cannot fit the request memory budget is
+    answered 503 and its connection closed right after its headers, before any application
+    work (the application reserves the budget itself; this only spares the refusals' cost).
+    """
     if header_timeout <= 0 or max_connections <= 0:
         raise ValueError("header_timeout and max_connections must be positive")
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _refused = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -48,7 +62,45 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[HttpTo
 
         def on_headers_complete(self) -> None:
             self._disarm()
+            if self._refused:
+                return
+            if budget is not None and self._beyond_budget(budget):
+                self._refuse()
+                return
             super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if not self._refused:
+                super().on_message_complete()
+
+        def _beyond_budget(self, budget: MemoryBudget) -> bool:
+            for name, value in self.headers:
+                if name == b"content-length":
+                    try:
+                        return int(value) > budget.limit - budget.used
+                    except ValueError:
+                        return False  # the application answers 400
+            return False
+
+        def _refuse(self) -> None:
+            self._refused = True
+            content_type = dict(self.headers).get(b"content-type", b"").decode("latin-1")
+            media = codec.JSON if codec.media_type(content_type) == codec.JSON else codec.PROTOBUF
+            result = answer(Overloaded(NO_ROOM))
+            body = codec.encode(result.status, media)
+            head = [
+                b"HTTP/1.1 503 Service Unavailable",
+                b"content-type: " + media.encode(),
+                b"content-length: " + str(len(body)).encode(),
+                *(name + b": " + value for name, value in result.http_headers),
+                b"connection: close",
+            ]
+            self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+            self.transport.close()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -77,10 +129,13 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[HttpTo
 
 
 def uvicorn_options(
-    header_timeout: float, idle_timeout: float, max_connections: int
+    header_timeout: float,
+    idle_timeout: float,
+    max_connections: int,
+    budget: MemoryBudget | None = None,
 ) -> dict[str, Any]:
     """The ``uvicorn.Config`` keywords that apply these limits and the keep-alive timeout."""
     return {
-        "http": guarded_protocol(header_timeout, max_connections),
+        "http": guarded_protocol(header_timeout, max_connections, budget),
         "timeout_keep_alive": max(1, round(idle_timeout)),
     }
