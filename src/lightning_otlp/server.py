@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import uvicorn
 
+from .api import build_http_app
 from .receiver.auth import BearerAuth, load_tokens
 from .receiver.health import HealthApp
 from .receiver.pipeline import Pipeline
@@ -88,8 +89,14 @@ async def serve(settings: Settings) -> None:
     limits = uvicorn_options(
         settings.header_timeout, settings.idle_timeout, settings.max_connections, pipeline.budget
     )
-    http_server = _asgi_server(
+    http_app = build_http_app(
         HTTPReceiver(pipeline, auth, body_timeout=settings.body_timeout),
+        pipeline,
+        dashboard=settings.dashboard,
+        watchdog_interval=settings.watchdog_interval,
+    )
+    http_server = _asgi_server(
+        http_app,
         settings.http,
         grace=max(1, round(settings.shutdown_timeout)),
         **limits,
@@ -118,6 +125,10 @@ async def serve(settings: Settings) -> None:
             if health_server is not None and settings.health is not None:
                 health_at = Address(settings.health.host, _port(health_server))
                 _announce(f"health listening on http://{health_at}/health")
+            if http_app.api is not None:
+                _announce(f"LightningStore API on {scheme}://{http_at}/v1/agl")
+            if http_app.dashboard is not None:
+                _announce(f"dashboard on {scheme}://{http_at}/")
             _announce(f"store: {pipeline.store.url}")
             stop = asyncio.ensure_future(stopping.wait())
             await asyncio.wait({stop, serving}, return_when=asyncio.FIRST_COMPLETED)

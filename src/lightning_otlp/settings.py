@@ -277,6 +277,23 @@ class Settings:
         False,
         Spec(_flag, "mark a per-trace rollout succeeded/failed by its root span's status"),
     )
+    dashboard: str | None = _spec(
+        None,
+        Spec(
+            _path,
+            "serve the Agent Lightning dashboard on the OTLP/HTTP port: its directory, or"
+            " 'auto' for the installed agentlightning package's",
+            "DIR",
+        ),
+    )
+    watchdog_interval: float = _spec(
+        10.0,
+        Spec(
+            _not_negative(_number),
+            "least time between scans for timed-out and unresponsive attempts",
+            "SECONDS",
+        ),
+    )
     translate: bool = _spec(
         True,
         Spec(

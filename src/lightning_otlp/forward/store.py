@@ -18,6 +18,7 @@ from ..batch import SpanBatch
 from ..errors import StoreUnavailable
 from ..store.affinity import DEFAULT_AFFINITY_WINDOW, TraceAffinity
 from ..store.base import Metric, WriteResult
+from ..store.lightning import LightningStoreBackend
 from ..store.url import DEFAULT_OUTBOX, StoreURL
 from .client import HTTPLightningClient, LightningClient
 from .delivery import DEFAULT_BATCH_SPANS, DEFAULT_MAX_BACKOFF, Delivery
@@ -229,6 +230,10 @@ class ForwardingStore:
 
     def check(self, full: bool = False) -> list[str]:
         return self.outbox.store.check(full)
+
+    def lightning_api(self, *, watchdog_interval: float = 10.0) -> LightningStoreBackend | None:
+        """None: the LightningStore is the server spans are forwarded to; use its API."""
+        return None
 
     def status(self) -> dict[str, Any]:
         """Outbox depth, oldest pending age, forwarded counts and the last error."""

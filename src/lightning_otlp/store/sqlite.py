@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from google.protobuf.message import DecodeError
 
@@ -30,6 +30,9 @@ from .records import (
     attempted_rollout_record,
     span_record,
 )
+
+if TYPE_CHECKING:
+    from .lightning import LightningStoreBackend
 
 log = logging.getLogger("lightning_otlp.store")
 
@@ -697,6 +700,13 @@ class SQLiteStore:
             rollouts = conn.execute("SELECT COUNT(*) FROM rollouts").fetchone()[0]
             spans = conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
         return {"store": self.url, "rollouts": rollouts, "spans": spans}
+
+    def lightning_api(self, *, watchdog_interval: float = 10.0) -> LightningStoreBackend | None:
+        from .sqlite_api import SQLiteLightningStore  # imports this module
+
+        backend = SQLiteLightningStore(self, scan_debounce=watchdog_interval)
+        backend.open()
+        return backend
 
     def count_spans(self) -> int:
         with self._lock:

@@ -1,0 +1,497 @@
+"""``/v1/agl``: agentlightning 0.3.0's LightningStore REST API, route for route.
+
+The routes table below is the API's table of contents. Each handler parses, calls the backend
+on the receiver's store thread (``run``), and encodes: the backend owns every rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, Router
+
+from ..errors import ReceiverError
+from ..receiver.status import answer
+from ..store.lightning import (
+    ATTEMPT_STATUSES,
+    MODES,
+    ROLLOUT_STATUSES,
+    UNSET,
+    WORKER_STATUSES,
+    LightningStoreBackend,
+    Page,
+    Record,
+)
+from . import wire
+from .wire import BadRequest, Fields, Invalid
+
+log = logging.getLogger("lightning_otlp.api")
+
+PREFIX: Final = "/v1/agl"
+# upstream's client never waits longer per call; a longer wait is polled in these steps
+WAIT_POLL_SECONDS: Final = 0.05
+
+T = TypeVar("T")
+Runner = Callable[..., Awaitable[Any]]
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    body = json.dumps(value, separators=(",", ":")).encode()
+    return Response(body, status, media_type="application/json")
+
+
+class LightningAPI:
+    """The ``/v1/agl`` routes over one backend.
+
+    Args:
+        backend: the store's LightningStore API.
+        run: runs a backend call where store writes are serialized (the receiver's store
+            thread); ``run(fn, *args)`` returns ``fn(*args)``.
+    """
+
+    def __init__(self, backend: LightningStoreBackend, run: Runner) -> None:
+        self.backend = backend
+        self._run = run
+        self.router = Router(routes=self.routes())
+
+    def routes(self) -> list[Route]:
+        b = self.backend
+        return [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/queues/rollouts/enqueue", self.enqueue, methods=["POST"]),
+            Route("/queues/rollouts/dequeue", self.dequeue, methods=["POST"]),
+            Route("/rollouts", self.start_rollout, methods=["POST"]),
+            Route("/rollouts", self.query_rollouts, methods=["GET"]),
+            Route("/rollouts/search", self.search_rollouts, methods=["POST"]),
+            Route(
+                "/rollouts/{rollout_id}",
+                self.path_call(b.get_rollout, "rollout_id"),
+                methods=["GET"],
+            ),
+            Route("/rollouts/{rollout_id}", self.update_rollout, methods=["POST"]),
+            Route("/rollouts/{rollout_id}/attempts", self.start_attempt, methods=["POST"]),
+            Route("/rollouts/{rollout_id}/attempts/search", self.search_attempts, methods=["POST"]),
+            Route(
+                "/rollouts/{rollout_id}/attempts/{attempt_id}",
+                self.update_attempt,
+                methods=["POST"],
+            ),
+            Route("/workers", self.query_workers, methods=["GET"]),
+            Route("/workers/search", self.search_workers, methods=["POST"]),
+            Route(
+                "/workers/{worker_id}", self.path_call(b.get_worker, "worker_id"), methods=["GET"]
+            ),
+            Route("/workers/{worker_id}", self.update_worker, methods=["POST"]),
+            Route("/statistics", self.statistics, methods=["GET"]),
+            Route("/rollouts/{rollout_id}/attempts", self.query_attempts, methods=["GET"]),
+            Route(
+                "/rollouts/{rollout_id}/attempts/latest",
+                self.path_call(b.get_latest_attempt, "rollout_id"),
+                methods=["GET"],
+            ),
+            Route("/resources", self.query_resources, methods=["GET"]),
+            Route("/resources", self.add_resources, methods=["POST"]),
+            Route("/resources/latest", self.latest_resources, methods=["GET"]),
+            Route("/resources/{resources_id}", self.update_resources, methods=["POST"]),
+            Route(
+                "/resources/{resources_id}",
+                self.path_call(b.get_resources, "resources_id"),
+                methods=["GET"],
+            ),
+            Route("/spans", self.add_span, methods=["POST"]),
+            Route("/spans", self.query_spans, methods=["GET"]),
+            Route("/spans/search", self.search_spans, methods=["POST"]),
+            Route("/spans/next", self.next_sequence_id, methods=["POST"]),
+            Route("/waits/rollouts", self.wait_for_rollouts, methods=["POST"]),
+        ]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve a request whose path starts with ``/v1/agl``."""
+        scope = dict(scope)
+        scope["root_path"] = scope.get("root_path", "") + PREFIX
+        scope["path"] = scope["path"][len(PREFIX) :] or "/"
+        await self.router(scope, receive, send)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if kwargs:
+            return await self._run(lambda: fn(*args, **kwargs))  # type: ignore[no-any-return]
+        return await self._run(fn, *args)  # type: ignore[no-any-return]
+
+    def path_call(self, fn: Callable[[str], Any], param: str) -> Handler:
+        """A GET that passes one path parameter and answers the record or ``null``."""
+
+        async def handler(request: Request) -> Response:
+            return await guarded(lambda: self._path_call(fn, request.path_params[param]))
+
+        return handler
+
+    async def _path_call(self, fn: Callable[[str], Any], value: str) -> Response:
+        return json_response(await self.call(fn, value))
+
+    # -- handlers ------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def statistics(self, request: Request) -> Response:
+        return await guarded(lambda: self._answer(self.backend.statistics))
+
+    async def _answer(self, fn: Callable[[], Any], status: int = 200) -> Response:
+        return json_response(await self.call(fn), status)
+
+    async def enqueue(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await read_json(request), required=True) or {}
+            items = body.get("rollouts")
+            if "rollouts" not in body:
+                raise wire.error("missing", ["body", "rollouts"], "Field required", None)
+            if not isinstance(items, list):
+                raise wire.error(
+                    "list_type", ["body", "rollouts"], "Input should be a valid list", items
+                )
+            requests = []
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    raise wire.error(
+                        "model_attributes_type",
+                        ["body", "rollouts", i],
+                        "Input should be a valid dictionary or object to extract fields from",
+                        item,
+                    )
+                requests.append(wire.rollout_request(item, ("body", "rollouts", i)))
+            if not requests:
+                return json_response([], 201)
+            return json_response(await self.call(self.backend.enqueue_rollouts, requests), 201)
+
+        return await guarded(go)
+
+    async def dequeue(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await read_json(request), required=False) or {}
+            fields = Fields(body, "body")
+            limit = fields.integer("limit", 1)
+            worker_id = fields.string("worker_id")
+            if limit <= 0:
+                return json_response([])
+            return json_response(await self.call(self.backend.dequeue_rollouts, limit, worker_id))
+
+        return await guarded(go)
+
+    async def start_rollout(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await read_json(request), required=True) or {}
+            r = wire.rollout_request(body)
+            rollout = await self.call(
+                self.backend.start_rollout,
+                r["input"],
+                r["mode"],
+                r["resources_id"],
+                r["config"],
+                r["metadata"],
+                r["worker_id"],
+            )
+            return json_response(rollout, 201)
+
+        return await guarded(go)
+
+    async def query_rollouts(self, request: Request) -> Response:
+        return await guarded(
+            lambda: self._rollouts(query_fields(request, {"status_in", "rollout_id_in"}), False)
+        )
+
+    async def search_rollouts(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await read_json(request), required=True) or {}
+            return await self._rollouts(Fields(body, "body"), True)
+
+        return await guarded(go)
+
+    async def _rollouts(self, fields: Fields, search: bool) -> Response:
+        query = wire.query(fields, wire.ROLLOUT_FIELDS)
+        status_in = fields.choices("status_in", ROLLOUT_STATUSES)
+        rollout_id_in = fields.strings("rollout_id_in")
+        page = await self.call(
+            self.backend.query_rollouts,
+            status_in=status_in,
+            rollout_id_in=rollout_id_in,
+            rollout_id_contains=fields.string("rollout_id_contains"),
+            filter_logic=wire.filter_logic(fields),
+            query=query,
+        )
+        return page_response(page)
+
+    async def update_rollout(self, request: Request) -> Response:
+        async def go() -> Response:
+            rollout_id = request.path_params["rollout_id"]
+            body = wire.body_object(await read_json(request), required=True) or {}
+            f = Fields(body, "body")
+            changes: Record = {}
+            if f.has("input"):
+                changes["input"] = body["input"]
+            if f.has("mode"):
+                changes["mode"] = f.choice("mode", MODES)
+            if f.has("resources_id"):
+                changes["resources_id"] = f.string("resources_id")
+            if f.has("status"):
+                changes["status"] = f.choice("status", ROLLOUT_STATUSES)
+            if f.has("config"):
+                changes["config"] = wire.rollout_config(body["config"], ["body", "config"])
+            if f.has("metadata"):
+                changes["metadata"] = f.mapping("metadata")
+            for name in ("status", "config"):
+                if name in changes and changes[name] is None:
+                    raise BadRequest(f"{name} is invalid; it cannot be a null value.")
+            return json_response(await self.call(self.backend.update_rollout, rollout_id, changes))
+
+        return await guarded(go)
+
+    async def start_attempt(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await read_json(request), required=False) or {}
+            worker_id = Fields(body, "body").string("worker_id")
+            rollout_id = request.path_params["rollout_id"]
+            return json_response(
+                await self.call(self.backend.start_attempt, rollout_id, worker_id), 201
+            )
+
+        return await guarded(go)
+
+    async def query_attempts(self, request: Request) -> Response:
+        async def go() -> Response:
+            query = wire.query(query_fields(request), wire.ATTEMPT_FIELDS, "sequence_id")
+            rollout_id = request.path_params["rollout_id"]
+            return page_response(await self.call(self.backend.query_attempts, rollout_id, query))
+
+        return await guarded(go)
+
+    async def search_attempts(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await read_json(request), required=True) or {}
+            query = wire.query(Fields(body, "body"), wire.ATTEMPT_FIELDS, "sequence_id")
+            rollout_id = request.path_params["rollout_id"]
+            return page_response(await self.call(self.backend.query_attempts, rollout_id, query))
+
+        return await guarded(go)
+
+    async def update_attempt(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await read_json(request), required=True) or {}
+            f = Fields(body, "body")
+            changes: Record = {}
+            if f.has("status"):
+                changes["status"] = f.choice("status", ATTEMPT_STATUSES)
+            if f.has("worker_id"):
+                changes["worker_id"] = f.string("worker_id")
+            if f.has("last_heartbeat_time"):
+                changes["last_heartbeat_time"] = f.number("last_heartbeat_time")
+            if f.has("metadata"):
+                changes["metadata"] = f.mapping("metadata")
+            for name, value in changes.items():
+                if value is None:
+                    raise BadRequest(f"{name} is invalid; it cannot be a null value.")
+            params = request.path_params
+            attempt = await self.call(
+                self.backend.update_attempt, params["rollout_id"], params["attempt_id"], changes
+            )
+            return json_response(attempt)
+
+        return await guarded(go)
+
+    async def query_workers(self, request: Request) -> Response:
+        return await guarded(lambda: self._workers(query_fields(request, {"status_in"})))
+
+    async def search_workers(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await read_json(request), required=True) or {}
+            return await self._workers(Fields(body, "body"))
+
+        return await guarded(go)
+
+    async def _workers(self, fields: Fields) -> Response:
+        query = wire.query(fields, wire.WORKER_FIELDS)
+        page = await self.call(
+            self.backend.query_workers,
+            status_in=fields.choices("status_in", WORKER_STATUSES),
+            worker_id_contains=fields.string("worker_id_contains"),
+            filter_logic=wire.filter_logic(fields),
+            query=query,
+        )
+        return page_response(page)
+
+    async def update_worker(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await read_json(request), required=False)
+            stats: Any = UNSET
+            if body is not None and "heartbeat_stats" in body:
+                stats = Fields(body, "body").mapping("heartbeat_stats")
+                if stats is None:
+                    raise BadRequest("heartbeat_stats is invalid; it cannot be a null value.")
+            worker_id = request.path_params["worker_id"]
+            return json_response(await self.call(self.backend.update_worker, worker_id, stats))
+
+        return await guarded(go)
+
+    async def query_resources(self, request: Request) -> Response:
+        async def go() -> Response:
+            fields = query_fields(request)
+            query = wire.query(fields, wire.RESOURCES_FIELDS)
+            page = await self.call(
+                self.backend.query_resources,
+                resources_id=fields.string("resources_id"),
+                resources_id_contains=fields.string("resources_id_contains"),
+                query=query,
+            )
+            return page_response(page)
+
+        return await guarded(go)
+
+    async def add_resources(self, request: Request) -> Response:
+        async def go() -> Response:
+            resources = wire.body_object(await read_json(request), required=True)
+            return json_response(await self.call(self.backend.add_resources, resources), 201)
+
+        return await guarded(go)
+
+    async def latest_resources(self, request: Request) -> Response:
+        return await guarded(lambda: self._answer(self.backend.get_latest_resources))
+
+    async def update_resources(self, request: Request) -> Response:
+        async def go() -> Response:
+            resources = wire.body_object(await read_json(request), required=True)
+            resources_id = request.path_params["resources_id"]
+            return json_response(
+                await self.call(self.backend.update_resources, resources_id, resources)
+            )
+
+        return await guarded(go)
+
+    async def add_span(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await read_json(request), required=True) or {}
+            return json_response(await self.call(self.backend.add_span, wire.span(body)), 201)
+
+        return await guarded(go)
+
+    async def query_spans(self, request: Request) -> Response:
+        return await guarded(lambda: self._spans(query_fields(request)))
+
+    async def search_spans(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await read_json(request), required=True) or {}
+            return await self._spans(Fields(body, "body"))
+
+        return await guarded(go)
+
+    async def _spans(self, fields: Fields) -> Response:
+        rollout_id = fields.string("rollout_id", required=True)
+        attempt_id = fields.string("attempt_id")
+        filters = {
+            name: {"exact": fields.string(name), "contains": fields.string(name + "_contains")}
+            for name in wire.SPAN_FILTERS
+        }
+        logic = wire.filter_logic(fields)
+        query = wire.query(fields, wire.SPAN_FIELDS, "sequence_id")
+        page = await self.call(
+            self.backend.query_spans,
+            rollout_id,
+            attempt_id,
+            filters=filters,
+            filter_logic=logic,
+            query=query,
+        )
+        return page_response(page)
+
+    async def next_sequence_id(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await read_json(request), required=True) or {}
+            f = Fields(body, "body")
+            rollout_id = f.string("rollout_id", required=True)
+            attempt_id = f.string("attempt_id", required=True)
+            value = await self.call(self.backend.next_span_sequence_id, rollout_id, attempt_id)
+            return json_response({"sequence_id": value})
+
+        return await guarded(go)
+
+    async def wait_for_rollouts(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await read_json(request), required=True) or {}
+            f = Fields(body, "body")
+            rollout_ids = f.strings("rollout_ids")
+            if rollout_ids is None:
+                raise wire.error("missing", ["body", "rollout_ids"], "Field required", None)
+            timeout = f.number("timeout")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                done = await self.call(self.backend.finished_rollouts, rollout_ids)
+                left = None if deadline is None else deadline - time.monotonic()
+                if len(done) == len(set(rollout_ids)) or (left is not None and left <= 0):
+                    return json_response(done)
+                await asyncio.sleep(
+                    WAIT_POLL_SECONDS if left is None else min(WAIT_POLL_SECONDS, left)
+                )
+
+        return await guarded(go)
+
+
+def page_response(page: Page) -> Response:
+    return json_response(page.as_dict())
+
+
+def query_fields(request: Request, lists: set[str] | None = None) -> Fields:
+    """The query as ``Fields``; names in ``lists`` may repeat (``?a=1&a=2``)."""
+    data: Record = {}
+    for key, value in request.query_params.multi_items():
+        if lists and key in lists:
+            data.setdefault(key, []).append(value)
+        else:
+            data[key] = value
+    return Fields(data, "query")
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise wire.error("json_invalid", ["body", 0], f"JSON decode error: {exc}", {}) from None
+
+
+async def guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
+    """Upstream's error answers: 422 and 400 for the caller's mistakes, 500 for the rest."""
+    try:
+        return await handler()
+    except Invalid as exc:
+        return json_response({"detail": exc.errors}, 422)
+    except BadRequest as exc:
+        return json_response({"detail": str(exc)}, 400)
+    except ReceiverError as exc:
+        result = answer(exc)
+        response = json_response({"detail": str(exc)}, result.http_status)
+        for name, value in result.http_headers:
+            response.headers[name.decode()] = value.decode()
+        return response
+    except Exception as exc:
+        # Upstream's server answers any store error (a missing rollout is a ValueError) with 500
+        # and this body; its client retries 5xx before giving up.
+        log.info("answering 500: %s: %s", type(exc).__name__, exc)
+        return json_response(
+            {
+                "detail": "Internal server error",
+                "error_type": type(exc).__name__,
+                "traceback": traceback.format_exc(),
+            },
+            500,
+        )

@@ -1,0 +1,160 @@
+"""The LightningStore API a backend offers the REST layer (agentlightning 0.3.0 semantics).
+
+Records go in and out as plain dicts with agentlightning's field names, so the API layer never
+imports agentlightning and a second backend (PostgreSQL, say) only has to implement this.
+Methods are synchronous: the receiver runs them on its one store thread, beside OTLP writes.
+Errors follow upstream: ``ValueError`` for a missing rollout or attempt (upstream answers 500).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol
+
+Record = dict[str, Any]
+SortOrder = Literal["asc", "desc"]
+FilterLogic = Literal["and", "or"]
+
+ROLLOUT_STATUSES: Final = (
+    "queuing",
+    "preparing",
+    "running",
+    "failed",
+    "succeeded",
+    "cancelled",
+    "requeuing",
+)
+ATTEMPT_STATUSES: Final = ("preparing", "running", "failed", "succeeded", "unresponsive", "timeout")
+WORKER_STATUSES: Final = ("idle", "busy", "unknown")
+MODES: Final = ("train", "val", "test")
+
+
+class Unset:
+    """A field the caller did not send (distinct from an explicit ``null``)."""
+
+    _instance: Unset | None = None
+
+    def __new__(cls) -> Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = Unset()
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a query: ``{items, limit, offset, total}`` on the wire."""
+
+    items: list[Record]
+    limit: int
+    offset: int
+    total: int
+
+    def as_dict(self) -> Record:
+        return {
+            "items": self.items,
+            "limit": self.limit,
+            "offset": self.offset,
+            "total": self.total,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Sorting and pagination shared by every list call."""
+
+    sort_by: str | None = None
+    sort_order: SortOrder = "asc"
+    limit: int = -1
+    offset: int = 0
+
+
+class LightningStoreBackend(Protocol):
+    """What ``/v1/agl`` needs from a store; see agentlightning 0.3.0 ``store/base.py``."""
+
+    def statistics(self) -> Record: ...
+
+    def start_rollout(
+        self,
+        input: Any,
+        mode: str | None,
+        resources_id: str | None,
+        config: Record | None,
+        metadata: Record | None,
+        worker_id: str | None,
+    ) -> Record: ...
+
+    def enqueue_rollouts(self, requests: Sequence[Record]) -> list[Record]: ...
+
+    def dequeue_rollouts(self, limit: int, worker_id: str | None) -> list[Record]: ...
+
+    def start_attempt(self, rollout_id: str, worker_id: str | None) -> Record: ...
+
+    def query_rollouts(
+        self,
+        *,
+        status_in: Sequence[str] | None,
+        rollout_id_in: Sequence[str] | None,
+        rollout_id_contains: str | None,
+        filter_logic: FilterLogic,
+        query: Query,
+    ) -> Page: ...
+
+    def get_rollout(self, rollout_id: str) -> Record | None: ...
+
+    def update_rollout(self, rollout_id: str, fields: Record) -> Record: ...
+
+    def query_attempts(self, rollout_id: str, query: Query) -> Page: ...
+
+    def get_latest_attempt(self, rollout_id: str) -> Record | None: ...
+
+    def update_attempt(self, rollout_id: str, attempt_id: str, fields: Record) -> Record: ...
+
+    def query_workers(
+        self,
+        *,
+        status_in: Sequence[str] | None,
+        worker_id_contains: str | None,
+        filter_logic: FilterLogic,
+        query: Query,
+    ) -> Page: ...
+
+    def get_worker(self, worker_id: str) -> Record | None: ...
+
+    def update_worker(self, worker_id: str, heartbeat_stats: Record | Unset) -> Record: ...
+
+    def add_resources(self, resources: Record) -> Record: ...
+
+    def update_resources(self, resources_id: str, resources: Record) -> Record: ...
+
+    def get_resources(self, resources_id: str) -> Record | None: ...
+
+    def get_latest_resources(self) -> Record | None: ...
+
+    def query_resources(
+        self, *, resources_id: str | None, resources_id_contains: str | None, query: Query
+    ) -> Page: ...
+
+    def add_span(self, span: Record) -> Record | None: ...
+
+    def next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int: ...
+
+    def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None,
+        *,
+        filters: dict[str, dict[str, str]],
+        filter_logic: FilterLogic,
+        query: Query,
+    ) -> Page: ...
+
+    def finished_rollouts(self, rollout_ids: Sequence[str]) -> list[Record]:
+        """The rollouts among ``rollout_ids`` that have finished, in the order asked."""
+        ...

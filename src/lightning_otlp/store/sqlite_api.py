@@ -1,0 +1,1030 @@
+"""The LightningStore API over the embedded SQLite store, with upstream's rollout lifecycle.
+
+Mirrors agentlightning 0.3.0 ``store/collection_based.py``: queuing -> preparing -> running ->
+succeeded / failed / cancelled, requeuing by ``RolloutConfig``, the debounced watchdog that
+times out and marks unresponsive attempts, and workers' status. Every call is one SQLite
+transaction on the receiver's store thread, so API and OTLP writes never interleave.
+
+The queue is a column: ``rollouts.queue_seq`` orders queued rollouts; a rollout leaves the queue
+when dequeued. Spans added through the API keep their agentlightning record as given (JSON);
+OTLP spans keep their protobuf. Each attempt keeps its span counter (``next_span_seq``), shared
+by both paths; a new attempt starts from its rollout's highest, so numbers rise per rollout as
+upstream's do. ``spans/next`` issues at least the current time in microseconds, the sequence
+ids the OTLP path gives spans from their start times.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Final
+
+from ..errors import StoreUnavailable
+from .db import transaction
+from .lightning import UNSET, FilterLogic, Page, Query, Record, Unset
+from .records import ATTEMPT_COLUMNS, ROLLOUT_COLUMNS, SPAN_COLUMNS, attempt_record, span_record
+from .sqlite import SQLiteStore
+
+# This module's own schema steps, counted in ``agl_api_schema`` so they never collide with the
+# receiver's ``PRAGMA user_version`` migrations.
+API_MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    ALTER TABLE rollouts ADD COLUMN queue_seq INTEGER;
+    ALTER TABLE spans ADD COLUMN record TEXT;
+    CREATE INDEX rollouts_queue ON rollouts (queue_seq) WHERE queue_seq IS NOT NULL;
+    CREATE INDEX rollouts_status ON rollouts (status);
+    CREATE TABLE agl_workers (
+        worker_id          TEXT PRIMARY KEY,
+        status             TEXT NOT NULL DEFAULT 'unknown',
+        heartbeat_stats    TEXT,
+        last_heartbeat_time REAL,
+        last_dequeue_time  REAL,
+        last_busy_time     REAL,
+        last_idle_time     REAL,
+        current_rollout_id TEXT,
+        current_attempt_id TEXT
+    );
+    CREATE TABLE agl_resources (
+        resources_id TEXT PRIMARY KEY,
+        resources    TEXT NOT NULL,
+        create_time  REAL NOT NULL,
+        update_time  REAL NOT NULL,
+        version      INTEGER NOT NULL,
+        touched      INTEGER NOT NULL
+    );
+    CREATE TABLE agl_span_counters (
+        rollout_id TEXT PRIMARY KEY,
+        next_seq   INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO resources (resource_id, body)
+        VALUES ('agl-api', '{"attributes": {}, "schema_url": ""}')
+    """,
+)
+
+API_RESOURCE_ID: Final = "agl-api"  # the OTLP-resource row API spans point at
+FINISHED: Final = ("failed", "succeeded", "cancelled")
+QUEUED: Final = ("queuing", "requeuing")
+RUNNING: Final = ("preparing", "running")
+DEFAULT_SCAN_DEBOUNCE: Final = 10.0
+
+_WORKER_COLUMNS: Final = (
+    "worker_id, status, heartbeat_stats, last_heartbeat_time, last_dequeue_time, last_busy_time,"
+    " last_idle_time, current_rollout_id, current_attempt_id"
+)
+_RESOURCE_COLUMNS: Final = "resources_id, resources, create_time, update_time, version"
+_ROLLOUT_SORT: Final = {
+    "rollout_id": "str",
+    "input": "raw",
+    "start_time": "time",
+    "end_time": "time",
+    "mode": "str",
+    "resources_id": "str",
+    "status": "str",
+    "config": "raw",
+    "metadata": "raw",
+}
+_LIGHT_SPAN_FIELDS: Final = frozenset(
+    ("rollout_id", "attempt_id", "sequence_id", "trace_id", "span_id", "parent_id", "name")
+    + ("start_time", "end_time")
+)
+_INSERT_API_SPAN: Final = (
+    f"INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}, record) VALUES ({', '.join('?' * 13)})"
+)
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _new_id(prefix: str, nbytes: int) -> str:
+    return prefix + secrets.token_hex(nbytes)
+
+
+def rollout_record(row: Sequence[Any]) -> Record:
+    """A ``rollouts`` row (``ROLLOUT_COLUMNS``) as an agentlightning ``Rollout`` dict."""
+    return {
+        "rollout_id": row[0],
+        "input": _json(row[1]),
+        "start_time": row[2],
+        "end_time": row[3],
+        "mode": row[4],
+        "resources_id": row[5],
+        "status": row[6],
+        "config": _json(row[7]),
+        "metadata": _json(row[8]),
+    }
+
+
+def _worker_record(row: Sequence[Any]) -> Record:
+    return {
+        "worker_id": row[0],
+        "status": row[1],
+        "heartbeat_stats": _json(row[2]),
+        "last_heartbeat_time": row[3],
+        "last_dequeue_time": row[4],
+        "last_busy_time": row[5],
+        "last_idle_time": row[6],
+        "current_rollout_id": row[7],
+        "current_attempt_id": row[8],
+    }
+
+
+def _resources_record(row: Sequence[Any]) -> Record:
+    return {
+        "resources_id": row[0],
+        "resources": _json(row[1]),
+        "create_time": row[2],
+        "update_time": row[3],
+        "version": row[4],
+    }
+
+
+def _id_key(value: str | None) -> Any:
+    """Span ids as the OTLP path stores them (bytes) when they are hex, as given otherwise."""
+    if value is None:
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return value
+
+
+def _id_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.hex() if isinstance(value, bytes) else str(value)
+
+
+def _sort_value(record: Record, field: str) -> Any:
+    """Upstream's sort key: missing ``*_time`` last, other missing values as ''/0."""
+    value = record.get(field)
+    if field.endswith("_time"):
+        return float("inf") if value is None else value
+    if value is None:
+        return 0 if field in ("sequence_id", "version") else ""
+    return value
+
+
+def _paginate(records: list[Record], query: Query) -> Page:
+    if query.sort_by:
+        key = query.sort_by
+        records = sorted(
+            records, key=lambda r: _sort_value(r, key), reverse=query.sort_order == "desc"
+        )
+    total = len(records)
+    end = None if query.limit == -1 else query.offset + query.limit
+    return Page(records[query.offset : end], query.limit, query.offset, total)
+
+
+def _order_sql(field: str, order: str) -> str:
+    kind = _ROLLOUT_SORT[field]
+    direction = "DESC" if order == "desc" else "ASC"
+    if kind == "time":
+        # NULL times sort as +infinity, as upstream's in-memory collections do.
+        return f"({field} IS NULL) {direction}, {field} {direction}, rowid"
+    if kind == "str":
+        return f"COALESCE({field}, '') {direction}, rowid"
+    return f"{field} {direction}, rowid"
+
+
+def status_from_attempt(status: str, sequence_id: int, config: Record) -> str:
+    """The rollout status an attempt's status implies (upstream ``rollout_status_from_attempt``)."""
+    if status in ("preparing", "running", "succeeded"):
+        return status
+    if status in ("failed", "timeout", "unresponsive"):
+        if status in (config.get("retry_condition") or []) and sequence_id < int(
+            config.get("max_attempts") or 1
+        ):
+            return "requeuing"
+        return "failed"
+    raise ValueError(f"Invalid attempt status: {status}")
+
+
+class SQLiteLightningStore:
+    """agentlightning's LightningStore semantics over an opened ``SQLiteStore``'s connection.
+
+    Args:
+        store: the receiver's SQLite store; its connection and lock are shared.
+        scan_debounce: seconds between watchdog scans (upstream's default is 10).
+    """
+
+    name: Final = "SQLiteLightningStore"
+
+    def __init__(self, store: SQLiteStore, *, scan_debounce: float = DEFAULT_SCAN_DEBOUNCE) -> None:
+        self.store = store
+        self.scan_debounce = scan_debounce
+        self._launch_time = time.time()
+        self._last_scan = self._launch_time - scan_debounce
+
+    # -- schema and transactions ---------------------------------------------------------
+
+    def open(self) -> None:
+        """Apply this module's migrations to the (opened) store's database."""
+        with self._transaction() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS agl_api_schema (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM agl_api_schema").fetchone()
+            version = row[0] if row else 0
+            for number, script in enumerate(API_MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("DELETE FROM agl_api_schema")
+                conn.execute("INSERT INTO agl_api_schema (version) VALUES (?)", (number,))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction, or nothing: SQLite errors become ``StoreUnavailable``."""
+        with self.store._lock:
+            try:
+                with transaction(self.store._connection()) as conn:
+                    yield conn
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"store busy or failing: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                raise StoreUnavailable(f"store failing: {exc}") from exc
+
+    def _watched(self) -> Any:
+        """A transaction that first runs the watchdog scan, as upstream's ``healthcheck_before``."""
+        return _Watched(self)
+
+    # -- statistics ------------------------------------------------------------------------
+
+    def statistics(self) -> Record:
+        with self._transaction() as conn:
+
+            def count(table: str) -> int:
+                return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+            return {
+                "name": self.name,
+                "total_rollouts": count("rollouts"),
+                "total_attempts": count("attempts"),
+                "total_spans": count("spans"),
+                "total_resources": count("agl_resources"),
+                "total_workers": count("agl_workers"),
+                "uptime": time.time() - self._launch_time,
+            }
+
+    # -- rollouts --------------------------------------------------------------------------
+
+    def start_rollout(
+        self,
+        input: Any,
+        mode: str | None,
+        resources_id: str | None,
+        config: Record | None,
+        metadata: Record | None,
+        worker_id: str | None,
+    ) -> Record:
+        with self._watched() as conn:
+            now = time.time()
+            if resources_id is None:
+                resources_id = self._latest_resources_id(conn)
+            rollout_id = _new_id("ro-", 6)
+            self._insert_rollout(
+                conn, rollout_id, input, mode, resources_id, config, metadata, "preparing", now
+            )
+            attempt = self._new_attempt(conn, rollout_id, worker_id, now)
+            if worker_id is not None:
+                self._sync_worker(conn, attempt, dequeue=False, now=now)
+            return {**self._rollout(conn, rollout_id), "attempt": attempt}
+
+    def enqueue_rollouts(self, requests: Sequence[Record]) -> list[Record]:
+        with self._watched() as conn:
+            now = time.time()
+            latest = self._latest_resources_id(conn)
+            out = []
+            for request in requests:
+                rollout_id = _new_id("ro-", 6)
+                resources_id = request.get("resources_id")
+                self._insert_rollout(
+                    conn,
+                    rollout_id,
+                    request.get("input"),
+                    request.get("mode"),
+                    resources_id if resources_id is not None else latest,
+                    request.get("config"),
+                    request.get("metadata"),
+                    "queuing",
+                    now,
+                )
+                out.append(self._rollout(conn, rollout_id))
+            return out
+
+    def dequeue_rollouts(self, limit: int, worker_id: str | None) -> list[Record]:
+        with self._watched() as conn:
+            now = time.time()
+            out: list[Record] = []
+            while len(out) < limit:
+                found = conn.execute(
+                    "SELECT rollout_id, queue_seq FROM rollouts WHERE queue_seq IS NOT NULL"
+                    " AND status IN ('queuing', 'requeuing') ORDER BY queue_seq LIMIT 1"
+                ).fetchone()
+                if found is None:
+                    break
+                rollout_id, position = found
+                # Entries ahead of it belong to rollouts no longer queuing: upstream pops and
+                # drops those on the way.
+                conn.execute(
+                    "UPDATE rollouts SET queue_seq = NULL WHERE queue_seq IS NOT NULL"
+                    " AND queue_seq <= ?",
+                    (position,),
+                )
+                attempt = self._new_attempt(conn, rollout_id, worker_id, now)
+                out.append({**self._rollout(conn, rollout_id), "attempt": attempt})
+            if worker_id is not None:
+                if out:
+                    self._sync_worker(conn, out[-1]["attempt"], dequeue=True, now=now)
+                else:
+                    self._mark_idle(conn, worker_id, now)
+            return out
+
+    def start_attempt(self, rollout_id: str, worker_id: str | None) -> Record:
+        with self._watched() as conn:
+            now = time.time()
+            if self._rollout_row(conn, rollout_id) is None:
+                raise ValueError(f"Rollout {rollout_id} not found")
+            attempt = self._new_attempt(conn, rollout_id, worker_id, now)
+            if worker_id is not None:
+                self._sync_worker(conn, attempt, dequeue=False, now=now)
+            return {**self._rollout(conn, rollout_id), "attempt": attempt}
+
+    def query_rollouts(
+        self,
+        *,
+        status_in: Sequence[str] | None,
+        rollout_id_in: Sequence[str] | None,
+        rollout_id_contains: str | None,
+        filter_logic: FilterLogic,
+        query: Query,
+    ) -> Page:
+        conditions: list[str] = []
+        params: list[Any] = []
+        if status_in is not None:
+            conditions.append(_within("status", status_in, params))
+        if rollout_id_in is not None:
+            conditions.append(_within("rollout_id", rollout_id_in, params))
+        if rollout_id_contains is not None:
+            conditions.append("instr(rollout_id, ?) > 0")
+            params.append(rollout_id_contains)
+        where = ""
+        if conditions:
+            where = "WHERE " + f" {'OR' if filter_logic == 'or' else 'AND'} ".join(
+                f"({c})" for c in conditions
+            )
+        order = _order_sql(query.sort_by, query.sort_order) if query.sort_by else "rowid"
+        page = "" if query.limit == -1 else f"LIMIT {int(query.limit)}"
+        if query.offset:
+            page = (page or "LIMIT -1") + f" OFFSET {int(query.offset)}"
+        with self._watched() as conn:
+            total = int(
+                conn.execute(f"SELECT COUNT(*) FROM rollouts {where}", params).fetchone()[0]
+            )
+            rows = conn.execute(
+                f"SELECT {ROLLOUT_COLUMNS} FROM rollouts {where} ORDER BY {order} {page}", params
+            ).fetchall()
+            latest = self._latest_attempts(conn, [row[0] for row in rows])
+        items = []
+        for row in rows:
+            record = rollout_record(row)
+            attempt = latest.get(row[0])
+            if attempt is not None:
+                record["attempt"] = attempt
+            items.append(record)
+        return Page(items, query.limit, query.offset, total)
+
+    def get_rollout(self, rollout_id: str) -> Record | None:
+        with self._watched() as conn:
+            if self._rollout_row(conn, rollout_id) is None:
+                return None
+            return self._rollout(conn, rollout_id)
+
+    def update_rollout(self, rollout_id: str, fields: Record) -> Record:
+        with self._watched() as conn:
+            if self._rollout_row(conn, rollout_id) is None:
+                raise ValueError(f"Rollout {rollout_id} not found")
+            now = time.time()
+            for name in ("input", "config", "metadata"):
+                if name in fields:
+                    conn.execute(
+                        f"UPDATE rollouts SET {name} = ? WHERE rollout_id = ?",
+                        (
+                            _dump(fields[name]) if name != "input" else json.dumps(fields[name]),
+                            rollout_id,
+                        ),
+                    )
+            for name in ("mode", "resources_id"):
+                if name in fields:
+                    conn.execute(
+                        f"UPDATE rollouts SET {name} = ? WHERE rollout_id = ?",
+                        (fields[name], rollout_id),
+                    )
+            if "status" in fields:
+                self._set_rollout_status(conn, rollout_id, fields["status"], now)
+            return rollout_record(self._rollout_row(conn, rollout_id) or ())
+
+    def finished_rollouts(self, rollout_ids: Sequence[str]) -> list[Record]:
+        if not rollout_ids:
+            return []
+        with self._watched() as conn:
+            params: list[Any] = []
+            within = _within("rollout_id", rollout_ids, params)
+            rows = conn.execute(
+                f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE {within}"
+                " AND status IN ('failed', 'succeeded', 'cancelled')",
+                params,
+            ).fetchall()
+        found = {row[0]: rollout_record(row) for row in rows}
+        return [found[r] for r in rollout_ids if r in found]
+
+    # -- attempts --------------------------------------------------------------------------
+
+    def query_attempts(self, rollout_id: str, query: Query) -> Page:
+        with self._watched() as conn:
+            rows = conn.execute(
+                f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? ORDER BY rowid",
+                (rollout_id,),
+            ).fetchall()
+        return _paginate([attempt_record(row) for row in rows], query)
+
+    def get_latest_attempt(self, rollout_id: str) -> Record | None:
+        with self._watched() as conn:
+            return self._latest_attempt(conn, rollout_id)
+
+    def update_attempt(self, rollout_id: str, attempt_id: str, fields: Record) -> Record:
+        with self._watched() as conn:
+            return self._update_attempt(conn, rollout_id, attempt_id, fields, time.time())
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def query_workers(
+        self,
+        *,
+        status_in: Sequence[str] | None,
+        worker_id_contains: str | None,
+        filter_logic: FilterLogic,
+        query: Query,
+    ) -> Page:
+        with self._watched() as conn:
+            rows = conn.execute(f"SELECT {_WORKER_COLUMNS} FROM agl_workers ORDER BY rowid")
+            workers = [_worker_record(row) for row in rows]
+        tests: list[Callable[[Record], bool]] = []
+        if status_in is not None:
+            allowed = list(status_in)
+            tests.append(lambda w: w["status"] in allowed)
+        if worker_id_contains is not None:
+            part = worker_id_contains
+            tests.append(lambda w: part in w["worker_id"])
+        if tests:
+            combine = any if filter_logic == "or" else all
+            workers = [w for w in workers if combine(t(w) for t in tests)]
+        return _paginate(workers, query)
+
+    def get_worker(self, worker_id: str) -> Record | None:
+        with self._transaction() as conn:
+            return self._worker(conn, worker_id)
+
+    def update_worker(self, worker_id: str, heartbeat_stats: Record | Unset) -> Record:
+        with self._transaction() as conn:
+            values: dict[str, Any] = {"last_heartbeat_time": time.time()}
+            if not isinstance(heartbeat_stats, Unset):
+                values["heartbeat_stats"] = _dump(dict(heartbeat_stats))
+            self._upsert_worker(conn, worker_id, values)
+            return self._worker(conn, worker_id) or {}
+
+    # -- resources -------------------------------------------------------------------------
+
+    def add_resources(self, resources: Record) -> Record:
+        with self._transaction() as conn:
+            resources_id = _new_id("rs-", 6)
+            now = time.time()
+            conn.execute(
+                f"INSERT INTO agl_resources ({_RESOURCE_COLUMNS}, touched) VALUES (?, ?, ?, ?, 1,"
+                " (SELECT COALESCE(MAX(touched), 0) + 1 FROM agl_resources))",
+                (resources_id, json.dumps(resources), now, now),
+            )
+            return self._resources(conn, resources_id) or {}
+
+    def update_resources(self, resources_id: str, resources: Record) -> Record:
+        with self._watched() as conn:
+            now = time.time()
+            conn.execute(
+                f"INSERT INTO agl_resources ({_RESOURCE_COLUMNS}, touched) VALUES (?, ?, ?, ?, 1,"
+                " (SELECT COALESCE(MAX(touched), 0) + 1 FROM agl_resources))"
+                " ON CONFLICT (resources_id) DO UPDATE SET resources = excluded.resources,"
+                " update_time = excluded.update_time, version = version + 1,"
+                " touched = excluded.touched",
+                (resources_id, json.dumps(resources), now, now),
+            )
+            return self._resources(conn, resources_id) or {}
+
+    def get_resources(self, resources_id: str) -> Record | None:
+        with self._transaction() as conn:
+            return self._resources(conn, resources_id)
+
+    def get_latest_resources(self) -> Record | None:
+        with self._transaction() as conn:
+            latest = self._latest_resources_id(conn)
+            return None if latest is None else self._resources(conn, latest)
+
+    def query_resources(
+        self, *, resources_id: str | None, resources_id_contains: str | None, query: Query
+    ) -> Page:
+        with self._transaction() as conn:
+            rows = conn.execute(f"SELECT {_RESOURCE_COLUMNS} FROM agl_resources ORDER BY rowid")
+            items = [_resources_record(row) for row in rows]
+        if resources_id is not None:
+            items = [r for r in items if r["resources_id"] == resources_id]
+        if resources_id_contains is not None:
+            items = [r for r in items if resources_id_contains in r["resources_id"]]
+        return _paginate(items, query)
+
+    # -- spans -----------------------------------------------------------------------------
+
+    def add_span(self, span: Record) -> Record | None:
+        rollout_id = span["rollout_id"]
+        attempt_id = span["attempt_id"]
+        sequence_id = int(span["sequence_id"])
+        with self._transaction() as conn:
+            now = time.time()
+            self._raise_counter(conn, rollout_id, attempt_id, sequence_id + 1)
+            if self._rollout_row(conn, rollout_id) is None:
+                raise ValueError(f"Rollout {rollout_id} not found")
+            if self._attempt(conn, rollout_id, attempt_id) is None:
+                raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+            status = span.get("status") or {}
+            cursor = conn.execute(
+                _INSERT_API_SPAN,
+                (
+                    rollout_id,
+                    attempt_id,
+                    sequence_id,
+                    _id_key(span.get("trace_id")),
+                    _id_key(span.get("span_id")),
+                    _id_key(span.get("parent_id")),
+                    span.get("name", ""),
+                    span.get("start_time"),
+                    span.get("end_time"),
+                    status.get("status_code", "UNSET"),
+                    b"",
+                    API_RESOURCE_ID,
+                    json.dumps(span),
+                ),
+            )
+            if cursor.rowcount != 1:
+                return None  # a duplicate: upstream logs it and returns None
+            self._heartbeat(conn, rollout_id, attempt_id, now)
+            return span
+
+    def next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
+        """The counter, or now in microseconds if later: OTLP spans get their start time in
+        microseconds as sequence id, so spans asked for here (the LLM proxy's) sort among them
+        by time whatever order they arrive in."""
+        with self._transaction() as conn:
+            value = max(self._rollout_counter(conn, rollout_id), int(time.time() * 1e6))
+            self._raise_counter(conn, rollout_id, attempt_id, value + 1)
+            return value
+
+    def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None,
+        *,
+        filters: dict[str, dict[str, str]],
+        filter_logic: FilterLogic,
+        query: Query,
+    ) -> Page:
+        with self._watched() as conn:
+            if attempt_id == "latest":
+                latest = self._latest_attempt(conn, rollout_id)
+                if latest is None:
+                    return Page([], query.limit, query.offset, 0)
+                attempt_id = latest["attempt_id"]
+            sql = (
+                "SELECT rowid, attempt_id, sequence_id, trace_id, span_id, parent_id, name,"
+                " start_time, end_time FROM spans WHERE rollout_id = ?"
+            )
+            params: list[Any] = [rollout_id]
+            if attempt_id is not None:
+                sql += " AND attempt_id = ?"
+                params.append(attempt_id)
+            light = [
+                {
+                    "rowid": r[0],
+                    "rollout_id": rollout_id,
+                    "attempt_id": r[1],
+                    "sequence_id": r[2],
+                    "trace_id": _id_text(r[3]),
+                    "span_id": _id_text(r[4]),
+                    "parent_id": _id_text(r[5]),
+                    "name": r[6],
+                    "start_time": r[7],
+                    "end_time": r[8],
+                }
+                for r in conn.execute(sql + " ORDER BY rowid", params)
+            ]
+            light = _filter_spans(light, filters, filter_logic)
+            if query.sort_by and query.sort_by not in _LIGHT_SPAN_FIELDS:
+                # Sorting on a field only the full record has: decode everything first.
+                full = self._decode_spans(conn, [r["rowid"] for r in light])
+                return _paginate(full, query)
+            page = _paginate(light, query)
+            items = self._decode_spans(conn, [r["rowid"] for r in page.items])
+        return Page(items, page.limit, page.offset, page.total)
+
+    def _decode_spans(self, conn: sqlite3.Connection, rowids: list[int]) -> list[Record]:
+        if not rowids:
+            return []
+        rows: dict[int, Any] = {}
+        columns = ", ".join(c.strip() for c in SPAN_COLUMNS.split(","))
+        for start in range(0, len(rowids), 500):
+            chunk = rowids[start : start + 500]
+            for row in conn.execute(
+                f"SELECT rowid, {columns}, record FROM spans"
+                f" WHERE rowid IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ):
+                rows[row[0]] = row[1:]
+        resources: dict[str, Any] = {}
+        out = []
+        for rowid in rowids:
+            row = rows[rowid]
+            if row[12] is not None:
+                record: Record = json.loads(row[12])
+                record["rollout_id"], record["attempt_id"], record["sequence_id"] = row[:3]
+                out.append(record)
+                continue
+            resource_id = row[11]
+            if resource_id not in resources:
+                body = conn.execute(
+                    "SELECT body FROM resources WHERE resource_id = ?", (resource_id,)
+                ).fetchone()
+                resources[resource_id] = json.loads(body[0]) if body else {}
+            out.append(span_record(row[:12], resources[resource_id]))
+        return out
+
+    # -- the watchdog ----------------------------------------------------------------------
+
+    def scan(self, conn: sqlite3.Connection, now: float, force: bool = False) -> None:
+        """Time out and mark unresponsive the latest attempts of running rollouts, debounced."""
+        if not force and now - self._last_scan < self.scan_debounce:
+            return
+        self._last_scan = now
+        rows = conn.execute(
+            "SELECT r.rollout_id, r.config, a.attempt_id, a.start_time, a.last_heartbeat_time"
+            " FROM rollouts r JOIN attempts a ON a.rollout_id = r.rollout_id"
+            " AND a.sequence_id = (SELECT MAX(sequence_id) FROM attempts"
+            "   WHERE rollout_id = r.rollout_id)"
+            " WHERE r.status IN ('preparing', 'running')"
+        ).fetchall()
+        for rollout_id, config_text, attempt_id, start, heartbeat in rows:
+            config = _json(config_text) or {}
+            timeout = config.get("timeout_seconds")
+            unresponsive = config.get("unresponsive_seconds")
+            status = None
+            if timeout is not None and now - start > timeout:
+                status = "timeout"
+            elif unresponsive is not None and now - (heartbeat or start) > unresponsive:
+                status = "unresponsive"
+            if status is not None:
+                self._update_attempt(conn, rollout_id, attempt_id, {"status": status}, now)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _insert_rollout(
+        self,
+        conn: sqlite3.Connection,
+        rollout_id: str,
+        input: Any,
+        mode: str | None,
+        resources_id: str | None,
+        config: Record | None,
+        metadata: Record | None,
+        status: str,
+        now: float,
+    ) -> None:
+        queued = status in QUEUED
+        conn.execute(
+            "INSERT INTO rollouts (rollout_id, input, start_time, mode, resources_id, status,"
+            " config, metadata, origin, created_at, queue_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
+            " 'explicit', ?, CASE WHEN ? THEN"
+            " (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM rollouts) END)",
+            (
+                rollout_id,
+                json.dumps(input),
+                now,
+                mode,
+                resources_id,
+                status,
+                json.dumps(config if config is not None else _default_config()),
+                json.dumps(dict(metadata) if metadata is not None else {}),
+                now,
+                queued,
+            ),
+        )
+
+    @staticmethod
+    def _rollout_row(conn: sqlite3.Connection, rollout_id: str) -> Any:
+        return conn.execute(
+            f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE rollout_id = ?", (rollout_id,)
+        ).fetchone()
+
+    def _rollout(self, conn: sqlite3.Connection, rollout_id: str) -> Record:
+        """The rollout with its latest attempt attached, when it has one."""
+        record = rollout_record(self._rollout_row(conn, rollout_id))
+        attempt = self._latest_attempt(conn, rollout_id)
+        if attempt is not None:
+            record["attempt"] = attempt
+        return record
+
+    @staticmethod
+    def _attempt(conn: sqlite3.Connection, rollout_id: str, attempt_id: str) -> Record | None:
+        row = conn.execute(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
+            (rollout_id, attempt_id),
+        ).fetchone()
+        return None if row is None else attempt_record(row)
+
+    @staticmethod
+    def _latest_attempt(conn: sqlite3.Connection, rollout_id: str) -> Record | None:
+        row = conn.execute(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ?"
+            " ORDER BY sequence_id DESC LIMIT 1",
+            (rollout_id,),
+        ).fetchone()
+        return None if row is None else attempt_record(row)
+
+    @staticmethod
+    def _latest_attempts(conn: sqlite3.Connection, rollout_ids: list[str]) -> dict[str, Record]:
+        latest: dict[str, Record] = {}
+        for start in range(0, len(rollout_ids), 500):
+            chunk = rollout_ids[start : start + 500]
+            for row in conn.execute(
+                f"SELECT {ATTEMPT_COLUMNS} FROM attempts"
+                f" WHERE rollout_id IN ({', '.join('?' * len(chunk))})"
+                " ORDER BY rollout_id, sequence_id",
+                chunk,
+            ):
+                latest[row[0]] = attempt_record(row)
+        return latest
+
+    def _new_attempt(
+        self, conn: sqlite3.Connection, rollout_id: str, worker_id: str | None, now: float
+    ) -> Record:
+        """A ``preparing`` attempt numbered after the rollout's others; the rollout follows it."""
+        attempt_id = _new_id("at-", 4)
+        counter = self._rollout_counter(conn, rollout_id)
+        conn.execute(
+            "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"
+            " worker_id, next_span_seq) VALUES (?, ?,"
+            " (SELECT COUNT(*) + 1 FROM attempts WHERE rollout_id = ?), ?, 'preparing', ?, ?)",
+            (rollout_id, attempt_id, rollout_id, now, worker_id, counter),
+        )
+        self._set_rollout_status(conn, rollout_id, "preparing", now)
+        attempt = self._attempt(conn, rollout_id, attempt_id)
+        assert attempt is not None
+        return attempt
+
+    @staticmethod
+    def _rollout_counter(conn: sqlite3.Connection, rollout_id: str) -> int:
+        """The next span sequence id of the rollout: the highest of its attempts' counters."""
+        row = conn.execute(
+            "SELECT MAX(COALESCE((SELECT MAX(next_span_seq) FROM attempts"
+            " WHERE rollout_id = ?), 1), COALESCE((SELECT next_seq FROM agl_span_counters"
+            " WHERE rollout_id = ?), 1))",
+            (rollout_id, rollout_id),
+        ).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def _raise_counter(
+        conn: sqlite3.Connection, rollout_id: str, attempt_id: str, at_least: int
+    ) -> None:
+        conn.execute(
+            "UPDATE attempts SET next_span_seq = MAX(next_span_seq, ?)"
+            " WHERE rollout_id = ? AND attempt_id = ?",
+            (at_least, rollout_id, attempt_id),
+        )
+        conn.execute(
+            "INSERT INTO agl_span_counters (rollout_id, next_seq) VALUES (?, ?)"
+            " ON CONFLICT (rollout_id) DO UPDATE SET next_seq = MAX(next_seq, excluded.next_seq)",
+            (rollout_id, at_least),
+        )
+
+    def _set_rollout_status(
+        self, conn: sqlite3.Connection, rollout_id: str, status: str, now: float
+    ) -> None:
+        """Status, end time when finished, and back into the queue when (re)queuing."""
+        conn.execute(
+            "UPDATE rollouts SET status = ?,"
+            " end_time = CASE WHEN ? THEN ? ELSE end_time END,"
+            " queue_seq = CASE WHEN ? AND queue_seq IS NULL THEN"
+            "  (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM rollouts) ELSE queue_seq END"
+            " WHERE rollout_id = ?",
+            (status, status in FINISHED, now, status in QUEUED, rollout_id),
+        )
+
+    def _update_attempt(
+        self,
+        conn: sqlite3.Connection,
+        rollout_id: str,
+        attempt_id: str,
+        fields: Record,
+        now: float,
+    ) -> Record:
+        rollout = self._rollout_row(conn, rollout_id)
+        if rollout is None:
+            raise ValueError(f"Rollout {rollout_id} not found")
+        latest = self._latest_attempt(conn, rollout_id)
+        if latest is None:
+            raise ValueError(f"No attempts found for rollout {rollout_id}")
+        if attempt_id == "latest":
+            attempt = latest
+        else:
+            found = self._attempt(conn, rollout_id, attempt_id)
+            if found is None:
+                raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+            attempt = found
+        sync = False
+        if "worker_id" in fields:
+            attempt["worker_id"] = fields["worker_id"]
+            sync = sync or bool(fields["worker_id"])
+        if "status" in fields:
+            attempt["status"] = fields["status"]
+            if fields["status"] in ("failed", "succeeded"):
+                attempt["end_time"] = now
+            sync = sync or bool(attempt["worker_id"])
+        if "last_heartbeat_time" in fields:
+            attempt["last_heartbeat_time"] = fields["last_heartbeat_time"]
+        if "metadata" in fields:
+            attempt["metadata"] = fields["metadata"]
+        conn.execute(
+            "UPDATE attempts SET status = ?, end_time = ?, worker_id = ?, last_heartbeat_time = ?,"
+            " metadata = ? WHERE rollout_id = ? AND attempt_id = ?",
+            (
+                attempt["status"],
+                attempt["end_time"],
+                attempt["worker_id"],
+                attempt["last_heartbeat_time"],
+                _dump(attempt["metadata"]),
+                rollout_id,
+                attempt["attempt_id"],
+            ),
+        )
+        if attempt["attempt_id"] == latest["attempt_id"]:
+            config = _json(rollout[7]) or {}
+            status = status_from_attempt(attempt["status"], attempt["sequence_id"], config)
+            if status != rollout[6]:
+                self._set_rollout_status(conn, rollout_id, status, now)
+        if sync:
+            self._sync_worker(conn, attempt, dequeue=False, now=now)
+        return attempt
+
+    def _heartbeat(
+        self, conn: sqlite3.Connection, rollout_id: str, attempt_id: str, now: float
+    ) -> None:
+        """A stored span is a heartbeat: the attempt runs, and so does a preparing rollout."""
+        conn.execute(
+            "UPDATE attempts SET last_heartbeat_time = ?, status = CASE WHEN status IN"
+            " ('preparing', 'unresponsive') THEN 'running' ELSE status END"
+            " WHERE rollout_id = ? AND attempt_id = ?",
+            (now, rollout_id, attempt_id),
+        )
+        latest = self._latest_attempt(conn, rollout_id)
+        if latest is not None and latest["attempt_id"] == attempt_id:
+            # Upstream spells the queuing state "queueing" here, so a queuing rollout stays put.
+            conn.execute(
+                "UPDATE rollouts SET status = 'running'"
+                " WHERE rollout_id = ? AND status IN ('preparing', 'requeuing')",
+                (rollout_id,),
+            )
+
+    @staticmethod
+    def _worker(conn: sqlite3.Connection, worker_id: str) -> Record | None:
+        row = conn.execute(
+            f"SELECT {_WORKER_COLUMNS} FROM agl_workers WHERE worker_id = ?", (worker_id,)
+        ).fetchone()
+        return None if row is None else _worker_record(row)
+
+    @staticmethod
+    def _upsert_worker(conn: sqlite3.Connection, worker_id: str, values: dict[str, Any]) -> None:
+        conn.execute("INSERT OR IGNORE INTO agl_workers (worker_id) VALUES (?)", (worker_id,))
+        if values:
+            assignments = ", ".join(f"{name} = ?" for name in values)
+            conn.execute(
+                f"UPDATE agl_workers SET {assignments} WHERE worker_id = ?",
+                (*values.values(), worker_id),
+            )
+
+    def _sync_worker(
+        self, conn: sqlite3.Connection, attempt: Record, *, dequeue: bool, now: float
+    ) -> None:
+        """The worker's status follows the attempt it holds (upstream's worker sync)."""
+        worker_id = attempt.get("worker_id")
+        if not worker_id:
+            return
+        values: dict[str, Any] = {}
+        if dequeue:
+            values["last_dequeue_time"] = now
+        status = attempt["status"]
+        if status in ("succeeded", "failed"):
+            values.update(last_idle_time=now, status="idle")
+            values.update(current_rollout_id=None, current_attempt_id=None)
+        elif status in ("timeout", "unresponsive"):
+            values.update(last_idle_time=now, status="unknown")
+            values.update(current_rollout_id=None, current_attempt_id=None)
+        else:
+            values.update(last_busy_time=now, status="busy")
+            values.update(
+                current_rollout_id=attempt["rollout_id"], current_attempt_id=attempt["attempt_id"]
+            )
+        self._upsert_worker(conn, worker_id, values)
+
+    def _mark_idle(self, conn: sqlite3.Connection, worker_id: str, now: float) -> None:
+        worker = self._worker(conn, worker_id)
+        if worker is None or worker["status"] != "idle":
+            values = {"status": "idle", "last_idle_time": now, "last_dequeue_time": now}
+            self._upsert_worker(conn, worker_id, values)
+        else:
+            self._upsert_worker(conn, worker_id, {"last_dequeue_time": now})
+
+    @staticmethod
+    def _resources(conn: sqlite3.Connection, resources_id: str) -> Record | None:
+        row = conn.execute(
+            f"SELECT {_RESOURCE_COLUMNS} FROM agl_resources WHERE resources_id = ?",
+            (resources_id,),
+        ).fetchone()
+        return None if row is None else _resources_record(row)
+
+    @staticmethod
+    def _latest_resources_id(conn: sqlite3.Connection) -> str | None:
+        row = conn.execute(
+            "SELECT resources_id FROM agl_resources ORDER BY touched DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+
+class _Watched:
+    """``with store._watched() as conn``: a transaction that starts with the watchdog scan."""
+
+    def __init__(self, owner: SQLiteLightningStore) -> None:
+        self._owner = owner
+        self._context: Any = None
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._context = self._owner._transaction()
+        conn: sqlite3.Connection = self._context.__enter__()
+        self._owner.scan(conn, time.time())
+        return conn
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._context.__exit__(*exc)
+
+
+def _default_config() -> Record:
+    return {
+        "timeout_seconds": None,
+        "unresponsive_seconds": None,
+        "max_attempts": 1,
+        "retry_condition": [],
+    }
+
+
+def _within(column: str, values: Sequence[str], params: list[Any]) -> str:
+    values = list(values)
+    if not values:
+        return "0"
+    params.extend(values)
+    return f"{column} IN ({', '.join('?' * len(values))})"
+
+
+def _filter_spans(
+    spans: list[Record], filters: dict[str, dict[str, str]], logic: FilterLogic
+) -> list[Record]:
+    """Upstream's span filters: exact and contains per field, pooled with ``and`` / ``or``."""
+    tests: list[Callable[[Record], bool]] = []
+    for field, ops in filters.items():
+        for op, expected in ops.items():
+            if expected is not None:
+                tests.append(_span_test(field, op, expected))
+    if not tests:
+        return spans
+    combine = any if logic == "or" else all
+    return [s for s in spans if combine(t(s) for t in tests)]
+
+
+def _span_test(field: str, op: str, expected: str) -> Callable[[Record], bool]:
+    if op == "exact":
+        return lambda span: span.get(field) == expected
+    return lambda span: span.get(field) is not None and expected in span[field]
+
+
+__all__ = ["UNSET", "SQLiteLightningStore", "rollout_record", "status_from_attempt"]
