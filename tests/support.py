@@ -235,3 +235,65 @@ def start_example_agent(
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"example agent did not start:\n{log_path.read_text()}")
+
+
+class AglStore:
+    """Upstream's ``agl store`` (in-memory LightningStore server) on a free loopback port."""
+
+    def __init__(self, log_path: Path) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> AglStore:
+        import httpx
+
+        agl = str(Path(agl_python()).parent / "agl")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [agl, "store", "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if httpx.get(self.url + "/v1/agl/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"agl store did not start:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def run_agl_script(script: Path, *args: str, timeout: float = 300.0) -> Any:
+    """Run a script under tests/clients with the agentlightning 0.3.0 interpreter; its last
+    stdout line is JSON, returned."""
+    done = subprocess.run(
+        [agl_python(), str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"{script.name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

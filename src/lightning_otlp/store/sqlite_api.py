@@ -314,7 +314,7 @@ class SQLiteLightningStore:
                     request.get("config"),
                     request.get("metadata"),
                     "queuing",
-                    now,
+                    time.time(),  # each its own, as upstream: sorting by start time is stable
                 )
                 out.append(self._rollout(conn, rollout_id))
             return out
