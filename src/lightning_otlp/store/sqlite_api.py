@@ -299,7 +299,6 @@ class SQLiteLightningStore:
 
     def enqueue_rollouts(self, requests: Sequence[Record]) -> list[Record]:
         with self._watched() as conn:
-            now = time.time()
             latest = self._latest_resources_id(conn)
             out = []
             for request in requests:
