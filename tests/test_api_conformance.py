@@ -55,22 +55,35 @@ class Normalizer:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: Any) -> Iterator[tuple[str, str]]:
+def results(tmp_path_factory: Any) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Both scenarios against both servers, in one agentlightning process (its import is slow)."""
     tmp = tmp_path_factory.mktemp("conformance")
     ours = ReceiverProcess(tmp / "receiver.db").start()
     upstream = AglStore(tmp / "agl.log").start()
     try:
-        yield ours.http_url, upstream.url
+        yield ours.http_url, upstream.url, run_agl_script(SCRIPT, ours.http_url, upstream.url)
     finally:
         upstream.stop()
         assert ours.stop() == 0, ours.log()
         assert "Traceback" not in ours.log()
 
 
-def test_every_method_answers_as_agl_store_does(servers: tuple[str, str]) -> None:
-    ours, upstream = servers
-    results = run_agl_script(SCRIPT, ours, upstream)
-    mine, theirs = results[ours], results[upstream]
+def test_every_method_answers_as_agl_store_does(
+    results: tuple[str, str, dict[str, Any]],
+) -> None:
+    compare(results, "api")
+
+
+def test_watchdog_retries_and_workers_as_agl_store_does(
+    results: tuple[str, str, dict[str, Any]],
+) -> None:
+    """Timeout, unresponsive, requeue, a lost worker's late span: the same lifecycle."""
+    compare(results, "watchdog")
+
+
+def compare(results: tuple[str, str, dict[str, Any]], scenario: str) -> None:
+    ours, upstream, answers = results
+    mine, theirs = answers[scenario][ours], answers[scenario][upstream]
     assert [s for s, _ in mine] == [s for s, _ in theirs]
     norm_mine, norm_theirs = Normalizer(), Normalizer()
     mismatches = []

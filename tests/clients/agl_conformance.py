@@ -382,10 +382,58 @@ async def scenario(url: str) -> list[list[Any]]:
     return rec.steps
 
 
+async def watchdog(url: str) -> list[list[Any]]:
+    """Timeouts, unresponsive attempts, retries and a lost worker's late span, after the
+    watchdog's 10 s debounce has surely passed on both servers."""
+    client = LightningStoreClient(url, retry_delays=(), health_retry_delays=())
+    rec = Recorder()
+    try:
+        await client.add_resources({"main_llm": LLM(endpoint="http://llm:8000/v1", model="m")})
+        quiet = RolloutConfig(
+            unresponsive_seconds=1, max_attempts=2, retry_condition=["unresponsive"]
+        )
+        slow = RolloutConfig(timeout_seconds=1, max_attempts=3, retry_condition=["failed"])
+        r1 = await client.enqueue_rollout({"n": 1}, config=quiet)
+        r2 = await client.enqueue_rollout({"n": 2}, config=slow)
+        d1 = await client.dequeue_rollout(worker_id="wa")
+        d2 = await client.dequeue_rollout(worker_id="wb")
+        assert d1 is not None and d2 is not None
+        rec(
+            "heartbeat_span",
+            await client.add_span(span(r2.rollout_id, d2.attempt.attempt_id, 1, "s", 1)),
+        )
+        rec("running", await client.query_rollouts())
+        await asyncio.sleep(11.5)
+        rec("after_watchdog", await client.query_rollouts())
+        rec("attempts_r1", await client.query_attempts(r1.rollout_id))
+        rec("attempts_r2", await client.query_attempts(r2.rollout_id))
+        rec("workers", await client.query_workers(sort_by="worker_id"))
+        d3 = rec("dequeue_retry", await client.dequeue_rollout(worker_id="wc"))
+        assert d3 is not None
+        late = span(r1.rollout_id, d1.attempt.attempt_id, 1, "late", 2)
+        rec("late_span", await client.add_span(late))
+        rec("after_late_span", await client.query_attempts(r1.rollout_id))
+        rec("rollout_after_late_span", await client.get_rollout_by_id(r1.rollout_id))
+        rec(
+            "retry_succeeded",
+            await client.update_attempt(r1.rollout_id, "latest", status="succeeded"),
+        )
+        rec("final", await client.query_rollouts())
+        rec("final_workers", await client.query_workers(sort_by="worker_id"))
+    finally:
+        await client.close()
+    return rec.steps
+
+
+SCENARIOS = {"api": scenario, "watchdog": watchdog}
+
+
 def main() -> None:
-    out = {}
+    names = os.environ.get("CONFORMANCE_SCENARIOS", "api,watchdog").split(",")
+    out: dict[str, dict[str, Any]] = {name: {} for name in names}
     for url in sys.argv[1:]:
-        out[url] = asyncio.run(scenario(url))
+        for name in names:
+            out[name][url] = asyncio.run(SCENARIOS[name](url))
     print(json.dumps(out))
 
 

@@ -1,0 +1,206 @@
+"""The ``/v1/agl`` API in process: lifecycle, the shared span counter, OTLP-created rollouts,
+errors, and durability across ``kill -9`` (that one with a real ``lightning-otlp serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from lightning_otlp.api import build_http_app
+from lightning_otlp.receiver.decode import PROTOBUF
+from lightning_otlp.receiver.pipeline import Pipeline
+from lightning_otlp.receiver.transport.http import HTTPReceiver
+from lightning_otlp.store import SQLiteStore
+
+from .payloads import make_request, make_span
+from .support import ReceiverProcess
+
+pytestmark = pytest.mark.api
+
+
+class API:
+    """The OTLP/HTTP port's app in process, driven through httpx's ASGI transport."""
+
+    def __init__(self, path: str = ":memory:") -> None:
+        self.store = SQLiteStore(path, synchronous="OFF")
+        self.store.open()
+        self.pipeline = Pipeline(self.store)
+        app = build_http_app(HTTPReceiver(self.pipeline), self.pipeline, watchdog_interval=0)
+        self.loop = asyncio.new_event_loop()
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        )
+
+    def __call__(self, method: str, path: str, status: int = 200, **kw: Any) -> Any:
+        response = self.loop.run_until_complete(self.client.request(method, path, **kw))
+        assert response.status_code == status, response.text
+        return response.json()
+
+    def post(self, path: str, body: Any = None, status: int = 200) -> Any:
+        return self("POST", "/v1/agl" + path, status, json=body)
+
+    def get(self, path: str, status: int = 200, **params: Any) -> Any:
+        return self("GET", "/v1/agl" + path, status, params=params)
+
+    def otlp(self, request: Any) -> None:
+        response = self.loop.run_until_complete(
+            self.client.post(
+                "/v1/traces",
+                content=request.SerializeToString(),
+                headers={"content-type": PROTOBUF},
+            )
+        )
+        assert response.status_code == 200, response.text
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.aclose())
+        self.loop.close()
+        self.pipeline.close()
+        self.store.close()
+
+
+@pytest.fixture
+def api() -> Iterator[API]:
+    client = API()
+    yield client
+    client.close()
+
+
+def span(rollout_id: str, attempt_id: str, seq: int, n: int, name: str = "s") -> dict[str, Any]:
+    return {
+        "rollout_id": rollout_id,
+        "attempt_id": attempt_id,
+        "sequence_id": seq,
+        "trace_id": f"{n:032x}",
+        "span_id": f"{n:016x}",
+        "parent_id": None,
+        "name": name,
+        "status": {"status_code": "OK", "description": None},
+        "attributes": {"n": n},
+        "events": [],
+        "links": [],
+        "start_time": 1.0,
+        "end_time": 2.0,
+        "context": None,
+        "parent": None,
+        "resource": {"attributes": {}, "schema_url": ""},
+    }
+
+
+def enqueue(api: API, *inputs: Any, **request: Any) -> list[dict[str, Any]]:
+    body = {"rollouts": [{"input": i, **request} for i in inputs]}
+    created: list[dict[str, Any]] = api.post("/queues/rollouts/enqueue", body, 201)
+    return created
+
+
+def test_queue_order_retry_and_requeue_at_the_back(api: API) -> None:
+    retry = {"max_attempts": 2, "retry_condition": ["failed"]}
+    first, second = enqueue(api, 1, 2, config=retry)
+    [taken] = api.post("/queues/rollouts/dequeue", {"worker_id": "w"})
+    assert taken["rollout_id"] == first["rollout_id"]
+    assert taken["status"] == "preparing" and taken["attempt"]["status"] == "preparing"
+    path = f"/rollouts/{first['rollout_id']}/attempts/{taken['attempt']['attempt_id']}"
+    api.post(path, {"status": "failed"})
+    assert api.get(f"/rollouts/{first['rollout_id']}")["status"] == "requeuing"
+    # the retry goes behind the rollout that was already waiting
+    order = [r["rollout_id"] for r in api.post("/queues/rollouts/dequeue", {"limit": 5})]
+    assert order == [second["rollout_id"], first["rollout_id"]]
+    attempts = api.get(f"/rollouts/{first['rollout_id']}/attempts")["items"]
+    assert [(a["sequence_id"], a["status"]) for a in attempts] == [(1, "failed"), (2, "preparing")]
+
+
+def test_one_span_counter_for_rest_spans_next_and_otlp(api: API) -> None:
+    [rollout] = enqueue(api, "x")
+    [taken] = api.post("/queues/rollouts/dequeue", {})
+    rollout_id, attempt_id = rollout["rollout_id"], taken["attempt"]["attempt_id"]
+    assert api.post("/spans/next", {"rollout_id": rollout_id, "attempt_id": attempt_id}) == {
+        "sequence_id": 1
+    }
+    api.post("/spans", span(rollout_id, attempt_id, 5, 1), 201)
+    ids = {"agentlightning.rollout_id": rollout_id, "agentlightning.attempt_id": attempt_id}
+    api.otlp(make_request([make_span("otlp")], resource=ids))
+    nxt = api.post("/spans/next", {"rollout_id": rollout_id, "attempt_id": attempt_id})
+    spans = api.post("/spans/search", {"rollout_id": rollout_id})["items"]
+    assert [(s["name"], s["sequence_id"]) for s in spans] == [("s", 5), ("otlp", 6)]
+    assert nxt == {"sequence_id": 7}
+    # the first span moved the attempt and the rollout to running
+    assert api.get(f"/rollouts/{rollout_id}")["attempt"]["status"] == "running"
+    assert api.get(f"/rollouts/{rollout_id}")["status"] == "running"
+
+
+def test_a_rollout_created_by_otlp_is_an_ordinary_rollout(api: API) -> None:
+    api.otlp(make_request([make_span("agent.step")]))  # no ids: one rollout per trace
+    [rollout] = api.get("/rollouts", status_in="running")["items"]
+    rollout_id = rollout["rollout_id"]
+    attempt = rollout["attempt"]
+    assert api.get(f"/rollouts/{rollout_id}/attempts/latest") == attempt
+    [stored] = api.get("/spans", rollout_id=rollout_id)["items"]
+    assert stored["name"] == "agent.step" and stored["sequence_id"] == 1
+    finished = api.post(
+        f"/rollouts/{rollout_id}/attempts/{attempt['attempt_id']}", {"status": "succeeded"}
+    )
+    assert finished["status"] == "succeeded"
+    done = api.post("/waits/rollouts", {"rollout_ids": [rollout_id], "timeout": 0.1})
+    assert [r["status"] for r in done] == ["succeeded"]
+
+
+def test_watchdog_times_out_and_marks_unresponsive(api: API) -> None:
+    slow = {"timeout_seconds": 0.05}
+    quiet = {"unresponsive_seconds": 0.05, "max_attempts": 2, "retry_condition": ["unresponsive"]}
+    [a] = enqueue(api, "a", config=slow)
+    [b] = enqueue(api, "b", config=quiet)
+    api.post("/queues/rollouts/dequeue", {"limit": 2, "worker_id": "w"})
+    asyncio.run(asyncio.sleep(0.1))
+    assert api.get(f"/rollouts/{a['rollout_id']}")["status"] == "failed"
+    assert api.get(f"/rollouts/{a['rollout_id']}")["attempt"]["status"] == "timeout"
+    assert api.get(f"/rollouts/{b['rollout_id']}")["status"] == "requeuing"
+    assert api.get("/workers/w")["status"] == "unknown"
+
+
+def test_errors_answer_as_upstream(api: API) -> None:
+    missing = api.post("/rollouts/ro-missing/attempts", None, 500)
+    assert missing["error_type"] == "ValueError" and missing["detail"] == "Internal server error"
+    bad = api.post("/rollouts/search", {"sort_by": "nope"}, 400)
+    assert bad["detail"].startswith("Invalid sort_by: nope")
+    invalid = api.post("/rollouts", {"mode": "train"}, 422)
+    assert invalid["detail"][0]["loc"] == ["body", "input"]
+    assert api.get("/rollouts/ro-missing") is None
+    [rollout] = enqueue(api, 1)
+    api.post("/queues/rollouts/dequeue", {})
+    null = api.post(f"/rollouts/{rollout['rollout_id']}", {"status": None}, 400)
+    assert null == {"detail": "status is invalid; it cannot be a null value."}
+
+
+@pytest.mark.e2e
+def test_queue_attempts_and_spans_survive_kill_9(tmp_path: Path) -> None:
+    receiver = ReceiverProcess(tmp_path / "store.db").start()
+    base = receiver.http_url + "/v1/agl"
+    body = {"rollouts": [{"input": i} for i in range(3)]}
+    created = httpx.post(base + "/queues/rollouts/enqueue", json=body).json()
+    [taken] = httpx.post(base + "/queues/rollouts/dequeue", json={"worker_id": "w1"}).json()
+    rollout_id, attempt_id = taken["rollout_id"], taken["attempt"]["attempt_id"]
+    added = httpx.post(base + "/spans", json=span(rollout_id, attempt_id, 1, 1))
+    assert added.status_code == 201
+    receiver.kill()  # SIGKILL right after the answers: every answered write must be on disk
+    receiver.start()
+    base = receiver.http_url + "/v1/agl"
+    try:
+        rollout = httpx.get(f"{base}/rollouts/{rollout_id}").json()
+        assert rollout["status"] == "running" and rollout["attempt"]["attempt_id"] == attempt_id
+        spans = httpx.get(base + "/spans", params={"rollout_id": rollout_id}).json()["items"]
+        assert [s["span_id"] for s in spans] == [f"{1:016x}"]
+        nxt = httpx.post(
+            base + "/spans/next", json={"rollout_id": rollout_id, "attempt_id": attempt_id}
+        )
+        assert nxt.json() == {"sequence_id": 2}
+        rest = httpx.post(base + "/queues/rollouts/dequeue", json={"limit": 5}).json()
+        assert [r["rollout_id"] for r in rest] == [r["rollout_id"] for r in created[1:]]
+        assert httpx.get(base + "/workers/w1").json()["current_rollout_id"] == rollout_id
+    finally:
+        assert receiver.stop() == 0
+    assert "Traceback" not in receiver.log()
