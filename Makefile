@@ -32,7 +32,7 @@ JAVAAGENT_VERSION := 2.33.1
 JAVAAGENT := $(CACHE)/java/opentelemetry-javaagent-$(JAVAAGENT_VERSION).jar
 JAVA_SDK_AGENT := examples/java-agent/sdk
 
-.PHONY: install install-test run test test-fast bench lint agl-env genai-env golden node-deps collector go-agent java-deps clean
+.PHONY: install install-test run test test-fast bench lint agl-env genai-env golden node-deps collector go-agent java-deps browser clean
 
 # Serving needs only the [server] extra; the test tools come with install-test.
 install: $(VENV)/.server
@@ -102,10 +102,18 @@ $(JAVA_SDK_AGENT)/target/classpath.txt: $(JAVA_SDK_AGENT)/pom.xml $(wildcard $(J
 	cd $(JAVA_SDK_AGENT) && $(MVN) compile
 	touch $@
 
+# Debian's chromium, for the dashboard test (playwright-core drives it; it downloads no browser).
+CHROMIUM ?= /usr/bin/chromium
+
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 run: install
 	$(BIN)/lightning-otlp serve
 
-test: install-test agl-env genai-env node-deps collector go-agent java-deps
+test: install-test agl-env genai-env node-deps collector go-agent java-deps browser
 	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python GENAI_PYTHON=$(abspath $(GENAI_VENV))/bin/python \
 		$(BIN)/pytest
 

@@ -250,7 +250,7 @@ class AglStore:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 120.0) -> AglStore:
+    def start(self, timeout: float = 300.0) -> AglStore:
         import httpx
 
         agl = str(Path(agl_python()).parent / "agl")
