@@ -58,8 +58,9 @@ async def main(url, cycles):
     for n in range(cycles):
         await client.enqueue_rollout({"n": n})
         rollout = await client.dequeue_rollout(worker_id="bench")
-        await client.add_span(span(rollout.rollout_id, rollout.attempt.attempt_id, n + 1))
-        await client.update_attempt(rollout.rollout_id, rollout.attempt.attempt_id, status="succeeded")
+        attempt_id = rollout.attempt.attempt_id
+        await client.add_span(span(rollout.rollout_id, attempt_id, n + 1))
+        await client.update_attempt(rollout.rollout_id, attempt_id, status="succeeded")
     elapsed = time.perf_counter() - started
     await client.close()
     return elapsed
@@ -110,9 +111,7 @@ def fill_agl(client: httpx.Client, base: str, spans: int) -> list[str]:
         created = client.post(base + "/v1/agl/rollouts", json={"input": {"r": r}}).json()
         ids = [(created["rollout_id"], created["attempt"]["attempt_id"])]
         body = genai_request(PER_ROLLOUT, ids=ids, seed=r).SerializeToString()
-        answer = client.post(
-            base + "/v1/traces", content=body, headers={"content-type": PROTOBUF}
-        )
+        answer = client.post(base + "/v1/traces", content=body, headers={"content-type": PROTOBUF})
         answer.raise_for_status()
         rollouts.append(created["rollout_id"])
     return rollouts
