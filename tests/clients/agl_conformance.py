@@ -148,15 +148,16 @@ async def scenario(url: str) -> list[list[Any]]:
 
         # Spans and sequence ids
         a1 = d1.attempt
-        rec("next_seq_1", await client.get_next_span_sequence_id(d1.rollout_id, a1.attempt_id))
-        rec("next_seq_2", await client.get_next_span_sequence_id(d1.rollout_id, a1.attempt_id))
+        # lightning-otlp issues at least now in microseconds (OTLP spans are numbered by their
+        # start time), upstream counts from 1: compare what both promise, a rising number.
+        seq1 = await client.get_next_span_sequence_id(d1.rollout_id, a1.attempt_id)
+        seq2 = await client.get_next_span_sequence_id(d1.rollout_id, a1.attempt_id)
+        rec("next_seq_rises", seq1 >= 1 and seq2 > seq1)
         rec("add_span", await client.add_span(span(d1.rollout_id, a1.attempt_id, 3, "llm", 1)))
         rec("add_span_dup", await client.add_span(span(d1.rollout_id, a1.attempt_id, 3, "llm", 1)))
         rec("add_span_2", await client.add_span(span(d1.rollout_id, a1.attempt_id, 7, "tool", 2)))
-        rec(
-            "next_seq_after_explicit",
-            await client.get_next_span_sequence_id(d1.rollout_id, a1.attempt_id),
-        )
+        seq3 = await client.get_next_span_sequence_id(d1.rollout_id, a1.attempt_id)
+        rec("next_seq_after_explicit", seq3 > max(7, seq2))
         rec("rollout_after_span", await client.get_rollout_by_id(d1.rollout_id))
         provider = TracerProvider()
         tracer = provider.get_tracer("conformance")
@@ -165,7 +166,10 @@ async def scenario(url: str) -> list[list[Any]]:
             with tracer.start_as_current_span("otel-child"):
                 pass
         readable = root  # a finished SDK span is a ReadableSpan
-        rec("add_otel_span", await client.add_otel_span(d1.rollout_id, a1.attempt_id, readable))  # type: ignore[arg-type]
+        rec(
+            "add_otel_span",
+            await client.add_otel_span(d1.rollout_id, a1.attempt_id, readable, sequence_id=9),  # type: ignore[arg-type]
+        )
         rec(
             "add_many_spans",
             await client.add_many_spans(
