@@ -211,3 +211,28 @@ def test_queue_attempts_and_spans_survive_kill_9(tmp_path: Path) -> None:
     finally:
         assert receiver.stop() == 0
     assert "Traceback" not in receiver.log()
+
+
+def test_bearer_tokens_guard_the_api_as_they_guard_otlp() -> None:
+    from lightning_otlp.receiver.auth import BearerAuth
+
+    store = SQLiteStore(":memory:", synchronous="OFF")
+    store.open()
+    pipeline = Pipeline(store)
+    auth = BearerAuth((b"s3cret",))
+    app = build_http_app(HTTPReceiver(pipeline, auth), pipeline, auth=auth)
+
+    async def go() -> tuple[int, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            refused = await client.get("/v1/agl/rollouts")
+            allowed = await client.get(
+                "/v1/agl/rollouts", headers={"authorization": "Bearer s3cret"}
+            )
+            return refused.status_code, allowed.status_code
+
+    try:
+        assert asyncio.run(go()) == (401, 200)
+    finally:
+        pipeline.close()
+        store.close()

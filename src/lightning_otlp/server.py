@@ -94,6 +94,7 @@ async def serve(settings: Settings) -> None:
         pipeline,
         dashboard=settings.dashboard,
         watchdog_interval=settings.watchdog_interval,
+        auth=auth,
     )
     http_server = _asgi_server(
         http_app,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..receiver.auth import BearerAuth
 from ..receiver.pipeline import Pipeline
 from .app import Dashboard, ReceiverApp, find_dashboard
 from .routes import PREFIX, LightningAPI
@@ -17,6 +18,7 @@ def build_http_app(
     *,
     dashboard: str | None = None,
     watchdog_interval: float = 10.0,
+    auth: BearerAuth | None = None,
 ) -> ReceiverApp:
     """The OTLP/HTTP port's app: ``receiver`` plus the API when the store can serve it.
 
@@ -35,4 +37,4 @@ def build_http_app(
                 " dashboard (site-packages/agentlightning/dashboard)"
             )
         app = Dashboard(directory)
-    return ReceiverApp(receiver, api, app)
+    return ReceiverApp(receiver, api, app, auth)

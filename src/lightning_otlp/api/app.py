@@ -14,6 +14,7 @@ from typing import Any, Final
 from starlette.responses import FileResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
 
+from ..receiver.auth import BearerAuth
 from .routes import PREFIX, LightningAPI
 
 Scope = dict[str, Any]
@@ -72,17 +73,25 @@ class ReceiverApp:
     receiver, anything else to the dashboard (when one is served)."""
 
     def __init__(
-        self, receiver: ASGIApp, api: LightningAPI | None, dashboard: Dashboard | None = None
+        self,
+        receiver: ASGIApp,
+        api: LightningAPI | None,
+        dashboard: Dashboard | None = None,
+        auth: BearerAuth | None = None,
     ) -> None:
         self.receiver = receiver
         self.api = api
         self.dashboard = dashboard
+        self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path = scope["path"]
             if path == PREFIX or path.startswith(PREFIX + "/"):
-                if self.api is None:
+                if self.auth is not None and not self.auth.allows(_header(scope, b"authorization")):
+                    # The API writes the store: the same tokens as OTLP guard it.
+                    await _unauthenticated(scope, receive, send)
+                elif self.api is None:
                     await _no_api(scope, receive, send)
                 else:
                     await self.api(scope, receive, send)
@@ -96,6 +105,22 @@ class ReceiverApp:
                 await self.dashboard(scope, receive, send)
                 return
         await self.receiver(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value)
+    return None
+
+
+async def _unauthenticated(scope: Scope, receive: Any, send: Any) -> None:
+    response = JSONResponse(
+        {"detail": "missing or unknown bearer token"},
+        status_code=401,
+        headers={"www-authenticate": 'Bearer realm="otlp"'},
+    )
+    await response(scope, receive, send)
 
 
 async def _no_api(scope: Scope, receive: Any, send: Any) -> None:
