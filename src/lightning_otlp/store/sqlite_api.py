@@ -615,6 +615,10 @@ class SQLiteLightningStore:
             if attempt_id is not None:
                 sql += " AND attempt_id = ?"
                 params.append(attempt_id)
+            if query.sort_by in (None, "sequence_id") and not any(
+                v is not None for ops in filters.values() for v in ops.values()
+            ):
+                return self._spans_by_sequence(conn, params, query)
             light = [
                 {
                     "rowid": r[0],
@@ -639,6 +643,44 @@ class SQLiteLightningStore:
             items = self._decode_spans(conn, [r["rowid"] for r in page.items])
         return Page(items, page.limit, page.offset, page.total)
 
+    def _spans_by_sequence(self, conn: sqlite3.Connection, params: list[Any], query: Query) -> Page:
+        """The common query (one rollout or attempt, in sequence order), paged by SQLite."""
+        where = "rollout_id = ?" + (" AND attempt_id = ?" if len(params) > 1 else "")
+        total = int(conn.execute(f"SELECT COUNT(*) FROM spans WHERE {where}", params).fetchone()[0])
+        # Ties keep insertion order either way, as upstream's stable sort keeps them.
+        order = "rowid"
+        if query.sort_by:
+            order = f"sequence_id {'DESC' if query.sort_order == 'desc' else 'ASC'}, rowid"
+        columns = ", ".join(c.strip() for c in SPAN_COLUMNS.split(","))
+        page = "" if query.limit == -1 else f" LIMIT {int(query.limit)}"
+        if query.offset:
+            page = (page or " LIMIT -1") + f" OFFSET {int(query.offset)}"
+        rows = conn.execute(
+            f"SELECT {columns}, record FROM spans WHERE {where} ORDER BY {order}{page}",
+            params,
+        ).fetchall()
+        return Page(self._records(conn, rows), query.limit, query.offset, total)
+
+    def _records(self, conn: sqlite3.Connection, rows: list[Any]) -> list[Record]:
+        """Span rows (``SPAN_COLUMNS`` then ``record``) as agentlightning ``Span`` dicts."""
+        resources: dict[str, Any] = {}
+        out = []
+        for row in rows:
+            if row[12] is not None:
+                record: Record = json.loads(row[12])
+                record["rollout_id"], record["attempt_id"], record["sequence_id"] = row[:3]
+                out.append(record)
+                continue
+            resource_id = row[11]
+            resource = resources.get(resource_id)
+            if resource is None:
+                body = conn.execute(
+                    "SELECT body FROM resources WHERE resource_id = ?", (resource_id,)
+                ).fetchone()
+                resource = resources[resource_id] = json.loads(body[0]) if body else {}
+            out.append(span_record(row[:12], resource))
+        return out
+
     def _decode_spans(self, conn: sqlite3.Connection, rowids: list[int]) -> list[Record]:
         if not rowids:
             return []
@@ -652,23 +694,7 @@ class SQLiteLightningStore:
                 chunk,
             ):
                 rows[row[0]] = row[1:]
-        resources: dict[str, Any] = {}
-        out = []
-        for rowid in rowids:
-            row = rows[rowid]
-            if row[12] is not None:
-                record: Record = json.loads(row[12])
-                record["rollout_id"], record["attempt_id"], record["sequence_id"] = row[:3]
-                out.append(record)
-                continue
-            resource_id = row[11]
-            if resource_id not in resources:
-                body = conn.execute(
-                    "SELECT body FROM resources WHERE resource_id = ?", (resource_id,)
-                ).fetchone()
-                resources[resource_id] = json.loads(body[0]) if body else {}
-            out.append(span_record(row[:12], resources[resource_id]))
-        return out
+        return self._records(conn, [rows[rowid] for rowid in rowids])
 
     # -- the watchdog ----------------------------------------------------------------------
 
