@@ -135,6 +135,8 @@ def test_one_span_counter_for_rest_spans_next_and_otlp(api: API) -> None:
     assert spans[0]["sequence_id"] == first
     assert abs(spans[1]["sequence_id"] - start_ns / 1000) <= 1  # its start, in microseconds
     assert after > spans[1]["sequence_id"]
+    # the store's own reader (``lightning-otlp spans``) gives the API's span as it was added
+    assert list(api.store.spans(rollout_id))[0]["attributes"] == {"n": 1}
     # the first span moved the attempt and the rollout to running
     assert api.get(f"/rollouts/{rollout_id}")["attempt"]["status"] == "running"
     assert api.get(f"/rollouts/{rollout_id}")["status"] == "running"

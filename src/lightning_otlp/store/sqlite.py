@@ -19,6 +19,7 @@ from ..errors import StoreDamaged, StoreUnavailable
 from ..ids import attempt_id_for, rollout_id_for_trace
 from ..translate import translate
 from .affinity import DEFAULT_AFFINITY_WINDOW, Changes, TraceAffinity
+from .api_schema import migrate_api_schema
 from .base import Metric, WriteResult
 from .db import transaction
 from .logs import LogRows, joined_events
@@ -186,6 +187,8 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=OFF")
             self._migrate(conn)
+            with transaction(conn):
+                migrate_api_schema(conn)  # the LightningStore API's tables (store/sqlite_api.py)
             if self.create:  # a read-only tool routes nothing: it needs no trace affinity
                 self._load_affinity(conn)
         except sqlite3.Error as exc:
@@ -567,7 +570,7 @@ class SQLiteStore:
                 return
         where = "s.rollout_id = ?" + (" AND s.attempt_id = ?" if attempt_id is not None else "")
         query = (
-            f"SELECT {', '.join('s.' + c.strip() for c in SPAN_COLUMNS.split(','))}"
+            f"SELECT {', '.join('s.' + c.strip() for c in SPAN_COLUMNS.split(','))}, s.record"
             f" FROM spans s LEFT JOIN attempts a"
             f" ON a.rollout_id = s.rollout_id AND a.attempt_id = s.attempt_id"
             f" WHERE {where} ORDER BY a.sequence_id, s.sequence_id"
@@ -589,12 +592,9 @@ class SQLiteStore:
                         ).fetchall()
                         resources.update((key, json.loads(body)) for key, body in found)
                     logs = joined_events(conn, {row[3] for row in rows}) if translating else {}
-                records = [span_record(row, resources[row[11]]) for row in rows]
-                if translating:
-                    records = [
-                        _translated(r, logs.get((row[3], row[4])))
-                        for r, row in zip(records, rows, strict=True)
-                    ]
+                records = [
+                    span_records(row, resources, logs if translating else None) for row in rows
+                ]
             except (sqlite3.DatabaseError, ValueError, KeyError, DecodeError) as exc:
                 self._damaged(f"the spans of rollout {rid}", exc)
                 continue
@@ -727,6 +727,22 @@ def _counter(conn: sqlite3.Connection, rollout_id: str, attempt_id: str, stored:
         (rollout_id, attempt_id, MAX_SEQUENCE_ID),
     ).fetchone()
     return int(row[0])
+
+
+def span_records(
+    row: Any, resources: dict[str, Any], logs: dict[Any, list[dict[str, Any]]] | None
+) -> dict[str, Any]:
+    """A spans row (``SPAN_COLUMNS``, then ``record``) as an agentlightning ``Span`` dict.
+
+    A span added through the LightningStore API is its record as given; an OTLP span is built
+    from its protobuf and, with ``logs`` (translating), joined with its GenAI log records.
+    """
+    if row[12] is not None:
+        record: dict[str, Any] = json.loads(row[12])
+        record["rollout_id"], record["attempt_id"], record["sequence_id"] = row[:3]
+        return record
+    built = span_record(row[:12], resources[row[11]])
+    return built if logs is None else _translated(built, logs.get((row[3], row[4])))
 
 
 def _translated(record: dict[str, Any], events: list[dict[str, Any]] | None) -> dict[str, Any]:

@@ -24,48 +24,12 @@ from contextlib import contextmanager
 from typing import Any, Final
 
 from ..errors import StoreUnavailable
+from .api_schema import API_RESOURCE_ID, migrate_api_schema
 from .db import transaction
 from .lightning import UNSET, FilterLogic, Page, Query, Record, Unset
 from .records import ATTEMPT_COLUMNS, ROLLOUT_COLUMNS, SPAN_COLUMNS, attempt_record, span_record
 from .sqlite import SQLiteStore
 
-# This module's own schema steps, counted in ``agl_api_schema`` so they never collide with the
-# receiver's ``PRAGMA user_version`` migrations.
-API_MIGRATIONS: Final[tuple[str, ...]] = (
-    """
-    ALTER TABLE rollouts ADD COLUMN queue_seq INTEGER;
-    ALTER TABLE spans ADD COLUMN record TEXT;
-    CREATE INDEX rollouts_queue ON rollouts (queue_seq) WHERE queue_seq IS NOT NULL;
-    CREATE INDEX rollouts_status ON rollouts (status);
-    CREATE TABLE agl_workers (
-        worker_id          TEXT PRIMARY KEY,
-        status             TEXT NOT NULL DEFAULT 'unknown',
-        heartbeat_stats    TEXT,
-        last_heartbeat_time REAL,
-        last_dequeue_time  REAL,
-        last_busy_time     REAL,
-        last_idle_time     REAL,
-        current_rollout_id TEXT,
-        current_attempt_id TEXT
-    );
-    CREATE TABLE agl_resources (
-        resources_id TEXT PRIMARY KEY,
-        resources    TEXT NOT NULL,
-        create_time  REAL NOT NULL,
-        update_time  REAL NOT NULL,
-        version      INTEGER NOT NULL,
-        touched      INTEGER NOT NULL
-    );
-    CREATE TABLE agl_span_counters (
-        rollout_id TEXT PRIMARY KEY,
-        next_seq   INTEGER NOT NULL
-    );
-    INSERT OR IGNORE INTO resources (resource_id, body)
-        VALUES ('agl-api', '{"attributes": {}, "schema_url": ""}')
-    """,
-)
-
-API_RESOURCE_ID: Final = "agl-api"  # the OTLP-resource row API spans point at
 FINISHED: Final = ("failed", "succeeded", "cancelled")
 QUEUED: Final = ("queuing", "requeuing")
 RUNNING: Final = ("preparing", "running")
@@ -227,17 +191,9 @@ class SQLiteLightningStore:
     # -- schema and transactions ---------------------------------------------------------
 
     def open(self) -> None:
-        """Apply this module's migrations to the (opened) store's database."""
+        """Make sure the API's tables exist (``SQLiteStore.open`` creates them too)."""
         with self._transaction() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS agl_api_schema (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT version FROM agl_api_schema").fetchone()
-            version = row[0] if row else 0
-            for number, script in enumerate(API_MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("DELETE FROM agl_api_schema")
-                conn.execute("INSERT INTO agl_api_schema (version) VALUES (?)", (number,))
+            migrate_api_schema(conn)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,60 @@
+"""The LightningStore API's schema, beside the receiver's own tables in the same SQLite file.
+
+Its steps are counted in ``agl_api_schema`` rather than ``PRAGMA user_version``, so they never
+collide with the receiver's migrations. Every SQLite store applies them on open, so readers
+(``lightning-otlp spans``) know the ``record`` column of spans added through the API.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+API_MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    ALTER TABLE rollouts ADD COLUMN queue_seq INTEGER;
+    ALTER TABLE spans ADD COLUMN record TEXT;
+    CREATE INDEX rollouts_queue ON rollouts (queue_seq) WHERE queue_seq IS NOT NULL;
+    CREATE INDEX rollouts_status ON rollouts (status);
+    CREATE TABLE agl_workers (
+        worker_id          TEXT PRIMARY KEY,
+        status             TEXT NOT NULL DEFAULT 'unknown',
+        heartbeat_stats    TEXT,
+        last_heartbeat_time REAL,
+        last_dequeue_time  REAL,
+        last_busy_time     REAL,
+        last_idle_time     REAL,
+        current_rollout_id TEXT,
+        current_attempt_id TEXT
+    );
+    CREATE TABLE agl_resources (
+        resources_id TEXT PRIMARY KEY,
+        resources    TEXT NOT NULL,
+        create_time  REAL NOT NULL,
+        update_time  REAL NOT NULL,
+        version      INTEGER NOT NULL,
+        touched      INTEGER NOT NULL
+    );
+    CREATE TABLE agl_span_counters (
+        rollout_id TEXT PRIMARY KEY,
+        next_seq   INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO resources (resource_id, body)
+        VALUES ('agl-api', '{"attributes": {}, "schema_url": ""}')
+    """,
+)
+
+API_RESOURCE_ID: Final = "agl-api"  # the OTLP-resource row API spans point at
+
+
+def migrate_api_schema(conn: sqlite3.Connection) -> None:
+    """Apply the steps not yet applied; the caller holds the transaction."""
+    conn.execute("CREATE TABLE IF NOT EXISTS agl_api_schema (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT version FROM agl_api_schema").fetchone()
+    version = row[0] if row else 0
+    for number, script in enumerate(API_MIGRATIONS[version:], start=version + 1):
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("DELETE FROM agl_api_schema")
+        conn.execute("INSERT INTO agl_api_schema (version) VALUES (?)", (number,))
