@@ -105,6 +105,9 @@ def main() -> None:
     # ``_endpoint``, which opentelemetry-exporter-otlp-proto-http >= 1.40 no longer reads (its
     # HTTP client keeps the endpoint it was built with): name the endpoint the standard way.
     os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = url.rstrip("/") + "/v1/traces"
+    # The exporter retries a refused export for its timeout (10 s by default), then drops the
+    # spans: give a restarting store (slow on a loaded machine) a minute.
+    os.environ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"] = "60"
     tasks = [{"question": f"q{i}", "reward": i / 10} for i in range(int(count))]
     store = LightningStoreClient(url, **PATIENT)  # type: ignore[arg-type]
     algorithm = EnqueueAndWait(Path(progress))
