@@ -198,9 +198,9 @@ class SQLiteLightningStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One committed transaction, or nothing: SQLite errors become ``StoreUnavailable``."""
-        with self.store._lock:
+        with self.store.locked() as conn:
             try:
-                with transaction(self.store._connection()) as conn:
+                with transaction(conn):
                     yield conn
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"store busy or failing: {exc}") from exc
