@@ -175,45 +175,58 @@ def main() -> None:
         durable_fast.store_url += "?synchronous=normal"
         durable_fast.start()
         lines: list[str] = []
-        with agl_store(tmpdir / "agl.log") as agl, httpx.Client(timeout=300) as client:
-            ours = query_spans(client, spans_receiver.http_url, ours_rollouts)
+        try:
+            run_all(lines, spans_receiver, rollouts_receiver, durable_fast, ours_rollouts, tmpdir)
+        finally:
+            for receiver in (spans_receiver, rollouts_receiver, durable_fast):
+                receiver.stop()
+
+
+def run_all(
+    lines: list[str],
+    spans_receiver: ReceiverProcess,
+    rollouts_receiver: ReceiverProcess,
+    durable_fast: ReceiverProcess,
+    ours_rollouts: list[str],
+    tmpdir: Path,
+) -> None:
+    with agl_store(tmpdir / "agl.log") as agl, httpx.Client(timeout=300) as client:
+        ours = query_spans(client, spans_receiver.http_url, ours_rollouts)
+        lines.append(
+            f"query_spans, 1 rollout of {PER_ROLLOUT} among {SPANS:,}"
+            f"   lightning-otlp  {percentiles(ours)}"
+        )
+        say(lines[-1])
+        say(f"loading {AGL_SPANS:,} spans into agl store (in memory)")
+        agl_rollouts = fill_agl(client, agl, AGL_SPANS)
+        theirs = query_spans(client, agl, agl_rollouts)
+        lines.append(
+            f"query_spans, 1 rollout of {PER_ROLLOUT} among {AGL_SPANS:,}"
+            f"   agl store       {percentiles(theirs)}"
+        )
+        say(lines[-1])
+
+        say(f"enqueueing {ROLLOUTS:,} rollouts into each")
+        fill_rollouts(client, rollouts_receiver.http_url, ROLLOUTS)
+        fill_rollouts(client, agl, ROLLOUTS)
+        for label, base in (("lightning-otlp", rollouts_receiver.http_url), ("agl store", agl)):
             lines.append(
-                f"query_spans, 1 rollout of {PER_ROLLOUT} among {SPANS:,}"
-                f"   lightning-otlp  {percentiles(ours)}"
-            )
-            say(lines[-1])
-            say(f"loading {AGL_SPANS:,} spans into agl store (in memory)")
-            agl_rollouts = fill_agl(client, agl, AGL_SPANS)
-            theirs = query_spans(client, agl, agl_rollouts)
-            lines.append(
-                f"query_spans, 1 rollout of {PER_ROLLOUT} among {AGL_SPANS:,}"
-                f"   agl store       {percentiles(theirs)}"
+                f"rollout search by status among {ROLLOUTS:,}   {label:<15} "
+                + percentiles(search_rollouts(client, base))
             )
             say(lines[-1])
 
-            say(f"enqueueing {ROLLOUTS:,} rollouts into each")
-            fill_rollouts(client, rollouts_receiver.http_url, ROLLOUTS)
-            fill_rollouts(client, agl, ROLLOUTS)
-            for label, base in (("lightning-otlp", rollouts_receiver.http_url), ("agl store", agl)):
-                lines.append(
-                    f"rollout search by status among {ROLLOUTS:,}   {label:<15} "
-                    + percentiles(search_rollouts(client, base))
-                )
-                say(lines[-1])
-
-            say(f"{CYCLES} enqueue+dequeue+add_span+update_attempt cycles, LightningStoreClient")
-            urls = [spans_receiver.http_url, durable_fast.http_url, agl]
-            seconds = round_trips(*urls)
-            upstream = CYCLES / seconds[agl]
-            for label, url in (
-                ("lightning-otlp (synchronous=FULL)", spans_receiver.http_url),
-                ("lightning-otlp (synchronous=NORMAL)", durable_fast.http_url),
-                ("agl store (in memory)", agl),
-            ):
-                rate = CYCLES / seconds[url]
-                say(f"  {label:<36} {rate:8.1f} cycles/s   {rate / upstream:5.2f}x upstream")
-        for receiver in (spans_receiver, rollouts_receiver, durable_fast):
-            receiver.stop()
+        say(f"{CYCLES} enqueue+dequeue+add_span+update_attempt cycles, LightningStoreClient")
+        urls = [spans_receiver.http_url, durable_fast.http_url, agl]
+        seconds = round_trips(*urls)
+        upstream = CYCLES / seconds[agl]
+        for label, url in (
+            ("lightning-otlp (synchronous=FULL)", spans_receiver.http_url),
+            ("lightning-otlp (synchronous=NORMAL)", durable_fast.http_url),
+            ("agl store (in memory)", agl),
+        ):
+            rate = CYCLES / seconds[url]
+            say(f"  {label:<36} {rate:8.1f} cycles/s   {rate / upstream:5.2f}x upstream")
 
 
 if __name__ == "__main__":

@@ -280,7 +280,9 @@ class SQLiteLightningStore:
             out: list[Record] = []
             while len(out) < limit:
                 found = conn.execute(
-                    "SELECT rollout_id, queue_seq FROM rollouts WHERE queue_seq IS NOT NULL"
+                    # The queue's index, in queue order: the status index would sort them all.
+                    "SELECT rollout_id, queue_seq FROM rollouts INDEXED BY rollouts_queue"
+                    " WHERE queue_seq IS NOT NULL"
                     " AND status IN ('queuing', 'requeuing') ORDER BY queue_seq LIMIT 1"
                 ).fetchone()
                 if found is None:
@@ -697,7 +699,8 @@ class SQLiteLightningStore:
             "INSERT INTO rollouts (rollout_id, input, start_time, mode, resources_id, status,"
             " config, metadata, origin, created_at, queue_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
             " 'explicit', ?, CASE WHEN ? THEN"
-            " (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM rollouts) END)",
+            " (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM rollouts WHERE queue_seq IS NOT NULL)"
+            " END)",
             (
                 rollout_id,
                 json.dumps(input),
@@ -808,7 +811,8 @@ class SQLiteLightningStore:
             "UPDATE rollouts SET status = ?,"
             " end_time = CASE WHEN ? THEN ? ELSE end_time END,"
             " queue_seq = CASE WHEN ? AND queue_seq IS NULL THEN"
-            "  (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM rollouts) ELSE queue_seq END"
+            "  (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM rollouts WHERE queue_seq IS NOT NULL)"
+            " ELSE queue_seq END"
             " WHERE rollout_id = ?",
             (status, status in FINISHED, now, status in QUEUED, rollout_id),
         )
