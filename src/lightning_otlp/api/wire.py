@@ -93,16 +93,17 @@ def error(kind: str, loc: Sequence[Any], msg: str, value: Any) -> Invalid:
 class Fields:
     """Typed reads from one JSON object (a body or a query string), collecting FastAPI errors."""
 
-    def __init__(self, data: Mapping[str, Any], where: str, lists: frozenset[str] = frozenset()):
+    def __init__(self, data: Mapping[str, Any], where: str, *, loc: Sequence[Any] = ()) -> None:
         self.data = data
         self.where = where
-        self.lists = lists
+        # where an error points: ("body", name) by default, or under a nested object's path
+        self.prefix = list(loc) if loc else [where]
 
     def has(self, name: str) -> bool:
         return name in self.data
 
     def _loc(self, name: str) -> list[Any]:
-        return [self.where, name]
+        return [*self.prefix, name]
 
     def raw(self, name: str, default: Any = None, *, required: bool = False) -> Any:
         if name not in self.data:
@@ -217,8 +218,7 @@ def rollout_config(value: Any, loc: Sequence[Any]) -> Record | None:
         return None
     if not isinstance(value, dict):
         raise error("model_attributes_type", loc, "Input should be a valid dictionary", value)
-    fields = Fields(value, "body")
-    fields._loc = lambda name: [*loc, name]  # type: ignore[method-assign]
+    fields = Fields(value, "body", loc=loc)
     max_attempts = fields.integer("max_attempts", 1)
     if max_attempts is None or max_attempts < 1:
         raise error(
@@ -238,8 +238,7 @@ def rollout_config(value: Any, loc: Sequence[Any]) -> Record | None:
 
 def rollout_request(data: Record, loc: Sequence[Any] = ("body",)) -> Record:
     """``RolloutRequest`` / ``EnqueueRolloutRequest``: input, mode, resources_id, config, ..."""
-    fields = Fields(data, "body")
-    fields._loc = lambda name: [*loc, name]  # type: ignore[method-assign]
+    fields = Fields(data, "body", loc=loc)
     return {
         "input": fields.raw("input", required=True),
         "mode": fields.choice("mode", MODES),
