@@ -27,8 +27,9 @@ from ..errors import StoreUnavailable
 from .api_schema import API_RESOURCE_ID, migrate_api_schema
 from .db import transaction
 from .lightning import UNSET, FilterLogic, Page, Query, Record, Unset
-from .records import ATTEMPT_COLUMNS, ROLLOUT_COLUMNS, SPAN_COLUMNS, attempt_record, span_record
-from .sqlite import SQLiteStore
+from .logs import joined_events
+from .records import ATTEMPT_COLUMNS, ROLLOUT_COLUMNS, SPAN_COLUMNS, attempt_record
+from .sqlite import SQLiteStore, span_records
 
 FINISHED: Final = ("failed", "succeeded", "cancelled")
 QUEUED: Final = ("queuing", "requeuing")
@@ -620,24 +621,21 @@ class SQLiteLightningStore:
         return Page(self._records(conn, rows), query.limit, query.offset, total)
 
     def _records(self, conn: sqlite3.Connection, rows: list[Any]) -> list[Record]:
-        """Span rows (``SPAN_COLUMNS`` then ``record``) as agentlightning ``Span`` dicts."""
+        """Span rows (``SPAN_COLUMNS`` then ``record``) as agentlightning ``Span`` dicts, model
+        calls translated as the store's own reader gives them (``lightning-otlp spans``)."""
         resources: dict[str, Any] = {}
-        out = []
-        for row in rows:
-            if row[12] is not None:
-                record: Record = json.loads(row[12])
-                record["rollout_id"], record["attempt_id"], record["sequence_id"] = row[:3]
-                out.append(record)
-                continue
-            resource_id = row[11]
-            resource = resources.get(resource_id)
-            if resource is None:
-                body = conn.execute(
-                    "SELECT body FROM resources WHERE resource_id = ?", (resource_id,)
-                ).fetchone()
-                resource = resources[resource_id] = json.loads(body[0]) if body else {}
-            out.append(span_record(row[:12], resource))
-        return out
+        needed = {row[11] for row in rows if row[12] is None}
+        if needed:
+            marks = ", ".join("?" * len(needed))
+            found = conn.execute(
+                f"SELECT resource_id, body FROM resources WHERE resource_id IN ({marks})",
+                tuple(needed),
+            )
+            resources.update((key, json.loads(body)) for key, body in found)
+        logs = None
+        if self.store.translate:
+            logs = joined_events(conn, {row[3] for row in rows if row[12] is None})
+        return [span_records(row, resources, logs) for row in rows]
 
     def _decode_spans(self, conn: sqlite3.Connection, rowids: list[int]) -> list[Record]:
         if not rowids:
