@@ -77,6 +77,14 @@ async def serve(settings: Settings) -> None:
     if settings.grpc.port:  # grpcio binds its own socket: try the port first, for a clean line
         _bind(settings.grpc, "OTLP/gRPC", "grpc").close()
     pipeline = build_pipeline(settings)
+    # Before any server starts, so a missing dashboard is one clean error.
+    http_app = build_http_app(
+        HTTPReceiver(pipeline, auth, body_timeout=settings.body_timeout),
+        pipeline,
+        dashboard=settings.dashboard,
+        watchdog_interval=settings.watchdog_interval,
+        auth=auth,
+    )
     grpc_server, grpc_port = build_server(
         pipeline,
         str(settings.grpc),
@@ -88,13 +96,6 @@ async def serve(settings: Settings) -> None:
     await grpc_server.start()
     limits = uvicorn_options(
         settings.header_timeout, settings.idle_timeout, settings.max_connections, pipeline.budget
-    )
-    http_app = build_http_app(
-        HTTPReceiver(pipeline, auth, body_timeout=settings.body_timeout),
-        pipeline,
-        dashboard=settings.dashboard,
-        watchdog_interval=settings.watchdog_interval,
-        auth=auth,
     )
     http_server = _asgi_server(
         http_app,
