@@ -163,7 +163,3 @@ def indexed(attrs: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
         if index.isdigit() and rest:
             groups.setdefault(int(index), {})[rest] = value
     return [groups[i] for i in sorted(groups)]
-
-
-def sub_indexed(group: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
-    return indexed(group, prefix)

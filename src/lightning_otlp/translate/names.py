@@ -98,12 +98,11 @@ AI_RESPONSE_TOOL_CALLS: Final = "ai.response.toolCalls"
 AI_RESPONSE_ID: Final = "ai.response.id"
 AI_RESPONSE_MODEL: Final = "ai.response.model"
 AI_RESPONSE_FINISH_REASON: Final = "ai.response.finishReason"
-AI_RESPONSE_PROVIDER_METADATA: Final = "ai.response.providerMetadata"
 AI_MODEL_ID: Final = "ai.model.id"
 
 # -- raw responses ---------------------------------------------------------------------------
-# Attributes that may hold a raw OpenAI-compatible response body (JSON) with vLLM token ids:
-# ``prompt_token_ids`` at the top, ``token_ids`` in each choice.
-RAW_RESPONSE_ATTRIBUTES: Final = (OI_OUTPUT_VALUE, AI_RESPONSE_PROVIDER_METADATA)
+# Attributes known to hold a raw OpenAI-compatible response body (JSON), where a vLLM server's
+# token ids survive: ``prompt_token_ids`` at the top, ``token_ids`` in each choice.
+RAW_RESPONSE_ATTRIBUTES: Final = (OI_OUTPUT_VALUE,)
 VLLM_PROMPT_TOKEN_IDS: Final = "prompt_token_ids"
 VLLM_CHOICE_TOKEN_IDS: Final = "token_ids"
