@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue as PB2AnyValue
 from opentelemetry.proto.common.v1.common_pb2 import ArrayValue as PB2ArrayValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue as PB2KeyValue
 from opentelemetry.proto.common.v1.common_pb2 import KeyValueList as PB2KeyValueList
 
 _SCALARS: Final = frozenset({"string_value", "bool_value", "int_value", "double_value"})
@@ -94,4 +96,24 @@ def parse_trace_state(value: str) -> dict[str, str]:
         key, sep, val = member.strip().partition("=")
         if sep and key:
             out[key] = val
+    return out
+
+
+def any_value(value: Any) -> PB2AnyValue:
+    """A plain value (an attribute, a stored resource's JSON) back as an OTLP ``AnyValue``."""
+    out = PB2AnyValue()
+    if isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        out.int_value = value
+    elif isinstance(value, float):
+        out.double_value = value
+    elif isinstance(value, (list, tuple)):
+        out.array_value.values.extend(any_value(v) for v in value)
+    elif isinstance(value, dict):
+        out.kvlist_value.values.extend(
+            PB2KeyValue(key=str(k), value=any_value(v)) for k, v in value.items()
+        )
+    elif value is not None:
+        out.string_value = str(value)
     return out

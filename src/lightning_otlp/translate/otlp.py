@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue as PB2AnyValue
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue as PB2KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
-from ..otlp import attributes, events_list
+from ..otlp import any_value, attributes, events_list
 from . import names as n
 from .dispatch import translate
 
@@ -66,19 +65,3 @@ def translate_span_bytes(blob: bytes, joined: EventLookup | None = None) -> byte
 
 
 _GONE: Final = object()
-
-
-def any_value(value: Any) -> PB2AnyValue:
-    """A plain attribute value (as records hold them) as an OTLP ``AnyValue``."""
-    out = PB2AnyValue()
-    if isinstance(value, bool):
-        out.bool_value = value
-    elif isinstance(value, int):
-        out.int_value = value
-    elif isinstance(value, float):
-        out.double_value = value
-    elif isinstance(value, (list, tuple)):
-        out.array_value.values.extend(any_value(v) for v in value)
-    elif value is not None:
-        out.string_value = str(value)
-    return out
