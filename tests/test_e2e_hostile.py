@@ -1,4 +1,4 @@
-"""What a hostile client or a flaky network does to a real receiver (issue 11): each fault gets
+"""What a hostile client or a flaky network does to a real receiver: each fault gets
 the status the OTLP spec asks for, honest clients keep being served, and nothing acknowledged
 is lost. Statuses and counts only: no assertion on how long anything took."""
 

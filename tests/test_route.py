@@ -200,7 +200,7 @@ def test_bad_fallback_is_rejected() -> None:
         RoutingConfig(fallback="drop")  # type: ignore[arg-type]
 
 
-# -- poison values (issue 11, fault 1): never an error, never a poisoned attempt --------------
+# -- poison values: never an error, never a poisoned attempt --------------
 
 POISON_SEQUENCE_IDS = [
     2**63 - 2,
