@@ -185,6 +185,33 @@ def test_errors_answer_as_upstream(api: API) -> None:
     assert null == {"detail": "status is invalid; it cannot be a null value."}
 
 
+def test_hostile_but_valid_bodies_are_422_and_store_nothing(api: API) -> None:
+    """Deep nesting and integers past 64 bits are the caller's mistake, never a 5xx."""
+
+    def raw(path: str, text: str) -> httpx.Response:
+        return api.loop.run_until_complete(
+            api.client.post(
+                "/v1/agl" + path, content=text, headers={"content-type": "application/json"}
+            )
+        )
+
+    for depth in (101, 300, 100_000):
+        deep = raw("/rollouts", '{"input": ' + "[" * depth + "]" * depth + "}")
+        assert deep.status_code == 422, deep.text
+        assert "nested deeper" in deep.json()["detail"][0]["msg"]
+    started = raw("/rollouts", '{"input": ' + "[" * 99 + "]" * 99 + "}")
+    assert started.status_code == 201, started.text
+    rid, aid = started.json()["rollout_id"], started.json()["attempt"]["attempt_id"]
+    for seq in (2**63, 2**70, -(2**63) - 1):
+        too_big = api.post("/spans", span(rid, aid, seq, 1), 422)
+        assert "64-bit" in too_big["detail"][0]["msg"]
+    assert raw("/spans", '{"sequence_id": Infinity}').status_code == 422
+    assert api.post("/rollouts/search", {"limit": 2**70, "offset": 2**70}, 422)
+    assert api.get("/spans", rollout_id=rid)["items"] == []
+    assert api.post("/spans", span(rid, aid, 2**53, 2), 422)
+    assert api.post("/spans", span(rid, aid, 2**53 - 1, 3), 201)["sequence_id"] == 2**53 - 1
+
+
 @pytest.mark.e2e
 def test_queue_attempts_and_spans_survive_kill_9(tmp_path: Path) -> None:
     receiver = ReceiverProcess(tmp_path / "store.db").start()

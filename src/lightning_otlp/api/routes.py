@@ -35,6 +35,9 @@ from . import wire
 from .wire import BadRequest, Fields, Invalid
 
 log = logging.getLogger("lightning_otlp.api")
+# Deeper request bodies are refused (422): stored records are encoded again, within this depth.
+MAX_JSON_DEPTH: Final = 100
+_TOO_DEEP: Final = object()
 
 PREFIX: Final = "/v1/agl"
 # upstream's client never waits longer per call; a longer wait is polled in these steps
@@ -470,9 +473,34 @@ async def read_json(request: Request) -> Any:
     if not body.strip():
         return None
     try:
-        return json.loads(body)
+        document = json.loads(body)
     except ValueError as exc:
         raise wire.error("json_invalid", ["body", 0], f"JSON decode error: {exc}", {}) from None
+    except RecursionError:
+        document = _TOO_DEEP
+    if document is _TOO_DEEP or _deeper_than(document, MAX_JSON_DEPTH):
+        # Records are stored and answered as JSON again: nesting this deep cannot round-trip.
+        raise wire.error(
+            "json_invalid",
+            ["body", 0],
+            f"JSON decode error: nested deeper than {MAX_JSON_DEPTH} levels",
+            {},
+        )
+    return document
+
+
+def _deeper_than(document: Any, limit: int) -> bool:
+    """Whether ``document`` nests lists and objects more than ``limit`` deep (no recursion)."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+    return False
 
 
 async def guarded(handler: Callable[[], Awaitable[Response]]) -> Response:

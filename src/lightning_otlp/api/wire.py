@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from ..batch import MAX_SEQUENCE_ID
 from ..store.lightning import (
     ATTEMPT_STATUSES,
     MODES,
@@ -73,6 +74,9 @@ SPAN_FIELDS: Final = (
 )
 SPAN_FILTERS: Final = ("trace_id", "span_id", "parent_id", "name")
 
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+
 
 class Invalid(Exception):
     """422: the request does not match the model (FastAPI's ``RequestValidationError``)."""
@@ -128,7 +132,7 @@ class Fields:
             raise error("int_type", self._loc(name), "Input should be a valid integer", value)
         try:
             number = int(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an infinite float
             raise error(
                 "int_parsing",
                 self._loc(name),
@@ -140,6 +144,14 @@ class Fields:
                 "int_from_float",
                 self._loc(name),
                 "Input should be a valid integer, got a number with a fractional part",
+                value,
+            )
+        if not _INT64_MIN <= number <= _INT64_MAX:
+            # The store keeps 64-bit integers; a larger one would fail there, as a 5xx.
+            raise error(
+                "less_than_equal" if number > 0 else "greater_than_equal",
+                self._loc(name),
+                f"Input should fit in a 64-bit integer ({_INT64_MIN} to {_INT64_MAX})",
                 value,
             )
         return number
@@ -280,7 +292,15 @@ def span(data: Record) -> Record:
     for name in ("rollout_id", "attempt_id", "trace_id", "span_id", "name"):
         fields.string(name, required=True)
     fields.string("parent_id")
-    fields.integer("sequence_id", required=True)
+    sequence_id = fields.integer("sequence_id", required=True)
+    if sequence_id > MAX_SEQUENCE_ID:
+        # The OTLP path keeps the same bound: ids stay exact in JSON readers (the dashboard).
+        raise error(
+            "less_than_equal",
+            ["body", "sequence_id"],
+            f"Input should fit in a 64-bit integer and be at most {MAX_SEQUENCE_ID}",
+            sequence_id,
+        )
     status = data["status"]
     if not isinstance(status, dict) or status.get("status_code") not in ("UNSET", "OK", "ERROR"):
         raise error(
