@@ -11,12 +11,14 @@ from pathlib import Path
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest as PB2ExportLogsServiceRequest,
 )
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore
 from lightning_otlp.translate import names
 
+from .payloads import make_request, make_span
 from .test_translate import GOLDEN, load_case
 
 CASE = GOLDEN / "otel_genai" / "openai_v2_log_events.json"
@@ -152,3 +154,27 @@ def test_cli_reads_translated_by_default_raw_on_request(tmp_path: Path) -> None:
     assert names.AGL_LLM_CALL_NAME not in names_read("--raw")
     off = names_read(env={"LIGHTNING_OTLP_TRANSLATE": "false"})
     assert names.AGL_LLM_CALL_NAME not in off and "chat fake-model" in off
+
+
+def test_hostile_but_valid_log_records_are_stored_and_read(pipeline: Pipeline) -> None:
+    """Huge numbers, infinities and deep nesting in a GenAI log record: stored, read, no error."""
+    span = make_span("chat m", attributes={"gen_ai.operation.name": "chat"})
+    nested = AnyValue(string_value="deep")
+    for _ in range(25):  # 75 message levels: near protobuf's own parsing limit of 100
+        outer = AnyValue()
+        outer.kvlist_value.values.add(key="k", value=nested)
+        nested = outer
+    request = PB2ExportLogsServiceRequest()
+    record = request.resource_logs.add().scope_logs.add().log_records.add()
+    record.event_name = "gen_ai.user.message"
+    record.trace_id, record.span_id = span.trace_id, span.span_id
+    record.time_unix_nano = 2**64 - 1
+    record.body.CopyFrom(nested)
+    record.attributes.add(key="huge", value=AnyValue(int_value=2**63 - 1))
+    record.attributes.add(key="inf", value=AnyValue(double_value=float("inf")))
+    answer = pipeline.export_logs(request.SerializeToString(), None, PB)
+    assert not answer.HasField("partial_success"), answer
+    pipeline.export_traces(make_request([span]).SerializeToString(), None, PB)
+    (stored,) = list(pipeline.store.spans())
+    assert stored["name"] == names.AGL_LLM_CALL_NAME
+    json.dumps(stored)  # the record, joined event included, is still plain JSON
