@@ -35,7 +35,10 @@ log = logging.getLogger("lightning_otlp")
 
 def build_pipeline(settings: Settings, store: Store | None = None) -> Pipeline:
     store = store or open_store(
-        settings.store, affinity_window=settings.affinity_window, translate=settings.translate
+        settings.store,
+        affinity_window=settings.affinity_window,
+        translate=settings.translate,
+        prepare_reads=settings.prepare_reads,
     )
     store.open()
     routing = RoutingConfig(
@@ -112,6 +115,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _on_signal, stopping, http_server)
     serving = asyncio.ensure_future(http_server.serve(sockets=[http_socket]))
+    background = asyncio.ensure_future(pipeline.idle_work())
     health = None
     if health_server is not None and health_socket is not None:
         health = asyncio.ensure_future(health_server.serve(sockets=[health_socket]))
@@ -143,6 +147,7 @@ async def serve(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await grpc_server.stop(grace=None)
+        background.cancel()
         pipeline.close()
         pipeline.store.close()
         rejections.flush()

@@ -303,6 +303,15 @@ class Settings:
             "true|false",
         ),
     )
+    prepare_reads: bool = _spec(
+        True,
+        Spec(
+            _flag,
+            "build each span's record while idle, so reading a rollout's spans through the"
+            " LightningStore API is fast (takes about as much disk again as the spans)",
+            "true|false",
+        ),
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

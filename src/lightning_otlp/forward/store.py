@@ -231,6 +231,10 @@ class ForwardingStore:
     def check(self, full: bool = False) -> list[str]:
         return self.outbox.store.check(full)
 
+    def idle_work(self) -> bool:
+        """Nothing: the forwarder does its work on its own thread."""
+        return False
+
     def lightning_api(self, *, watchdog_interval: float = 10.0) -> LightningStoreBackend | None:
         """None: the LightningStore is the server spans are forwarded to; use its API."""
         return None

@@ -42,6 +42,10 @@ log = logging.getLogger("lightning_otlp")
 DEFAULT_MAX_IN_FLIGHT: Final = 64
 # After a failed commit, readiness stays false this long unless a commit succeeds first.
 NOT_READY_AFTER_FAILURE_SECONDS: Final = 5.0
+# The store's background work takes the store thread only after this long without a request,
+# one short step at a time, and looks again this often once it has caught up.
+IDLE_AFTER_SECONDS: Final = 0.1
+IDLE_POLL_SECONDS: Final = 1.0
 _NOT_STORED: Final = "lightning-otlp stores traces only; {} were not stored"
 _LOGS_NOT_STORED: Final = (
     "{} log record(s) not stored: lightning-otlp keeps only GenAI events (gen_ai.*) that name"
@@ -106,6 +110,7 @@ class Pipeline:
         self.draining = False
         self._store_failed_at: float | None = None
         self._in_flight = 0
+        self._last_request = time.monotonic()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-store")
         # Decompression, decoding and routing run here, so one costly request never holds up
@@ -294,6 +299,23 @@ class Pipeline:
     def _leave(self) -> None:
         with self._lock:
             self._in_flight -= 1
+            self._last_request = time.monotonic()
+
+    async def idle_work(self) -> None:
+        """Hand the store thread to the store's background work (``Store.idle_work``) while no
+        request is waiting or came lately; runs until cancelled or draining."""
+        loop = asyncio.get_running_loop()
+        more = True
+        while not self.draining:
+            await asyncio.sleep(0 if more else IDLE_POLL_SECONDS)
+            if self._in_flight or time.monotonic() - self._last_request < IDLE_AFTER_SECONDS:
+                if more:
+                    await asyncio.sleep(IDLE_AFTER_SECONDS)
+                continue
+            try:
+                more = await loop.run_in_executor(self._executor, self.store.idle_work)
+            except RuntimeError:  # the executor shut down under us
+                return
 
     def close(self) -> None:
         """Wait for the request being decoded and the one being committed; requests still

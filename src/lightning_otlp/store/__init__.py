@@ -31,6 +31,7 @@ def open_store(
     create: bool = True,
     salvage: bool = False,
     translate: bool = True,
+    prepare_reads: bool = True,
 ) -> Store:
     """Make (not yet open) the store a URL names; with ``create`` off, opening a store that
     does not exist yet is an error (read commands create nothing); with ``salvage``, reads skip
@@ -60,4 +61,5 @@ def open_store(
         create=create,
         salvage=salvage,
         translate=translate,
+        prepare_reads=prepare_reads,
     )

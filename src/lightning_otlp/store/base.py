@@ -75,6 +75,11 @@ class Store(Protocol):
         None when the LightningStore is elsewhere (a forwarder's is the server it feeds)."""
         ...
 
+    def idle_work(self) -> bool:
+        """One short step of background work (a few milliseconds), run on the store thread
+        while no request waits; True while more is left."""
+        ...
+
     def check(self, full: bool = False) -> list[str]:
         """Damage found in the store's files (empty when none); ``full`` checks everything."""
         ...

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
 from ..otlp import attributes, events_list, links_list, parse_trace_state
+from ..translate import translate
 
 DEFAULT_ROLLOUT_CONFIG: Final[dict[str, Any]] = {
     "timeout_seconds": None,
@@ -101,3 +103,38 @@ def span_record(row: Sequence[Any], resource: dict[str, Any]) -> dict[str, Any]:
         ),
         "resource": resource,
     }
+
+
+def span_records(
+    row: Any, resources: dict[str, Any], logs: dict[Any, list[dict[str, Any]]] | None
+) -> dict[str, Any]:
+    """A spans row (``SPAN_COLUMNS``, then ``record``) as an agentlightning ``Span`` dict.
+
+    A span added through the LightningStore API is its record as given; an OTLP span is built
+    from its protobuf and, with ``logs`` (translating), joined with its GenAI log records.
+    """
+    if row[12] is not None:
+        record: dict[str, Any] = json.loads(row[12])
+        record["rollout_id"], record["attempt_id"], record["sequence_id"] = row[:3]
+        return record
+    built = span_record(row[:12], resources[row[11]])
+    return built if logs is None else _translated(built, logs.get((row[3], row[4])))
+
+
+def _translated(record: dict[str, Any], events: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A span record with its GenAI log records as events, translated (``translate``)."""
+    if events:
+        record["events"] = [*record["events"], *events]
+    return translate(record)
+
+
+def resource_bodies(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, Any]:
+    """Resource records by id, for the span rows that name them."""
+    wanted = tuple(ids)
+    if not wanted:
+        return {}
+    marks = ", ".join("?" * len(wanted))
+    found = conn.execute(
+        f"SELECT resource_id, body FROM resources WHERE resource_id IN ({marks})", wanted
+    )
+    return {key: json.loads(body) for key, body in found}

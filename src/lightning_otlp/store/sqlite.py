@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from ..batch import MAX_SEQUENCE_ID, Destination, RolloutInfo, SpanBatch
 from ..errors import StoreDamaged, StoreUnavailable
 from ..ids import attempt_id_for, rollout_id_for_trace
-from ..translate import translate
+from . import views
 from .affinity import DEFAULT_AFFINITY_WINDOW, Changes, TraceAffinity
 from .api_schema import migrate_api_schema
 from .base import Metric, WriteResult
@@ -29,7 +29,8 @@ from .records import (
     ROLLOUT_COLUMNS,
     SPAN_COLUMNS,
     attempted_rollout_record,
-    span_record,
+    resource_bodies,
+    span_records,
 )
 
 if TYPE_CHECKING:
@@ -107,6 +108,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE UNIQUE INDEX span_logs_identity ON span_logs (trace_id, span_id, digest)
     """,
+    # Each OTLP span's record as JSON, built in the background for fast reads (``store.views``).
+    """
+    CREATE TABLE span_views (
+        span_rowid INTEGER PRIMARY KEY,
+        version    INTEGER NOT NULL,
+        span_id    BLOB NOT NULL,
+        body       BLOB NOT NULL
+    )
+    """,
 )
 
 _INSERT_SPAN: Final = f"INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)})"
@@ -116,6 +126,9 @@ _STARTED: Final = ("queuing", "preparing", "requeuing")
 # they were bounded): it is rebuilt from the attempt's spans, so it can never overflow SQLite.
 _COUNTER_CEILING: Final = 2**62
 _WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
+# One idle step builds at most this many span views (about 15 ms), scanning at most the window.
+_VIEW_BATCH: Final = 128
+_VIEW_WINDOW: Final = 4096
 
 
 class SQLiteStore:
@@ -133,6 +146,8 @@ class SQLiteStore:
             of failing.
         translate: read model-call spans of the GenAI conventions in Agent Lightning's shape
             (``lightning_otlp.translate``); False reads every span exactly as received.
+        prepare_reads: build each span's record while idle (``idle_work``), so reading a
+            rollout's spans back through the API is fast; costs about the spans' size on disk.
     """
 
     def __init__(
@@ -146,6 +161,7 @@ class SQLiteStore:
         create: bool = True,
         salvage: bool = False,
         translate: bool = True,
+        prepare_reads: bool = True,
     ) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
@@ -159,6 +175,8 @@ class SQLiteStore:
         self.create = create
         self.salvage = salvage
         self.translate = translate
+        self.prepare_reads = prepare_reads
+        self._views_at = 0  # span rowid up to which views were built this run
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -377,6 +395,11 @@ class SQLiteStore:
         emptied = [(rollout_id_for_trace(t.hex()),) for t in changes.moved]
         # Whatever could not move was already in the target (a duplicate): drop it with its
         # emptied per-trace rollout.
+        conn.executemany(
+            "DELETE FROM span_views"
+            " WHERE span_rowid IN (SELECT rowid FROM spans WHERE rollout_id = ?)",
+            emptied,
+        )
         conn.executemany("DELETE FROM spans WHERE rollout_id = ?", emptied)
         conn.executemany("DELETE FROM attempts WHERE rollout_id = ?", emptied)
         conn.executemany("DELETE FROM rollouts WHERE rollout_id = ?", emptied)
@@ -582,15 +605,9 @@ class SQLiteStore:
                 with self._lock:
                     conn = self._connection()
                     rows = conn.execute(query, params).fetchall()
-                    missing = {row[11] for row in rows} - resources.keys()
-                    if missing:
-                        marks = ", ".join("?" * len(missing))
-                        found = conn.execute(
-                            "SELECT resource_id, body FROM resources"
-                            f" WHERE resource_id IN ({marks})",
-                            tuple(missing),
-                        ).fetchall()
-                        resources.update((key, json.loads(body)) for key, body in found)
+                    resources.update(
+                        resource_bodies(conn, {row[11] for row in rows} - resources.keys())
+                    )
                     logs = joined_events(conn, {row[3] for row in rows}) if translating else {}
                 records = [
                     span_records(row, resources, logs if translating else None) for row in rows
@@ -615,6 +632,27 @@ class SQLiteStore:
             except sqlite3.DatabaseError as exc:
                 raise StoreUnavailable(f"store busy or failing: {exc}") from exc
         return cursor.rowcount if cursor.rowcount >= 0 else len(rows)
+
+    def idle_work(self) -> bool:
+        """One short step of background work, run while no request waits: build the next span
+        views (``store.views``). True while there is more to do."""
+        if not (self.prepare_reads and self.translate):
+            return False
+        try:
+            with self.locked() as conn:
+                with transaction(conn):
+                    self._views_at, _ = views.build(
+                        conn, self._views_at, window=_VIEW_WINDOW, limit=_VIEW_BATCH
+                    )
+                return bool(self._views_at < self._top_rowid(conn))
+        except sqlite3.DatabaseError as exc:
+            log.warning("stopped preparing span records for reads: %s", exc)
+            self.prepare_reads = False
+            return False
+
+    @staticmethod
+    def _top_rowid(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM spans").fetchone()[0])
 
     def _damaged(self, what: str, exc: Exception) -> None:
         """Skip ``what`` when salvaging; otherwise fail with what to do about it."""
@@ -672,7 +710,16 @@ class SQLiteStore:
 
     def metrics(self) -> list[Metric]:
         moved = self.affinity.counters
+        with self._lock:
+            behind = self._top_rowid(self._connection()) - self._views_at if self._conn else 0
         return [
+            Metric(
+                "lightning_otlp_span_views_behind",
+                "Spans stored since the background step that prepares records for fast reads"
+                " last caught up (0 when idle long enough).",
+                "gauge",
+                behind if self.prepare_reads and self.translate else 0,
+            ),
             Metric(
                 "lightning_otlp_affinity_moved_spans",
                 "Spans moved from a per-trace rollout to the rollout their trace was bound to.",
@@ -727,26 +774,3 @@ def _counter(conn: sqlite3.Connection, rollout_id: str, attempt_id: str, stored:
         (rollout_id, attempt_id, MAX_SEQUENCE_ID),
     ).fetchone()
     return int(row[0])
-
-
-def span_records(
-    row: Any, resources: dict[str, Any], logs: dict[Any, list[dict[str, Any]]] | None
-) -> dict[str, Any]:
-    """A spans row (``SPAN_COLUMNS``, then ``record``) as an agentlightning ``Span`` dict.
-
-    A span added through the LightningStore API is its record as given; an OTLP span is built
-    from its protobuf and, with ``logs`` (translating), joined with its GenAI log records.
-    """
-    if row[12] is not None:
-        record: dict[str, Any] = json.loads(row[12])
-        record["rollout_id"], record["attempt_id"], record["sequence_id"] = row[:3]
-        return record
-    built = span_record(row[:12], resources[row[11]])
-    return built if logs is None else _translated(built, logs.get((row[3], row[4])))
-
-
-def _translated(record: dict[str, Any], events: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """A span record with its GenAI log records as events, translated (``translate``)."""
-    if events:
-        record["events"] = [*record["events"], *events]
-    return translate(record)

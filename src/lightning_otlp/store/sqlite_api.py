@@ -21,15 +21,23 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from ..errors import StoreUnavailable
 from .api_schema import API_RESOURCE_ID, migrate_api_schema
 from .db import transaction
 from .lightning import UNSET, FilterLogic, Page, Query, Record, Unset
 from .logs import joined_events
-from .records import ATTEMPT_COLUMNS, ROLLOUT_COLUMNS, SPAN_COLUMNS, attempt_record
-from .sqlite import SQLiteStore, span_records
+from .records import (
+    ATTEMPT_COLUMNS,
+    ROLLOUT_COLUMNS,
+    SPAN_COLUMNS,
+    attempt_record,
+    resource_bodies,
+    span_records,
+)
+from .sqlite import SQLiteStore
+from .views import current, spliced
 
 FINISHED: Final = ("failed", "succeeded", "cancelled")
 QUEUED: Final = ("queuing", "requeuing")
@@ -55,6 +63,13 @@ _ROLLOUT_SORT: Final = {
 _LIGHT_SPAN_FIELDS: Final = frozenset(
     ("rollout_id", "attempt_id", "sequence_id", "trace_id", "span_id", "parent_id", "name")
     + ("start_time", "end_time")
+)
+# What a read needs of a span first: where it is and whether it was added through the API (its
+# record kept as given); then its view, or, without one, the whole row.
+_SPAN_ROW: Final = ", ".join("s." + c.strip() for c in SPAN_COLUMNS.split(",")) + ", s.record"
+_SPAN_LEAD: Final = (
+    "s.rowid, s.rollout_id, s.attempt_id, s.sequence_id, s.trace_id, s.span_id,"
+    " s.record IS NOT NULL"
 )
 _INSERT_API_SPAN: Final = (
     f"INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}, record) VALUES ({', '.join('?' * 13)})"
@@ -139,14 +154,17 @@ def _sort_value(record: Record, field: str) -> Any:
 
 
 def _paginate(records: list[Record], query: Query) -> Page:
+    return Page(_page_of(records, query), query.limit, query.offset, len(records))
+
+
+def _page_of(records: list[Record], query: Query) -> list[Record]:
     if query.sort_by:
         key = query.sort_by
         records = sorted(
             records, key=lambda r: _sort_value(r, key), reverse=query.sort_order == "desc"
         )
-    total = len(records)
     end = None if query.limit == -1 else query.offset + query.limit
-    return Page(records[query.offset : end], query.limit, query.offset, total)
+    return records[query.offset : end]
 
 
 def _order_sql(field: str, order: str) -> str:
@@ -559,6 +577,7 @@ class SQLiteLightningStore:
         filters: dict[str, dict[str, str]],
         filter_logic: FilterLogic,
         query: Query,
+        encoded: bool = False,
     ) -> Page:
         with self._watched() as conn:
             if attempt_id == "latest":
@@ -577,7 +596,7 @@ class SQLiteLightningStore:
             if query.sort_by in (None, "sequence_id") and not any(
                 v is not None for ops in filters.values() for v in ops.values()
             ):
-                return self._spans_by_sequence(conn, params, query)
+                return self._spans_by_sequence(conn, params, query, encoded)
             light = [
                 {
                     "rowid": r[0],
@@ -596,61 +615,81 @@ class SQLiteLightningStore:
             light = _filter_spans(light, filters, filter_logic)
             if query.sort_by and query.sort_by not in _LIGHT_SPAN_FIELDS:
                 # Sorting on a field only the full record has: decode everything first.
-                full = self._decode_spans(conn, [r["rowid"] for r in light])
+                rowids = [r["rowid"] for r in light]
+                full = cast(list[Record], self._decode_spans(conn, rowids, False))
                 return _paginate(full, query)
-            page = _paginate(light, query)
-            items = self._decode_spans(conn, [r["rowid"] for r in page.items])
-        return Page(items, page.limit, page.offset, page.total)
+            page = _page_of(light, query)
+            items = self._decode_spans(conn, [r["rowid"] for r in page], encoded)
+        return Page(items, query.limit, query.offset, len(light))
 
-    def _spans_by_sequence(self, conn: sqlite3.Connection, params: list[Any], query: Query) -> Page:
+    def _spans_by_sequence(
+        self, conn: sqlite3.Connection, params: list[Any], query: Query, encoded: bool
+    ) -> Page:
         """The common query (one rollout or attempt, in sequence order), paged by SQLite."""
-        where = "rollout_id = ?" + (" AND attempt_id = ?" if len(params) > 1 else "")
-        total = int(conn.execute(f"SELECT COUNT(*) FROM spans WHERE {where}", params).fetchone()[0])
+        where = "s.rollout_id = ?" + (" AND s.attempt_id = ?" if len(params) > 1 else "")
+        total = int(
+            conn.execute(f"SELECT COUNT(*) FROM spans s WHERE {where}", params).fetchone()[0]
+        )
         # Ties keep insertion order either way, as upstream's stable sort keeps them.
-        order = "rowid"
+        order = "s.rowid"
         if query.sort_by:
-            order = f"sequence_id {'DESC' if query.sort_order == 'desc' else 'ASC'}, rowid"
-        columns = ", ".join(c.strip() for c in SPAN_COLUMNS.split(","))
+            order = f"s.sequence_id {'DESC' if query.sort_order == 'desc' else 'ASC'}, s.rowid"
         page = "" if query.limit == -1 else f" LIMIT {int(query.limit)}"
         if query.offset:
             page = (page or " LIMIT -1") + f" OFFSET {int(query.offset)}"
-        rows = conn.execute(
-            f"SELECT {columns}, record FROM spans WHERE {where} ORDER BY {order}{page}",
+        leads = conn.execute(
+            f"SELECT {_SPAN_LEAD} FROM spans s WHERE {where} ORDER BY {order}{page}",
             params,
         ).fetchall()
-        return Page(self._records(conn, rows), query.limit, query.offset, total)
+        return Page(self._records(conn, leads, encoded), query.limit, query.offset, total)
 
-    def _records(self, conn: sqlite3.Connection, rows: list[Any]) -> list[Record]:
-        """Span rows (``SPAN_COLUMNS`` then ``record``) as agentlightning ``Span`` dicts, model
-        calls translated as the store's own reader gives them (``lightning-otlp spans``)."""
-        resources: dict[str, Any] = {}
-        needed = {row[11] for row in rows if row[12] is None}
-        if needed:
-            marks = ", ".join("?" * len(needed))
-            found = conn.execute(
-                f"SELECT resource_id, body FROM resources WHERE resource_id IN ({marks})",
-                tuple(needed),
-            )
-            resources.update((key, json.loads(body)) for key, body in found)
+    def _records(
+        self, conn: sqlite3.Connection, leads: list[Any], encoded: bool
+    ) -> list[Record | bytes]:
+        """Spans (rows of ``_SPAN_LEAD``) as agentlightning ``Span`` dicts, model calls
+        translated as the store's own reader gives them (``lightning-otlp spans``); with
+        ``encoded``, a span with a current view is its JSON (``store.views``), ready to send.
+        Only spans without one are read whole and built."""
         logs = None
         if self.store.translate:
-            logs = joined_events(conn, {row[3] for row in rows if row[12] is None})
-        return [span_records(row, resources, logs) for row in rows]
+            logs = joined_events(conn, {lead[4] for lead in leads if not lead[6]})
+        bodies: dict[int, bytes] = {}
+        if encoded and logs is not None:
+            bodies = current(
+                conn,
+                {
+                    lead[0]: lead[5]
+                    for lead in leads
+                    if not lead[6] and (lead[4], lead[5]) not in logs
+                },
+            )
+        out: list[Record | bytes | None] = []
+        build: dict[int, int] = {}  # position in ``out``: rowid
+        for lead in leads:
+            body = bodies.get(lead[0])
+            if body is not None:
+                out.append(spliced(lead[1], lead[2], lead[3], body))
+            else:
+                build[len(out)] = lead[0]
+                out.append(None)
+        if build:
+            rows = self._full_rows(conn, list(build.values()))
+            resources = resource_bodies(conn, {row[11] for row in rows.values() if row[12] is None})
+            for i, rowid in build.items():
+                out[i] = span_records(rows[rowid], resources, logs)
+        return cast(list[Record | bytes], out)
 
-    def _decode_spans(self, conn: sqlite3.Connection, rowids: list[int]) -> list[Record]:
-        if not rowids:
-            return []
-        rows: dict[int, Any] = {}
-        columns = ", ".join(c.strip() for c in SPAN_COLUMNS.split(","))
-        for start in range(0, len(rowids), 500):
-            chunk = rowids[start : start + 500]
-            for row in conn.execute(
-                f"SELECT rowid, {columns}, record FROM spans"
-                f" WHERE rowid IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            ):
-                rows[row[0]] = row[1:]
-        return self._records(conn, [rows[rowid] for rowid in rowids])
+    @staticmethod
+    def _full_rows(conn: sqlite3.Connection, rowids: list[int]) -> dict[int, Any]:
+        """Spans rows (``SPAN_COLUMNS`` then ``record``) by rowid."""
+        rows = _span_rows(conn, f"s.rowid, {_SPAN_ROW}", rowids)
+        return {rowid: row[1:] for rowid, row in rows.items()}
+
+    def _decode_spans(
+        self, conn: sqlite3.Connection, rowids: list[int], encoded: bool
+    ) -> list[Record | bytes]:
+        leads = _span_rows(conn, _SPAN_LEAD, rowids)
+        return self._records(conn, [leads[rowid] for rowid in rowids], encoded)
 
     # -- the watchdog ----------------------------------------------------------------------
 
@@ -987,6 +1026,19 @@ def _within(column: str, values: Sequence[str], params: list[Any]) -> str:
         return "0"
     params.extend(values)
     return f"{column} IN ({', '.join('?' * len(values))})"
+
+
+def _span_rows(conn: sqlite3.Connection, columns: str, rowids: list[int]) -> dict[int, Any]:
+    """``columns`` (the first one ``s.rowid``) of these spans, by rowid."""
+    rows: dict[int, Any] = {}
+    for start in range(0, len(rowids), 500):
+        chunk = rowids[start : start + 500]
+        for row in conn.execute(
+            f"SELECT {columns} FROM spans s WHERE s.rowid IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        ):
+            rows[row[0]] = row
+    return rows
 
 
 def _filter_spans(

@@ -1,0 +1,117 @@
+"""Span records prepared ahead of reads: each OTLP span's record as JSON, built while idle.
+
+Building a record (protobuf to attributes, translation) costs far more than reading it, so
+reading one rollout's spans back (the trainer's ``query_spans``, the dashboard) would spend most
+of its time there. The store builds the records in the background when no request waits and
+keeps them in ``span_views``; a read splices the span's current rollout, attempt and sequence id
+in front (they change when a trace's spans move) and sends the bytes as they are.
+
+A view is only a cache: it is used when its version matches this code (any change to the
+record or translation code makes another version), when its span id matches the span it is
+keyed by, and when the span has no GenAI log records (those are joined at read time, whichever
+arrives first). Anything else is built at read time as before, so a view can never be wrong,
+only missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from .. import otlp
+from .. import translate as translate_package
+from . import records
+from .logs import joined_events
+from .records import SPAN_COLUMNS, resource_bodies, span_records
+
+_IDS: Final = ("rollout_id", "attempt_id", "sequence_id")
+
+
+def _code_version() -> int:
+    """A digest of the code that shapes a span's record: views built by other code are stale."""
+    digest = hashlib.blake2b(digest_size=8)
+    package = Path(translate_package.__file__).parent
+    for path in [Path(records.__file__), Path(otlp.__file__), *sorted(package.glob("*.py"))]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+VERSION: Final = _code_version()
+_CHUNK: Final = 500
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    """A record as the API sends it (orjson, as ``api.routes.json_response``)."""
+    return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)
+
+
+def current(conn: sqlite3.Connection, spans: dict[int, bytes]) -> dict[int, bytes]:
+    """The current views of these spans (rowid: span id), by rowid; a view of another version
+    or span id (a rowid reused) is not one."""
+    out: dict[int, bytes] = {}
+    rowids = list(spans)
+    for start in range(0, len(rowids), _CHUNK):
+        chunk = rowids[start : start + _CHUNK]
+        for rowid, span_id, body in conn.execute(
+            "SELECT span_rowid, span_id, body FROM span_views"
+            f" WHERE version = ? AND span_rowid IN ({', '.join('?' * len(chunk))})",
+            (VERSION, *chunk),
+        ):
+            if spans[rowid] == span_id:
+                out[rowid] = body
+    return out
+
+
+def spliced(rollout_id: str, attempt_id: str, sequence_id: int, body: bytes) -> bytes:
+    """A view's body with the span's current ids in front: the whole record's JSON."""
+    return b'{"rollout_id":%b,"attempt_id":%b,"sequence_id":%d,%b' % (
+        orjson.dumps(rollout_id),
+        orjson.dumps(attempt_id),
+        sequence_id,
+        body[1:],
+    )
+
+
+def build(conn: sqlite3.Connection, after: int, *, window: int, limit: int) -> tuple[int, int]:
+    """Build the missing views of spans with rowids in ``(after, after + window]``, at most
+    ``limit`` of them, in the caller's transaction; return the rowid reached and how many were
+    built. The window bounds the rows one step scans, whatever is already built."""
+    top = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM spans").fetchone()[0]
+    if after >= top:
+        return after, 0
+    columns = ", ".join("s." + c.strip() for c in SPAN_COLUMNS.split(","))
+    rows = conn.execute(
+        f"SELECT s.rowid, {columns}, s.record FROM spans s LEFT JOIN span_views v"
+        " ON v.span_rowid = s.rowid AND v.version = ? AND v.span_id = s.span_id"
+        " WHERE s.rowid > ? AND s.rowid <= ? AND s.record IS NULL AND v.span_rowid IS NULL"
+        " ORDER BY s.rowid LIMIT ?",
+        (VERSION, after, after + window, limit),
+    ).fetchall()
+    reached = rows[-1][0] if len(rows) == limit else min(after + window, top)
+    if not rows:
+        return reached, 0
+    resources = resource_bodies(conn, {row[12] for row in rows})
+    logs = joined_events(conn, {row[4] for row in rows})
+    built = []
+    for row in rows:
+        if (row[4], row[5]) in logs:
+            continue  # its log records are joined at read time, and more may come
+        record = span_records(row[1:], resources, {})
+        for key in _IDS:
+            del record[key]
+        try:
+            body = encode(record)
+        except TypeError:
+            continue  # an integer past 64 bits: read time writes it with the stdlib
+        built.append((row[0], VERSION, row[5], body))
+    conn.executemany(
+        "INSERT OR REPLACE INTO span_views (span_rowid, version, span_id, body)"
+        " VALUES (?, ?, ?, ?)",
+        built,
+    )
+    return reached, len(built)

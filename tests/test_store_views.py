@@ -1,0 +1,190 @@
+"""Span records prepared while idle (``store.views``) read back exactly as records built when
+read: after log records join, after spans move, and never from a stale or mismatched view."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from lightning_otlp.api.routes import json_response
+from lightning_otlp.receiver.decode import PROTOBUF
+from lightning_otlp.receiver.pipeline import Pipeline
+from lightning_otlp.receiver.route import RoutingConfig
+from lightning_otlp.store import SQLiteStore
+from lightning_otlp.store.lightning import LightningStoreBackend, Query
+
+from .payloads import genai_request, make_request, make_span
+from .test_affinity import AID, IDS, MS, RID, send
+from .test_api import span
+from .test_genai_logs import CASE
+from .test_translate import load_case
+
+OTHER = ("ro-00000000cafe", "at-0000cafe")
+
+
+def _items(
+    api: LightningStoreBackend, rollout_id: str, encoded: bool, **query: Any
+) -> list[dict[str, Any]]:
+    """A page as the API sends it, parsed back."""
+    filters = query.pop("filters", {})
+    page = api.query_spans(
+        rollout_id, None, filters=filters, filter_logic="and", query=Query(**query), encoded=encoded
+    )
+    items: list[dict[str, Any]] = json.loads(json_response(page.as_dict()).body)["items"]
+    return items
+
+
+def _encoded_count(api: LightningStoreBackend, rollout_id: str) -> int:
+    page = api.query_spans(
+        rollout_id, None, filters={}, filter_logic="and", query=Query(), encoded=True
+    )
+    return sum(isinstance(item, bytes) for item in page.items)
+
+
+def _prompts(items: list[dict[str, Any]]) -> list[Any]:
+    return [
+        s["attributes"].get("gen_ai.prompt.1.content")
+        for s in items
+        if s["name"] == "openai.chat.completion"
+    ]
+
+
+def _build_all(store: SQLiteStore) -> int:
+    steps = 0
+    while store.idle_work():
+        steps += 1
+    return steps
+
+
+def _views(store: SQLiteStore) -> int:
+    with store.locked() as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM span_views").fetchone()[0])
+
+
+def _api(store: SQLiteStore) -> LightningStoreBackend:
+    api = store.lightning_api()
+    assert api is not None
+    return api
+
+
+def test_prepared_records_read_as_records_built_at_read_time(
+    pipeline: Pipeline, store: SQLiteStore
+) -> None:
+    request = genai_request(40, ids=[(RID, AID), OTHER])
+    request.resource_spans.extend(make_request([make_span("tool", attributes=IDS)]).resource_spans)
+    pipeline.export_traces(request.SerializeToString(), None, PROTOBUF)
+    api = _api(store)
+    api.add_span(span(RID, AID, 7, 1, name="added through the API"))
+    before = {rid: _items(api, rid, encoded=False) for rid in (RID, OTHER[0])}
+    assert _encoded_count(api, RID) == 0  # nothing prepared yet: every record built when read
+    _build_all(store)
+    assert _views(store) == 41  # every OTLP span; the API's span keeps its own record
+    assert store.metrics()[0].value == 0
+    assert _encoded_count(api, RID) == 21
+    queries: list[dict[str, Any]] = [
+        {},
+        {"sort_by": "sequence_id", "sort_order": "desc"},
+        {"limit": 5, "offset": 3},
+        {"sort_by": "name"},
+        {"filters": {"name": {"exact": None, "contains": "chat"}}},
+    ]
+    for rid in (RID, OTHER[0]):
+        assert _items(api, rid, encoded=True) == before[rid]
+        for query in queries:
+            assert _items(api, rid, True, **dict(query)) == _items(api, rid, False, **dict(query))
+    # Translated: the model calls read as Agent Lightning's, from views as from protobuf.
+    calls = [s for s in before[RID] if s["name"] == "openai.chat.completion"]
+    assert len(calls) == 20 and calls[0]["attributes"]["lightning_otlp.original_name"]
+
+
+def test_log_records_arriving_after_the_view_still_join_their_span(store: SQLiteStore) -> None:
+    pipeline = Pipeline(store, RoutingConfig())
+    try:
+        traces, logs = load_case(CASE)
+        assert logs is not None
+        pipeline.export_traces(traces.SerializeToString(), None, PROTOBUF)
+        _build_all(store)
+        assert _views(store) > 0
+        api = _api(store)
+        (rollout_id,) = {r["rollout_id"] for r in store.rollouts()}
+        without = _items(api, rollout_id, encoded=True)
+        pipeline.export_logs(logs.SerializeToString(), None, PROTOBUF)
+        joined = _items(api, rollout_id, encoded=True)
+        assert joined == _items(api, rollout_id, encoded=False)
+        assert "What is the weather in Paris?" not in _prompts(without)
+        assert "What is the weather in Paris?" in _prompts(joined)
+    finally:
+        pipeline.close()
+
+
+def test_spans_that_move_read_with_their_new_ids(pipeline: Pipeline, store: SQLiteStore) -> None:
+    trace = make_span("x").trace_id
+    send(
+        pipeline, [make_span(f"agent-{i}", trace_id=trace, start_ns=(20 + i) * MS) for i in (0, 1)]
+    )
+    _build_all(store)
+    assert _views(store) == 2
+    marker = make_span(
+        "agentlightning.rollout.start", trace_id=trace, attributes=IDS, start_ns=10 * MS
+    )
+    send(pipeline, [marker])
+    _build_all(store)
+    api = _api(store)
+    items = _items(api, RID, encoded=True, sort_by="sequence_id")
+    assert [(s["name"], s["attempt_id"], s["sequence_id"]) for s in items] == [
+        ("agentlightning.rollout.start", AID, 10_000),
+        ("agent-0", AID, 20_000),
+        ("agent-1", AID, 21_000),
+    ]
+    assert {s["rollout_id"] for s in items} == {RID}
+    assert items == _items(api, RID, encoded=False, sort_by="sequence_id")
+    assert _encoded_count(api, RID) == 3
+
+
+def test_stale_or_mismatched_views_are_never_read(pipeline: Pipeline, store: SQLiteStore) -> None:
+    pipeline.export_traces(genai_request(10, ids=[(RID, AID)]).SerializeToString(), None, PROTOBUF)
+    api = _api(store)
+    truth = _items(api, RID, encoded=False)
+    _build_all(store)
+    with store.locked() as conn:
+        conn.execute('UPDATE span_views SET body = CAST(\'{"name":"wrong"}\' AS BLOB)')
+        conn.execute("UPDATE span_views SET version = version + 1 WHERE span_rowid % 2 = 0")
+        conn.execute("UPDATE span_views SET span_id = x'0000000000000000' WHERE span_rowid % 2 = 1")
+    assert _encoded_count(api, RID) == 0
+    assert _items(api, RID, encoded=True) == truth
+    store._views_at = 0  # a restart: the builder looks at every span again
+    _build_all(store)
+    assert _encoded_count(api, RID) == 10
+    assert _items(api, RID, encoded=True) == truth
+
+
+def test_nothing_is_prepared_without_prepare_reads_or_translation() -> None:
+    for options in ({"prepare_reads": False}, {"translate": False}):
+        store = SQLiteStore(":memory:", **options)  # type: ignore[arg-type]
+        store.open()
+        pipeline = Pipeline(store)
+        try:
+            pipeline.export_traces(genai_request(5).SerializeToString(), None, PROTOBUF)
+            assert store.idle_work() is False
+            assert _views(store) == 0
+            assert store.metrics()[0].value == 0
+        finally:
+            pipeline.close()
+            store.close()
+
+
+def test_the_receiver_prepares_records_while_idle_and_stops_when_draining(
+    pipeline: Pipeline, store: SQLiteStore
+) -> None:
+    async def run() -> None:
+        worker = asyncio.ensure_future(pipeline.idle_work())
+        request = genai_request(300, ids=[(RID, AID)]).SerializeToString()
+        await pipeline.export("traces", request, None, PROTOBUF, "http")
+        while store.metrics()[0].value:
+            await asyncio.sleep(0.05)
+        pipeline.draining = True
+        await asyncio.wait_for(worker, 30)
+
+    asyncio.run(run())
+    assert _views(store) == 300
