@@ -10,11 +10,10 @@ Two topologies: lightning-otlp is the LightningStore (the proxy's store is a cli
 API), or lightning-otlp forwards into ``agl store`` (the proxy's store is that server).
 ``TracerTraceToTriplet()`` must give one triplet per model call, carrying the token ids the
 model returned and the reward of that call. ``LlmProxyTraceToTriplet`` reads the proxy's own
-spans and orders rewards by sequence id only: that holds where one store issues every sequence
-id (lightning-otlp's are start times in microseconds, the proxy's asked for at call time); when
-lightning-otlp forwards into another server, the proxy's ids come from that server's counter at
-call time and the agent's spans get theirs when they arrive, later, so only its token ids are
-checked there.
+spans and places rewards by sequence id only: that holds where lightning-otlp issues every
+sequence id (start times in microseconds, and the proxy's asked for at call time). Forwarding
+into another server, the proxy's ids come from that server's counter (1, 2, ...) while the
+agent's spans keep lightning-otlp's, far above, so only its token ids are checked there.
 """
 
 from __future__ import annotations
