@@ -18,6 +18,7 @@ README = (ROOT / "README.md").read_text()
     "path",
     [
         "examples/typescript-agent/quickstart.ts",
+        "examples/typescript-agent/proxy_agent.ts",
         "examples/quickstart.py",
         "collector-config/sidecar.yaml",
         "examples/go-agent/quickstart/main.go",

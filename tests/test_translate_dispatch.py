@@ -97,6 +97,22 @@ def test_token_ids_come_only_from_a_raw_response() -> None:
     assert attrs[n.AGL_RESPONSE_TOKEN_IDS] == [3]
 
 
+def test_token_ids_a_vercel_agent_kept_in_its_provider_metadata() -> None:
+    # What the LLM proxy returns from vLLM, kept by an @ai-sdk/openai-compatible metadataExtractor.
+    call = {n.AI_OPERATION_ID: "ai.generateText.doGenerate", n.AI_RESPONSE_TEXT: "a"}
+    attrs = translate(record("ai.generateText.doGenerate", call))["attributes"]
+    assert n.AGL_PROMPT_TOKEN_IDS not in attrs
+    metadata = {"agl-proxy": {"prompt_token_ids": [1, 2], "response_token_ids": [3]}}
+    kept = dict(call, **{n.AI_RESPONSE_PROVIDER_METADATA: json.dumps(metadata)})
+    attrs = translate(record("ai.generateText.doGenerate", kept))["attributes"]
+    assert (attrs[n.AGL_PROMPT_TOKEN_IDS], attrs[n.AGL_RESPONSE_TOKEN_IDS]) == ([1, 2], [3])
+    # Not token ids: left out, never guessed.
+    odd = {"agl-proxy": {"prompt_token_ids": ["1"], "response_token_ids": []}}
+    kept = dict(call, **{n.AI_RESPONSE_PROVIDER_METADATA: json.dumps(odd)})
+    attrs = translate(record("ai.generateText.doGenerate", kept))["attributes"]
+    assert n.AGL_PROMPT_TOKEN_IDS not in attrs and n.AGL_RESPONSE_TOKEN_IDS not in attrs
+
+
 def test_unknown_instrumentation_following_the_conventions_is_translated() -> None:
     span = record(
         "my-llm-client generate",

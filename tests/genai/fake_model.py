@@ -26,11 +26,12 @@ def _tokens(text: str) -> list[int]:
 
 
 class FakeModel:
-    """The server's state: a counter for response ids, and the requests seen."""
+    """The server's state: a counter for response ids, the requests seen and the answers given."""
 
     def __init__(self) -> None:
         self.count = 0
         self.requests: list[dict[str, Any]] = []
+        self.answers: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +71,7 @@ class FakeModel:
             out_text = content
         prompt_ids = _tokens(prompt_text)
         token_ids = _tokens(out_text)
-        return {
+        answer = {
             "id": f"chatcmpl-fake-{number}",
             "object": "chat.completion",
             "created": 1_700_000_000 + number,
@@ -91,6 +92,9 @@ class FakeModel:
                 "total_tokens": len(prompt_ids) + len(token_ids),
             },
         }
+        with self._lock:
+            self.answers.append(answer)
+        return answer
 
 
 def _text(content: Any) -> str:

@@ -64,11 +64,13 @@ def _has_genai_content(attrs: dict[str, Any], events: list[dict[str, Any]]) -> b
 
 
 def raw_token_ids(attrs: dict[str, Any]) -> tuple[list[int] | None, list[int] | None]:
-    """Token ids the span already carries, or that a raw response attribute kept (vLLM's)."""
+    """Token ids the span already carries, that a raw response attribute kept (vLLM's), or
+    that a Vercel agent kept in its provider metadata."""
     prompt = token_ids(attrs.get(n.AGL_PROMPT_TOKEN_IDS))
     response = token_ids(attrs.get(n.AGL_RESPONSE_TOKEN_IDS))
     if prompt and response:
         return prompt, response
+    prompt, response = vercel.token_ids(attrs, prompt, response)
     for key in n.RAW_RESPONSE_ATTRIBUTES:
         value = attrs.get(key)
         # A cheap test before parsing: most raw responses carry no token ids.

@@ -99,6 +99,9 @@ AI_RESPONSE_ID: Final = "ai.response.id"
 AI_RESPONSE_MODEL: Final = "ai.response.model"
 AI_RESPONSE_FINISH_REASON: Final = "ai.response.finishReason"
 AI_MODEL_ID: Final = "ai.model.id"
+# JSON of the provider's metadata, ``{provider: {...}}``: where an agent's ``metadataExtractor``
+# can keep the token ids a response carried (the SDK records no raw response).
+AI_RESPONSE_PROVIDER_METADATA: Final = "ai.response.providerMetadata"
 
 # -- raw responses ---------------------------------------------------------------------------
 # Attributes known to hold a raw OpenAI-compatible response body (JSON), where a vLLM server's

@@ -5,6 +5,11 @@ not its name); the outer ``ai.generateText`` spans all its steps and is not a ca
 as it is. Prompt messages are JSON in ``ai.prompt.messages`` (content parts ``text``,
 ``tool-call``, ``tool-result``), the answer in ``ai.response.text`` / ``ai.response.toolCalls``.
 The SDK's newer ``OpenTelemetry`` integration follows the GenAI conventions (``otel_genai``).
+
+The SDK records no raw response, so token ids (what the LLM proxy returns from vLLM) survive only
+where the agent's provider put them in its metadata: ``ai.response.providerMetadata`` with
+``{provider: {"prompt_token_ids": [...], "response_token_ids": [...]}}``, written by an
+``@ai-sdk/openai-compatible`` ``metadataExtractor``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 
 from . import names as n
 from .call import LlmCall, Message, ToolCall, arguments_text, as_text, loads
+from .call import token_ids as _token_ids
 from .otel_genai import definitions
 
 # The SDK's finish reasons, spelt as OpenAI's API (and so Agent Lightning's records) spell them.
@@ -48,6 +54,20 @@ def parse(attrs: dict[str, Any]) -> LlmCall:
     if answer.content is not None or answer.tool_calls:
         call.completion = [answer]
     return call
+
+
+def token_ids(
+    attrs: dict[str, Any], prompt: list[int] | None, response: list[int] | None
+) -> tuple[list[int] | None, list[int] | None]:
+    """``prompt`` and ``response``, each filled from the provider metadata where missing."""
+    metadata = loads(attrs.get(n.AI_RESPONSE_PROVIDER_METADATA))
+    if not isinstance(metadata, dict):
+        return prompt, response
+    for entry in metadata.values():
+        if isinstance(entry, dict):
+            prompt = prompt or _token_ids(entry.get(n.AGL_PROMPT_TOKEN_IDS))
+            response = response or _token_ids(entry.get(n.AGL_RESPONSE_TOKEN_IDS))
+    return prompt, response
 
 
 def _messages(raw: dict[str, Any]) -> list[Message]:
