@@ -303,6 +303,27 @@ def test_span_count_refuses_group_fields_that_would_hide_spans() -> None:
     assert count_spans(genai_request_bytes(), 1000) == 7
 
 
+def test_span_count_matches_the_decoder_on_mixed_spans() -> None:
+    """Tiny spans (the fast path), spans longer than 127 bytes and a scope and schema URL
+    between them: the count from the wire is the decoder's."""
+    from lightning_otlp.receiver.decode import count_spans
+
+    from .payloads import make_request, make_span
+
+    request = make_request(
+        [make_span(f"s{i}", attributes={"pad": "x" * (i * 13)}) for i in range(40)]
+    )
+    scope = request.resource_spans[0].scope_spans[0]
+    scope.spans.add()  # empty: two bytes
+    scope.schema_url = "https://example.com/schema"
+    request.resource_spans.add().scope_spans.add().spans.add()
+    body = request.SerializeToString()
+    decoded = decode_traces(body)
+    expected = sum(1 + sum(1 + len(s.spans) for s in r.scope_spans) for r in decoded.resource_spans)
+    assert count_spans(body, 10_000) == expected == 46
+    assert 5 < count_spans(body, 5) <= 8  # stops a little past the limit
+
+
 def genai_request_bytes() -> bytes:
     from .payloads import genai_request
 
