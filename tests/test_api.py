@@ -115,6 +115,38 @@ def test_queue_order_retry_and_requeue_at_the_back(api: API) -> None:
     assert [(a["sequence_id"], a["status"]) for a in attempts] == [(1, "failed"), (2, "preparing")]
 
 
+def test_outcomes_carried_by_otlp_retry_as_the_rollout_config_says(api: API) -> None:
+    """An attempt that fails by an OTLP span (``agentlightning.attempt.status``) is retried as
+    if the runner had called ``update_attempt``, and frees its worker; the times are the span's."""
+    retry = {"max_attempts": 2, "retry_condition": ["failed"]}
+    [rollout] = enqueue(api, "x", config=retry)
+    rollout_id = rollout["rollout_id"]
+    [taken] = api.post("/queues/rollouts/dequeue", {"worker_id": "w1"})
+    assert api.get("/workers/w1")["status"] == "busy"
+
+    def report(attempt_id: str, status: str, end_ns: int) -> None:
+        ids = {"agentlightning.rollout_id": rollout_id, "agentlightning.attempt_id": attempt_id}
+        attrs = {**ids, "agentlightning.attempt.status": status}
+        api.otlp(make_request([make_span("step", attributes=attrs, start_ns=end_ns - 10**6)]))
+
+    first_end = time.time_ns() - 5 * 10**9
+    report(taken["attempt"]["attempt_id"], "failed", first_end)
+    assert api.get(f"/rollouts/{rollout_id}")["status"] == "requeuing"
+    assert api.get("/workers/w1")["status"] == "idle"
+    [again] = api.post("/queues/rollouts/dequeue", {"worker_id": "w2"})
+    assert again["rollout_id"] == rollout_id and again["attempt"]["sequence_id"] == 2
+    second_end = time.time_ns() - 10**9
+    report(again["attempt"]["attempt_id"], "succeeded", second_end)
+    done = api.get(f"/rollouts/{rollout_id}")
+    assert done["status"] == "succeeded" and done["end_time"] == second_end / 1e9
+    attempts = api.get(f"/rollouts/{rollout_id}/attempts")["items"]
+    assert [(a["status"], a["end_time"]) for a in attempts] == [
+        ("failed", first_end / 1e9),
+        ("succeeded", second_end / 1e9),
+    ]
+    assert api.get("/workers/w2")["status"] == "idle"
+
+
 def test_one_span_counter_for_rest_spans_next_and_otlp(api: API) -> None:
     """REST spans, ``spans/next`` and OTLP spans share the attempt's counter; OTLP spans are
     numbered by start time in microseconds, and ``spans/next`` never issues less than now."""

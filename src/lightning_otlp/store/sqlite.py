@@ -8,7 +8,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from .lightning import LightningStoreBackend
 
 log = logging.getLogger("lightning_otlp.store")
+
+# (conn, rollout_id, attempt_id, status, end_time, now)
+OutcomeHook = Callable[[sqlite3.Connection, str, str, str, float, float], None]
 
 # Each entry is one migration, applied in its own transaction. PRAGMA user_version counts them.
 # Statements are split on ";", so comments inside them must not contain one.
@@ -176,6 +179,9 @@ class SQLiteStore:
         self.salvage = salvage
         self.translate = translate
         self.prepare_reads = prepare_reads
+        # Set by the LightningStore API over this store: an attempt's outcome carried by OTLP
+        # spans then goes through the API's lifecycle (retries, workers) in the same transaction.
+        self.on_outcome: OutcomeHook | None = None
         self._views_at = 0  # span rowid up to which views were built this run
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -404,8 +410,8 @@ class SQLiteStore:
         conn.executemany("DELETE FROM attempts WHERE rollout_id = ?", emptied)
         conn.executemany("DELETE FROM rollouts WHERE rollout_id = ?", emptied)
 
-    @staticmethod
     def _record_outcomes(
+        self,
         conn: sqlite3.Connection,
         batch: SpanBatch,
         retarget: dict[Destination, Destination],
@@ -431,6 +437,9 @@ class SQLiteStore:
                 continue
             rollout_id = target[0]
             end_time = end if end is not None else now
+            if self.on_outcome is not None:
+                self.on_outcome(conn, rollout_id, attempt_id, status, end_time, now)
+                continue
             conn.execute(
                 "UPDATE attempts SET status = ?, end_time = ?"
                 " WHERE rollout_id = ? AND attempt_id = ?",

@@ -210,9 +210,33 @@ class SQLiteLightningStore:
     # -- schema and transactions ---------------------------------------------------------
 
     def open(self) -> None:
-        """Make sure the API's tables exist (``SQLiteStore.open`` creates them too)."""
+        """Make sure the API's tables exist (``SQLiteStore.open`` creates them too), and take
+        over the attempt outcomes OTLP spans carry."""
         with self._transaction() as conn:
             migrate_api_schema(conn)
+        self.store.on_outcome = self._otlp_outcome
+
+    def _otlp_outcome(
+        self,
+        conn: sqlite3.Connection,
+        rollout_id: str,
+        attempt_id: str,
+        status: str,
+        end_time: float,
+        now: float,
+    ) -> None:
+        """An outcome an OTLP span reported (``agentlightning.attempt.status``, the rollout
+        span's status): as ``update_attempt`` would apply it, so the rollout is retried as its
+        ``RolloutConfig`` says and the attempt's worker goes idle; times are the span's."""
+        self._update_attempt(conn, rollout_id, attempt_id, {"status": status}, now)
+        conn.execute(
+            "UPDATE attempts SET end_time = ? WHERE rollout_id = ? AND attempt_id = ?",
+            (end_time, rollout_id, attempt_id),
+        )
+        conn.execute(  # finished by this outcome just now: it finished when the span ended
+            "UPDATE rollouts SET end_time = ? WHERE rollout_id = ? AND end_time = ?",
+            (end_time, rollout_id, now),
+        )
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
