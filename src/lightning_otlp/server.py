@@ -35,7 +35,10 @@ log = logging.getLogger("lightning_otlp")
 
 def build_pipeline(settings: Settings, store: Store | None = None) -> Pipeline:
     store = store or open_store(
-        settings.store, affinity_window=settings.affinity_window, translate=settings.translate
+        settings.store,
+        affinity_window=settings.affinity_window,
+        translate=settings.translate,
+        forward_log_wait=settings.forward_log_wait,
     )
     store.open()
     routing = RoutingConfig(
