@@ -313,6 +313,12 @@ class Outbox:
                 conn.execute("UPDATE forward_state SET server = ? WHERE id = 1", (self.server_url,))
                 self._load_delivered_bindings(conn)
                 self._pending = list(pending(conn))
+                # Log records kept before arrivals were (an older outbox) count from now.
+                conn.execute(
+                    "INSERT OR IGNORE INTO forward_log_arrivals (trace_id, span_id, time)"
+                    " SELECT DISTINCT trace_id, span_id, ? FROM span_logs",
+                    (time.time(),),
+                )
                 self._count_logs(conn)
         except sqlite3.Error as exc:
             self.store.close()
