@@ -117,7 +117,12 @@ class FakeServer:
                 span.span_id.hex(),
             )
             self.spans.setdefault(
-                key, {"name": span.name, "sequence_id": attrs["agentlightning.span_sequence_id"]}
+                key,
+                {
+                    "name": span.name,
+                    "sequence_id": attrs["agentlightning.span_sequence_id"],
+                    "attributes": attrs,
+                },
             )
         self.received += len(incoming)
         self._maybe_lose("export")
@@ -188,7 +193,9 @@ def server() -> FakeServer:
 
 @pytest.fixture
 def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    box = Outbox(str(tmp_path / "outbox.db"), SERVER, synchronous="OFF")
+    # genai_request's spans are model calls with no messages on them: they would wait for log
+    # records (test_forward_logs.py); here they go at once.
+    box = Outbox(str(tmp_path / "outbox.db"), SERVER, synchronous="OFF", log_wait=0)
     box.open()
     yield box
     box.close()
@@ -197,7 +204,7 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
 def reopen(outbox: Outbox) -> Outbox:
     """The same outbox file in a new process (what a crash leaves behind)."""
     outbox.close()
-    again = Outbox(outbox.path, SERVER, synchronous="OFF")
+    again = Outbox(outbox.path, SERVER, synchronous="OFF", log_wait=outbox.log_wait)
     again.open()
     return again
 
@@ -397,7 +404,7 @@ def outbox_gauges(store: ForwardingStore) -> tuple[float, float]:
 def test_forwarding_store_delivers_on_its_thread_and_reports(tmp_path: Path) -> None:
     server = FakeServer()
     store = ForwardingStore(
-        SERVER, str(tmp_path / "store.db"), max_backoff=0.05, client=lambda: server
+        SERVER, str(tmp_path / "store.db"), max_backoff=0.05, client=lambda: server, log_wait=0
     )
     store.open()
     try:

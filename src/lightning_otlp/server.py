@@ -39,6 +39,7 @@ def build_pipeline(settings: Settings, store: Store | None = None) -> Pipeline:
         affinity_window=settings.affinity_window,
         translate=settings.translate,
         prepare_reads=settings.prepare_reads,
+        forward_log_wait=settings.forward_log_wait,
     )
     store.open()
     routing = RoutingConfig(

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, NamedTuple
 
+from .forward.outbox import DEFAULT_LOG_WAIT
 from .receiver.budget import DEFAULT_MAX_REQUEST_MEMORY
 from .receiver.decode import DEFAULT_MAX_REQUEST_BYTES
 from .receiver.pipeline import DEFAULT_MAX_IN_FLIGHT
@@ -270,6 +271,15 @@ class Settings:
             _not_negative(_number),
             "how long spans that reached a per-trace rollout may still move to the rollout"
             " their trace is bound to",
+            "SECONDS",
+        ),
+    )
+    forward_log_wait: float = _spec(
+        DEFAULT_LOG_WAIT,
+        Spec(
+            _not_negative(_number),
+            "forwarding: how long a model call whose messages come as GenAI log records waits"
+            " for them before it is sent (0: never waits)",
             "SECONDS",
         ),
     )

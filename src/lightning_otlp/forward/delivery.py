@@ -126,8 +126,12 @@ class Delivery:
         """One delivery step; True while there is more to do at once."""
         # Past the batch in flight; with none, from the start (rowids restart once the outbox
         # empties, so an old position would skip new spans).
-        rows = self.outbox.pending_batch(
-            self.after if self.in_flight is not None else 0, self.limit, DEFAULT_BATCH_BYTES
+        in_flight = self.in_flight
+        rows, after = self.outbox.pending_batch(
+            self.after if in_flight is not None else 0,
+            self.limit,
+            DEFAULT_BATCH_BYTES,
+            {r[0] for r in in_flight[1]} if in_flight is not None and self.outbox.held() else (),
         )
         locals_ = sorted({(r[1], r[2]) for r in rows})
         if self.in_flight is not None and any(t not in self.targets for t in locals_):
@@ -140,11 +144,11 @@ class Delivery:
                     self.targets[local] = self._resolve(*local)
             body = self.encoder.encode(rows, self.targets)
         if self.in_flight is not None:
-            if not self._settle((body, rows) if body is not None else None):
+            if not self._settle((body, rows, after) if body is not None else None):
                 return True
         elif body is not None:
             self._mirror_now_and_then()
-            self._send(body, rows)
+            self._send(body, rows, after)
         if self.in_flight is None:
             if self.outbox.pending() != (0, 0):
                 # Keep the limit honest even if something else removed spans from the outbox.
@@ -153,7 +157,7 @@ class Delivery:
             return False
         return True
 
-    def _settle(self, following: tuple[bytes, list[Row]] | None) -> bool:
+    def _settle(self, following: tuple[bytes, list[Row], int] | None) -> bool:
         """Wait for the batch in flight, send ``following``, then record the first delivered.
 
         False when the server turned out to have forgotten rollouts (their mapping is dropped
@@ -188,9 +192,9 @@ class Delivery:
         if time.monotonic() >= self.next_mirror:
             self._mirror()
 
-    def _send(self, body: bytes, rows: list[Row]) -> None:
+    def _send(self, body: bytes, rows: list[Row], after: int) -> None:
         self.in_flight = (self.sender.submit(self.client.export, body), rows)
-        self.after = rows[-1][0]
+        self.after = after
 
     def _refused(self, sent: list[Row], error: str) -> None:
         """The server refused a batch for good: narrow it down to one span, and set that aside."""
@@ -324,6 +328,7 @@ class Delivery:
     def _mirror(self) -> None:
         self.next_mirror = time.monotonic() + MIRROR_INTERVAL
         outbox = self.outbox
+        outbox.tend()
         for (
             rollout_id,
             attempt_id,

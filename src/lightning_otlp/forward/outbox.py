@@ -11,19 +11,35 @@ so a request's spans and its outbox mark commit in one transaction.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
+
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as PB2LogRecord
 
 from ..batch import SpanBatch
 from ..errors import StoreUnavailable
 from ..store.affinity import DEFAULT_AFFINITY_WINDOW, Changes
 from ..store.base import WriteResult
 from ..store.db import transaction
-from ..store.logs import span_events
+from ..store.logs import LogRows
 from ..store.sqlite import SQLiteStore
-from ..translate.otlp import translate_span_bytes
+from ..translate import answers_call, log_event
+from ..translate.otlp import span_awaits_logs, translate_span_bytes
+
+log = logging.getLogger("lightning_otlp.forward")
+
+# Seconds a model call whose messages come as log records waits for them. The OTel SDKs export
+# logs every second and spans every five, so either may reach the receiver first.
+DEFAULT_LOG_WAIT: Final = 3.0
+# How long a sent span that waited is remembered (a log record for it then is late, dropped),
+# and how long after they arrived log records whose span never came are pruned.
+LOG_MEMORY: Final = 600.0
+PRUNE_INTERVAL: Final = 30.0
+_CHUNK: Final = 500
 
 # Created with IF NOT EXISTS so the embedded store's own migrations stay independent of them.
 SCHEMA: Final[tuple[str, ...]] = (
@@ -73,6 +89,39 @@ SCHEMA: Final[tuple[str, ...]] = (
         error       TEXT NOT NULL,
         time        REAL NOT NULL
     )""",
+    # Spans held for their GenAI log records (``translate.awaits_logs``), by outbox rowid:
+    # sent from ``until`` on (0 once the call's response record arrived).
+    """CREATE TABLE IF NOT EXISTS forward_log_waits (
+        span_rowid INTEGER PRIMARY KEY,
+        trace_id   BLOB NOT NULL,
+        span_id    BLOB NOT NULL,
+        until      REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS forward_log_waits_span ON forward_log_waits (trace_id, span_id)",
+    # Spans that waited and were sent, for LOG_MEMORY: their log records come too late.
+    """CREATE TABLE IF NOT EXISTS forward_sent_waits (
+        trace_id BLOB NOT NULL,
+        span_id  BLOB NOT NULL,
+        time     REAL NOT NULL,
+        PRIMARY KEY (trace_id, span_id)
+    ) WITHOUT ROWID""",
+    # When the first log record of each span still in the outbox arrived, for pruning.
+    """CREATE TABLE IF NOT EXISTS forward_log_arrivals (
+        trace_id BLOB NOT NULL,
+        span_id  BLOB NOT NULL,
+        time     REAL NOT NULL,
+        PRIMARY KEY (trace_id, span_id)
+    ) WITHOUT ROWID""",
+    # seen: a GenAI log record has arrived here; gave_up: a span waited its whole time while
+    # none ever had (the agents send no log records here), so spans stop waiting until one does.
+    """CREATE TABLE IF NOT EXISTS forward_log_state (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        seen        INTEGER NOT NULL DEFAULT 0,
+        gave_up     INTEGER NOT NULL DEFAULT 0,
+        late_logs   INTEGER NOT NULL DEFAULT 0,
+        pruned_logs INTEGER NOT NULL DEFAULT 0
+    )""",
+    "INSERT OR IGNORE INTO forward_log_state (id) VALUES (1)",
     """CREATE TABLE IF NOT EXISTS forward_state (
         id                 INTEGER PRIMARY KEY CHECK (id = 1),
         server             TEXT,
@@ -130,6 +179,7 @@ def read_status(conn: sqlite3.Connection, now: float | None = None) -> dict[str,
     ).fetchone()[0]
     rejected = conn.execute("SELECT COUNT(*) FROM forward_rejected").fetchone()[0]
     return {
+        **_log_status(conn),
         "server": state.get("server"),
         "pending_spans": spans,
         "pending_bytes": size,
@@ -145,6 +195,19 @@ def read_status(conn: sqlite3.Connection, now: float | None = None) -> dict[str,
         "last_error": state.get("last_error"),
         "last_error_time": state.get("last_error_time"),
     }
+
+
+def _log_status(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Spans waiting for log records, and log records dropped (late) or pruned (never met
+    their span); zeros for an outbox written before these were kept."""
+    try:
+        held = conn.execute("SELECT COUNT(*) FROM forward_log_waits").fetchone()[0]
+        late, pruned = conn.execute(
+            "SELECT late_logs, pruned_logs FROM forward_log_state WHERE id = 1"
+        ).fetchone()
+    except (sqlite3.OperationalError, TypeError):
+        held = late = pruned = 0
+    return {"held_spans": held, "late_logs": late, "pruned_logs": pruned}
 
 
 # A pending span: (rowid, rollout_id, attempt_id, sequence_id, resource_id, span bytes)
@@ -192,6 +255,8 @@ class Outbox:
         url: the store URL, for messages.
         affinity_window: the embedded store's trace-affinity window, in seconds.
         translate: read and forward model calls in Agent Lightning's shape.
+        log_wait: seconds a model call whose messages come as GenAI log records is held for
+            them (``translate.awaits_logs``); 0 sends every span at once.
     """
 
     def __init__(
@@ -203,7 +268,10 @@ class Outbox:
         url: str | None = None,
         affinity_window: float = DEFAULT_AFFINITY_WINDOW,
         translate: bool = True,
+        log_wait: float = DEFAULT_LOG_WAIT,
     ) -> None:
+        if log_wait < 0:
+            raise ValueError("log_wait must not be negative")
         if path == ":memory:":
             raise ValueError("the outbox must be a file: it is what survives a restart")
         self.store = SQLiteStore(
@@ -212,10 +280,23 @@ class Outbox:
             url=url,
             affinity_window=affinity_window,
             translate=translate,
+            prepare_reads=False,  # its spans leave for the server: nothing reads them back
         )
         self.server_url = server_url
         # (spans, bytes) pending, kept in memory so the hot path never counts; under the lock.
         self._pending = [0, 0]
+        self.log_wait = log_wait
+        # Rows of forward_log_waits and of span_logs, so paths with none skip their queries.
+        self._waits = 0
+        self._logs = 0
+        self._seen = False
+        self._gave_up = False
+        self.late_logs = 0
+        self.pruned_logs = 0
+        self._next_prune = 0.0
+        # Log records joined onto the spans of the last batch read, and how many each got.
+        self._events: dict[tuple[bytes, bytes], list[dict[str, Any]]] = {}
+        self._joined: dict[int, int] = {}
 
     @property
     def path(self) -> str:
@@ -233,6 +314,13 @@ class Outbox:
                 conn.execute("UPDATE forward_state SET server = ? WHERE id = 1", (self.server_url,))
                 self._load_delivered_bindings(conn)
                 self._pending = list(pending(conn))
+                # Log records kept before arrivals were (an older outbox) count from now.
+                conn.execute(
+                    "INSERT OR IGNORE INTO forward_log_arrivals (trace_id, span_id, time)"
+                    " SELECT DISTINCT trace_id, span_id, ? FROM span_logs",
+                    (time.time(),),
+                )
+                self._count_logs(conn)
         except sqlite3.Error as exc:
             self.store.close()
             raise StoreUnavailable(f"cannot prepare outbox {self.path}: {exc}") from exc
@@ -262,10 +350,21 @@ class Outbox:
         for trace_id, dest in pending_bound.items():
             affinity.bindings.setdefault(trace_id, dest)
 
+    def _count_logs(self, conn: sqlite3.Connection) -> None:
+        self._waits = conn.execute("SELECT COUNT(*) FROM forward_log_waits").fetchone()[0]
+        self._logs = conn.execute("SELECT COUNT(*) FROM span_logs").fetchone()[0]
+        seen, gave_up, self.late_logs, self.pruned_logs = conn.execute(
+            "SELECT seen, gave_up, late_logs, pruned_logs FROM forward_log_state WHERE id = 1"
+        ).fetchone()
+        self._seen, self._gave_up = bool(seen), bool(gave_up)
+
     # -- the queue -------------------------------------------------------------------------
 
     def write(self, batch: SpanBatch) -> WriteResult:
-        """A request's records and its outbox mark, in one transaction."""
+        """A request's records and its outbox mark, in one transaction; model calls whose
+        messages are still to come as log records are held for them."""
+        holding = self.log_wait > 0 and (self._seen or not self._gave_up)
+        calls = _awaiting_logs(batch) if holding else []
         try:
             with self.store.write_transaction() as (conn, changes):
                 before = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM spans").fetchone()[0]
@@ -276,10 +375,13 @@ class Outbox:
                     (before,),
                 ).fetchone()
                 if count:
+                    now = time.time()
                     conn.execute(
                         "INSERT OR REPLACE INTO forward_marks (max_rowid, time) VALUES (?, ?)",
-                        (top, time.time()),
+                        (top, now),
                     )
+                    if calls:
+                        self._hold(conn, before, calls, now)
                     self._pending[0] += count
                     self._pending[1] += size
         except StoreUnavailable:
@@ -287,52 +389,254 @@ class Outbox:
             raise
         return WriteResult(stored, batch.accepted - stored)
 
+    def _hold(
+        self, conn: sqlite3.Connection, before: int, calls: list[tuple[bytes, bytes]], now: float
+    ) -> None:
+        """Hold this request's new spans among ``calls``; those whose response record is
+        already here are released at once (kept as waits, so a record after them is late)."""
+        answered = self._answered(conn, calls) if self._logs else set()
+        held = conn.execute(
+            "INSERT OR IGNORE INTO forward_log_waits (span_rowid, trace_id, span_id, until)"
+            " SELECT rowid, trace_id, span_id,"
+            " CASE WHEN hex(trace_id) || hex(span_id) IN (SELECT value FROM json_each(?))"
+            " THEN 0 ELSE ? END FROM spans WHERE rowid > ?"
+            " AND hex(trace_id) || hex(span_id) IN (SELECT value FROM json_each(?))",
+            (
+                json.dumps([(t + s).hex().upper() for t, s in answered]),
+                now + self.log_wait,
+                before,
+                json.dumps([(t + s).hex().upper() for t, s in calls]),
+            ),
+        ).rowcount
+        self._waits += held
+
+    def _answered(
+        self, conn: sqlite3.Connection, calls: list[tuple[bytes, bytes]]
+    ) -> set[tuple[bytes, bytes]]:
+        """The calls whose response record (``translate.answers_call``) is in the outbox."""
+        wanted = set(calls)
+        traces = sorted({t for t, _ in wanted})
+        found: set[tuple[bytes, bytes]] = set()
+        for start in range(0, len(traces), _CHUNK):
+            chunk = traces[start : start + _CHUNK]
+            for trace_id, span_id, blob in conn.execute(
+                "SELECT trace_id, span_id, record FROM span_logs"
+                f" WHERE trace_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ):
+                key = (trace_id, span_id)
+                if key in wanted and key not in found and answers_call(_record(blob)):
+                    found.add(key)
+        return found
+
+    def write_logs(self, rows: LogRows) -> int:
+        """GenAI log records, in one transaction: those of a span already sent after waiting
+        are dropped and counted (a span on the server never changes), the others kept for
+        their span, and a held span whose response record this is released. Returns how many
+        records were kept."""
+        if not rows:
+            return 0
+        now = time.time()
+        with self.store.locked() as conn:
+            try:
+                with transaction(conn):
+                    late = _sent_waits(conn, {(r[0], r[1]) for r in rows})
+                    kept = [r for r in rows if (r[0], r[1]) not in late] if late else rows
+                    inserted = 0
+                    if kept:
+                        cursor = conn.executemany(
+                            "INSERT OR IGNORE INTO span_logs (trace_id, span_id, digest, time,"
+                            " record) VALUES (?, ?, ?, ?, ?)",
+                            kept,
+                        )
+                        inserted = cursor.rowcount if cursor.rowcount >= 0 else len(kept)
+                        conn.executemany(
+                            "INSERT OR IGNORE INTO forward_log_arrivals (trace_id, span_id, time)"
+                            " VALUES (?, ?, ?)",
+                            [(t, s, now) for t, s in {(r[0], r[1]) for r in kept}],
+                        )
+                    if self._waits:
+                        conn.executemany(
+                            "UPDATE forward_log_waits SET until = 0"
+                            " WHERE trace_id = ? AND span_id = ? AND until > 0",
+                            {(r[0], r[1]) for r in kept if answers_call(_record(r[4]))},
+                        )
+                    if late or not self._seen:
+                        conn.execute(
+                            "UPDATE forward_log_state SET seen = 1, gave_up = 0,"
+                            " late_logs = late_logs + ? WHERE id = 1",
+                            (len(rows) - len(kept),),
+                        )
+            except sqlite3.DatabaseError as exc:
+                raise StoreUnavailable(f"store busy or failing: {exc}") from exc
+            self._logs += inserted
+            self._seen, self._gave_up = True, False
+            if late:
+                self.late_logs += len(rows) - len(kept)
+                log.warning(
+                    "dropped %d GenAI log record(s) that came after their span was forwarded"
+                    " (a forwarded span never changes; forward_log_wait is %gs)",
+                    len(rows) - len(kept),
+                    self.log_wait,
+                )
+        return inserted
+
+    def tend(self, now: float | None = None) -> None:
+        """Stop holding spans for log records that never come here, and prune what nobody
+        will read: memory of sent spans, and log records whose span never came."""
+        now = time.time() if now is None else now
+        if self._waits and not self._seen and not self._gave_up:
+            with self.store.locked() as conn, transaction(conn):
+                self._give_up_if_waited(conn, now)
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_INTERVAL
+        with self.store.locked() as conn, transaction(conn):
+            conn.execute("DELETE FROM forward_sent_waits WHERE time < ?", (now - LOG_MEMORY,))
+            if not self._logs:
+                return
+            # Records of a held span stay while it waits, however long the server is away.
+            stale = (
+                "SELECT a.trace_id, a.span_id FROM forward_log_arrivals a WHERE a.time < ?"
+                " AND NOT EXISTS (SELECT 1 FROM forward_log_waits w"
+                " WHERE w.trace_id = a.trace_id AND w.span_id = a.span_id)"
+            )
+            pruned = conn.execute(
+                f"DELETE FROM span_logs WHERE (trace_id, span_id) IN ({stale})",
+                (now - LOG_MEMORY,),
+            ).rowcount
+            conn.execute(
+                f"DELETE FROM forward_log_arrivals WHERE (trace_id, span_id) IN ({stale})",
+                (now - LOG_MEMORY,),
+            )
+            if pruned:
+                conn.execute(
+                    "UPDATE forward_log_state SET pruned_logs = pruned_logs + ? WHERE id = 1",
+                    (pruned,),
+                )
+        if pruned:
+            self._logs -= pruned
+            self.pruned_logs += pruned
+            log.info("pruned %d GenAI log record(s) whose span never came", pruned)
+
+    def _give_up_if_waited(self, conn: sqlite3.Connection, now: float) -> None:
+        """No log record has ever arrived, and a span waited its whole time: the agents send
+        them elsewhere, or not at all, so waiting would only delay spans. The first log record
+        to arrive resumes it."""
+        if conn.execute(
+            "SELECT 1 FROM forward_log_waits WHERE until > 0 AND until <= ? LIMIT 1", (now,)
+        ).fetchone():
+            conn.execute("UPDATE forward_log_state SET gave_up = 1 WHERE id = 1")
+            conn.execute("UPDATE forward_log_waits SET until = 0")
+            self._gave_up = True
+            log.info(
+                "no GenAI log records have reached this receiver: model calls are forwarded"
+                " without waiting for them until one does"
+            )
+
+    def held(self) -> int:
+        """Spans held for their log records (or just released); read without the lock."""
+        return self._waits
+
     def pending(self) -> tuple[int, int]:
         """(spans, bytes) pending; read without the lock, so never waits."""
         spans, size = self._pending
         return spans, size
 
     def recount(self) -> None:
-        """Count pending spans again, from the table."""
+        """Count pending spans (and held spans, log records) again, from the tables."""
         try:
             with self.store.locked() as conn:
                 self._pending = list(pending(conn))
+                self._count_logs(conn)
         except StoreUnavailable:
             pass  # closed: nothing to count
 
-    def pending_batch(self, after: int, limit: int, max_bytes: int) -> list[Row]:
+    def pending_batch(
+        self, after: int, limit: int, max_bytes: int, busy: Collection[int] = ()
+    ) -> tuple[list[Row], int]:
         """Up to ``limit`` pending spans past rowid ``after``, in outbox order, at most
-        ``max_bytes`` of span bytes (one span at least)."""
+        ``max_bytes`` of span bytes (one span at least), and the new ``after``.
+
+        Held spans are left out until released; released ones join wherever they stand, except
+        those in ``busy`` (the batch in flight), and never move ``after``.
+        """
         now = time.time()
         affinity = self.store.affinity
+        waits = self._waits > 0
+        joins, where = "", ""
+        params: list[float] = [after]
+        if affinity.holding(now):
+            # Spans of a trace not yet bound wait out the affinity window here, so the server
+            # never receives a span in a rollout it is about to leave.
+            joins = " JOIN rollouts r ON r.rollout_id = s.rollout_id"
+            where = " AND NOT (r.origin = 'trace' AND r.created_at > ?)"
+            params.append(now - affinity.window)
+        columns = "s.rowid, s.rollout_id, s.attempt_id, s.sequence_id, s.resource_id, s.span"
         with self.store.locked() as conn:
-            if affinity.holding(now):
-                # Spans of a trace not yet bound wait out the affinity window here, so the
-                # server never receives a span in a rollout it is about to leave.
-                rows = conn.execute(
-                    "SELECT s.rowid, s.rollout_id, s.attempt_id, s.sequence_id,"
-                    " s.resource_id, s.span FROM spans s"
-                    " JOIN rollouts r ON r.rollout_id = s.rollout_id"
-                    " WHERE s.rowid > ? AND NOT (r.origin = 'trace' AND r.created_at > ?)"
-                    " ORDER BY s.rowid LIMIT ?",
-                    (after, now - affinity.window, limit),
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    "SELECT rowid, rollout_id, attempt_id, sequence_id, resource_id, span"
-                    " FROM spans WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                    (after, limit),
-                ).fetchall()
-        size = 0
-        for i, row in enumerate(rows):
-            size += len(row[5])
-            if size > max_bytes and i:
-                return rows[:i]
-        return rows
+            released: list[Row] = []
+            if waits:
+                released = [
+                    row
+                    for row in conn.execute(
+                        f"SELECT {columns} FROM forward_log_waits w"
+                        f" JOIN spans s ON s.rowid = w.span_rowid{joins}"
+                        f" WHERE w.until <= ?{where} ORDER BY w.span_rowid LIMIT ?",
+                        (now, *params[1:], limit + len(busy)),
+                    )
+                    if row[0] not in busy
+                ][:limit]
+                where += (
+                    " AND NOT EXISTS (SELECT 1 FROM forward_log_waits w"
+                    " WHERE w.span_rowid = s.rowid)"
+                )
+            rows = conn.execute(
+                f"SELECT {columns} FROM spans s{joins} WHERE s.rowid > ?{where}"
+                " ORDER BY s.rowid LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            if released:
+                rows = sorted(rows + released)[:limit]
+            size = 0
+            for i, row in enumerate(rows):
+                size += len(row[5])
+                if size > max_bytes and i:
+                    rows = rows[:i]
+                    break
+            if self._logs:
+                self._join_logs(conn, rows)
+            elif self._events:
+                self._events, self._joined = {}, {}
+        if released:
+            kept = {r[0] for r in released}
+            after = max((r[0] for r in rows if r[0] not in kept), default=after)
+        elif rows:
+            after = rows[-1][0]
+        return rows, after
+
+    def _join_logs(self, conn: sqlite3.Connection, rows: list[Row]) -> None:
+        """Read the log records of these spans in one query, for ``translated``."""
+        events: dict[tuple[bytes, bytes], list[dict[str, Any]]] = {}
+        joined = self._joined
+        for row in rows:
+            joined.pop(row[0], None)
+        for rowid, trace_id, span_id, blob in conn.execute(
+            "SELECT s.rowid, l.trace_id, l.span_id, l.record FROM spans s"
+            " JOIN span_logs l ON l.trace_id = s.trace_id AND l.span_id = s.span_id"
+            " WHERE s.rowid IN (SELECT value FROM json_each(?)) ORDER BY l.time, l.rowid",
+            (json.dumps([r[0] for r in rows]),),
+        ):
+            events.setdefault((trace_id, span_id), []).append(log_event(_record(blob)))
+            joined[rowid] = joined.get(rowid, 0) + 1
+        self._events = events
 
     def delivered(self, rows: list[Row]) -> None:
-        """The server has these spans: count them and take them out, in one transaction."""
+        """The server has these spans: count them and take them out, with their log records
+        and holds, in one transaction."""
         size = sum(len(r[5]) for r in rows)
+        now = time.time()
+        rowids = json.dumps([r[0] for r in rows])
+        late = waits = logs = 0
         with self.store.locked() as conn:
             with transaction(conn):
                 first, last = rows[0][0], rows[-1][0]
@@ -341,8 +645,42 @@ class Outbox:
                     " SELECT s.trace_id, s.rollout_id, s.attempt_id, ? FROM spans s"
                     " JOIN rollouts r ON r.rollout_id = s.rollout_id AND r.origin = 'explicit'"
                     " WHERE s.rowid IN (SELECT value FROM json_each(?))",
-                    (time.time(), json.dumps([r[0] for r in rows])),
+                    (now, rowids),
                 )
+                if self._logs:
+                    conn.execute(
+                        "DELETE FROM forward_log_arrivals WHERE (trace_id, span_id) IN"
+                        " (SELECT trace_id, span_id FROM spans"
+                        " WHERE rowid IN (SELECT value FROM json_each(?)))",
+                        (rowids,),
+                    )
+                    logs = conn.execute(
+                        "DELETE FROM span_logs WHERE rowid IN (SELECT l.rowid FROM spans s"
+                        " JOIN span_logs l ON l.trace_id = s.trace_id AND l.span_id = s.span_id"
+                        " WHERE s.rowid IN (SELECT value FROM json_each(?)))",
+                        (rowids,),
+                    ).rowcount
+                    # Records that came while their span was on its way: sent without them.
+                    late = max(0, logs - sum(self._joined.get(r[0], 0) for r in rows))
+                    if late:
+                        conn.execute(
+                            "UPDATE forward_log_state SET late_logs = late_logs + ? WHERE id = 1",
+                            (late,),
+                        )
+                if self._waits:
+                    if not self._seen and not self._gave_up:
+                        self._give_up_if_waited(conn, now)
+                    conn.execute(
+                        "INSERT OR REPLACE INTO forward_sent_waits (trace_id, span_id, time)"
+                        " SELECT trace_id, span_id, ? FROM forward_log_waits"
+                        " WHERE span_rowid IN (SELECT value FROM json_each(?))",
+                        (now, rowids),
+                    )
+                    waits = conn.execute(
+                        "DELETE FROM forward_log_waits"
+                        " WHERE span_rowid IN (SELECT value FROM json_each(?))",
+                        (rowids,),
+                    ).rowcount
                 if last - first + 1 == len(rows):  # the usual case: one contiguous range
                     conn.execute("DELETE FROM spans WHERE rowid BETWEEN ? AND ?", (first, last))
                 else:
@@ -355,10 +693,21 @@ class Outbox:
                     "UPDATE forward_state SET forwarded_spans = forwarded_spans + ?,"
                     " forwarded_requests = forwarded_requests + 1, last_forward_time = ?"
                     " WHERE id = 1",
-                    (len(rows), time.time()),
+                    (len(rows), now),
                 )
             self._pending[0] -= len(rows)
             self._pending[1] -= size
+            self._waits -= waits
+            self._logs -= logs
+            if self._joined:
+                for r in rows:
+                    self._joined.pop(r[0], None)
+            if late:
+                self.late_logs += late
+                log.warning(
+                    "dropped %d GenAI log record(s) that came while their span was being sent",
+                    late,
+                )
 
     def reject(self, row: Row, error: str) -> None:
         """The server refused this span for good: keep it aside, out of the queue."""
@@ -372,12 +721,17 @@ class Outbox:
                     (error[:500], time.time(), row[0]),
                 )
                 conn.execute("DELETE FROM spans WHERE rowid = ?", (row[0],))
+                waits = conn.execute(
+                    "DELETE FROM forward_log_waits WHERE span_rowid = ?", (row[0],)
+                ).rowcount
                 conn.execute(
                     "UPDATE forward_state SET last_error = ?, last_error_time = ? WHERE id = 1",
                     (f"refused for good, kept as rejected: {error}"[:500], time.time()),
                 )
             self._pending[0] -= 1
             self._pending[1] -= len(row[5])
+            self._waits -= waits
+            self._joined.pop(row[0], None)
 
     def record_error(self, message: str) -> None:
         """The last delivery error, for ``status``; never raises (it is said while failing)."""
@@ -400,8 +754,8 @@ class Outbox:
         return translate_span_bytes(span, self._span_events)
 
     def _span_events(self, trace_id: bytes, span_id: bytes) -> list[dict[str, Any]]:
-        with self.store.locked() as conn:
-            return span_events(conn, trace_id, span_id)
+        """Read with the batch (``pending_batch``): no query per span."""
+        return self._events.get((trace_id, span_id), [])
 
     # -- ids: local -> server --------------------------------------------------------------
 
@@ -552,6 +906,8 @@ class Outbox:
 
     # -- statuses: what changed locally since it was last mirrored -------------------------
 
+    # A finished status reaches the server only once no span of its rollout is held: a trainer
+    # reads a finished rollout's spans once, and a held model call must be among them.
     def unmirrored_attempts(self) -> list[tuple[str, str, str, str, str]]:
         """(rollout_id, attempt_id, status, server rollout, server attempt) to mirror."""
         return self._execute(
@@ -560,7 +916,7 @@ class Outbox:
             " JOIN attempts a ON a.rollout_id = f.rollout_id AND a.attempt_id = f.attempt_id"
             " JOIN forward_rollouts r ON r.rollout_id = f.rollout_id"
             " WHERE f.server_attempt_id IS NOT NULL AND r.server_rollout_id IS NOT NULL"
-            " AND a.status IS NOT f.mirrored_status"
+            " AND a.status IS NOT f.mirrored_status" + (_NOT_HELD % "a" if self._waits else "")
         )
 
     def unmirrored_rollouts(self) -> list[tuple[str, str, str]]:
@@ -569,6 +925,7 @@ class Outbox:
             "SELECT r.rollout_id, r.status, f.server_rollout_id FROM forward_rollouts f"
             " JOIN rollouts r ON r.rollout_id = f.rollout_id"
             " WHERE f.server_rollout_id IS NOT NULL AND r.status IS NOT f.mirrored_status"
+            + (_NOT_HELD % "r" if self._waits else "")
         )
 
     def attempt_mirrored(self, rollout_id: str, attempt_id: str, status: str) -> None:
@@ -606,3 +963,45 @@ class Outbox:
         with self.store.locked() as conn, transaction(conn):
             for sql, params in statements:
                 conn.execute(sql, params)
+
+
+_NOT_HELD: Final = (
+    " AND NOT EXISTS (SELECT 1 FROM forward_log_waits w JOIN spans s ON s.rowid = w.span_rowid"
+    " WHERE s.rollout_id = %s.rollout_id)"
+)
+
+
+def _record(blob: bytes) -> PB2LogRecord:
+    record: PB2LogRecord = PB2LogRecord.FromString(blob)
+    return record
+
+
+def _awaiting_logs(batch: SpanBatch) -> list[tuple[bytes, bytes]]:
+    """(trace_id, span_id) of the batch's model calls whose messages come as log records."""
+    return [
+        (row[0], row[1])
+        for group in batch.groups.values()
+        for _, _, row in group
+        if span_awaits_logs(row[7])
+    ]
+
+
+def _sent_waits(
+    conn: sqlite3.Connection, keys: Iterable[tuple[bytes, bytes]]
+) -> set[tuple[bytes, bytes]]:
+    """Those of ``keys`` that name a span sent after waiting for its log records."""
+    wanted = set(keys)
+    traces = sorted({t for t, _ in wanted})
+    found: set[tuple[bytes, bytes]] = set()
+    for start in range(0, len(traces), _CHUNK):
+        chunk = traces[start : start + _CHUNK]
+        found.update(
+            key
+            for key in conn.execute(
+                "SELECT trace_id, span_id FROM forward_sent_waits"
+                f" WHERE trace_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            if key in wanted
+        )
+    return found

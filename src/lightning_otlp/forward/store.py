@@ -22,7 +22,7 @@ from ..store.lightning import LightningStoreBackend
 from ..store.url import DEFAULT_OUTBOX, StoreURL
 from .client import HTTPLightningClient, LightningClient
 from .delivery import DEFAULT_BATCH_SPANS, DEFAULT_MAX_BACKOFF, Delivery
-from .outbox import Outbox
+from .outbox import DEFAULT_LOG_WAIT, Outbox
 
 log = logging.getLogger("lightning_otlp.forward")
 
@@ -50,6 +50,9 @@ class ForwardingStore:
         affinity_window: seconds a span of a trace not yet bound waits in the outbox, in case
             its trace is bound to another rollout (see ``TraceAffinity``).
         client: makes the server's client (default: HTTP to ``server_url``); tests pass a fake.
+        translate: forward model calls in Agent Lightning's shape.
+        log_wait: seconds a model call whose messages come as GenAI log records is held for
+            them, unless they are already here; 0 forwards every span at once.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class ForwardingStore:
         affinity_window: float = DEFAULT_AFFINITY_WINDOW,
         client: Callable[[], LightningClient] | None = None,
         translate: bool = True,
+        log_wait: float = DEFAULT_LOG_WAIT,
     ) -> None:
         for name, value in (
             ("max_outbox_spans", max_outbox_spans),
@@ -85,6 +89,7 @@ class ForwardingStore:
             url=url,
             affinity_window=affinity_window,
             translate=translate,
+            log_wait=log_wait,
         )
         self.url = self.outbox.store.url
         self.max_outbox_spans = max_outbox_spans
@@ -106,6 +111,7 @@ class ForwardingStore:
         forward: bool = True,
         affinity_window: float = DEFAULT_AFFINITY_WINDOW,
         translate: bool = True,
+        log_wait: float = DEFAULT_LOG_WAIT,
     ) -> ForwardingStore:
         """The store an ``agl+http://HOST:PORT?outbox=…&max_outbox_spans=…`` URL names."""
         if url.server is None:
@@ -124,6 +130,7 @@ class ForwardingStore:
                 url=url.url,
                 affinity_window=affinity_window,
                 translate=translate,
+                log_wait=log_wait,
             )
         except ValueError as exc:
             raise ValueError(f"store URL {url.url!r}: {exc}") from None
@@ -212,8 +219,12 @@ class ForwardingStore:
         return result
 
     def write_logs(self, rows: list[tuple[bytes, bytes, bytes, float | None, bytes]]) -> int:
-        """GenAI log records go in the outbox beside the spans they belong to."""
-        return self.outbox.store.write_logs(rows)
+        """GenAI log records go in the outbox beside the spans they belong to (see
+        ``Outbox.write_logs``); a span they release is sent at once."""
+        kept = self.outbox.write_logs(rows)
+        if self.outbox.held():
+            self._wake.set()
+        return kept
 
     # -- reads: what is still in the outbox -------------------------------------------------
 
@@ -246,10 +257,30 @@ class ForwardingStore:
         return report
 
     def metrics(self) -> list[Metric]:
-        """The outbox's trace-affinity counters and its depth; never waits for the lock."""
+        """The outbox's trace-affinity counters, its depth and its log-record joins; never
+        waits for the lock."""
         spans, size = self.outbox.pending()
+        outbox = self.outbox
         return [
-            *self.outbox.store.metrics(),
+            *outbox.store.metrics(),
+            Metric(
+                "lightning_otlp_late_logs_total",
+                "GenAI log records dropped: they came after their span was forwarded.",
+                "counter",
+                outbox.late_logs,
+            ),
+            Metric(
+                "lightning_otlp_pruned_logs_total",
+                "GenAI log records pruned from the outbox: their span never came.",
+                "counter",
+                outbox.pruned_logs,
+            ),
+            Metric(
+                "lightning_otlp_outbox_held_spans",
+                "Model-call spans held in the outbox for their GenAI log records.",
+                "gauge",
+                outbox.held(),
+            ),
             Metric("lightning_otlp_outbox_spans", "Spans waiting to be forwarded.", "gauge", spans),
             Metric(
                 "lightning_otlp_outbox_bytes",

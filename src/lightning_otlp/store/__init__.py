@@ -32,6 +32,7 @@ def open_store(
     salvage: bool = False,
     translate: bool = True,
     prepare_reads: bool = True,
+    forward_log_wait: float | None = None,
 ) -> Store:
     """Make (not yet open) the store a URL names; with ``create`` off, opening a store that
     does not exist yet is an error (read commands create nothing); with ``salvage``, reads skip
@@ -39,14 +40,23 @@ def open_store(
 
     ``sqlite:///relative.db``, ``sqlite:////absolute.db`` (``?synchronous=normal`` to trade
     power-loss safety for speed), ``memory://`` for tests, and ``agl+http://HOST:PORT`` to
-    forward into a LightningStore server through a local outbox (``?outbox=path.db``).
+    forward into a LightningStore server through a local outbox (``?outbox=path.db``);
+    ``forward_log_wait`` (seconds, default the forwarder's) is how long a forwarded model call
+    waits for its GenAI log records.
     """
     parsed = parse_store_url(url)
     if parsed.forwards:
         from ..forward.store import ForwardingStore
 
+        options: dict[str, float] = {}
+        if forward_log_wait is not None:
+            options["log_wait"] = forward_log_wait
         forwarder = ForwardingStore.from_url(
-            parsed, forward=forward, affinity_window=affinity_window, translate=translate
+            parsed,
+            forward=forward,
+            affinity_window=affinity_window,
+            translate=translate,
+            **options,
         )
         # Its outbox is a SQLite store like any other: read commands create nothing there either.
         forwarder.outbox.store.create = create

@@ -9,7 +9,14 @@ record on every receiver.
 
 from __future__ import annotations
 
-from .dispatch import model_call, translate
-from .logs import is_genai_event, log_event
+from .dispatch import awaits_logs, model_call, translate
+from .logs import answers_call, is_genai_event, log_event
 
-__all__ = ["is_genai_event", "log_event", "model_call", "translate"]
+__all__ = [
+    "answers_call",
+    "awaits_logs",
+    "is_genai_event",
+    "log_event",
+    "model_call",
+    "translate",
+]

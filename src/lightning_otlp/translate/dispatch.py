@@ -50,6 +50,23 @@ def model_call(record: dict[str, Any]) -> LlmCall | None:
     return otel_genai.parse(attrs, events, convention)
 
 
+def awaits_logs(record: dict[str, Any]) -> bool:
+    """A model call with no messages on the span: the GenAI conventions' default sends them as
+    log records, which the span may arrive before or after."""
+    name = record.get("name") or ""
+    if _AGL_MATCH.search(name) or name in n.AGL_PROXY_SPANS:
+        return False
+    attrs: dict[str, Any] = record.get("attributes") or {}
+    if vercel.is_vercel(attrs) or n.OI_SPAN_KIND in attrs:
+        return False
+    operation = attrs.get(n.GENAI_OPERATION)
+    if operation is not None:
+        chat = operation in n.GENAI_CHAT_OPERATIONS
+    else:
+        chat = attrs.get(n.LLM_REQUEST_TYPE) in n.LLM_CHAT_REQUEST_TYPES
+    return chat and not _has_genai_content(attrs, record.get("events") or [])
+
+
 def _has_genai_content(attrs: dict[str, Any], events: list[dict[str, Any]]) -> bool:
     if n.GENAI_INPUT_MESSAGES in attrs or n.GENAI_OUTPUT_MESSAGES in attrs:
         return True

@@ -40,6 +40,11 @@ def is_genai_event(record: PB2LogRecord) -> bool:
     )
 
 
+def answers_call(record: PB2LogRecord) -> bool:
+    """A GenAI event with the call's response: once it is here, the call's messages are too."""
+    return event_name(record) in n.GENAI_RESPONSE_EVENTS
+
+
 def log_event(record: PB2LogRecord) -> dict[str, Any]:
     """A stored GenAI log record as an Agent Lightning span event (``name``, ``attributes``...)."""
     attrs = attributes(record.attributes)

@@ -59,6 +59,10 @@ GENAI_MESSAGE_EVENTS: Final[dict[str, str]] = {
 GENAI_CHOICE_EVENT: Final = "gen_ai.choice"
 GENAI_OPERATION_DETAILS_EVENT: Final = "gen_ai.client.inference.operation.details"
 GENAI_EVENT_PREFIX: Final = "gen_ai."
+# Events that carry a call's response: emitted last, so the call's other events came before.
+GENAI_RESPONSE_EVENTS: Final = frozenset(
+    {GENAI_CHOICE_EVENT, GENAI_OPERATION_DETAILS_EVENT, GENAI_COMPLETION_EVENT}
+)
 # Where older SDKs put a log record's event name when the record has no event_name field.
 EVENT_NAME_ATTRIBUTE: Final = "event.name"
 

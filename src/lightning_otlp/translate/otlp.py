@@ -14,7 +14,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
 from ..otlp import any_value, attributes, events_list
 from . import names as n
-from .dispatch import translate
+from .dispatch import awaits_logs, translate
 
 # Every model call carries one of these names (see ``dispatch.model_call``).
 _NEEDLES: Final = (
@@ -22,6 +22,17 @@ _NEEDLES: Final = (
     n.OI_SPAN_KIND.encode(),
     n.AI_OPERATION_ID.encode(),
     n.LLM_REQUEST_TYPE.encode(),
+)
+
+# A model call names one of these; one with messages on the span names one of the others.
+_CALL_NEEDLES: Final = (n.GENAI_OPERATION.encode(), n.LLM_REQUEST_TYPE.encode())
+_CONTENT_NEEDLES: Final = (
+    n.GENAI_INPUT_MESSAGES.encode(),
+    n.GENAI_OUTPUT_MESSAGES.encode(),
+    (n.AGL_PROMPT + ".").encode(),
+    (n.AGL_COMPLETION + ".").encode(),
+    n.OI_SPAN_KIND.encode(),
+    n.AI_OPERATION_ID.encode(),
 )
 
 # (trace_id, span_id) -> the GenAI log records joined onto that span, as span events.
@@ -65,3 +76,19 @@ def translate_span_bytes(blob: bytes, joined: EventLookup | None = None) -> byte
 
 
 _GONE: Final = object()
+
+
+def span_awaits_logs(blob: bytes) -> bool:
+    """``dispatch.awaits_logs`` for a stored span's bytes; most spans are told by their bytes
+    alone, undecoded."""
+    if not any(needle in blob for needle in _CALL_NEEDLES):
+        return False
+    if any(needle in blob for needle in _CONTENT_NEEDLES):
+        return False
+    span = PB2Span.FromString(blob)
+    record = {
+        "name": span.name,
+        "attributes": attributes(span.attributes),
+        "events": events_list(span.events),
+    }
+    return awaits_logs(record)
