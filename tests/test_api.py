@@ -204,8 +204,11 @@ def test_watchdog_times_out_and_marks_unresponsive(api: API) -> None:
 
 
 def test_errors_answer_as_upstream(api: API) -> None:
-    missing = api.post("/rollouts/ro-missing/attempts", None, 500)
-    assert missing["error_type"] == "ValueError" and missing["detail"] == "Internal server error"
+    # Upstream answers 500 (and its client retries); a missing rollout is no server fault here.
+    missing = api.post("/rollouts/ro-missing/attempts", None, 404)
+    assert missing == {"detail": "Rollout ro-missing not found", "error_type": "ValueError"}
+    lost = api.post("/rollouts/ro-missing/attempts/at-1", {"status": "failed"}, 404)
+    assert lost["error_type"] == "ValueError"
     bad = api.post("/rollouts/search", {"sort_by": "nope"}, 400)
     assert bad["detail"].startswith("Invalid sort_by: nope")
     invalid = api.post("/rollouts", {"mode": "train"}, 422)

@@ -89,6 +89,8 @@ def compare(results: tuple[str, str, dict[str, Any]], scenario: str) -> None:
     mismatches = []
     for (step, a), (_, b) in zip(mine, theirs, strict=True):
         left, right = norm_mine(a), norm_theirs(b)
+        if right == {"status": 500} and left == {"status": 404}:
+            continue  # the one deliberate change: a missing rollout or attempt is no 5xx here
         if left != right:
             mismatches.append(f"{step}:\n  lightning-otlp: {left}\n  agl store:      {right}")
     assert not mismatches, "\n".join(mismatches)

@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
@@ -28,6 +27,7 @@ from ..store.lightning import (
     UNSET,
     WORKER_STATUSES,
     LightningStoreBackend,
+    NotFound,
     Page,
     Record,
 )
@@ -512,7 +512,10 @@ def _deeper_than(document: Any, limit: int) -> bool:
 
 
 async def guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
-    """Upstream's error answers: 422 and 400 for the caller's mistakes, 500 for the rest."""
+    """Upstream's error answers: 422 and 400 for the caller's mistakes. Upstream answers a
+    store's ``ValueError`` (a missing rollout, say) with 500, which its client retries for
+    minutes before raising; here it is the caller's mistake, 404 (missing) or 400, with
+    upstream's body, so the client raises at once and no request makes a 5xx."""
     try:
         return await handler()
     except Invalid as exc:
@@ -525,15 +528,14 @@ async def guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
         for name, value in result.http_headers:
             response.headers[name.decode()] = value.decode()
         return response
-    except Exception as exc:
-        # Upstream's server answers any store error (a missing rollout is a ValueError) with 500
-        # and this body; its client retries 5xx before giving up.
-        log.info("answering 500: %s: %s", type(exc).__name__, exc)
+    except ValueError as exc:
+        log.info("answering %s: %s", type(exc).__name__, exc)
         return json_response(
-            {
-                "detail": "Internal server error",
-                "error_type": type(exc).__name__,
-                "traceback": traceback.format_exc(),
-            },
-            500,
+            {"detail": str(exc), "error_type": "ValueError"},
+            404 if isinstance(exc, NotFound) else 400,
+        )
+    except Exception as exc:  # a defect here, not the request: upstream's 500 body
+        log.exception("the LightningStore API failed")
+        return json_response(
+            {"detail": "Internal server error", "error_type": type(exc).__name__}, 500
         )

@@ -3,7 +3,8 @@
 Records go in and out as plain dicts with agentlightning's field names, so the API layer never
 imports agentlightning and a second backend (PostgreSQL, say) only has to implement this.
 Methods are synchronous: the receiver runs them on its one store thread, beside OTLP writes.
-Errors follow upstream: ``ValueError`` for a missing rollout or attempt (upstream answers 500).
+Errors follow upstream's types: ``ValueError`` for what the call names wrongly, ``NotFound`` (a
+``ValueError``) for a rollout or attempt that does not exist.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ ROLLOUT_STATUSES: Final = (
 ATTEMPT_STATUSES: Final = ("preparing", "running", "failed", "succeeded", "unresponsive", "timeout")
 WORKER_STATUSES: Final = ("idle", "busy", "unknown")
 MODES: Final = ("train", "val", "test")
+
+
+class NotFound(ValueError):
+    """A rollout or attempt the call names does not exist (upstream raises ``ValueError``)."""
 
 
 class Unset:

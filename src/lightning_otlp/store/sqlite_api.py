@@ -26,7 +26,7 @@ from typing import Any, Final, cast
 from ..errors import StoreUnavailable
 from .api_schema import API_RESOURCE_ID, migrate_api_schema
 from .db import transaction
-from .lightning import UNSET, FilterLogic, Page, Query, Record, Unset
+from .lightning import UNSET, FilterLogic, NotFound, Page, Query, Record, Unset
 from .logs import joined_events
 from .records import (
     ATTEMPT_COLUMNS,
@@ -351,7 +351,7 @@ class SQLiteLightningStore:
         with self._watched() as conn:
             now = time.time()
             if self._rollout_row(conn, rollout_id) is None:
-                raise ValueError(f"Rollout {rollout_id} not found")
+                raise NotFound(f"Rollout {rollout_id} not found")
             attempt = self._new_attempt(conn, rollout_id, worker_id, now)
             if worker_id is not None:
                 self._sync_worker(conn, attempt, dequeue=False, now=now)
@@ -410,7 +410,7 @@ class SQLiteLightningStore:
     def update_rollout(self, rollout_id: str, fields: Record) -> Record:
         with self._watched() as conn:
             if self._rollout_row(conn, rollout_id) is None:
-                raise ValueError(f"Rollout {rollout_id} not found")
+                raise NotFound(f"Rollout {rollout_id} not found")
             now = time.time()
             for name in ("input", "config", "metadata"):
                 if name in fields:
@@ -557,9 +557,9 @@ class SQLiteLightningStore:
             now = time.time()
             self._raise_counter(conn, rollout_id, attempt_id, sequence_id + 1)
             if self._rollout_row(conn, rollout_id) is None:
-                raise ValueError(f"Rollout {rollout_id} not found")
+                raise NotFound(f"Rollout {rollout_id} not found")
             if self._attempt(conn, rollout_id, attempt_id) is None:
-                raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+                raise NotFound(f"Attempt {attempt_id} not found for rollout {rollout_id}")
             status = span.get("status") or {}
             cursor = conn.execute(
                 _INSERT_API_SPAN,
@@ -888,16 +888,16 @@ class SQLiteLightningStore:
     ) -> Record:
         rollout = self._rollout_row(conn, rollout_id)
         if rollout is None:
-            raise ValueError(f"Rollout {rollout_id} not found")
+            raise NotFound(f"Rollout {rollout_id} not found")
         latest = self._latest_attempt(conn, rollout_id)
         if latest is None:
-            raise ValueError(f"No attempts found for rollout {rollout_id}")
+            raise NotFound(f"No attempts found for rollout {rollout_id}")
         if attempt_id == "latest":
             attempt = latest
         else:
             found = self._attempt(conn, rollout_id, attempt_id)
             if found is None:
-                raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+                raise NotFound(f"Attempt {attempt_id} not found for rollout {rollout_id}")
             attempt = found
         sync = False
         if "worker_id" in fields:
