@@ -1,8 +1,9 @@
 """Soak: honest clients keep their throughput while hostile ones attack the same receiver.
 
-Runs a receiver on loopback, measures honest clients alone (the quiet run), then again while
+Runs a receiver on loopback, measures honest clients alone (the quiet runs), and again while
 attackers hold slow connections, stall uploads, send many-member gzip bodies, floods of empty
-spans and poison values. Reports honest throughput under attack against the quiet run, the
+spans and poison values; runs alternate, each on a fresh store, so a store grown by an earlier
+run never counts against a later one. Reports honest throughput under attack against quiet, the
 receiver's peak memory against a container budget, and checks that every span acknowledged to
 an honest client is stored. Kept out of ``make test``: ``python bench/soak.py [--seconds N]``.
 """
@@ -14,6 +15,7 @@ import asyncio
 import gzip
 import json
 import os
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -267,6 +269,8 @@ def attack(http_url: str, seconds: float) -> None:
     stop.set()
     for thread in threads:
         thread.join(180)
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    attacker.answers["cpu seconds of the attackers' process"] = round(used.ru_utime + used.ru_stime)
     print(json.dumps(dict(attacker.answers)), flush=True)
 
 
@@ -276,53 +280,107 @@ def main() -> int:
     parser.add_argument(
         "--budget-mib", type=int, default=512, help="container memory to compare against (512)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="quiet and attacked runs, alternating (2)"
+    )
     parser.add_argument("--attack", metavar="HTTP_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.attack:
         attack(args.attack, args.seconds)
         return 0
+    quiet, loud = Phase(), Phase()
     with tempfile.TemporaryDirectory() as tmp:
-        receiver = ReceiverProcess(Path(tmp) / "soak.db").start()
-        assert receiver.proc is not None
-        try:
-            pid = receiver.proc.pid
-            cpu0 = cpu_seconds(pid)
-            quiet, _ = run(receiver, args.seconds, attack=False)
-            rss_quiet = peak_rss(pid)
-            cpu1 = cpu_seconds(pid)
-            loud, answers = run(receiver, args.seconds, attack=True)
-            rss = peak_rss(pid)
-            cpu2 = cpu_seconds(pid)
-        finally:
-            code = receiver.stop()
-        with sqlite3.connect(Path(tmp) / "soak.db") as conn:
-            kept = conn.execute(
-                "SELECT COUNT(*) FROM spans WHERE rollout_id LIKE 'ro-50a4%'"
-            ).fetchone()[0]
-    quiet_rate = quiet.acknowledged / quiet.elapsed  # type: ignore[attr-defined]
-    loud_rate = loud.acknowledged / loud.elapsed  # type: ignore[attr-defined]
-    print(f"quiet run:    {quiet_rate:9,.0f} honest spans/s  ({quiet.acknowledged:,} acknowledged)")
+        for n in range(args.rounds):  # alternating, each run on a fresh store of its own
+            quiet.add(run_phase(Path(tmp) / f"quiet-{n}.db", args.seconds, attack=False))
+            loud.add(run_phase(Path(tmp) / f"attack-{n}.db", args.seconds, attack=True))
+    quiet_rate, loud_rate = quiet.rate(), loud.rate()
+    print(f"quiet runs:   {quiet_rate:9,.0f} honest spans/s  ({quiet.acknowledged:,} acknowledged)")
     print(f"under attack: {loud_rate:9,.0f} honest spans/s  ({loud.acknowledged:,} acknowledged)")
     print(f"ratio:        {loud_rate / quiet_rate:9.2f}  (done when >= 0.80)")
     print(
-        f"receiver CPU: {cpu1 - cpu0:.1f} s quiet, {cpu2 - cpu1:.1f} s under attack"
-        f" ({(cpu1 - cpu0) / quiet.elapsed:.0%} and {(cpu2 - cpu1) / loud.elapsed:.0%} of a core)"  # type: ignore[attr-defined]
+        f"receiver CPU: {quiet.cpu / quiet.elapsed:.0%} of a core quiet,"
+        f" {loud.cpu / loud.elapsed:.0%} under attack"
+    )
+    attackers = loud.answers.pop("cpu seconds of the attackers' process", 0)
+    print(
+        f"other CPU:    honest clients {quiet.own:.1f} s quiet, {loud.own:.1f} s under attack;"
+        f" attackers {attackers} s, on {os.cpu_count()} cores"
     )
     if quiet.refused or loud.refused:
         print(f"honest refusals: quiet {dict(quiet.refused)}, under attack {dict(loud.refused)}")
     print(
-        f"peak RSS:     {rss / MIB:9.0f} MiB  (quiet run {rss_quiet / MIB:.0f} MiB;"
+        f"peak RSS:     {loud.rss / MIB:9.0f} MiB  (quiet runs {quiet.rss / MIB:.0f} MiB;"
         f" budget {args.budget_mib} MiB)"
     )
     acknowledged = quiet.acknowledged + loud.acknowledged
+    kept = quiet.kept + loud.kept
     print(f"durability:   {kept:,} honest spans stored of {acknowledged:,} acknowledged")
-    print(f"receiver exit code after SIGTERM: {code}")
+    print(f"receiver exit codes after SIGTERM: {sorted(set(quiet.codes + loud.codes))}")
     print("attackers' answers:")
-    for answer, n in sorted(answers.items()):
+    for answer, n in sorted(loud.answers.items()):
         print(f"  {n:6d}  {answer}")
-    ok = loud_rate >= 0.8 * quiet_rate and rss <= args.budget_mib * MIB and kept >= acknowledged
+    ok = (
+        loud_rate >= 0.8 * quiet_rate
+        and loud.rss <= args.budget_mib * MIB
+        and kept >= acknowledged
+        and set(quiet.codes + loud.codes) == {0}
+    )
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
+
+
+class Phase:
+    """Totals over the runs of one kind (quiet, or under attack)."""
+
+    def __init__(self) -> None:
+        self.acknowledged = self.kept = 0
+        self.elapsed = self.cpu = self.own = 0.0
+        self.rss = 0
+        self.refused = Counter[str]()
+        self.answers = Counter[str]()
+        self.codes: list[int] = []
+
+    def add(self, result: dict[str, Any]) -> None:
+        honest: Honest = result["honest"]
+        self.acknowledged += honest.acknowledged
+        self.elapsed += honest.elapsed  # type: ignore[attr-defined]
+        self.refused.update(honest.refused)
+        self.answers.update(result["answers"])
+        self.cpu += result["cpu"]
+        self.own += result["own"]
+        self.rss = max(self.rss, result["rss"])
+        self.kept += result["kept"]
+        self.codes.append(result["code"])
+
+    def rate(self) -> float:
+        return self.acknowledged / self.elapsed if self.elapsed else 0.0
+
+
+def run_phase(db: Path, seconds: float, attack: bool) -> dict[str, Any]:
+    """One run against a fresh receiver: a store that grew in an earlier run would make the
+    later run's inserts dearer, whatever the attackers do."""
+    receiver = ReceiverProcess(db).start()
+    assert receiver.proc is not None
+    try:
+        pid = receiver.proc.pid
+        cpu0, own0 = cpu_seconds(pid), cpu_seconds(os.getpid())
+        honest, answers = run(receiver, seconds, attack=attack)
+        rss = peak_rss(pid)
+        cpu1, own1 = cpu_seconds(pid), cpu_seconds(os.getpid())
+    finally:
+        code = receiver.stop()
+    with sqlite3.connect(db) as conn:
+        kept = conn.execute("SELECT COUNT(*) FROM spans WHERE rollout_id LIKE 'ro-50a4%'")
+        stored = kept.fetchone()[0]
+    return {
+        "honest": honest,
+        "answers": answers,
+        "cpu": cpu1 - cpu0,
+        "own": own1 - own0,
+        "rss": rss,
+        "kept": stored,
+        "code": code,
+    }
 
 
 if __name__ == "__main__":

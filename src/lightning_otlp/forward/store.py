@@ -11,7 +11,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from ..batch import SpanBatch
@@ -217,6 +217,10 @@ class ForwardingStore:
         result = self.outbox.write(batch)
         self._wake.set()
         return result
+
+    def write_many(self, batches: Sequence[SpanBatch]) -> list[WriteResult]:
+        """One outbox transaction each: the outbox's marks and held calls are per request."""
+        return [self.write(batch) for batch in batches]
 
     def write_logs(self, rows: list[tuple[bytes, bytes, bytes, float | None, bytes]]) -> int:
         """GenAI log records go in the outbox beside the spans they belong to (see

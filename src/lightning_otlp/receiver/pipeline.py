@@ -6,8 +6,9 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeVar
 
@@ -45,6 +46,10 @@ NOT_READY_AFTER_FAILURE_SECONDS: Final = 5.0
 # The store's background work takes the store thread only after this long without a request,
 # one short step at a time, and looks again this often once it has caught up.
 IDLE_AFTER_SECONDS: Final = 0.1
+# A group commit takes at most this many waiting requests, or spans (a bound on how long one
+# transaction holds the store).
+MAX_GROUP_REQUESTS: Final = 32
+MAX_GROUP_SPANS: Final = 16_384
 IDLE_POLL_SECONDS: Final = 1.0
 _NOT_STORED: Final = "lightning-otlp stores traces only; {} were not stored"
 _LOGS_NOT_STORED: Final = (
@@ -110,6 +115,8 @@ class Pipeline:
         self.draining = False
         self._store_failed_at: float | None = None
         self._in_flight = 0
+        # Batches decoded and waiting for the store thread (``_commit_queued``).
+        self._commits: deque[tuple[SpanBatch, str, Future[PB2ExportTraceServiceResponse]]] = deque()
         self._last_request = time.monotonic()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-store")
@@ -164,19 +171,56 @@ class Pipeline:
         self, batch: SpanBatch, transport: str = "grpc"
     ) -> PB2ExportTraceServiceResponse:
         """Commit a routed batch (on the store thread) and answer for it."""
+        self._write([batch], transport)
+        return self._answer(batch, transport)
+
+    def _commit_queued(self) -> None:
+        """Commit the batches waiting in ``_commits`` (this job's and any queued behind it) in
+        one transaction, so requests that arrive while a commit syncs to disk share the next
+        sync instead of waiting for one each. Every request queues one such job and its batch
+        first, so a job finds its batch committed by an earlier job or takes it itself."""
+        group: list[tuple[SpanBatch, str, Future[PB2ExportTraceServiceResponse]]] = []
+        spans = 0
+        commits = self._commits
+        while commits and len(group) < MAX_GROUP_REQUESTS and spans < MAX_GROUP_SPANS:
+            entry = commits.popleft()
+            group.append(entry)
+            spans += entry[0].accepted
+        if not group:
+            return
         try:
-            started = time.perf_counter()
+            self._write([batch for batch, _, _ in group], group[0][1])
+        except Exception as exc:
+            if len(group) == 1:
+                group[0][2].set_exception(exc)
+                return
+            for batch, transport, done in group:  # one at a time: the failure is that one's
+                try:
+                    done.set_result(self.commit_traces(batch, transport))
+                except Exception as single:
+                    done.set_exception(single)
+            return
+        for batch, transport, done in group:
+            done.set_result(self._answer(batch, transport))
+
+    def _write(self, batches: list[SpanBatch], transport: str) -> None:
+        started = time.perf_counter()
+        try:
             try:
-                self.store.write(batch)
+                self.store.write_many(batches)
             except StoreUnavailable:
                 self._store_failed_at = time.monotonic()
                 raise
             self.commit_seconds.observe(time.perf_counter() - started)
             self._store_failed_at = None
         except ReceiverError:
-            self._count(self.counters.failed_requests, transport, 1)
-            self._count(self.counters.refused_spans, transport, batch.received)
+            if len(batches) == 1:
+                self._count(self.counters.failed_requests, transport, 1)
+                self._count(self.counters.refused_spans, transport, batches[0].received)
             raise
+
+    def _answer(self, batch: SpanBatch, transport: str) -> PB2ExportTraceServiceResponse:
+        """The response for a committed batch, and its counts."""
         counters = self.counters
         self._count(counters.requests, transport, 1)
         self._count(counters.accepted_spans, transport, batch.accepted)
@@ -272,9 +316,10 @@ class Pipeline:
                 self._decoder, self.decode_traces, body, encoding, media, transport
             )
             try:
-                return await loop.run_in_executor(
-                    self._executor, self.commit_traces, batch, transport
-                )
+                done: Future[PB2ExportTraceServiceResponse] = Future()
+                self._commits.append((batch, transport, done))
+                await loop.run_in_executor(self._executor, self._commit_queued)
+                return done.result()
             finally:
                 self.budget.release(charged)
         finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
@@ -43,6 +43,11 @@ class Store(Protocol):
     def ready(self) -> bool: ...
 
     def write(self, batch: SpanBatch) -> WriteResult: ...
+
+    def write_many(self, batches: Sequence[SpanBatch]) -> list[WriteResult]:
+        """Commit several requests' batches in one transaction (one sync to disk), as if
+        written one after the other; all are committed or none is."""
+        ...
 
     def write_logs(self, rows: list[tuple[bytes, bytes, bytes, float | None, bytes]]) -> int:
         """Commit GenAI log records, keyed by their span (``store.logs``), in one transaction."""
