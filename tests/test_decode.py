@@ -370,6 +370,24 @@ def test_kvlists_nested_past_the_decoders_limit_are_flattened_not_refused(depth:
     assert PB2Span.FromString(span.SerializeToString()).name == "deep"
 
 
+@pytest.mark.parametrize("depth", [31, 40, 120])
+def test_json_kvlists_nested_past_the_parsers_limit_are_flattened_not_refused(depth: int) -> None:
+    """OTLP/JSON as the protobuf case above: taken and cut, not a 400 for the whole request."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
+
+    from lightning_otlp.otlp import attributes
+
+    value: dict[str, object] = {"stringValue": "leaf"}
+    for _ in range(depth):
+        value = {"kvlistValue": {"values": [{"key": "k", "value": value}]}}
+    span = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "deep"}
+    span["attributes"] = [{"key": "deep", "value": value}]
+    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+    decoded = decode_traces(body, JSON).resource_spans[0].scope_spans[0].spans[0]
+    assert attributes(decoded.attributes) == {"deep" + ".k" * depth: "leaf"}
+    assert PB2Span.FromString(decoded.SerializeToString()).name == "deep"
+
+
 @pytest.mark.slow
 def test_nesting_past_protobufs_maximum_is_still_a_400() -> None:
     with pytest.raises(InvalidRequest):

@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from ..errors import InvalidRequest, PayloadTooLarge
-from .deep import decode_deep, deep_decoding_available
+from .deep import cap_values, decode_deep, deep_decoding_available
 
 DEFAULT_MAX_REQUEST_BYTES: Final = 64 * 1024 * 1024
 
@@ -37,6 +37,9 @@ _LAST_WINDOW: Final = 256 * 1024
 # empty spans held 5.8 GB and kept the store thread busy for 40 s; with it, refusing one costs
 # a bounded count of at most this many elements.
 MAX_REQUEST_ELEMENTS: Final = 100_000
+# Nested messages the JSON parser may follow once a request is found to nest deeper than its
+# default (100); Python's own stack stops it first (about 150 kvlist levels).
+_DEEP: Final = 100_000
 
 # OTLP JSON carries these ids as hex; protobuf's JSON mapping would read them as base64.
 _ID_LENGTHS: Final[dict[str, int]] = {
@@ -140,7 +143,19 @@ def decode_json(data: bytes, message_type: type[M]) -> M:
     _hex_ids_to_base64(doc)
     message: M = message_type()
     try:
-        json_format.ParseDict(doc, message, ignore_unknown_fields=True)
+        try:
+            json_format.ParseDict(doc, message, ignore_unknown_fields=True)
+        except json_format.ParseError as exc:
+            if "too deep" not in str(exc) or message_type is not PB2ExportTraceServiceRequest:
+                raise
+            # Attribute values nested past the parser's default (about 32 kvlist levels), as
+            # protobuf requests may (``deep``): taken as deep as Python's stack lets the parser
+            # go, then cut to the depth every reader can decode.
+            message = message_type()
+            json_format.ParseDict(
+                doc, message, ignore_unknown_fields=True, max_recursion_depth=_DEEP
+            )
+            cap_values(cast(PB2ExportTraceServiceRequest, message))
     except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
         raise InvalidRequest(f"malformed OTLP JSON {message_type.DESCRIPTOR.name}: {exc}") from exc
     except RecursionError:
