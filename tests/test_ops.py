@@ -583,6 +583,40 @@ def test_sigterm_under_load_commits_every_acknowledged_request(start_receiver: S
 
 
 @pytest.mark.e2e
+def test_shutdown_timeout_bounds_shutdown_whatever_slow_clients_do(start_receiver: Start) -> None:
+    """Stalled uploads, trickled headers and idle keep-alive connections hold nothing past
+    ``--shutdown-timeout``: SIGTERM ends the process long before their own timeouts would."""
+    proc = start_receiver(
+        "--shutdown-timeout", "2", "--body-timeout", "300", "--header-timeout", "300"
+    )
+    assert proc.proc is not None
+    host, port = proc.http_url.removeprefix("http://").rsplit(":", 1)
+    held = []
+    for head in (
+        b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\n"
+        b"content-length: 1000000\r\n\r\n" + b"\x0a" * 10,  # a body that stalls
+        b"POST /v1/traces HTTP/1.1\r\nhost: x\r\nx-slow: ",  # headers that never end
+    ):
+        conn = socket.create_connection((host, int(port)))
+        conn.sendall(head)
+        held.append(conn)
+    idle = httpx.Client()  # a keep-alive connection left open after an answer
+    assert idle.get(proc.http_url + "/health").status_code in (200, 404)
+    time.sleep(0.5)
+    try:
+        signalled = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        code = proc.proc.wait(120)  # the clients' own timeouts are 300 s
+        took = time.monotonic() - signalled
+    finally:
+        idle.close()
+        for conn in held:
+            conn.close()
+    assert code == 0, proc.log()
+    assert took < 300, took
+
+
+@pytest.mark.e2e
 def test_metrics_show_the_outbox_while_the_server_is_unreachable(
     start_receiver: Start, tmp_path: Path
 ) -> None:
