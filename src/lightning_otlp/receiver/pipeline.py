@@ -189,6 +189,16 @@ class Pipeline:
         if not group:
             return
         try:
+            self._commit_group(group)
+        finally:
+            for _, _, done in group:  # whatever happened, no request waits for ever
+                if not done.done():
+                    done.set_exception(RuntimeError("the commit ended without an answer"))
+
+    def _commit_group(
+        self, group: list[tuple[SpanBatch, str, Future[PB2ExportTraceServiceResponse]]]
+    ) -> None:
+        try:
             self._write([batch for batch, _, _ in group], group[0][1])
         except Exception as exc:
             if len(group) == 1:
@@ -319,7 +329,7 @@ class Pipeline:
                 done: Future[PB2ExportTraceServiceResponse] = Future()
                 self._commits.append((batch, transport, done))
                 await loop.run_in_executor(self._executor, self._commit_queued)
-                return done.result()
+                return await asyncio.wrap_future(done)
             finally:
                 self.budget.release(charged)
         finally:
