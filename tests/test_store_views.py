@@ -188,3 +188,29 @@ def test_the_receiver_prepares_records_while_idle_and_stops_when_draining(
 
     asyncio.run(run())
     assert _views(store) == 300
+
+
+def test_a_busy_file_delays_preparing_and_never_holds_the_store_thread(tmp_path: Any) -> None:
+    """Another writer holding the file: the idle step gives up at once and tries again later
+    (requests would otherwise wait behind it for the whole busy timeout)."""
+    import sqlite3
+    import time
+
+    store = SQLiteStore(str(tmp_path / "busy.db"), busy_timeout=30.0)
+    store.open()
+    pipeline = Pipeline(store)
+    other = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    try:
+        pipeline.export_traces(genai_request(5).SerializeToString(), None, PROTOBUF)
+        other.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        assert store.idle_work() is False
+        assert time.monotonic() - started < 30.0  # not the 30 s busy timeout
+        other.execute("ROLLBACK")
+        assert store.prepare_reads
+        _build_all(store)
+        assert _views(store) == 5
+    finally:
+        other.close()
+        pipeline.close()
+        store.close()

@@ -680,11 +680,20 @@ class SQLiteStore:
             return False
         try:
             with self.locked() as conn:
-                with transaction(conn):
-                    self._views_at, _ = views.build(
-                        conn, self._views_at, window=_VIEW_WINDOW, limit=_VIEW_BATCH
-                    )
+                if self._top_rowid(conn) <= self._views_at:
+                    return False  # caught up: a read, no write lock taken
+                # Never wait for a lock another process holds: requests would wait behind it.
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    with transaction(conn):
+                        self._views_at, _ = views.build(
+                            conn, self._views_at, window=_VIEW_WINDOW, limit=_VIEW_BATCH
+                        )
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
                 return bool(self._views_at < self._top_rowid(conn))
+        except sqlite3.OperationalError:
+            return False  # the file is busy (another writer): try again when next idle
         except sqlite3.DatabaseError as exc:
             log.warning("stopped preparing span records for reads: %s", exc)
             self.prepare_reads = False
