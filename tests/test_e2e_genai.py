@@ -1,11 +1,12 @@
 """Trainable spans end to end: real instrumentations, a real receiver, Agent Lightning's adapter.
 
 Each agent (tests/genai/agent.py on the real OpenAI SDK with one real instrumentation, or
-tests/node/vercel_agent.mjs on the Vercel AI SDK) calls the fake vLLM-like model server inside a
-rollout with rewards, exporting to ``lightning-otlp serve``. The records, read back through the
-CLI, must give under agentlightning 0.3.0's ``TracerTraceToTriplet()`` (default arguments) one
-triplet per model call, with prompt and response text, the reward on the right call, and token
-ids where the source kept them (OpenInference's raw response).
+tests/node/vercel_agent.mjs on the Vercel AI SDK, with generateText or streamText) calls the fake
+vLLM-like model server inside a rollout with rewards, exporting to ``lightning-otlp serve``. The
+records, read back through the CLI, must give under agentlightning 0.3.0's
+``TracerTraceToTriplet()`` (default arguments) one triplet per model call, with prompt and
+response text, the reward on the right call, and token ids where the source kept them
+(OpenInference's raw response).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from lightning_otlp import ids
 
 from .genai.fake_model import FakeModelServer
 from .genai.triplets import adapt
-from .support import NODE_DIR, ROOT, ReceiverProcess, node_script
+from .support import ROOT, ReceiverProcess, node_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.genai, pytest.mark.agl]
 
@@ -59,6 +60,22 @@ def run_agent(instrumentation: str, model_url: str, endpoint: str, *flags: str) 
     assert done.returncode == 0, done.stderr
     rollout_id: str = json.loads(done.stdout.strip().splitlines()[-1])["rollout_id"]
     return rollout_id
+
+
+def run_vercel_agent(model_url: str, endpoint: str, *flags: str) -> tuple[str, dict[str, Any]]:
+    """tests/node/vercel_agent.mjs in a new rollout: its id and what the agent printed."""
+    rollout_id = ids.new_rollout_id()
+    done = subprocess.run(
+        ["node", str(node_script("vercel_agent.mjs")), "--model-url", model_url]
+        + ["--endpoint", endpoint, *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OTEL_RESOURCE_ATTRIBUTES": f"agentlightning.rollout_id={rollout_id}"},
+    )
+    assert done.returncode == 0, done.stderr
+    printed: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return rollout_id, printed
 
 
 def cli_spans(receiver: ReceiverProcess) -> dict[str, list[dict[str, Any]]]:
@@ -107,20 +124,7 @@ def test_every_instrumentation_gives_one_triplet_per_call_with_its_reward(
         endpoint = receiver.http_url if protocol == "http" else "http://" + receiver.grpc_target
         rollout_id = run_agent(instrumentation, model.base_url, endpoint, "--protocol", protocol)
         rollouts[rollout_id] = f"{instrumentation}/{protocol}"
-    vercel_rollout = ids.new_rollout_id()
-    node_script("vercel_agent.mjs")
-    done = subprocess.run(
-        ["node", str(NODE_DIR / "vercel_agent.mjs"), "--model-url", model.base_url]
-        + ["--endpoint", receiver.http_url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={
-            **os.environ,
-            "OTEL_RESOURCE_ATTRIBUTES": f"agentlightning.rollout_id={vercel_rollout}",
-        },
-    )
-    assert done.returncode == 0, done.stderr
+    vercel_rollout, _ = run_vercel_agent(model.base_url, receiver.http_url)
     rollouts[vercel_rollout] = "vercel"
 
     records = cli_spans(receiver)
@@ -136,6 +140,41 @@ def test_every_instrumentation_gives_one_triplet_per_call_with_its_reward(
                 rewards=[0.5, 1.0],
                 token_ids=label.startswith("openinference"),
             )
+
+
+@pytest.mark.node
+def test_vercel_streamed_calls_give_one_triplet_each_with_the_whole_text(
+    start_receiver: Callable[..., ReceiverProcess],
+) -> None:
+    """streamText: each ai.streamText.doStream is one call, the outer ai.streamText none."""
+    receiver = start_receiver()
+    with FakeModelServer() as server:
+        rollout_id, printed = run_vercel_agent(
+            server.base_url, receiver.http_url, "--call", "stream"
+        )
+        requests, answers = server.model.requests, server.model.answers
+    # The agent read the answer in pieces, and every model call was a streamed one.
+    assert len(printed["deltas"]) > 1
+    assert "".join(printed["deltas"]) == printed["text"]
+    assert len(requests) == 2 and all(r.get("stream") is True for r in requests)
+
+    records = cli_spans(receiver)[rollout_id]
+    original = [r["attributes"].get("lightning_otlp.original_name", r["name"]) for r in records]
+    assert original.count("ai.streamText") == 1
+    assert original.count("ai.streamText.doStream") == len(requests)
+
+    triplets = adapt({rollout_id: records})[rollout_id]["triplets"]
+    assert len(triplets) == len(requests), triplets
+    first, second = triplets
+    assert "What is the weather in Paris?" in first["prompt_text"]
+    assert first["tool_calls"] == ["get_weather"]
+    # The tool's result is in the second call's prompt; its answer is the whole streamed text.
+    assert "Sunny, 21 C in Paris" in second["prompt_text"]
+    assert second["response_text"] == [printed["text"]]
+    assert printed["text"] == answers[1]["choices"][0]["message"]["content"]
+    assert [t["response_id"] for t in triplets] == [a["id"] for a in answers]
+    # The agent rewards its final answer, after the stream ended: the second call's.
+    assert [t["reward"] for t in triplets] == [None, 1.0]
 
 
 def _free_port() -> int:

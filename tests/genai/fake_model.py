@@ -5,7 +5,7 @@
 returns with ``return_token_ids``). When the request offers tools and no tool result is in the
 conversation yet, the answer is a call to the first tool; otherwise it is text. Response ids
 count up from 1 per server, so a recording is stable.
-``"stream": true`` is answered as server-sent events with the same content.
+``"stream": true`` is answered as server-sent events with the same content, in pieces.
 
 Run as a script it prints ``listening on http://HOST:PORT`` and serves until killed.
 """
@@ -13,6 +13,7 @@ Run as a script it prints ``listening on http://HOST:PORT`` and serves until kil
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -115,18 +116,35 @@ def _embedding(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _chunks(answer: dict[str, Any]) -> list[dict[str, Any]]:
-    """The answer as stream chunks: the content first, then the finish reason and usage."""
+    """The answer as stream chunks, in pieces as OpenAI's API sends them: the role (with the
+    token ids), the text a word at a time or each tool call's name and then its arguments in
+    fragments, and last the finish reason and usage."""
     choice = answer["choices"][0]
+    message = choice["message"]
     base = {k: answer[k] for k in ("id", "object", "created", "model")}
     base["object"] = "chat.completion.chunk"
-    delta = dict(choice["message"])
-    if delta.get("tool_calls"):
-        delta["tool_calls"] = [dict(c, index=i) for i, c in enumerate(delta["tool_calls"])]
+    deltas: list[dict[str, Any]] = []
+    content = message.get("content") or ""
+    for piece in re.findall(r"\S+\s*|\s+", content):
+        deltas.append({"content": piece})
+    for index, call in enumerate(message.get("tool_calls") or []):
+        function = call["function"]
+        head = {"index": index, "id": call["id"], "type": "function"}
+        head["function"] = {"name": function["name"], "arguments": ""}
+        deltas.append({"tool_calls": [head]})
+        arguments = function["arguments"]
+        half = len(arguments) // 2
+        for fragment in (arguments[:half], arguments[half:]):
+            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
     first = dict(base, prompt_token_ids=answer["prompt_token_ids"])
-    first["choices"] = [{"index": 0, "delta": delta, "token_ids": choice["token_ids"]}]
+    first["choices"] = [
+        {"index": 0, "delta": {"role": "assistant"}, "token_ids": choice["token_ids"]}
+    ]
+    chunks = [first]
+    chunks += [dict(base, choices=[{"index": 0, "delta": d}]) for d in deltas]
     last = dict(base, usage=answer["usage"])
     last["choices"] = [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]
-    return [first, last]
+    return [*chunks, last]
 
 
 def make_handler(model: FakeModel) -> type[BaseHTTPRequestHandler]:

@@ -1,11 +1,12 @@
 """Record the golden inputs: each real instrumentation's spans and log records, as exported.
 
-    make golden    (or: python tests/genai/record.py, with the GenAI env and Node packages)
+    make golden    (or: python tests/genai/record.py [CASE ...], with the GenAI env and Node)
 
 Each agent (tests/genai/agent.py in the GenAI env, tests/node/vercel_agent.mjs in Node.js) runs
 against the fake model server with in-memory exporters and writes what its OTLP exporters would
 send to tests/golden/<convention>/<case>.json. The expected translations beside them are written
 by ``LIGHTNING_OTLP_UPDATE_GOLDEN=1 pytest tests/test_translate.py`` and reviewed by hand.
+Naming cases (``vercel/stream_text_legacy``, say) records only those.
 """
 
 from __future__ import annotations
@@ -37,15 +38,23 @@ PYTHON_CASES = [
 # env, so it is recorded only when OLD_OPENLLMETRY_PYTHON names a venv with
 # opentelemetry-instrumentation-openai==0.33.12, "openai<2" and opentelemetry-sdk==1.28.2.
 OLD_CASE = ("openllmetry", "openai_0_33_indexed", "openllmetry")
+# (convention directory, case, integration, call)
 NODE_CASES = [
-    ("vercel", "generate_text_legacy", "legacy"),
-    ("otel_genai", "vercel_ai_otel", "otel"),
+    ("vercel", "generate_text_legacy", "legacy", "generate"),
+    ("otel_genai", "vercel_ai_otel", "otel", "generate"),
+    ("vercel", "stream_text_legacy", "legacy", "stream"),
+    ("otel_genai", "vercel_ai_otel_stream", "otel", "stream"),
 ]
 
 
-def main() -> int:
+def main(only: list[str]) -> int:
+    def wanted(directory: str, case: str) -> bool:
+        return not only or f"{directory}/{case}" in only
+
     with FakeModelServer() as server:
         for directory, case, instrumentation in PYTHON_CASES:
+            if not wanted(directory, case):
+                continue
             out = GOLDEN / directory / f"{case}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             subprocess.run(
@@ -54,7 +63,7 @@ def main() -> int:
                 check=True,
             )
         old_python = os.environ.get("OLD_OPENLLMETRY_PYTHON")
-        if old_python:
+        if old_python and wanted(*OLD_CASE[:2]):
             directory, case, instrumentation = OLD_CASE
             subprocess.run(
                 [old_python, str(ROOT / "tests" / "genai" / "agent.py"), instrumentation]
@@ -66,19 +75,20 @@ def main() -> int:
                 ],
                 check=True,
             )
-        for directory, case, integration in NODE_CASES:
+        for number, (directory, case, integration, call) in enumerate(NODE_CASES, start=1):
+            if not wanted(directory, case):
+                continue
             out = GOLDEN / directory / f"{case}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             env = {
                 **os.environ,
-                "OTEL_RESOURCE_ATTRIBUTES": "agentlightning.rollout_id=ro-0000000000"
-                + ("01" if integration == "legacy" else "02")
+                "OTEL_RESOURCE_ATTRIBUTES": f"agentlightning.rollout_id=ro-{number:012d}"
                 + ",agentlightning.attempt_id=at-00000001",
             }
             subprocess.run(
                 ["node", str(ROOT / "tests" / "node" / "vercel_agent.mjs")]
                 + ["--model-url", server.base_url, "--record", str(out)]
-                + ["--integration", integration],
+                + ["--integration", integration, "--call", call],
                 check=True,
                 env=env,
             )
@@ -86,4 +96,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,12 +1,15 @@
 // A small tool-using agent on the Vercel AI SDK (`ai`), traced by its OpenTelemetry integration.
 //
 //   node vercel_agent.mjs --model-url URL (--endpoint URL | --record FILE) [--integration legacy|otel]
+//                         [--call generate|stream]
 //
-// One rollout: generateText with a weather tool (two model calls: the tool call, then the
-// answer), an embed call (not a model call), then a reward span in Agent Lightning's layout.
+// One rollout: generateText (or streamText, read chunk by chunk) with a weather tool (two model
+// calls: the tool call, then the answer), an embed call (not a model call), then a reward span in
+// Agent Lightning's layout.
 // The rollout comes from OTEL_RESOURCE_ATTRIBUTES (agentlightning.rollout_id / attempt_id), as
 // for any process in any language. `legacy` is the SDK's `ai.*` span layout
-// (ai.generateText > ai.generateText.doGenerate); `otel` its newer GenAI-conventions one.
+// (ai.generateText > ai.generateText.doGenerate, ai.streamText > ai.streamText.doStream); `otel`
+// its newer GenAI-conventions one.
 // --record writes the spans as the OTLP/JSON exporter would send them.
 import { writeFileSync } from 'node:fs';
 
@@ -22,10 +25,18 @@ import {
 } from '@opentelemetry/sdk-trace-node';
 import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
 import { LegacyOpenTelemetry, OpenTelemetry } from '@ai-sdk/otel';
-import { embed, generateText, jsonSchema, registerTelemetry, stepCountIs, tool } from 'ai';
+import {
+  embed,
+  generateText,
+  jsonSchema,
+  registerTelemetry,
+  stepCountIs,
+  streamText,
+  tool,
+} from 'ai';
 
 function parseArgs(argv) {
-  const options = { integration: 'legacy' };
+  const options = { integration: 'legacy', call: 'generate' };
   for (let i = 0; i < argv.length; i += 2) {
     const key = argv[i].replace(/^--/, '').replace(/-([a-z])/g, (_, c) => c.toUpperCase());
     options[key] = argv[i + 1];
@@ -72,14 +83,23 @@ const weather = tool({
 });
 
 const telemetry = { isEnabled: true, functionId: 'weather-agent' };
-const result = await generateText({
+const request = {
   model: fake.chatModel('fake-model'),
   system: 'You are a helpful weather assistant.',
   messages: [{ role: 'user', content: 'What is the weather in Paris?' }],
   tools: { get_weather: weather },
   stopWhen: stepCountIs(2),
   experimental_telemetry: telemetry,
-});
+};
+let result;
+const deltas = [];
+if (options.call === 'stream') {
+  const stream = streamText(request);
+  for await (const delta of stream.textStream) deltas.push(delta);
+  result = { text: await stream.text, steps: await stream.steps };
+} else {
+  result = await generateText(request);
+}
 await embed({
   model: fake.embeddingModel('fake-embedding'),
   value: 'What is the weather in Paris?',
@@ -100,4 +120,4 @@ if (options.record) {
   writeFileSync(options.record, JSON.stringify({ otlp_json: JSON.parse(new TextDecoder().decode(body)) }, null, 1) + '\n');
 }
 await provider.shutdown();
-console.log(JSON.stringify({ text: result.text, steps: result.steps.length }));
+console.log(JSON.stringify({ text: result.text, steps: result.steps.length, deltas }));

@@ -1,9 +1,12 @@
 """Vercel AI SDK (``ai`` with its ``LegacyOpenTelemetry`` integration) to Agent Lightning's shape.
 
 The model call is the inner ``ai.<fn>.doGenerate`` / ``.doStream`` span (told by ``ai.operationId``,
-not its name); the outer ``ai.generateText`` spans all its steps and is not a call, so it is left
-as it is. Prompt messages are JSON in ``ai.prompt.messages`` (content parts ``text``,
-``tool-call``, ``tool-result``), the answer in ``ai.response.text`` / ``ai.response.toolCalls``.
+not its name); the outer ``ai.generateText`` / ``ai.streamText`` spans all its steps and is not a
+call, so it is left as it is. Prompt messages are JSON in ``ai.prompt.messages`` (content parts
+``text``, ``tool-call``, ``tool-result``), the answer in ``ai.response.text`` /
+``ai.response.toolCalls``; a stream needs nothing more, as the SDK writes there the whole text and
+tool calls it assembled from the chunks (its timings, ``ai.response.msToFirstChunk`` and the
+``ai.stream.*`` events, stay as they are).
 The SDK's newer ``OpenTelemetry`` integration follows the GenAI conventions (``otel_genai``).
 
 The SDK records no raw response, so token ids (what the LLM proxy returns from vLLM) survive only
