@@ -214,3 +214,23 @@ def test_a_busy_file_delays_preparing_and_never_holds_the_store_thread(tmp_path:
         other.close()
         pipeline.close()
         store.close()
+
+
+def test_a_reopened_store_reports_its_spans_as_not_yet_prepared(tmp_path: Any) -> None:
+    """After a restart the background step starts over (cheaply, over spans already built):
+    until it has, ``lightning_otlp_span_views_behind`` must not claim it is done."""
+    path = str(tmp_path / "reopen.db")
+    store = SQLiteStore(path)
+    store.open()
+    pipeline = Pipeline(store)
+    pipeline.export_traces(genai_request(4).SerializeToString(), None, PROTOBUF)
+    pipeline.close()
+    store.close()
+    again = SQLiteStore(path)
+    again.open()
+    try:
+        assert again.metrics()[0].value == 4
+        _build_all(again)
+        assert again.metrics()[0].value == 0 and _views(again) == 4
+    finally:
+        again.close()

@@ -185,6 +185,7 @@ class SQLiteStore:
         # spans then goes through the API's lifecycle (retries, workers) in the same transaction.
         self.on_outcome: OutcomeHook | None = None
         self._views_at = 0  # span rowid up to which views were built this run
+        self._span_top = 0  # the highest span rowid written, as last seen
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -220,6 +221,7 @@ class SQLiteStore:
                 migrate_api_schema(conn)  # the LightningStore API's tables (store/sqlite_api.py)
             if self.create:  # a read-only tool routes nothing: it needs no trace affinity
                 self._load_affinity(conn)
+            self._span_top = self._top_rowid(conn)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.url}: {exc}") from exc
         self._conn = conn
@@ -361,6 +363,7 @@ class SQLiteStore:
             )
         cursor = conn.executemany(_INSERT_SPAN, rows)
         stored = cursor.rowcount if cursor.rowcount >= 0 else len(rows)
+        self._span_top = self._top_rowid(conn)
         if moves:
             self._finish_moves(conn, updates, changes)
         for trace_id, dest in batch.bindings.items():
@@ -680,7 +683,8 @@ class SQLiteStore:
             return False
         try:
             with self.locked() as conn:
-                if self._top_rowid(conn) <= self._views_at:
+                self._span_top = self._top_rowid(conn)
+                if self._span_top <= self._views_at:
                     return False  # caught up: a read, no write lock taken
                 # Never wait for a lock another process holds: requests would wait behind it.
                 conn.execute("PRAGMA busy_timeout = 0")
@@ -759,8 +763,8 @@ class SQLiteStore:
 
     def metrics(self) -> list[Metric]:
         moved = self.affinity.counters
-        with self._lock:
-            behind = self._top_rowid(self._connection()) - self._views_at if self._conn else 0
+        # Never under the lock: a scrape must not wait behind a commit that waits for the disk.
+        behind = max(0, self._span_top - self._views_at)
         return [
             Metric(
                 "lightning_otlp_span_views_behind",
