@@ -12,7 +12,7 @@ from typing import Any, Final
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue as PB2KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
-from ..otlp import any_value, attributes, events_list
+from ..otlp import any_value, attributes, events_list, plain_value
 from . import names as n
 from .dispatch import awaits_logs, translate
 
@@ -25,7 +25,8 @@ _NEEDLES: Final = (
 )
 
 # A model call names one of these; one with messages on the span names one of the others.
-_CALL_NEEDLES: Final = (n.GENAI_OPERATION.encode(), n.LLM_REQUEST_TYPE.encode())
+_CALL_KEYS: Final = frozenset((n.GENAI_OPERATION, n.LLM_REQUEST_TYPE))
+_CALL_NEEDLES: Final = tuple(key.encode() for key in _CALL_KEYS)
 _CONTENT_NEEDLES: Final = (
     n.GENAI_INPUT_MESSAGES.encode(),
     n.GENAI_OUTPUT_MESSAGES.encode(),
@@ -85,10 +86,14 @@ def span_awaits_logs(blob: bytes) -> bool:
         return False
     if any(needle in blob for needle in _CONTENT_NEEDLES):
         return False
+    # Past the needles, no content, Vercel or OpenInference attribute can be on the span: what
+    # is left to read is its name, the two attributes that say "chat", and its events' names.
     span = PB2Span.FromString(blob)
     record = {
         "name": span.name,
-        "attributes": attributes(span.attributes),
-        "events": events_list(span.events),
+        "attributes": {
+            kv.key: plain_value(kv.value) for kv in span.attributes if kv.key in _CALL_KEYS
+        },
+        "events": [{"name": event.name} for event in span.events],
     }
     return awaits_logs(record)
