@@ -14,7 +14,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -415,18 +415,12 @@ class Outbox:
     ) -> set[tuple[bytes, bytes]]:
         """The calls whose response record (``translate.answers_call``) is in the outbox."""
         wanted = set(calls)
-        traces = sorted({t for t, _ in wanted})
         found: set[tuple[bytes, bytes]] = set()
-        for start in range(0, len(traces), _CHUNK):
-            chunk = traces[start : start + _CHUNK]
-            for trace_id, span_id, blob in conn.execute(
-                "SELECT trace_id, span_id, record FROM span_logs"
-                f" WHERE trace_id IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            ):
-                key = (trace_id, span_id)
-                if key in wanted and key not in found and answers_call(_record(blob)):
-                    found.add(key)
+        select = "SELECT trace_id, span_id, record FROM span_logs"
+        for trace_id, span_id, blob in _by_trace(conn, select, wanted):
+            key = (trace_id, span_id)
+            if key in wanted and key not in found and answers_call(_record(blob)):
+                found.add(key)
         return found
 
     def write_logs(self, rows: LogRows) -> int:
@@ -991,17 +985,18 @@ def _sent_waits(
 ) -> set[tuple[bytes, bytes]]:
     """Those of ``keys`` that name a span sent after waiting for its log records."""
     wanted = set(keys)
-    traces = sorted({t for t, _ in wanted})
-    found: set[tuple[bytes, bytes]] = set()
+    select = "SELECT trace_id, span_id FROM forward_sent_waits"
+    return {key for key in _by_trace(conn, select, wanted) if key in wanted}
+
+
+def _by_trace(
+    conn: sqlite3.Connection, select: str, keys: Iterable[tuple[bytes, bytes]]
+) -> Iterator[Any]:
+    """The rows of ``select`` for the traces of these (trace_id, span_id) keys, asked in
+    chunks (SQLite bounds the parameters of one statement)."""
+    traces = sorted({trace_id for trace_id, _ in keys})
     for start in range(0, len(traces), _CHUNK):
         chunk = traces[start : start + _CHUNK]
-        found.update(
-            key
-            for key in conn.execute(
-                "SELECT trace_id, span_id FROM forward_sent_waits"
-                f" WHERE trace_id IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            )
-            if key in wanted
+        yield from conn.execute(
+            f"{select} WHERE trace_id IN ({', '.join('?' * len(chunk))})", chunk
         )
-    return found
