@@ -513,8 +513,8 @@ def _deeper_than(document: Any, limit: int) -> bool:
 
 async def guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
     """Upstream's error answers: 422 and 400 for the caller's mistakes. Upstream answers a
-    store's ``ValueError`` (a missing rollout, say) with 500, which its client retries for
-    minutes before raising; here it is the caller's mistake, 404 (missing) or 400, with
+    store's ``ValueError`` (a missing rollout, say) with 500, which its client retries (after
+    1, 2 and 5 s) before raising; here it is the caller's mistake, 404 (missing) or 400, with
     upstream's body, so the client raises at once and no request makes a 5xx."""
     try:
         return await handler()
