@@ -50,19 +50,26 @@ def attempt_record(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def attempted_rollout_record(rollout: Sequence[Any], attempt: Sequence[Any]) -> dict[str, Any]:
+def rollout_record(row: Sequence[Any]) -> dict[str, Any]:
+    """A ``rollouts`` row (``ROLLOUT_COLUMNS``) as an agentlightning ``Rollout`` dict."""
     return {
-        "rollout_id": rollout[0],
-        "input": _json(rollout[1]),
-        "start_time": rollout[2],
-        "end_time": rollout[3],
-        "mode": rollout[4],
-        "resources_id": rollout[5],
-        "status": rollout[6],
-        "config": _json(rollout[7]) or dict(DEFAULT_ROLLOUT_CONFIG),
-        "metadata": _json(rollout[8]),
-        "attempt": attempt_record(attempt),
+        "rollout_id": row[0],
+        "input": _json(row[1]),
+        "start_time": row[2],
+        "end_time": row[3],
+        "mode": row[4],
+        "resources_id": row[5],
+        "status": row[6],
+        "config": _json(row[7]),
+        "metadata": _json(row[8]),
     }
+
+
+def attempted_rollout_record(rollout: Sequence[Any], attempt: Sequence[Any]) -> dict[str, Any]:
+    record = rollout_record(rollout)
+    record["config"] = record["config"] or dict(DEFAULT_ROLLOUT_CONFIG)
+    record["attempt"] = attempt_record(attempt)
+    return record
 
 
 def span_record(row: Sequence[Any], resource: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from .records import (
     SPAN_COLUMNS,
     attempt_record,
     resource_bodies,
+    rollout_record,
     span_records,
 )
 from .sqlite import SQLiteStore
@@ -86,21 +87,6 @@ def _dump(value: Any) -> str | None:
 
 def _new_id(prefix: str, nbytes: int) -> str:
     return prefix + secrets.token_hex(nbytes)
-
-
-def rollout_record(row: Sequence[Any]) -> Record:
-    """A ``rollouts`` row (``ROLLOUT_COLUMNS``) as an agentlightning ``Rollout`` dict."""
-    return {
-        "rollout_id": row[0],
-        "input": _json(row[1]),
-        "start_time": row[2],
-        "end_time": row[3],
-        "mode": row[4],
-        "resources_id": row[5],
-        "status": row[6],
-        "config": _json(row[7]),
-        "metadata": _json(row[8]),
-    }
 
 
 def _worker_record(row: Sequence[Any]) -> Record:

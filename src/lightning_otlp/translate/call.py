@@ -112,6 +112,17 @@ def loads(value: Any) -> Any:
         return None
 
 
+def as_str(value: Any) -> str | None:
+    """A scalar attribute as text; empty is none."""
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def as_text(value: Any) -> str | None:
     """Message content as text: strings as they are, structured content as compact JSON."""
     if value is None:

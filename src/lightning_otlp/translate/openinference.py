@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import names as n
-from .call import LlmCall, Message, ToolCall, arguments_text, as_text, indexed, loads
+from .call import LlmCall, Message, ToolCall, arguments_text, as_str, as_text, indexed, loads
 from .otel_genai import definitions
 
 
@@ -21,24 +21,24 @@ def is_model_call(attrs: dict[str, Any]) -> bool:
 
 def parse(attrs: dict[str, Any]) -> LlmCall:
     call = LlmCall("openinference")
-    call.request_model = _str(attrs.get(n.OI_MODEL_NAME))
+    call.request_model = as_str(attrs.get(n.OI_MODEL_NAME))
     call.prompt = [_message(g, "user") for g in indexed(attrs, n.OI_INPUT_MESSAGES)]
     call.completion = [_message(g, "assistant") for g in indexed(attrs, n.OI_OUTPUT_MESSAGES)]
     call.tools = definitions([loads(g.get(n.OI_TOOL_SCHEMA)) for g in indexed(attrs, n.OI_TOOLS)])
     response = loads(attrs.get(n.OI_OUTPUT_VALUE))
     if isinstance(response, dict):
-        call.response_id = _str(response.get("id"))
-        call.response_model = _str(response.get("model"))
+        call.response_id = as_str(response.get("id"))
+        call.response_model = as_str(response.get("model"))
         choices = response.get("choices")
         if isinstance(choices, list):
             for message, choice in zip(call.completion, choices, strict=False):
                 if isinstance(choice, dict) and message.finish_reason is None:
-                    message.finish_reason = _str(choice.get("finish_reason"))
+                    message.finish_reason = as_str(choice.get("finish_reason"))
     return call
 
 
 def _message(group: dict[str, Any], default_role: str) -> Message:
-    message = Message(_str(group.get(n.OI_MESSAGE_ROLE)) or default_role)
+    message = Message(as_str(group.get(n.OI_MESSAGE_ROLE)) or default_role)
     content = group.get(n.OI_MESSAGE_CONTENT)
     if content is None:
         texts = [
@@ -48,19 +48,13 @@ def _message(group: dict[str, Any], default_role: str) -> Message:
         ]
         content = "".join(texts) if texts else None
     message.content = as_text(content)
-    message.tool_call_id = _str(group.get(n.OI_MESSAGE_TOOL_CALL_ID))
+    message.tool_call_id = as_str(group.get(n.OI_MESSAGE_TOOL_CALL_ID))
     for raw in indexed(group, n.OI_MESSAGE_TOOL_CALLS):
         message.tool_calls.append(
             ToolCall(
                 name=str(raw.get(n.OI_TOOL_CALL_NAME, "")),
                 arguments=arguments_text(raw.get(n.OI_TOOL_CALL_ARGUMENTS)),
-                id=_str(raw.get(n.OI_TOOL_CALL_ID)),
+                id=as_str(raw.get(n.OI_TOOL_CALL_ID)),
             )
         )
     return message
-
-
-def _str(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return value if isinstance(value, str) else str(value)

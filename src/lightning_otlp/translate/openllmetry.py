@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import names as n
-from .call import LlmCall, Message, Tool, ToolCall, arguments_text, as_text, indexed
+from .call import LlmCall, Message, Tool, ToolCall, arguments_text, as_str, as_text, indexed
 
 
 def has_indexed_content(attrs: dict[str, Any]) -> bool:
@@ -20,9 +20,9 @@ def has_indexed_content(attrs: dict[str, Any]) -> bool:
 
 def parse(attrs: dict[str, Any]) -> LlmCall:
     call = LlmCall("openllmetry")
-    call.request_model = _str(attrs.get(n.GENAI_REQUEST_MODEL))
-    call.response_model = _str(attrs.get(n.GENAI_RESPONSE_MODEL))
-    call.response_id = _str(attrs.get(n.GENAI_RESPONSE_ID))
+    call.request_model = as_str(attrs.get(n.GENAI_REQUEST_MODEL))
+    call.response_model = as_str(attrs.get(n.GENAI_RESPONSE_MODEL))
+    call.response_id = as_str(attrs.get(n.GENAI_RESPONSE_ID))
     call.prompt = [_message(g, "user") for g in indexed(attrs, n.AGL_PROMPT)]
     call.completion = [_message(g, "assistant") for g in indexed(attrs, n.AGL_COMPLETION)]
     for group in indexed(attrs, n.LLM_REQUEST_FUNCTIONS):
@@ -30,7 +30,7 @@ def parse(attrs: dict[str, Any]) -> LlmCall:
             call.tools.append(
                 Tool(
                     name=str(group["name"]),
-                    description=_str(group.get("description")),
+                    description=as_str(group.get("description")),
                     parameters=as_text(group.get("parameters")),
                 )
             )
@@ -38,21 +38,15 @@ def parse(attrs: dict[str, Any]) -> LlmCall:
 
 
 def _message(group: dict[str, Any], default_role: str) -> Message:
-    message = Message(_str(group.get("role")) or default_role, as_text(group.get("content")))
-    message.tool_call_id = _str(group.get("tool_call_id"))
-    message.finish_reason = _str(group.get("finish_reason"))
+    message = Message(as_str(group.get("role")) or default_role, as_text(group.get("content")))
+    message.tool_call_id = as_str(group.get("tool_call_id"))
+    message.finish_reason = as_str(group.get("finish_reason"))
     for raw in indexed(group, "tool_calls"):
         message.tool_calls.append(
             ToolCall(
                 name=str(raw.get("name", "")),
                 arguments=arguments_text(raw.get("arguments")),
-                id=_str(raw.get("id")),
+                id=as_str(raw.get("id")),
             )
         )
     return message
-
-
-def _str(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return value if isinstance(value, str) else str(value)

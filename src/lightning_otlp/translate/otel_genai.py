@@ -13,25 +13,25 @@ from __future__ import annotations
 from typing import Any
 
 from . import names as n
-from .call import LlmCall, Message, Tool, ToolCall, arguments_text, as_text, loads
+from .call import LlmCall, Message, Tool, ToolCall, arguments_text, as_list, as_str, as_text, loads
 
 
 def parse(attrs: dict[str, Any], events: list[dict[str, Any]], convention: str) -> LlmCall:
     call = LlmCall(convention)
-    call.request_model = _str(attrs.get(n.GENAI_REQUEST_MODEL))
-    call.response_model = _str(attrs.get(n.GENAI_RESPONSE_MODEL))
-    call.response_id = _str(attrs.get(n.GENAI_RESPONSE_ID))
+    call.request_model = as_str(attrs.get(n.GENAI_REQUEST_MODEL))
+    call.response_model = as_str(attrs.get(n.GENAI_RESPONSE_MODEL))
+    call.response_id = as_str(attrs.get(n.GENAI_RESPONSE_ID))
     details = _operation_details(events)
     source = attrs if n.GENAI_INPUT_MESSAGES in attrs or n.GENAI_OUTPUT_MESSAGES in attrs else None
     source = source or details
     if source is not None:
         system = parts_text(loads(source.get(n.GENAI_SYSTEM_INSTRUCTIONS)))
-        prompt = [part_message(m) for m in _list(loads(source.get(n.GENAI_INPUT_MESSAGES)))]
+        prompt = [part_message(m) for m in as_list(loads(source.get(n.GENAI_INPUT_MESSAGES)))]
         if system is not None and not any(m.role == "system" for m in prompt):
             prompt.insert(0, Message("system", system))
         call.prompt = prompt
         call.completion = [
-            part_message(m) for m in _list(loads(source.get(n.GENAI_OUTPUT_MESSAGES)))
+            part_message(m) for m in as_list(loads(source.get(n.GENAI_OUTPUT_MESSAGES)))
         ]
         call.tools = definitions(loads(source.get(n.GENAI_TOOL_DEFINITIONS)))
     else:
@@ -64,12 +64,12 @@ def _from_events(events: list[dict[str, Any]]) -> tuple[list[Message], list[Mess
             message = openai_message(body, default_role=n.GENAI_MESSAGE_EVENTS[name])
             # The tool message's call id is ``id`` in these events.
             if message.role == "tool" and message.tool_call_id is None:
-                message.tool_call_id = _str(body.get("id"))
+                message.tool_call_id = as_str(body.get("id"))
             prompt.append(message)
         elif name == n.GENAI_CHOICE_EVENT:
             inner = body.get("message")
             message = openai_message(inner if isinstance(inner, dict) else {}, "assistant")
-            message.finish_reason = _str(body.get("finish_reason"))
+            message.finish_reason = as_str(body.get("finish_reason"))
             completion.append(message)
         elif name == n.GENAI_PROMPT_EVENT:
             prompt.extend(_openai_messages(attrs.get(n.GENAI_PROMPT_EVENT_ATTRIBUTE), "user"))
@@ -91,14 +91,14 @@ def _openai_messages(value: Any, default_role: str) -> list[Message]:
 
 def openai_message(body: dict[str, Any], default_role: str) -> Message:
     """A message in OpenAI's chat format (``role``, ``content``, ``tool_calls``...)."""
-    message = Message(_str(body.get("role")) or default_role)
+    message = Message(as_str(body.get("role")) or default_role)
     content = body.get("content")
     if isinstance(content, list):
         texts = [p.get("text") for p in content if isinstance(p, dict) and "text" in p]
         message.content = "".join(str(t) for t in texts) if texts else as_text(content)
     else:
         message.content = as_text(content)
-    for raw in _list(loads(body.get("tool_calls")) or body.get("tool_calls")):
+    for raw in as_list(loads(body.get("tool_calls")) or body.get("tool_calls")):
         if not isinstance(raw, dict):
             continue
         inner = raw.get("function")
@@ -107,10 +107,10 @@ def openai_message(body: dict[str, Any], default_role: str) -> Message:
             ToolCall(
                 name=str(function.get("name", "")),
                 arguments=arguments_text(function.get("arguments")),
-                id=_str(raw.get("id")),
+                id=as_str(raw.get("id")),
             )
         )
-    message.tool_call_id = _str(body.get("tool_call_id")) or message.tool_call_id
+    message.tool_call_id = as_str(body.get("tool_call_id")) or message.tool_call_id
     return message
 
 
@@ -118,9 +118,9 @@ def part_message(raw: Any) -> Message:
     """A message of the current conventions: ``role`` and typed ``parts``."""
     if not isinstance(raw, dict):
         return Message("user", as_text(raw))
-    message = Message(_str(raw.get("role")) or "user")
+    message = Message(as_str(raw.get("role")) or "user")
     texts: list[str] = []
-    for part in _list(raw.get("parts")):
+    for part in as_list(raw.get("parts")):
         if not isinstance(part, dict):
             continue
         kind = part.get("type")
@@ -131,15 +131,15 @@ def part_message(raw: Any) -> Message:
                 ToolCall(
                     name=str(part.get("name", "")),
                     arguments=arguments_text(part.get("arguments")),
-                    id=_str(part.get("id")),
+                    id=as_str(part.get("id")),
                 )
             )
         elif kind == "tool_call_response":
-            message.tool_call_id = _str(part.get("id"))
+            message.tool_call_id = as_str(part.get("id"))
             texts.append(as_text(part.get("response")) or "")
     if texts:
         message.content = "".join(texts)
-    message.finish_reason = _str(raw.get("finish_reason"))
+    message.finish_reason = as_str(raw.get("finish_reason"))
     return message
 
 
@@ -147,13 +147,13 @@ def parts_text(value: Any) -> str | None:
     """System instructions: a list of parts (or plain text) as one text."""
     if isinstance(value, str):
         return value
-    texts = [str(p.get("content", "")) for p in _list(value) if isinstance(p, dict)]
+    texts = [str(p.get("content", "")) for p in as_list(value) if isinstance(p, dict)]
     return "".join(texts) if texts else None
 
 
 def definitions(value: Any) -> list[Tool]:
     tools = []
-    for raw in _list(value):
+    for raw in as_list(value):
         if not isinstance(raw, dict):
             continue
         inner = raw.get("function")
@@ -164,7 +164,7 @@ def definitions(value: Any) -> list[Tool]:
         tools.append(
             Tool(
                 name=str(function["name"]),
-                description=_str(function.get("description")),
+                description=as_str(function.get("description")),
                 parameters=None if parameters is None else as_text(parameters),
             )
         )
@@ -176,13 +176,3 @@ def _default_finish_reasons(call: LlmCall, reasons: Any) -> None:
         for message, reason in zip(call.completion, reasons, strict=False):
             if message.finish_reason is None and isinstance(reason, str):
                 message.finish_reason = reason
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _str(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return value if isinstance(value, str) else str(value)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import names as n
-from .call import LlmCall, Message, ToolCall, arguments_text, as_text, loads
+from .call import LlmCall, Message, ToolCall, arguments_text, as_list, as_str, as_text, loads
 from .call import token_ids as _token_ids
 from .otel_genai import definitions
 
@@ -39,20 +39,20 @@ def is_model_call(attrs: dict[str, Any]) -> bool:
 
 def parse(attrs: dict[str, Any]) -> LlmCall:
     call = LlmCall("vercel")
-    call.request_model = _str(attrs.get(n.AI_MODEL_ID))
-    call.response_model = _str(attrs.get(n.AI_RESPONSE_MODEL))
-    call.response_id = _str(attrs.get(n.AI_RESPONSE_ID))
-    for raw in _list(loads(attrs.get(n.AI_PROMPT_MESSAGES))):
+    call.request_model = as_str(attrs.get(n.AI_MODEL_ID))
+    call.response_model = as_str(attrs.get(n.AI_RESPONSE_MODEL))
+    call.response_id = as_str(attrs.get(n.AI_RESPONSE_ID))
+    for raw in as_list(loads(attrs.get(n.AI_PROMPT_MESSAGES))):
         if isinstance(raw, dict):
             call.prompt.extend(_messages(raw))
     tools = attrs.get(n.AI_PROMPT_TOOLS)
     if isinstance(tools, list):
         call.tools = definitions([loads(t) for t in tools])
-    answer = Message("assistant", _str(attrs.get(n.AI_RESPONSE_TEXT)))
-    for raw in _list(loads(attrs.get(n.AI_RESPONSE_TOOL_CALLS))):
+    answer = Message("assistant", as_str(attrs.get(n.AI_RESPONSE_TEXT)))
+    for raw in as_list(loads(attrs.get(n.AI_RESPONSE_TOOL_CALLS))):
         if isinstance(raw, dict):
             answer.tool_calls.append(_tool_call(raw))
-    reason = _str(attrs.get(n.AI_RESPONSE_FINISH_REASON))
+    reason = as_str(attrs.get(n.AI_RESPONSE_FINISH_REASON))
     answer.finish_reason = _FINISH_REASONS.get(reason, reason) if reason else None
     if answer.content is not None or answer.tool_calls:
         call.completion = [answer]
@@ -74,7 +74,7 @@ def token_ids(
 
 
 def _messages(raw: dict[str, Any]) -> list[Message]:
-    role = _str(raw.get("role")) or "user"
+    role = as_str(raw.get("role")) or "user"
     content = raw.get("content")
     if not isinstance(content, list):
         return [Message(role, as_text(content))]
@@ -92,7 +92,7 @@ def _messages(raw: dict[str, Any]) -> list[Message]:
         elif kind == "tool-result":
             # OpenAI's layout: one tool message per result.
             results.append(
-                Message("tool", _result_text(part), tool_call_id=_str(part.get("toolCallId")))
+                Message("tool", _result_text(part), tool_call_id=as_str(part.get("toolCallId")))
             )
     if texts:
         message.content = "".join(texts)
@@ -106,7 +106,7 @@ def _tool_call(raw: dict[str, Any]) -> ToolCall:
     return ToolCall(
         name=str(raw.get("toolName", "")),
         arguments=arguments_text(arguments),
-        id=_str(raw.get("toolCallId")),
+        id=as_str(raw.get("toolCallId")),
     )
 
 
@@ -115,13 +115,3 @@ def _result_text(part: dict[str, Any]) -> str | None:
     if isinstance(output, dict) and "value" in output:
         return as_text(output["value"])
     return as_text(output)
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _str(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return value if isinstance(value, str) else str(value)
