@@ -46,11 +46,11 @@ NOT_READY_AFTER_FAILURE_SECONDS: Final = 5.0
 # The store's background work takes the store thread only after this long without a request,
 # one short step at a time, and looks again this often once it has caught up.
 IDLE_AFTER_SECONDS: Final = 0.1
+IDLE_POLL_SECONDS: Final = 1.0
 # A group commit takes at most this many waiting requests, or spans (a bound on how long one
 # transaction holds the store).
 MAX_GROUP_REQUESTS: Final = 32
 MAX_GROUP_SPANS: Final = 16_384
-IDLE_POLL_SECONDS: Final = 1.0
 _NOT_STORED: Final = "lightning-otlp stores traces only; {} were not stored"
 _LOGS_NOT_STORED: Final = (
     "{} log record(s) not stored: lightning-otlp keeps only GenAI events (gen_ai.*) that name"

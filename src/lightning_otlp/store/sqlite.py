@@ -276,7 +276,9 @@ class SQLiteStore:
                         self.affinity.apply(changes, time.time())
             except BaseException as exc:
                 if stored:  # what the first batches changed in memory was never committed
+                    counters = self.affinity.counters
                     self.affinity = TraceAffinity(self.affinity.window, self.affinity.max_traces)
+                    self.affinity.counters = counters
                     self._load_affinity(conn)
                 if isinstance(exc, sqlite3.DatabaseError):
                     raise StoreUnavailable(f"store busy or failing: {exc}") from exc
