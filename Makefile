@@ -32,7 +32,7 @@ JAVAAGENT_VERSION := 2.33.1
 JAVAAGENT := $(CACHE)/java/opentelemetry-javaagent-$(JAVAAGENT_VERSION).jar
 JAVA_SDK_AGENT := examples/java-agent/sdk
 
-.PHONY: install install-test run test test-fast bench lint agl-env genai-env golden node-deps collector go-agent java-deps browser clean
+.PHONY: install install-test docs run test test-fast bench lint agl-env genai-env golden node-deps collector go-agent java-deps browser clean
 
 # Serving needs only the [server] extra; the test tools come with install-test.
 install: $(VENV)/.server
@@ -44,9 +44,14 @@ $(VENV)/.server: pyproject.toml
 
 install-test: $(VENV)/.test
 
+# The docs extra too: the suite builds the site (tests/test_docs.py).
 $(VENV)/.test: $(VENV)/.server
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test,docs]'
 	touch $@
+
+# The documentation site, built strictly into site/ (a broken link or a page left out fails).
+docs: install-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 agl-env: $(AGL_VENV)/.installed
 
@@ -124,9 +129,9 @@ bench: install-test agl-env
 	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python $(BIN)/python bench/run.py $(BENCH)
 
 lint: install-test
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples tools
+	$(BIN)/ruff format --check src tests bench examples tools
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache $(JAVA_SDK_AGENT)/target
+	rm -rf $(VENV) site $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache $(JAVA_SDK_AGENT)/target

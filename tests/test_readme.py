@@ -1,4 +1,5 @@
-"""The README's quick-start examples are the files the tests run, and they work."""
+"""The quick-start examples the README and the site show are the files these tests run, and they
+work (tests/test_docs.py checks that the pages show exactly these files)."""
 
 from __future__ import annotations
 
@@ -11,24 +12,7 @@ import pytest
 
 from .support import NODE_DIR, ROOT, ReceiverProcess, node_script, validate_with_agl
 
-README = (ROOT / "README.md").read_text()
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        "examples/typescript-agent/quickstart.ts",
-        "examples/typescript-agent/proxy_agent.ts",
-        "examples/quickstart.py",
-        "collector-config/sidecar.yaml",
-        "examples/go-agent/quickstart/main.go",
-        "examples/go-agent/service/main.go",
-        "examples/java-agent/sdk/src/main/java/Quickstart.java",
-        "examples/java-agent/Service.java",
-    ],
-)
-def test_readme_shows_the_files_verbatim(path: str) -> None:
-    assert (ROOT / path).read_text().rstrip("\n") in README
+ROLLOUTS_TABLE = ROOT / "docs" / "snippets" / "rollouts-table.txt"
 
 
 @pytest.mark.e2e
@@ -89,4 +73,20 @@ def test_python_quickstart(start_receiver: Callable[..., ReceiverProcess]) -> No
             "agentlightning.annotation",
         ]
         * 2
+    )
+    # The table the site shows is what `lightning-otlp rollouts` prints after this run.
+    table = subprocess.run(
+        [sys.executable, "-m", "lightning_otlp", "rollouts", "--table"]
+        + ["--store", receiver.store_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert table.returncode == 0, table.stderr
+    shown = ROLLOUTS_TABLE.read_text().splitlines()
+    printed_lines = table.stdout.splitlines()
+    assert printed_lines[0] == shown[0] and printed_lines[-1] == shown[-1]
+    columns = [1, 2, 3, 5, 6, 7]  # all but the rollout id and the duration, which vary
+    assert sorted([line.split()[i] for i in columns] for line in printed_lines[1:-1]) == sorted(
+        [line.split()[i] for i in columns] for line in shown[1:-1]
     )

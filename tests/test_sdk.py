@@ -453,10 +453,17 @@ def test_instrumentor_without_an_sdk_provider_only_warns(caplog: pytest.LogCaptu
 
 
 @pytest.mark.parametrize(
-    "example", ["processor_in_code.py", "zero_code_agent.py", "resource_attributes_agent.py"]
+    ("example", "page", "snippet"),
+    [
+        ("processor_in_code.py", "agents/python.md", "processor-in-code.sh"),
+        ("zero_code_agent.py", "agents/zero-code.md", "zero-code.sh"),
+        ("resource_attributes_agent.py", "agents/index.md", "resource-attributes.sh"),
+    ],
 )
-def test_readme_shows_the_examples_the_end_to_end_tests_run(example: str) -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Python agents: the span processor") :]
-    assert (ROOT / "examples" / example).read_text().rstrip("\n") in section
-    assert f"python examples/{example}" in section
+def test_docs_show_the_examples_the_end_to_end_tests_run(
+    example: str, page: str, snippet: str
+) -> None:
+    text = (ROOT / "docs" / page).read_text()
+    assert f'--8<-- "examples/{example}"' in text
+    assert f'--8<-- "docs/snippets/{snippet}"' in text
+    assert f"python examples/{example}" in (ROOT / "docs" / "snippets" / snippet).read_text()

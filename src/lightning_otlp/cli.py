@@ -13,7 +13,7 @@ from typing import Any
 from . import __version__
 from .configfile import check_config
 from .errors import ReceiverError, StoreDamaged
-from .settings import CONFIG_ENV, DEFAULTS, ENV_PREFIX, SPECS, Settings, load
+from .settings import CONFIG_ENV, DEFAULTS, ENV_PREFIX, SPECS, Settings, flag_of, load
 from .store import DEFAULT_STORE_URL, open_store
 
 EXAMPLES = {
@@ -103,15 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, straight from the settings table (values are parsed there)."""
     for name, spec in SPECS.items():
-        flag = "--" + name.replace("_", "-")
+        flag = flag_of(name)
         default = getattr(DEFAULTS, name)
         shown = "" if default in (None, (), False) else f" ({default})"
         if spec.metavar is None:
             parser.add_argument(flag, action="store_true", default=None, help=spec.help)
         elif spec.repeatable:
-            singular = flag.removesuffix("s")
             parser.add_argument(
-                singular, metavar=spec.metavar, action="append", dest=name, help=spec.help
+                flag, metavar=spec.metavar, action="append", dest=name, help=spec.help
             )
         else:
             parser.add_argument(flag, metavar=spec.metavar, help=spec.help + shown)

@@ -344,8 +344,14 @@ class Settings:
 
 SPECS: Final[dict[str, Spec]] = {f.name: f.metadata["spec"] for f in fields(Settings)}
 DEFAULTS: Final = Settings()
-# Environment variable -> setting name; the README's configuration table lists the same.
+# Environment variable -> setting name; the configuration reference is generated from SPECS.
 ENV_VARS: Final[dict[str, str]] = {ENV_PREFIX + name.upper(): name for name in SPECS}
+
+
+def flag_of(name: str) -> str:
+    """The ``serve`` flag of setting ``name``; a repeatable one is named for one value."""
+    flag = "--" + name.replace("_", "-")
+    return flag.removesuffix("s") if SPECS[name].repeatable else flag
 
 
 def coerce(name: str, raw: Any) -> Any:

@@ -1,0 +1,1 @@
+.venv/bin/python examples/processor_in_code.py
