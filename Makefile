@@ -32,7 +32,22 @@ JAVAAGENT_VERSION := 2.33.1
 JAVAAGENT := $(CACHE)/java/opentelemetry-javaagent-$(JAVAAGENT_VERSION).jar
 JAVA_SDK_AGENT := examples/java-agent/sdk
 
-.PHONY: install install-test docs run test test-fast bench lint agl-env genai-env golden node-deps collector go-agent java-deps browser clean
+# Each one-time build says what it is for as it starts and how long it took as it ends.
+STEPS := $(CACHE)/steps
+step = @mkdir -p $(STEPS) && date +%s > $(STEPS)/$(subst /,_,$@) && echo "==> $(1)"
+step_done = @echo "<== $(1): $$(( $$(date +%s) - $$(cat $(STEPS)/$(subst /,_,$@)) )) s"
+WHY_VENV := .venv: the project with its server, test and docs tools
+WHY_AGL := agentlightning 0.3.0 in .cache/agl-0.3.0: agl store and the reference models, client and adapters
+WHY_GENAI := real GenAI instrumentations in .cache/genai-py: the trainable-span tests
+WHY_NODE := Node.js OpenTelemetry and Vercel AI SDK packages: the TypeScript agents
+WHY_OTELCOL := the Collector v$(OTELCOL_VERSION) of collector-config/builder-config.yaml: sidecar and gateway runs
+WHY_GO := the Go example agents: Go exporters and Baggage
+WHY_JAVA := the OpenTelemetry Java agent and the Java examples: Java exporters
+WHY_BROWSER := Debian chromium: the dashboard test
+# The one-time builds are independent of each other: make test runs up to BUILD_JOBS at once.
+BUILD_JOBS ?= 4
+
+.PHONY: install install-test docs run test test-deps test-fast test-pythons bench lint agl-env genai-env golden node-deps collector go-agent java-deps browser clean
 
 # Serving needs only the [server] extra; the test tools come with install-test.
 install: $(VENV)/.server
@@ -46,8 +61,10 @@ install-test: $(VENV)/.test
 
 # The docs extra too: the suite builds the site (tests/test_docs.py).
 $(VENV)/.test: $(VENV)/.server
+	$(call step,$(WHY_VENV))
 	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test,docs]'
 	touch $@
+	$(call step_done,$(WHY_VENV))
 
 # The documentation site, built strictly into site/ (a broken link or a page left out fails).
 docs: install-test
@@ -56,16 +73,21 @@ docs: install-test
 agl-env: $(AGL_VENV)/.installed
 
 $(AGL_VENV)/.installed:
+	$(call step,$(WHY_AGL))
 	$(PYTHON) -m venv $(AGL_VENV)
 	$(AGL_VENV)/bin/pip install $(PIP_FLAGS) agentlightning==0.3.0
 	touch $@
+	$(call step_done,$(WHY_AGL))
 
 genai-env: $(GENAI_VENV)/.installed
 
-$(GENAI_VENV)/.installed:
+# After .venv: both install the project in place, which must not run twice at once.
+$(GENAI_VENV)/.installed: | $(VENV)/.test
+	$(call step,$(WHY_GENAI))
 	$(PYTHON) -m venv $(GENAI_VENV)
 	$(GENAI_VENV)/bin/pip install $(PIP_FLAGS) $(GENAI_PACKAGES) -e .
 	touch $@
+	$(call step_done,$(WHY_GENAI))
 
 # Re-record tests/golden/ from the real instrumentations; then review and refresh the expected
 # files with LIGHTNING_OTLP_UPDATE_GOLDEN=1 $(BIN)/pytest tests/test_translate.py.
@@ -75,22 +97,28 @@ golden: install-test genai-env node-deps
 node-deps: $(NODE_DIR)/node_modules/.installed
 
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	$(call step,$(WHY_NODE))
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+	$(call step_done,$(WHY_NODE))
 
 collector: $(OTELCOL)
 
 $(OTELCOL): collector-config/builder-config.yaml
+	$(call step,$(WHY_OTELCOL))
 	GOBIN=$(OTELCOL_DIR)/bin $(GO_ENV) go install go.opentelemetry.io/collector/cmd/builder@v$(OTELCOL_VERSION)
 	cd $(OTELCOL_DIR) && $(GO_ENV) GONOSUMDB=$(OTELCOL_GONOSUMDB) \
 		$(OTELCOL_DIR)/bin/builder --config $(abspath collector-config/builder-config.yaml)
 	touch $@
+	$(call step_done,$(WHY_OTELCOL))
 
 go-agent: $(GO_AGENT_BIN)/.built
 
 $(GO_AGENT_BIN)/.built: examples/go-agent/go.mod examples/go-agent/go.sum $(wildcard examples/go-agent/*/*.go)
+	$(call step,$(WHY_GO))
 	cd examples/go-agent && $(GO_ENV) go build -o $(GO_AGENT_BIN)/ ./...
 	touch $@
+	$(call step_done,$(WHY_GO))
 
 JAVA_SERVICE := $(CACHE)/java/classes/Service.class
 
@@ -100,12 +128,17 @@ $(JAVA_SERVICE): examples/java-agent/Service.java
 	javac -d $(dir $@) $<
 
 $(JAVAAGENT):
+	$(call step,$(WHY_JAVA))
 	$(MVN) dependency:copy -Dartifact=io.opentelemetry.javaagent:opentelemetry-javaagent:$(JAVAAGENT_VERSION) \
 		-DoutputDirectory=$(dir $@)
+	$(call step_done,$(WHY_JAVA))
 
-$(JAVA_SDK_AGENT)/target/classpath.txt: $(JAVA_SDK_AGENT)/pom.xml $(wildcard $(JAVA_SDK_AGENT)/src/main/java/*.java)
+# After the Java agent: Maven's local repository is not for two Mavens at once.
+$(JAVA_SDK_AGENT)/target/classpath.txt: $(JAVA_SDK_AGENT)/pom.xml $(wildcard $(JAVA_SDK_AGENT)/src/main/java/*.java) | $(JAVAAGENT)
+	$(call step,$(WHY_JAVA) (the SDK example))
 	cd $(JAVA_SDK_AGENT) && $(MVN) compile
 	touch $@
+	$(call step_done,$(WHY_JAVA) (the SDK example))
 
 # Debian's chromium, for the dashboard test (playwright-core drives it; it downloads no browser).
 CHROMIUM ?= /usr/bin/chromium
@@ -113,25 +146,38 @@ CHROMIUM ?= /usr/bin/chromium
 browser: $(CHROMIUM)
 
 $(CHROMIUM):
+	$(call step,$(WHY_BROWSER))
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+	$(call step_done,$(WHY_BROWSER))
 
 run: install
 	$(BIN)/lightning-otlp serve
 
-test: install-test agl-env genai-env node-deps collector go-agent java-deps browser
+test-deps: install-test agl-env genai-env node-deps collector go-agent java-deps browser
+
+test:
+	@$(MAKE) --no-print-directory -j$(BUILD_JOBS) test-deps
+	@echo "==> the test suite"
 	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python GENAI_PYTHON=$(abspath $(GENAI_VENV))/bin/python \
 		$(BIN)/pytest
 
 test-fast: install-test
 	$(BIN)/pytest -m "$(FAST)"
 
+# The fast suite and an end-to-end smoke on every other Python the package declares (noxfile.py).
+# pyenv's shims find `python3.X` only among the versions PYENV_VERSION names: name them all.
+PYENV_ALL := $(shell command -v pyenv >/dev/null 2>&1 && { pyenv global; pyenv versions --bare; } | paste -sd: -)
+
+test-pythons: install-test
+	$(if $(PYENV_ALL),PYENV_VERSION=$(PYENV_ALL)) $(BIN)/nox
+
 bench: install-test agl-env
 	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python $(BIN)/python bench/run.py $(BENCH)
 
 lint: install-test
-	$(BIN)/ruff check src tests bench examples tools
-	$(BIN)/ruff format --check src tests bench examples tools
+	$(BIN)/ruff check src tests bench examples tools noxfile.py
+	$(BIN)/ruff format --check src tests bench examples tools noxfile.py
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) site $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache $(JAVA_SDK_AGENT)/target
+	rm -rf $(VENV) .nox site $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache $(JAVA_SDK_AGENT)/target

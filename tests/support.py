@@ -23,7 +23,14 @@ _LISTEN = re.compile(r"(OTLP/gRPC|OTLP/HTTP|health) listening on (?:(https?)://)
 class ReceiverProcess:
     """``lightning-otlp serve`` in a subprocess on free loopback ports, as a user would run it."""
 
-    def __init__(self, db_path: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.python = python  # another environment's, to run an installed release
         self.db_path = db_path
         self.store_url = f"sqlite:///{db_path}"
         self.flags = flags
@@ -35,7 +42,7 @@ class ReceiverProcess:
         self.log_path = db_path.with_suffix(".log")
 
     def start(self, timeout: float = 20.0) -> ReceiverProcess:
-        args = [sys.executable, "-m", "lightning_otlp", "serve", "--store", self.store_url]
+        args = [self.python, "-m", "lightning_otlp", "serve", "--store", self.store_url]
         if "--grpc" not in self.flags:
             args += ["--grpc", "127.0.0.1:0"]
         if "--http" not in self.flags:
