@@ -36,7 +36,8 @@ JAVA_SDK_AGENT := examples/java-agent/sdk
 STEPS := $(CACHE)/steps
 step = @mkdir -p $(STEPS) && date +%s > $(STEPS)/$(subst /,_,$@) && echo "==> $(1)"
 step_done = @echo "<== $(1): $$(( $$(date +%s) - $$(cat $(STEPS)/$(subst /,_,$@)) )) s"
-WHY_VENV := .venv: the project with its server, test and docs tools
+WHY_SERVER := .venv: the receiver and its server dependencies
+WHY_VENV := .venv: the test and docs tools
 WHY_AGL := agentlightning 0.3.0 in .cache/agl-0.3.0: agl store and the reference models, client and adapters
 WHY_GENAI := real GenAI instrumentations in .cache/genai-py: the trainable-span tests
 WHY_NODE := Node.js OpenTelemetry and Vercel AI SDK packages: the TypeScript agents
@@ -53,9 +54,11 @@ BUILD_JOBS ?= 4
 install: $(VENV)/.server
 
 $(VENV)/.server: pyproject.toml
+	$(call step,$(WHY_SERVER))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) -e '.[server]'
 	touch $@
+	$(call step_done,$(WHY_SERVER))
 
 install-test: $(VENV)/.test
 
