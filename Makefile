@@ -11,6 +11,15 @@ GENAI_VENV ?= .cache/genai-py
 GENAI_PACKAGES := openai==3.51.0 opentelemetry-instrumentation-openai-v2==2.4b0 \
 	opentelemetry-util-genai==0.4b0 opentelemetry-instrumentation-openai==0.62.4 \
 	openinference-instrumentation-openai==0.1.66 opentelemetry-sdk opentelemetry-exporter-otlp httpx
+# Agent frameworks on top of those conventions, one env each: their pins on openai (below 3 for
+# some, 3 or later for others) and on the OTel SDK clash with one another and with the GenAI env.
+OTEL_EXPORT := opentelemetry-sdk opentelemetry-exporter-otlp
+LITELLM_VENV ?= .cache/fw-litellm
+LITELLM_PACKAGES := litellm==1.110.2 $(OTEL_EXPORT)
+PYDANTIC_AI_VENV ?= .cache/fw-pydantic-ai
+PYDANTIC_AI_PACKAGES := pydantic-ai-slim[openai]==2.78.0 $(OTEL_EXPORT)
+OPENLIT_VENV ?= .cache/fw-openlit
+OPENLIT_PACKAGES := openlit==1.45.0 openai $(OTEL_EXPORT)
 NODE_DIR := tests/node
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 # Tests that need nothing beyond the project's own venv.
@@ -32,7 +41,7 @@ JAVAAGENT_VERSION := 2.33.1
 JAVAAGENT := $(CACHE)/java/opentelemetry-javaagent-$(JAVAAGENT_VERSION).jar
 JAVA_SDK_AGENT := examples/java-agent/sdk
 
-.PHONY: install install-test run test test-fast bench lint agl-env genai-env golden node-deps collector go-agent java-deps browser clean
+.PHONY: install install-test run test test-fast bench lint agl-env genai-env framework-envs golden node-deps collector go-agent java-deps browser clean
 
 # Serving needs only the [server] extra; the test tools come with install-test.
 install: $(VENV)/.server
@@ -62,9 +71,27 @@ $(GENAI_VENV)/.installed:
 	$(GENAI_VENV)/bin/pip install $(PIP_FLAGS) $(GENAI_PACKAGES) -e .
 	touch $@
 
+framework-envs: $(LITELLM_VENV)/.installed $(PYDANTIC_AI_VENV)/.installed $(OPENLIT_VENV)/.installed
+
+# The project goes in editable, as in the GenAI env; the tests put this tree's src/ first anyway.
+$(LITELLM_VENV)/.installed:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install $(PIP_FLAGS) $(LITELLM_PACKAGES) -e .
+	touch $@
+
+$(PYDANTIC_AI_VENV)/.installed:
+	$(PYTHON) -m venv $(PYDANTIC_AI_VENV)
+	$(PYDANTIC_AI_VENV)/bin/pip install $(PIP_FLAGS) $(PYDANTIC_AI_PACKAGES) -e .
+	touch $@
+
+$(OPENLIT_VENV)/.installed:
+	$(PYTHON) -m venv $(OPENLIT_VENV)
+	$(OPENLIT_VENV)/bin/pip install $(PIP_FLAGS) $(OPENLIT_PACKAGES) -e .
+	touch $@
+
 # Re-record tests/golden/ from the real instrumentations; then review and refresh the expected
 # files with LIGHTNING_OTLP_UPDATE_GOLDEN=1 $(BIN)/pytest tests/test_translate.py.
-golden: install-test genai-env node-deps
+golden: install-test genai-env framework-envs node-deps
 	GENAI_PYTHON=$(abspath $(GENAI_VENV))/bin/python $(BIN)/python tests/genai/record.py
 
 node-deps: $(NODE_DIR)/node_modules/.installed
@@ -113,7 +140,7 @@ $(CHROMIUM):
 run: install
 	$(BIN)/lightning-otlp serve
 
-test: install-test agl-env genai-env node-deps collector go-agent java-deps browser
+test: install-test agl-env genai-env framework-envs node-deps collector go-agent java-deps browser
 	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python GENAI_PYTHON=$(abspath $(GENAI_VENV))/bin/python \
 		$(BIN)/pytest
 
