@@ -192,7 +192,7 @@ def test_agent_lightning_makes_one_triplet_per_call_with_the_reward() -> None:
     for case, got in result.items():
         triplets = got["triplets"]
         if case.split("/")[0] in FRAMEWORKS:
-            check_framework_triplets(case, triplets)
+            check_framework_triplets(case, triplets, token_ids=case in WITH_TOKEN_IDS)
             continue
         assert len(triplets) == 2, (case, triplets)
         first, second = triplets
@@ -216,7 +216,7 @@ def test_agent_lightning_makes_one_triplet_per_call_with_the_reward() -> None:
         assert got["messages"] >= 2, case
 
 
-def check_framework_triplets(case: str, triplets: list[dict[str, Any]]) -> None:
+def check_framework_triplets(case: str, triplets: list[dict[str, Any]], *, token_ids: bool) -> None:
     """Three complete triplets: prompt and response text, the tool call, the tool's result in
     the next prompt, each call's own reward, token ids where the framework kept them."""
     assert len(triplets) == 3, (case, triplets)
@@ -230,8 +230,7 @@ def check_framework_triplets(case: str, triplets: list[dict[str, Any]]) -> None:
     assert [t["reward"] for t in triplets] == [0.1, 0.2, 0.3], case
     assert len({t["response_id"] for t in triplets}) == 3, case
     for t in triplets:
-        has_ids = case in WITH_TOKEN_IDS
-        assert bool(t["prompt_token_ids"]) == has_ids == bool(t["response_token_ids"]), case
+        assert bool(t["prompt_token_ids"]) == token_ids == bool(t["response_token_ids"]), case
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: f"{p.parent.name}/{p.stem}")
