@@ -80,6 +80,9 @@ GENAI_ATTRIBUTES: dict[str, Any] = {
     "gen_ai.usage.input_tokens": 812,
     "gen_ai.usage.output_tokens": 164,
     "gen_ai.response.finish_reasons": ["stop"],
+    # A model call with neither prompt nor response is never one: keep a short exchange.
+    "gen_ai.input.messages": '[{"role":"user","parts":[{"type":"text","content":"Hi?"}]}]',
+    "gen_ai.output.messages": '[{"role":"assistant","parts":[{"type":"text","content":"Hello."}]}]',
 }
 
 
