@@ -71,8 +71,14 @@ def prompt_json(*texts: str) -> str:
             ),
             "status": {"status_code": "ERROR", "description": "KeyError"},
         },
+        # A choice event with no message: a role alone is no response.
+        record(
+            "chat m",
+            {n.GENAI_OPERATION: "chat"},
+            [{"name": n.GENAI_CHOICE_EVENT, "attributes": {"index": 0}}],
+        ),
     ],
-    ids=["content-off", "preparation", "failed-before-request"],
+    ids=["content-off", "preparation", "failed-before-request", "role-only"],
 )
 def test_no_prompt_and_no_response_is_never_a_call(span: dict[str, Any]) -> None:
     assert model_call(span) is None

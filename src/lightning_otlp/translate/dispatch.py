@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from . import litellm, openinference, openllmetry, otel_genai, vercel
 from . import names as n
-from .call import LlmCall, agl_attributes, loads, token_ids, vllm_token_ids
+from .call import LlmCall, Message, agl_attributes, loads, token_ids, vllm_token_ids
 
 # TracerTraceToTriplet's default llm_call_match: spans it already treats as model calls.
 _AGL_MATCH: Final = re.compile(r"openai\.chat\.completion")
@@ -41,9 +41,15 @@ def model_call(record: dict[str, Any]) -> LlmCall | None:
     prompt, response = raw_token_ids(attrs)
     call.prompt_token_ids = call.prompt_token_ids or prompt
     call.response_token_ids = call.response_token_ids or response
-    if not (call.prompt or call.completion or call.prompt_token_ids or call.response_token_ids):
-        return None
+    if not (_said(call.prompt) or _said(call.completion)):
+        if not (call.prompt_token_ids or call.response_token_ids):
+            return None
     return call
+
+
+def _said(messages: list[Message]) -> bool:
+    """Any message with something in it: a role alone is no prompt and no response."""
+    return any(m.content or m.tool_calls or m.tool_call_id for m in messages)
 
 
 def is_candidate(record: dict[str, Any]) -> bool:
