@@ -11,15 +11,12 @@ GENAI_VENV ?= .cache/genai-py
 GENAI_PACKAGES := openai==3.51.0 opentelemetry-instrumentation-openai-v2==2.4b0 \
 	opentelemetry-util-genai==0.4b0 opentelemetry-instrumentation-openai==0.62.4 \
 	openinference-instrumentation-openai==0.1.66 opentelemetry-sdk opentelemetry-exporter-otlp httpx
-# Agent frameworks on top of those conventions, one env each: their pins on openai (below 3 for
-# some, 3 or later for others) and on the OTel SDK clash with one another and with the GenAI env.
-OTEL_EXPORT := opentelemetry-sdk opentelemetry-exporter-otlp
-LITELLM_VENV ?= .cache/fw-litellm
-LITELLM_PACKAGES := litellm==1.110.2 $(OTEL_EXPORT)
-PYDANTIC_AI_VENV ?= .cache/fw-pydantic-ai
-PYDANTIC_AI_PACKAGES := pydantic-ai-slim[openai]==2.78.0 $(OTEL_EXPORT)
-OPENLIT_VENV ?= .cache/fw-openlit
-OPENLIT_PACKAGES := openlit==1.45.0 openai $(OTEL_EXPORT)
+# Agent frameworks on top of those conventions, one env each (.cache/fw-<name>): OpenLIT needs
+# openai below 3, LiteLLM and pydantic-ai take 3; their OTel SDK pins differ too.
+FRAMEWORKS := litellm pydantic-ai openlit
+FRAMEWORK_PACKAGES_litellm := litellm==1.110.2 openai==3.63.0
+FRAMEWORK_PACKAGES_pydantic-ai := pydantic-ai-slim[openai]==2.78.0 openai==3.63.0
+FRAMEWORK_PACKAGES_openlit := openlit==1.45.0 openai==2.54.0
 NODE_DIR := tests/node
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 # Tests that need nothing beyond the project's own venv.
@@ -71,22 +68,13 @@ $(GENAI_VENV)/.installed:
 	$(GENAI_VENV)/bin/pip install $(PIP_FLAGS) $(GENAI_PACKAGES) -e .
 	touch $@
 
-framework-envs: $(LITELLM_VENV)/.installed $(PYDANTIC_AI_VENV)/.installed $(OPENLIT_VENV)/.installed
+framework-envs: $(FRAMEWORKS:%=.cache/fw-%/.installed)
 
 # The project goes in editable, as in the GenAI env; the tests put this tree's src/ first anyway.
-$(LITELLM_VENV)/.installed:
-	$(PYTHON) -m venv $(LITELLM_VENV)
-	$(LITELLM_VENV)/bin/pip install $(PIP_FLAGS) $(LITELLM_PACKAGES) -e .
-	touch $@
-
-$(PYDANTIC_AI_VENV)/.installed:
-	$(PYTHON) -m venv $(PYDANTIC_AI_VENV)
-	$(PYDANTIC_AI_VENV)/bin/pip install $(PIP_FLAGS) $(PYDANTIC_AI_PACKAGES) -e .
-	touch $@
-
-$(OPENLIT_VENV)/.installed:
-	$(PYTHON) -m venv $(OPENLIT_VENV)
-	$(OPENLIT_VENV)/bin/pip install $(PIP_FLAGS) $(OPENLIT_PACKAGES) -e .
+.cache/fw-%/.installed:
+	$(PYTHON) -m venv .cache/fw-$*
+	.cache/fw-$*/bin/pip install $(PIP_FLAGS) $(FRAMEWORK_PACKAGES_$*) \
+		opentelemetry-sdk opentelemetry-exporter-otlp -e .
 	touch $@
 
 # Re-record tests/golden/ from the real instrumentations; then review and refresh the expected
