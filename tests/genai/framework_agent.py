@@ -102,17 +102,17 @@ def run_litellm(model_url: str, tracer_provider: Any) -> None:
 
 
 def _settle() -> None:
-    """LiteLLM logs a call from a worker after it returns: let it write the call's spans before
-    the reward (their times are the call's own either way)."""
-    import litellm
+    """LiteLLM logs a sync call from its logging thread pool after the call returns: wait until
+    that pool has nothing pending, so the call's spans are written before the reward (their
+    times are the call's own either way) and before the providers flush."""
+    from litellm.litellm_core_utils.thread_pool_executor import executor
 
-    flush = getattr(getattr(litellm, "logging_worker", None), "flush", None)
-    if flush is not None:
-        try:
-            asyncio.run(flush())
-        except RuntimeError:
-            pass
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    # Each pending task holds one slot of this semaphore until it is done.
+    while executor._pending_slots._value < executor._max_pending_tasks:
+        if time.monotonic() > deadline:
+            raise SystemExit("LiteLLM's logging did not finish within 60 s")
+        time.sleep(0.01)
 
 
 def run_pydantic_ai(model_url: str, tracer_provider: Any, version: int) -> None:
