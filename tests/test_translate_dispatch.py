@@ -299,3 +299,15 @@ def test_unknown_instrumentation_following_the_conventions_is_translated() -> No
     attrs = translate(span)["attributes"]
     assert (attrs["gen_ai.prompt.0.content"], attrs["gen_ai.completion.0.content"]) == ("q", "a")
     assert attrs[n.ORIGINAL_NAME] == "my-llm-client generate"
+
+
+@pytest.mark.parametrize("encoded", [[1, 2], "[1, 2]", "(1, 2)"], ids=["list", "json", "repr"])
+def test_token_ids_in_any_encoding(encoded: Any) -> None:
+    attrs = {
+        n.GENAI_OPERATION: "chat",
+        n.GENAI_INPUT_MESSAGES: prompt_json("q"),
+        n.AGL_PROMPT_TOKEN_IDS: encoded,
+        n.AGL_RESPONSE_TOKEN_IDS: "[3]",
+    }
+    got = translate(record("chat m", attrs))["attributes"]
+    assert (got[n.AGL_PROMPT_TOKEN_IDS], got[n.AGL_RESPONSE_TOKEN_IDS]) == ([1, 2], [3])

@@ -10,11 +10,10 @@ in ``choices``). Those values are Python reprs, not JSON: they are read with
 
 from __future__ import annotations
 
-import ast
 from typing import Any
 
 from . import names as n
-from .call import LlmCall, as_list, as_str, loads, token_ids, vllm_token_ids
+from .call import LlmCall, as_list, as_str, literal, token_ids, vllm_token_ids
 from .otel_genai import definitions, openai_message
 
 
@@ -26,17 +25,6 @@ def provider(attrs: dict[str, Any]) -> str | None:
             if middle and "." not in middle:
                 return f"{n.LITELLM_PREFIX}{middle}."
     return None
-
-
-def literal(value: Any) -> Any:
-    """A value LiteLLM wrote as JSON or as a Python repr, parsed; None if it is neither."""
-    parsed = loads(value)
-    if parsed is not None or not isinstance(value, str) or len(value) > n.LITELLM_REPR_LIMIT:
-        return parsed
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return None
 
 
 def parse(attrs: dict[str, Any], prefix: str) -> LlmCall:
@@ -58,7 +46,6 @@ def parse(attrs: dict[str, Any], prefix: str) -> LlmCall:
     call.response_id = as_str(attrs.get(prefix + n.LITELLM_ID))
     call.response_model = as_str(attrs.get(prefix + n.LITELLM_MODEL))
     call.request_model = as_str(attrs.get(n.GENAI_REQUEST_MODEL)) or call.response_model
-    prompt_ids = attrs.get(prefix + n.LITELLM_PROMPT_TOKEN_IDS)
-    call.prompt_token_ids = token_ids(prompt_ids) or token_ids(literal(prompt_ids))
+    call.prompt_token_ids = token_ids(attrs.get(prefix + n.LITELLM_PROMPT_TOKEN_IDS))
     _, call.response_token_ids = vllm_token_ids({n.LITELLM_CHOICES: choices})
     return call

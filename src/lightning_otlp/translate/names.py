@@ -100,8 +100,11 @@ LITELLM_CHOICES: Final = "choices"
 LITELLM_ID: Final = "id"
 LITELLM_MODEL: Final = "model"
 LITELLM_PROMPT_TOKEN_IDS: Final = "prompt_token_ids"
-# Longest repr parsed: ``ast.literal_eval`` reads literals only, but its cost grows with size.
-LITELLM_REPR_LIMIT: Final = 4 * 1024 * 1024
+
+# -- text encodings ---------------------------------------------------------------------------
+# Longest Python repr parsed: ``ast.literal_eval`` reads literals only, but its cost grows with
+# size.
+REPR_LIMIT: Final = 4 * 1024 * 1024
 
 # -- OpenInference ---------------------------------------------------------------------------
 OI_SPAN_KIND: Final = "openinference.span.kind"
