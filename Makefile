@@ -11,6 +11,12 @@ GENAI_VENV ?= .cache/genai-py
 GENAI_PACKAGES := openai==3.51.0 opentelemetry-instrumentation-openai-v2==2.4b0 \
 	opentelemetry-util-genai==0.4b0 opentelemetry-instrumentation-openai==0.62.4 \
 	openinference-instrumentation-openai==0.1.66 opentelemetry-sdk opentelemetry-exporter-otlp httpx
+# Agent frameworks on top of those conventions, one env each (.cache/fw-<name>): OpenLIT needs
+# openai below 3, LiteLLM and pydantic-ai take 3; their OTel SDK pins differ too.
+FRAMEWORKS := litellm pydantic-ai openlit
+FRAMEWORK_PACKAGES_litellm := litellm==1.110.2 openai==3.63.0
+FRAMEWORK_PACKAGES_pydantic-ai := pydantic-ai-slim[openai]==2.78.0 openai==3.63.0
+FRAMEWORK_PACKAGES_openlit := openlit==1.45.0 openai==2.54.0
 NODE_DIR := tests/node
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 # Tests that need nothing beyond the project's own venv.
@@ -40,6 +46,7 @@ WHY_SERVER := .venv: the receiver and its server dependencies
 WHY_VENV := .venv: the test and docs tools
 WHY_AGL := agentlightning 0.3.0 in .cache/agl-0.3.0: agl store and the reference models, client and adapters
 WHY_GENAI := real GenAI instrumentations in .cache/genai-py: the trainable-span tests
+WHY_FRAMEWORK := an agent framework's env: its spans read as trainable calls
 WHY_NODE := Node.js OpenTelemetry and Vercel AI SDK packages: the TypeScript agents
 WHY_OTELCOL := the Collector v$(OTELCOL_VERSION) of collector-config/builder-config.yaml: sidecar and gateway runs
 WHY_GO := the Go example agents: Go exporters and Baggage
@@ -48,7 +55,7 @@ WHY_BROWSER := Debian chromium: the dashboard test
 # The one-time builds are independent of each other: make test runs up to BUILD_JOBS at once.
 BUILD_JOBS ?= 4
 
-.PHONY: install install-test docs run test test-deps test-fast test-pythons bench lint agl-env genai-env golden node-deps collector go-agent java-deps browser clean
+.PHONY: install install-test docs run test test-deps test-fast test-pythons bench lint agl-env genai-env framework-envs golden node-deps collector go-agent java-deps browser clean
 
 # Serving needs only the [server] extra; the test tools come with install-test.
 install: $(VENV)/.server
@@ -92,9 +99,21 @@ $(GENAI_VENV)/.installed: | $(VENV)/.test
 	touch $@
 	$(call step_done,$(WHY_GENAI))
 
+framework-envs: $(FRAMEWORKS:%=.cache/fw-%/.installed)
+
+# The project is not installed there: the tests put this tree's src/ on PYTHONPATH, so several
+# envs can build side by side and a moved tree needs no rebuild.
+.cache/fw-%/.installed:
+	$(call step,$(WHY_FRAMEWORK) ($*))
+	$(PYTHON) -m venv .cache/fw-$*
+	.cache/fw-$*/bin/pip install $(PIP_FLAGS) $(FRAMEWORK_PACKAGES_$*) \
+		opentelemetry-sdk opentelemetry-exporter-otlp
+	touch $@
+	$(call step_done,$(WHY_FRAMEWORK) ($*))
+
 # Re-record tests/golden/ from the real instrumentations; then review and refresh the expected
 # files with LIGHTNING_OTLP_UPDATE_GOLDEN=1 $(BIN)/pytest tests/test_translate.py.
-golden: install-test genai-env node-deps
+golden: install-test genai-env framework-envs node-deps
 	GENAI_PYTHON=$(abspath $(GENAI_VENV))/bin/python $(BIN)/python tests/genai/record.py
 
 node-deps: $(NODE_DIR)/node_modules/.installed
@@ -156,7 +175,7 @@ $(CHROMIUM):
 run: install
 	$(BIN)/lightning-otlp serve
 
-test-deps: install-test agl-env genai-env node-deps collector go-agent java-deps browser
+test-deps: install-test agl-env genai-env framework-envs node-deps collector go-agent java-deps browser
 
 test:
 	@$(MAKE) --no-print-directory -j$(BUILD_JOBS) test-deps

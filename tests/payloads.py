@@ -81,6 +81,11 @@ GENAI_ATTRIBUTES: dict[str, Any] = {
     "gen_ai.usage.output_tokens": 164,
     "gen_ai.response.finish_reasons": ["stop"],
 }
+# A short exchange: without a prompt or a response a chat span is not read as a model call.
+GENAI_CONTENT: dict[str, Any] = {
+    "gen_ai.input.messages": '[{"role":"user","parts":[{"type":"text","content":"Hi?"}]}]',
+    "gen_ai.output.messages": '[{"role":"assistant","parts":[{"type":"text","content":"Hi."}]}]',
+}
 
 
 def genai_request(
@@ -90,10 +95,12 @@ def genai_request(
     seed: int = 0,
     resource: Mapping[str, Any] | None = None,
     ids: list[tuple[str, str]] | None = None,
+    content: bool = False,
 ) -> PB2ExportTraceServiceRequest:
     """``count`` chat-completion spans of about 300 bytes each, spread over a few rollouts.
 
     ``ids`` names the (rollout, attempt) pairs to use; by default they derive from ``seed``.
+    ``content`` adds ``GENAI_CONTENT`` to each (about 150 bytes more).
     """
     if ids is None:
         ids = [(f"ro-{seed * 31 + r:012x}", f"at-{r:08x}") for r in range(rollouts)]
@@ -106,6 +113,7 @@ def genai_request(
                 "chat gpt-4o-mini",
                 attributes={
                     **GENAI_ATTRIBUTES,
+                    **(GENAI_CONTENT if content else {}),
                     "agentlightning.rollout_id": rollout,
                     "agentlightning.attempt_id": attempt,
                 },

@@ -269,3 +269,72 @@ def test_forwarded_into_agl_store_the_server_gives_the_same_triplets(
             rewards=[0.5, 1.0],
             token_ids=instrumentation == "openinference",
         )
+
+
+# The versions the docs' table names for openai-v2's three modes: openai-v2 2.4b0 (the latest)
+# needs util-genai 0.4b0 for them (1.1b0 rejects ``true``; 1.2b0 and later break its import).
+OPENAI_V2_VERSIONS = {
+    "opentelemetry-instrumentation-openai-v2": "2.4b0",
+    "opentelemetry-util-genai": "0.4b0",
+}
+
+
+@pytest.mark.parametrize(
+    ("instrumentation", "on_span", "log_events"),
+    [
+        # OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true: one log record per message.
+        ("openai-v2", False, {"gen_ai.system.message", "gen_ai.user.message", "gen_ai.choice"}),
+        # gen_ai_latest_experimental + SPAN_ONLY: JSON attributes on the span, no log record.
+        ("openai-v2-span", True, set()),
+        # gen_ai_latest_experimental + EVENT_ONLY: one operation-details log record per call.
+        ("openai-v2-event", False, {"gen_ai.client.inference.operation.details"}),
+    ],
+)
+def test_each_openai_v2_mode_with_the_versions_it_names(
+    model: FakeModelServer,
+    tmp_path: Path,
+    instrumentation: str,
+    on_span: bool,
+    log_events: set[str],
+) -> None:
+    versions = subprocess.run(
+        [
+            genai_python(),
+            "-c",
+            "import json, sys; from importlib.metadata import version; "
+            "print(json.dumps({p: version(p) for p in sys.argv[1:]}))",
+            *OPENAI_V2_VERSIONS,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(versions.stdout) == OPENAI_V2_VERSIONS
+    out = tmp_path / "recorded.json"
+    done = subprocess.run(
+        [genai_python(), str(AGENT), instrumentation, "--model-url", model.base_url]
+        + ["--record", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    recorded = json.loads(out.read_text())
+    chats = [
+        {a["key"] for a in span.get("attributes", [])}
+        for resource in recorded["traces"]["resourceSpans"]
+        for scope in resource["scopeSpans"]
+        for span in scope["spans"]
+        if span["name"].startswith("chat ")
+    ]
+    assert len(chats) == 2
+    for keys in chats:
+        assert ("gen_ai.input.messages" in keys and "gen_ai.output.messages" in keys) is on_span
+    names = {
+        record.get("eventName")
+        or next(a["value"]["stringValue"] for a in record["attributes"] if a["key"] == "event.name")
+        for resource in (recorded["logs"] or {}).get("resourceLogs", [])
+        for scope in resource["scopeLogs"]
+        for record in scope["logRecords"]
+    }
+    assert log_events <= names and (names == set()) is (not log_events), names

@@ -33,7 +33,7 @@ from lightning_otlp.forward.status import store_status
 from lightning_otlp.forward.store import ForwardingStore
 from lightning_otlp.receiver.route import RoutingConfig, route
 
-from .payloads import genai_request, make_request, make_span
+from .payloads import GENAI_CONTENT, genai_request, make_request, make_span
 from .support import ReceiverProcess, agl_python, node_script, validate_with_agl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.agl]
@@ -253,7 +253,11 @@ def test_python_sdk_spans_reach_the_server_in_a_created_rollout(
         for i in range(5):
             with tracer.start_as_current_span(
                 "chat gpt-4o-mini",
-                attributes={"gen_ai.usage.input_tokens": 10 + i, "agent.tools": ["a", "b"]},
+                attributes={
+                    "gen_ai.usage.input_tokens": 10 + i,
+                    "agent.tools": ["a", "b"],
+                    "gen_ai.input.messages": GENAI_CONTENT["gen_ai.input.messages"],
+                },
             ) as span:
                 span.add_event("gen_ai.choice", {"index": i})
                 span.set_status(Status(StatusCode.OK))
@@ -273,7 +277,7 @@ def test_python_sdk_spans_reach_the_server_in_a_created_rollout(
     assert {s["attempt_id"] for s in validated} == {attempt_id}
     assert {s["trace_id"] for s in validated} == {trace_id}
     assert_in_order(validated)
-    # The chat spans carry GenAI content (gen_ai.choice events): forwarded as model calls in
+    # The chat spans carry GenAI content (a prompt): forwarded as model calls in
     # Agent Lightning's shape, as the records show them.
     assert [s["name"] for s in sorted(validated, key=lambda s: s["sequence_id"])] == [
         "agent.run",

@@ -71,7 +71,7 @@ def _api(store: SQLiteStore) -> LightningStoreBackend:
 def test_prepared_records_read_as_records_built_at_read_time(
     pipeline: Pipeline, store: SQLiteStore
 ) -> None:
-    request = genai_request(40, ids=[(RID, AID), OTHER])
+    request = genai_request(40, ids=[(RID, AID), OTHER], content=True)
     request.resource_spans.extend(make_request([make_span("tool", attributes=IDS)]).resource_spans)
     pipeline.export_traces(request.SerializeToString(), None, PROTOBUF)
     api = _api(store)

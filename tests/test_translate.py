@@ -2,9 +2,11 @@
 
 Each tests/golden/<convention>/<case>.json holds what one real instrumentation's OTLP exporters
 sent for one rollout of tests/genai/agent.py (or tests/node/vercel_agent.mjs): two chat calls
-(a tool call, then the answer), an embedding call, an HTTP span and two rewards. The case goes
-through the receiver's own path (decode, route, SQLite store, GenAI logs joined) and its model
-calls must read back in Agent Lightning's shape, as <case>.expected.json says.
+(a tool call, then the answer), an embedding call, an HTTP span and two rewards. The agent
+frameworks' cases (tests/genai/framework_agent.py: LiteLLM, pydantic-ai, OpenLIT) make three
+calls (a tool call, the answer to the tool's result, a plain follow-up), a reward after each.
+The case goes through the receiver's own path (decode, route, SQLite store, GenAI logs joined)
+and its model calls must read back in Agent Lightning's shape, as <case>.expected.json says.
 
 ``LIGHTNING_OTLP_UPDATE_GOLDEN=1`` rewrites the expected files (review the diff).
 """
@@ -41,6 +43,14 @@ _AGL_PREFIXES = (
     names.AGL_REQUEST_FUNCTIONS + ".",
     "lightning_otlp.",
 )
+# Directories of the agent frameworks' cases: three calls, rewards 0.1, 0.2 and 0.3.
+FRAMEWORKS = {"litellm", "pydantic_ai", "openlit"}
+# Cases whose source kept a vLLM server's token ids.
+WITH_TOKEN_IDS = {
+    "openinference/openai_vllm_token_ids",
+    "litellm/callbacks_otel",
+    "litellm/request_span",
+}
 _AGL_KEYS = {
     names.AGL_RESPONSE_ID,
     names.AGL_REQUEST_MODEL,
@@ -109,8 +119,9 @@ def test_golden(path: Path) -> None:
 @pytest.mark.parametrize("path", CASES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_two_model_calls_with_text_and_tool_calls(path: Path) -> None:
     calls = [r for r in read_back(path) if r["name"] == names.AGL_LLM_CALL_NAME]
-    assert len(calls) == 2, [r["name"] for r in read_back(path)]
-    first, second = (c["attributes"] for c in calls)
+    framework = path.parent.name in FRAMEWORKS
+    assert len(calls) == (3 if framework else 2), [r["name"] for r in read_back(path)]
+    first, second = (c["attributes"] for c in calls[:2])
     # The first call asks for the weather tool, the second answers with its result.
     assert first["gen_ai.prompt.0.role"] == "system"
     assert first["gen_ai.prompt.1.content"] == "What is the weather in Paris?"
@@ -122,6 +133,12 @@ def test_two_model_calls_with_text_and_tool_calls(path: Path) -> None:
         for k, v in second.items()
         if k.startswith("gen_ai.prompt.")
     )
+    if framework:
+        # The tool's result text, whatever key the framework kept it under, and a plain third call.
+        assert "Sunny, 21 C" in second.values()
+        third = calls[2]["attributes"]
+        assert third["gen_ai.completion.0.content"].startswith("Answer ")
+        assert not any(".tool_calls." in k for k in third if k.startswith("gen_ai.completion."))
     # OpenLLMetry 0.33 recorded no response id.
     assert (
         first.get("gen_ai.response.id") != second.get("gen_ai.response.id") or "0_33" in path.name
@@ -147,15 +164,23 @@ def test_deterministic_and_lossless(path: Path) -> None:
 
 
 def test_token_ids_only_where_the_source_has_them() -> None:
+    import ast
+
     for path in CASES:
+        case = f"{path.parent.name}/{path.stem}"
         for record in read_back(path):
             attrs = record["attributes"]
-            if path.parent.name == "openinference" and record["name"] == names.AGL_LLM_CALL_NAME:
+            if case not in WITH_TOKEN_IDS or record["name"] != names.AGL_LLM_CALL_NAME:
+                assert "prompt_token_ids" not in attrs and "response_token_ids" not in attrs
+            elif path.parent.name == "openinference":
                 raw = json.loads(attrs["output.value"])
                 assert attrs["prompt_token_ids"] == raw["prompt_token_ids"]
                 assert attrs["response_token_ids"] == raw["choices"][0]["token_ids"]
-            elif path.parent.name != "openinference":
-                assert "prompt_token_ids" not in attrs and "response_token_ids" not in attrs
+            else:  # LiteLLM's raw request span: Python reprs
+                prompt = ast.literal_eval(attrs["llm.openai.prompt_token_ids"])
+                assert attrs["prompt_token_ids"] == prompt
+                choices = ast.literal_eval(attrs["llm.openai.choices"])
+                assert attrs["response_token_ids"] == choices[0]["token_ids"]
 
 
 @pytest.mark.agl
@@ -166,6 +191,9 @@ def test_agent_lightning_makes_one_triplet_per_call_with_the_reward() -> None:
     result = adapt(by_case)
     for case, got in result.items():
         triplets = got["triplets"]
+        if case.split("/")[0] in FRAMEWORKS:
+            check_framework_triplets(case, triplets, token_ids=case in WITH_TOKEN_IDS)
+            continue
         assert len(triplets) == 2, (case, triplets)
         first, second = triplets
         assert first["tool_calls"] == ["get_weather"], case
@@ -175,7 +203,7 @@ def test_agent_lightning_makes_one_triplet_per_call_with_the_reward() -> None:
         # call (0.5 after the tool call, 1.0 after the answer); the Node.js one only the answer.
         assert second["reward"] == 1.0, case
         assert first["reward"] == (None if "vercel" in case else 0.5), case
-        has_ids = case.startswith("openinference/")
+        has_ids = case in WITH_TOKEN_IDS
         for t in triplets:
             assert (
                 bool(t["prompt_token_ids"]) == has_ids and bool(t["response_token_ids"]) == has_ids
@@ -188,6 +216,23 @@ def test_agent_lightning_makes_one_triplet_per_call_with_the_reward() -> None:
         assert got["messages"] >= 2, case
 
 
+def check_framework_triplets(case: str, triplets: list[dict[str, Any]], *, token_ids: bool) -> None:
+    """Three complete triplets: prompt and response text, the tool call, the tool's result in
+    the next prompt, each call's own reward, token ids where the framework kept them."""
+    assert len(triplets) == 3, (case, triplets)
+    first, second, third = triplets
+    assert "What is the weather in Paris?" in first["prompt_text"], case
+    assert first["tool_calls"] == ["get_weather"], case
+    assert "Sunny, 21 C" in second["prompt_text"], case
+    assert second["response_text"][0].startswith("Answer "), case
+    assert "Thanks. Should I take an umbrella?" in third["prompt_text"], case
+    assert third["response_text"][0].startswith("Answer ") and not third["tool_calls"], case
+    assert [t["reward"] for t in triplets] == [0.1, 0.2, 0.3], case
+    assert len({t["response_id"] for t in triplets}) == 3, case
+    for t in triplets:
+        assert bool(t["prompt_token_ids"]) == token_ids == bool(t["response_token_ids"]), case
+
+
 @pytest.mark.parametrize("path", CASES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_forwarded_bytes_carry_the_same_view(path: Path) -> None:
     """What the forwarder sends (stored bytes, translated) reads as the records do."""
@@ -197,6 +242,7 @@ def test_forwarded_bytes_carry_the_same_view(path: Path) -> None:
 
     from lightning_otlp.otlp import attributes
     from lightning_otlp.store.logs import span_events
+    from lightning_otlp.store.records import resource_bodies
     from lightning_otlp.translate.otlp import translate_span_bytes
 
     traces, logs = load_case(path)
@@ -207,11 +253,15 @@ def test_forwarded_bytes_carry_the_same_view(path: Path) -> None:
         if logs is not None:
             store.write_logs(log_rows(logs).rows)
         conn: sqlite3.Connection = store._connection()
-        blobs = [b for (b,) in conn.execute("SELECT span FROM spans ORDER BY sequence_id")]
+        blobs = list(conn.execute("SELECT span, resource_id FROM spans ORDER BY sequence_id"))
         records = {r["span_id"]: r for r in store.spans()}
-        for blob in blobs:
+        for blob, resource_id in blobs:
             sent = PB2Span.FromString(
-                translate_span_bytes(blob, lambda t, s: span_events(conn, t, s))
+                translate_span_bytes(
+                    blob,
+                    lambda t, s: span_events(conn, t, s),
+                    lambda rid=resource_id: resource_bodies(conn, [rid])[rid],
+                )
             )
             record = records[sent.span_id.hex()]
             assert sent.name == record["name"]

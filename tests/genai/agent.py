@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     rollout_id = run_agent(args.model_url, tracer_provider, args.rollout_id, args.attempt_id)
 
     if args.record:
-        _record(args.record, spans_out.get_finished_spans(), logs_out.get_finished_logs())
+        record(args.record, spans_out.get_finished_spans(), logs_out.get_finished_logs())
     else:
         first, second = (
             (logger_provider, tracer_provider)
@@ -215,7 +215,7 @@ def _exporters(protocol: str, endpoint: str | None) -> tuple[Any, Any]:
     return HTTPSpans(endpoint=base + "/v1/traces"), HTTPLogs(endpoint=base + "/v1/logs")
 
 
-def _record(path: str, spans: Any, logs: Any) -> None:
+def record(path: str, spans: Any, logs: Any) -> None:
     """The spans and log records as the OTLP exporters would send them (protobuf JSON)."""
     from google.protobuf.json_format import MessageToDict
     from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs

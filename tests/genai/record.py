@@ -2,7 +2,8 @@
 
     make golden    (or: python tests/genai/record.py [CASE ...], with the GenAI env and Node)
 
-Each agent (tests/genai/agent.py in the GenAI env, tests/node/vercel_agent.mjs in Node.js) runs
+Each agent (tests/genai/agent.py in the GenAI env, tests/genai/framework_agent.py in each agent
+framework's env, tests/node/vercel_agent.mjs in Node.js) runs
 against the fake model server with in-memory exporters and writes what its OTLP exporters would
 send to tests/golden/<convention>/<case>.json. The expected translations beside them are written
 by ``LIGHTNING_OTLP_UPDATE_GOLDEN=1 pytest tests/test_translate.py`` and reviewed by hand.
@@ -19,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.genai.envs import FRAMEWORK_AGENT, framework_env, framework_python  # noqa: E402
 from tests.genai.fake_model import FakeModelServer  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -33,6 +35,14 @@ PYTHON_CASES = [
     ("otel_genai", "openai_v2_operation_details", "openai-v2-event"),
     ("openllmetry", "openai_0_62", "openllmetry"),
     ("openinference", "openai_vllm_token_ids", "openinference"),
+]
+# Agent frameworks, each in its own env (tests/genai/framework_agent.py): three calls each.
+FRAMEWORK_CASES = [
+    ("litellm", "callbacks_otel", "litellm"),
+    ("litellm", "request_span", "litellm-request-span"),
+    ("litellm", "semconv_latest", "litellm-semconv"),
+    *[("pydantic_ai", f"format_{v}", f"pydantic-ai-v{v}") for v in range(2, 7)],
+    ("openlit", "openai", "openlit"),
 ]
 # Older OpenLLMetry wrote the indexed gen_ai.prompt.{i}.* layout. Its pins clash with the GenAI
 # env, so it is recorded only when OLD_OPENLLMETRY_PYTHON names a venv with
@@ -61,6 +71,17 @@ def main(only: list[str]) -> int:
                 [GENAI_PYTHON, str(ROOT / "tests" / "genai" / "agent.py"), instrumentation]
                 + ["--model-url", server.base_url, "--record", str(out)],
                 check=True,
+            )
+        for directory, case, framework in FRAMEWORK_CASES:
+            if not wanted(directory, case):
+                continue
+            out = GOLDEN / directory / f"{case}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                [framework_python(framework), str(FRAMEWORK_AGENT), framework]
+                + ["--model-url", server.base_url, "--record", str(out)],
+                check=True,
+                env=framework_env(),
             )
         old_python = os.environ.get("OLD_OPENLLMETRY_PYTHON")
         if old_python and wanted(*OLD_CASE[:2]):

@@ -78,14 +78,14 @@ class Encoder:
 
     Args:
         resource: a stored resource's JSON body (``attributes``, ``schema_url``) by id.
-        translate: a stored span's bytes as the records show them (model calls in Agent
-            Lightning's shape); None sends spans as received.
+        translate: a stored span's bytes (and its resource id) as the records show them (model
+            calls in Agent Lightning's shape); None sends spans as received.
     """
 
     def __init__(
         self,
         resource: Callable[[str], dict[str, Any]],
-        translate: Callable[[bytes], bytes] | None = None,
+        translate: Callable[[bytes, str], bytes] | None = None,
     ) -> None:
         self._resource_body = resource
         self._translate = translate
@@ -103,7 +103,7 @@ class Encoder:
         ):
             target = targets[(rollout_id, attempt_id)]
             if self._translate is not None:
-                span = self._translate(span)
+                span = self._translate(span, resource_id)
             extra = seq_attr(seq)
             if _ID_NEEDLE in span:
                 # Span attributes win over resource ones on the server: point them at it too.

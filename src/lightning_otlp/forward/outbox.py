@@ -743,9 +743,9 @@ class Outbox:
         body: dict[str, Any] = json.loads(found[0][0]) if found else {}
         return body
 
-    def translated(self, span: bytes) -> bytes:
+    def translated(self, span: bytes, resource_id: str) -> bytes:
         """A pending span's bytes as the records show it (``translate.otlp``)."""
-        return translate_span_bytes(span, self._span_events)
+        return translate_span_bytes(span, self._span_events, lambda: self.resource(resource_id))
 
     def _span_events(self, trace_id: bytes, span_id: bytes) -> list[dict[str, Any]]:
         """Read with the batch (``pending_batch``): no query per span."""

@@ -9,6 +9,7 @@ token id lists.
 
 from __future__ import annotations
 
+import ast
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,7 +142,22 @@ def arguments_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def literal(value: Any) -> Any:
+    """A value written as JSON or as a Python repr (LiteLLM's ``str()`` of a dict), parsed;
+    None if it is neither. ``ast.literal_eval`` reads literals only: nothing is ever run."""
+    parsed = loads(value)
+    if parsed is not None or not isinstance(value, str) or len(value) > n.REPR_LIMIT:
+        return parsed
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
 def token_ids(value: Any) -> list[int] | None:
+    """A list of token ids, given as a list or as its JSON or Python text; None otherwise."""
+    if isinstance(value, str):
+        value = literal(value)
     if (
         isinstance(value, (list, tuple))
         and value

@@ -2,9 +2,17 @@
 
 A span is a model call when it says so in any convention: ``gen_ai.operation.name`` a chat
 operation (or, without one, GenAI message content), ``llm.request.type`` chat or completion,
-``openinference.span.kind = LLM``, or a Vercel ``ai.*.doGenerate`` / ``doStream`` operation.
-Embeddings, tools, agents and plain HTTP spans are left alone, and so are spans already in Agent
-Lightning's shape (its tracer's ``openai.chat.completion``, its LLM proxy's spans).
+``openinference.span.kind = LLM``, a Vercel ``ai.*.doGenerate`` / ``doStream`` operation, or
+LiteLLM's raw request span. Embeddings, tools, agents and plain HTTP spans are left alone, and so
+are spans already in Agent Lightning's shape (its tracer's ``openai.chat.completion``, its LLM
+proxy's spans, told by their resource, not their name).
+
+A span is a call by what it is, not by what was written onto it: the rollout span never is
+(LiteLLM writes each call's summary onto the current span), and a span that carries neither a
+prompt nor a response (nor token ids) is not either: it would be an empty triplet. A failed call
+with a prompt stays a call, as Agent Lightning's own tracer records one: the prompt, no
+response, the span's ERROR status kept, so a reward given after it lands on it and not on the
+call before, and a trainer can drop it by its status.
 """
 
 from __future__ import annotations
@@ -12,9 +20,9 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
+from . import litellm, openinference, openllmetry, otel_genai, vercel
 from . import names as n
-from . import openinference, openllmetry, otel_genai, vercel
-from .call import LlmCall, agl_attributes, loads, token_ids, vllm_token_ids
+from .call import LlmCall, Message, agl_attributes, loads, token_ids, vllm_token_ids
 
 # TracerTraceToTriplet's default llm_call_match: spans it already treats as model calls.
 _AGL_MATCH: Final = re.compile(r"openai\.chat\.completion")
@@ -24,11 +32,47 @@ _PREFIX_KEYS: Final = (n.AGL_PROMPT, n.AGL_COMPLETION, n.AGL_REQUEST, n.AGL_RESP
 
 def model_call(record: dict[str, Any]) -> LlmCall | None:
     """The model call a span record describes, or None when it is not one (or needs nothing)."""
-    name = record.get("name") or ""
-    if _AGL_MATCH.search(name) or name in n.AGL_PROXY_SPANS:
+    if not is_candidate(record):
         return None
     attrs: dict[str, Any] = record.get("attributes") or {}
-    events: list[dict[str, Any]] = record.get("events") or []
+    call = _parse(attrs, record.get("events") or [])
+    if call is None:
+        return None
+    prompt, response = raw_token_ids(attrs)
+    call.prompt_token_ids = call.prompt_token_ids or prompt
+    call.response_token_ids = call.response_token_ids or response
+    if not (_said(call.prompt) or _said(call.completion)):
+        if not (call.prompt_token_ids or call.response_token_ids):
+            return None
+    return call
+
+
+def _said(messages: list[Message]) -> bool:
+    """Any message with something in it: a role alone is no prompt and no response."""
+    return any(m.content or m.tool_calls or m.tool_call_id for m in messages)
+
+
+def is_candidate(record: dict[str, Any]) -> bool:
+    """False for spans that are never translated, whatever they carry: Agent Lightning's own
+    model calls, its LLM proxy's spans, the rollout span and LiteLLM's summary span (its raw
+    request child is the call)."""
+    name = record.get("name") or ""
+    if _AGL_MATCH.search(name) or name in (n.AGL_ROLLOUT_SPAN, n.LITELLM_SUMMARY_SPAN):
+        return False
+    return name not in n.AGL_PROXY_SPANS or not is_proxy_resource(record.get("resource"))
+
+
+def is_proxy_resource(resource: Any) -> bool:
+    """Agent Lightning's LLM proxy stamps its spans' resource with the request's sequence id;
+    LiteLLM in an agent's own process (same span names) does not."""
+    attrs = resource.get("attributes") if isinstance(resource, dict) else None
+    return isinstance(attrs, dict) and n.AGL_PROXY_RESOURCE_MARK in attrs
+
+
+def _parse(attrs: dict[str, Any], events: list[dict[str, Any]]) -> LlmCall | None:
+    prefix = litellm.provider(attrs)
+    if prefix is not None:
+        return litellm.parse(attrs, prefix)
     if vercel.is_vercel(attrs):
         return vercel.parse(attrs) if vercel.is_model_call(attrs) else None
     kind = attrs.get(n.OI_SPAN_KIND)
@@ -53,8 +97,7 @@ def model_call(record: dict[str, Any]) -> LlmCall | None:
 def awaits_logs(record: dict[str, Any]) -> bool:
     """A model call with no messages on the span: the GenAI conventions' default sends them as
     log records, which the span may arrive before or after."""
-    name = record.get("name") or ""
-    if _AGL_MATCH.search(name) or name in n.AGL_PROXY_SPANS:
+    if not is_candidate(record):
         return False
     attrs: dict[str, Any] = record.get("attributes") or {}
     if vercel.is_vercel(attrs) or n.OI_SPAN_KIND in attrs:
@@ -109,7 +152,6 @@ def translate(record: dict[str, Any]) -> dict[str, Any]:
     if call is None:
         return record
     attrs: dict[str, Any] = record.get("attributes") or {}
-    call.prompt_token_ids, call.response_token_ids = raw_token_ids(attrs)
     out: dict[str, Any] = {}
     for key, value in attrs.items():
         out[n.MOVED_PREFIX + key if key in _PREFIX_KEYS else key] = value

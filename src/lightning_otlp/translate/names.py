@@ -20,8 +20,17 @@ AGL_RESPONSE_ID: Final = "gen_ai.response.id"
 AGL_RESPONSE_MODEL: Final = "gen_ai.response.model"
 AGL_PROMPT_TOKEN_IDS: Final = "prompt_token_ids"
 AGL_RESPONSE_TOKEN_IDS: Final = "response_token_ids"
-# Agent Lightning's LLM proxy spans, read by name by LlmProxyTraceToTriplet: never renamed.
+# Agent Lightning's LLM proxy spans, read by name by LlmProxyTraceToTriplet: never renamed. LiteLLM
+# gives its own spans the same names, so the name alone does not tell the proxy's: the proxy
+# stamps each span's resource with the request's sequence id (``llm_proxy.py``), nothing else does.
 AGL_PROXY_SPANS: Final = frozenset({"raw_gen_ai_request", "litellm_request"})
+AGL_PROXY_RESOURCE_MARK: Final = "agentlightning.span_sequence_id"
+# LiteLLM's summary span around one call (``USE_OTEL_LITELLM_REQUEST_SPAN``): the call itself is
+# its ``raw_gen_ai_request`` child, with the whole request, response and token ids.
+LITELLM_SUMMARY_SPAN: Final = "litellm_request"
+# The span around a whole rollout (the SDK's ``rollout()``; also Agent Lightning's runner's):
+# libraries that write call attributes onto the current span write them here, never a call.
+AGL_ROLLOUT_SPAN: Final = "agentlightning.rollout"
 
 # -- what this package adds to a translated span ---------------------------------------------
 ORIGINAL_NAME: Final = "lightning_otlp.original_name"
@@ -44,6 +53,12 @@ GENAI_REQUEST_MODEL: Final = "gen_ai.request.model"
 GENAI_RESPONSE_ID: Final = "gen_ai.response.id"
 GENAI_RESPONSE_MODEL: Final = "gen_ai.response.model"
 GENAI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+# Message part types, and the keys a tool result's value is found under, in order: the
+# conventions say ``response``; pydantic-ai writes ``result``, others ``content`` or ``output``.
+PART_TEXT: Final = "text"
+PART_TOOL_CALL: Final = "tool_call"
+PART_TOOL_RESULT: Final = "tool_call_response"
+TOOL_RESULT_KEYS: Final = ("response", "result", "content", "output")
 # Older span events: a JSON list of messages in their attribute.
 GENAI_PROMPT_EVENT: Final = "gen_ai.content.prompt"
 GENAI_COMPLETION_EVENT: Final = "gen_ai.content.completion"
@@ -70,6 +85,26 @@ EVENT_NAME_ATTRIBUTE: Final = "event.name"
 LLM_REQUEST_TYPE: Final = "llm.request.type"
 LLM_CHAT_REQUEST_TYPES: Final = frozenset({"chat", "completion"})
 LLM_REQUEST_FUNCTIONS: Final = "llm.request.functions"
+
+# Where LiteLLM (``integrations/opentelemetry.py``) writes the OpenAI-style names its semconv mode
+# leaves out: the output tool call and the tools offered, indexed.
+LLM_COMPLETION_FUNCTION_CALL: Final = "function_call"
+
+# -- LiteLLM's raw request span (``raw_gen_ai_request``) -------------------------------------
+# ``llm.<provider>.<field>`` for each field of the request and of the provider's response, as
+# Python reprs (``str()`` of a dict or list, token id lists too), not JSON.
+LITELLM_PREFIX: Final = "llm."
+LITELLM_MESSAGES: Final = "messages"
+LITELLM_TOOLS: Final = "tools"
+LITELLM_CHOICES: Final = "choices"
+LITELLM_ID: Final = "id"
+LITELLM_MODEL: Final = "model"
+LITELLM_PROMPT_TOKEN_IDS: Final = "prompt_token_ids"
+
+# -- text encodings ---------------------------------------------------------------------------
+# Longest Python repr parsed: ``ast.literal_eval`` reads literals only, but its cost grows with
+# size.
+REPR_LIMIT: Final = 4 * 1024 * 1024
 
 # -- OpenInference ---------------------------------------------------------------------------
 OI_SPAN_KIND: Final = "openinference.span.kind"

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import names as n
-from .call import LlmCall, Message, Tool, ToolCall, arguments_text, as_str, as_text, indexed
+from .call import LlmCall, Message, ToolCall, arguments_text, as_str, as_text, indexed
+from .otel_genai import indexed_tools
 
 
 def has_indexed_content(attrs: dict[str, Any]) -> bool:
@@ -25,15 +26,7 @@ def parse(attrs: dict[str, Any]) -> LlmCall:
     call.response_id = as_str(attrs.get(n.GENAI_RESPONSE_ID))
     call.prompt = [_message(g, "user") for g in indexed(attrs, n.AGL_PROMPT)]
     call.completion = [_message(g, "assistant") for g in indexed(attrs, n.AGL_COMPLETION)]
-    for group in indexed(attrs, n.LLM_REQUEST_FUNCTIONS):
-        if "name" in group:
-            call.tools.append(
-                Tool(
-                    name=str(group["name"]),
-                    description=as_str(group.get("description")),
-                    parameters=as_text(group.get("parameters")),
-                )
-            )
+    call.tools = indexed_tools(attrs)
     return call
 
 

@@ -13,7 +13,18 @@ from __future__ import annotations
 from typing import Any
 
 from . import names as n
-from .call import LlmCall, Message, Tool, ToolCall, arguments_text, as_list, as_str, as_text, loads
+from .call import (
+    LlmCall,
+    Message,
+    Tool,
+    ToolCall,
+    arguments_text,
+    as_list,
+    as_str,
+    as_text,
+    indexed,
+    loads,
+)
 
 
 def parse(attrs: dict[str, Any], events: list[dict[str, Any]], convention: str) -> LlmCall:
@@ -26,18 +37,64 @@ def parse(attrs: dict[str, Any], events: list[dict[str, Any]], convention: str) 
     source = source or details
     if source is not None:
         system = parts_text(loads(source.get(n.GENAI_SYSTEM_INSTRUCTIONS)))
-        prompt = [part_message(m) for m in as_list(loads(source.get(n.GENAI_INPUT_MESSAGES)))]
+        prompt = part_messages(loads(source.get(n.GENAI_INPUT_MESSAGES)))
         if system is not None and not any(m.role == "system" for m in prompt):
             prompt.insert(0, Message("system", system))
         call.prompt = prompt
-        call.completion = [
-            part_message(m) for m in as_list(loads(source.get(n.GENAI_OUTPUT_MESSAGES)))
-        ]
-        call.tools = definitions(loads(source.get(n.GENAI_TOOL_DEFINITIONS)))
+        call.completion = part_messages(loads(source.get(n.GENAI_OUTPUT_MESSAGES)))
     else:
         call.prompt, call.completion = _from_events(events)
+    call.tools = _tools(attrs, details)
+    _indexed_tool_calls(call, attrs)
     _default_finish_reasons(call, attrs.get(n.GENAI_RESPONSE_FINISH_REASONS))
     return call
+
+
+def _tools(attrs: dict[str, Any], details: dict[str, Any] | None) -> list[Tool]:
+    """The tools offered: on the span, in the joined operation-details event (OpenLIT puts them
+    only there), or in the indexed ``llm.request.functions.{i}.*`` (LiteLLM's semconv mode)."""
+    for source in (attrs, details or {}):
+        tools = definitions(loads(source.get(n.GENAI_TOOL_DEFINITIONS)))
+        if tools:
+            return tools
+    return indexed_tools(attrs)
+
+
+def indexed_tools(attrs: dict[str, Any]) -> list[Tool]:
+    """Tools in OpenLLMetry's (and LiteLLM's) ``llm.request.functions.{i}.*`` layout."""
+    return [
+        Tool(
+            name=str(group["name"]),
+            description=as_str(group.get("description")),
+            parameters=as_text(group.get("parameters")),
+        )
+        for group in indexed(attrs, n.LLM_REQUEST_FUNCTIONS)
+        if "name" in group
+    ]
+
+
+def _indexed_tool_calls(call: LlmCall, attrs: dict[str, Any]) -> None:
+    """An output tool call written only as ``gen_ai.completion.{i}.function_call.*`` (LiteLLM's
+    semconv mode leaves the message's parts empty) joins the message it belongs to."""
+    for i, group in enumerate(indexed(attrs, n.AGL_COMPLETION)):
+        function = {
+            key.partition(".")[2]: value
+            for key, value in group.items()
+            if key.startswith(n.LLM_COMPLETION_FUNCTION_CALL + ".")
+        }
+        if "name" not in function:
+            continue
+        while len(call.completion) <= i:
+            call.completion.append(Message("assistant"))
+        message = call.completion[i]
+        if not message.tool_calls:
+            message.tool_calls.append(
+                ToolCall(
+                    name=str(function["name"]),
+                    arguments=arguments_text(function.get("arguments")),
+                    id=as_str(function.get("id")),
+                )
+            )
 
 
 def _operation_details(events: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -114,33 +171,54 @@ def openai_message(body: dict[str, Any], default_role: str) -> Message:
     return message
 
 
-def part_message(raw: Any) -> Message:
-    """A message of the current conventions: ``role`` and typed ``parts``."""
-    if not isinstance(raw, dict):
-        return Message("user", as_text(raw))
-    message = Message(as_str(raw.get("role")) or "user")
-    texts: list[str] = []
-    for part in as_list(raw.get("parts")):
-        if not isinstance(part, dict):
+def part_messages(value: Any) -> list[Message]:
+    """Messages of the current conventions (``role`` and typed ``parts``), read by meaning.
+
+    Each tool result becomes its own ``tool`` message, whatever role it came under (pydantic-ai's
+    older formats send results as ``user``), its text found under any of ``TOOL_RESULT_KEYS``.
+    Tool calls and a tool call id given beside ``parts``, in OpenAI's shape, are read too.
+    """
+    out: list[Message] = []
+    for raw in as_list(value):
+        if not isinstance(raw, dict):
+            out.append(Message("user", as_text(raw)))
             continue
-        kind = part.get("type")
-        if kind == "text":
-            texts.append(str(part.get("content", "")))
-        elif kind == "tool_call":
-            message.tool_calls.append(
-                ToolCall(
-                    name=str(part.get("name", "")),
-                    arguments=arguments_text(part.get("arguments")),
-                    id=as_str(part.get("id")),
+        message = openai_message({k: v for k, v in raw.items() if k != "content"}, "user")
+        message.content = None
+        texts: list[str] = []
+        results: list[Message] = []
+        for part in as_list(raw.get("parts")):
+            if not isinstance(part, dict):
+                continue
+            kind = part.get("type")
+            if kind == n.PART_TEXT:
+                texts.append(str(part.get("content", "")))
+            elif kind == n.PART_TOOL_CALL:
+                message.tool_calls.append(
+                    ToolCall(
+                        name=str(part.get("name", "")),
+                        arguments=arguments_text(part.get("arguments")),
+                        id=as_str(part.get("id")),
+                    )
                 )
-            )
-        elif kind == "tool_call_response":
-            message.tool_call_id = as_str(part.get("id"))
-            texts.append(as_text(part.get("response")) or "")
-    if texts:
-        message.content = "".join(texts)
-    message.finish_reason = as_str(raw.get("finish_reason"))
-    return message
+            elif kind == n.PART_TOOL_RESULT:
+                result = next((part[k] for k in n.TOOL_RESULT_KEYS if k in part), None)
+                results.append(
+                    Message("tool", as_text(result) or "", tool_call_id=as_str(part.get("id")))
+                )
+        if texts:
+            message.content = "".join(texts)
+        elif "parts" not in raw:
+            message.content = openai_message(raw, "user").content
+        message.finish_reason = as_str(raw.get("finish_reason"))
+        if results and not texts and not message.tool_calls:
+            if message.role == "tool" and len(results) == 1 and message.tool_call_id:
+                results[0].tool_call_id = results[0].tool_call_id or message.tool_call_id
+            out.extend(results)
+            continue
+        out.append(message)
+        out.extend(results)
+    return out
 
 
 def parts_text(value: Any) -> str | None:

@@ -22,6 +22,7 @@ _NEEDLES: Final = (
     n.OI_SPAN_KIND.encode(),
     n.AI_OPERATION_ID.encode(),
     n.LLM_REQUEST_TYPE.encode(),
+    n.LITELLM_PREFIX.encode(),
 )
 
 # A model call names one of these; one with messages on the span names one of the others.
@@ -38,20 +39,30 @@ _CONTENT_NEEDLES: Final = (
 
 # (trace_id, span_id) -> the GenAI log records joined onto that span, as span events.
 EventLookup = Callable[[bytes, bytes], list[dict[str, Any]]]
+# The span's stored resource (``attributes``, ``schema_url``), asked for only when its name alone
+# cannot tell (Agent Lightning's LLM proxy and LiteLLM share span names).
+ResourceLookup = Callable[[], dict[str, Any]]
 
 
-def translate_span_bytes(blob: bytes, joined: EventLookup | None = None) -> bytes:
-    """The span's bytes in Agent Lightning's shape if it is a model call, else ``blob`` itself."""
+def translate_span_bytes(
+    blob: bytes, joined: EventLookup | None = None, resource: ResourceLookup | None = None
+) -> bytes:
+    """The span's bytes in Agent Lightning's shape if it is a model call, else ``blob`` itself.
+
+    Without ``resource``, spans named like the LLM proxy's are taken to be the proxy's.
+    """
     if not any(needle in blob for needle in _NEEDLES):
         return blob
     span = PB2Span.FromString(blob)
+    record: dict[str, Any] = {"name": span.name}
+    if span.name in n.AGL_PROXY_SPANS:
+        if resource is None:
+            return blob
+        record["resource"] = resource()
     extra = joined(span.trace_id, span.span_id) if joined is not None else []
     original = attributes(span.attributes)
-    record = {
-        "name": span.name,
-        "attributes": original,
-        "events": [*events_list(span.events), *extra],
-    }
+    record["attributes"] = original
+    record["events"] = [*events_list(span.events), *extra]
     translated = translate(record)
     if translated is record:
         return blob
