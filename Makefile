@@ -120,8 +120,14 @@ test: install-test agl-env genai-env node-deps collector go-agent java-deps brow
 test-fast: install-test
 	$(BIN)/pytest -m "$(FAST)"
 
-bench: install-test agl-env
-	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python $(BIN)/python bench/run.py $(BENCH)
+$(VENV)/.bench: $(VENV)/.test
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test,bench]'
+	touch $@
+
+# BENCH names benchmarks (default: all); BENCH_CHARTS=DIR draws their charts there.
+bench: $(VENV)/.bench agl-env
+	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python $(BIN)/python bench/run.py \
+		$(if $(BENCH_CHARTS),--charts $(BENCH_CHARTS)) $(BENCH)
 
 lint: install-test
 	$(BIN)/ruff check src tests bench examples
