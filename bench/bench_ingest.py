@@ -34,7 +34,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 
-from bench.common import agl_store_process, bar_chart, load, peak_rss, say
+from bench.common import agl_store_process, bar_chart, cpu_seconds, load, peak_rss, say
 from lightning_otlp.receiver.budget import DEFAULT_MAX_REQUEST_MEMORY
 from tests.support import ReceiverProcess
 
@@ -143,6 +143,7 @@ class Load:
     spans: int = 0
     failed: int = 0
     seconds: float = 0.0
+    cpu: float = 0.0  # the server's CPU seconds meanwhile
     latencies: list[float] = field(default_factory=list)
 
     @property
@@ -156,15 +157,20 @@ class Load:
     def line(self) -> str:
         p50 = statistics.median(self.latencies) * 1000 if self.latencies else float("nan")
         failed = f", {self.failed} failed" if self.failed else ""
+        cpu = f", server CPU {self.cpu / self.spans * 1e6:.1f} us/span" if self.spans else ""
         return (
-            f"{self.label:<52} {self.rate:>9,.0f} spans/s  p50 {p50:6.1f} ms"
-            f"  p99 {self.p(0.99):6.1f} ms  ({len(self.latencies)} exports{failed}; {load()})"
+            f"{self.label:<44} {self.rate:>9,.0f} spans/s  p50 {p50:6.1f} ms"
+            f"  p99 {self.p(0.99):6.1f} ms  ({len(self.latencies)} exports{failed}{cpu}; {load()})"
         )
 
 
-def drive(label: str, endpoint: str, templates: list[list[bytes]], rate: float | None) -> Load:
-    """All exporters at once for ``SECONDS``: back to back, or paced to ``rate`` spans/s."""
+def drive(
+    label: str, endpoint: str, templates: list[list[bytes]], rate: float | None, pid: int
+) -> Load:
+    """All exporters at once for ``SECONDS``: back to back, or paced to ``rate`` spans/s (for
+    half as long); ``pid`` is the server's process, for its CPU time."""
     result = Load(label)
+    cpu_before = cpu_seconds(pid)
     lock = threading.Lock()
     started = time.perf_counter()
     deadline = started + (SECONDS if rate is None else SECONDS / 2)
@@ -206,6 +212,7 @@ def drive(label: str, endpoint: str, templates: list[list[bytes]], rate: float |
     for t in threads:
         t.join()
     result.seconds = time.perf_counter() - started
+    result.cpu = cpu_seconds(pid) - cpu_before
     say(result.line())
     return result
 
@@ -247,22 +254,26 @@ def main() -> None:
             templates = make_templates(rollouts)
             size = sum(len(b) for t in templates for b in t) / (EXPORTERS * TEMPLATES * BATCH)
             say(f"payload: {size:.0f} bytes a span on the wire")
-            upstream = drive("agl store 0.3.0  -> memory", base + "/v1/traces", templates, None)
+            upstream = drive(
+                "agl store 0.3.0  -> memory", base + "/v1/traces", templates, None, agl.pid
+            )
             settle(base)
             upstream_half = drive(
-                "agl store 0.3.0  at half load", base + "/v1/traces", templates, upstream.rate / 2
+                "agl store 0.3.0  at half load",
+                base + "/v1/traces",
+                templates,
+                upstream.rate / 2,
+                agl.pid,
             )
             upstream_rss = peak_rss(agl.pid)
         receiver = ReceiverProcess(tmpdir / "bench.db").start()  # synchronous=FULL by default
         try:
-            full = drive(
-                "lightning-otlp  -> SQLite, synchronous=FULL", receiver.traces_url, templates, None
-            )
-            settle(receiver.http_url)
-            half = drive(
-                "lightning-otlp  at half load", receiver.traces_url, templates, full.rate / 2
-            )
             assert receiver.proc is not None
+            pid = receiver.proc.pid
+            url = receiver.traces_url
+            full = drive("lightning-otlp  -> SQLite, FULL sync", url, templates, None, pid)
+            settle(receiver.http_url)
+            half = drive("lightning-otlp  at half load", url, templates, full.rate / 2, pid)
             rss = peak_rss(receiver.proc.pid)
         finally:
             receiver.stop()
