@@ -36,6 +36,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from bench.common import agl_store_process, bar_chart, cpu_seconds, load, peak_rss, say
 from lightning_otlp.receiver.budget import DEFAULT_MAX_REQUEST_MEMORY
+from tests.payloads import genai_request
 from tests.support import ReceiverProcess
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "30"))
@@ -44,6 +45,9 @@ BATCH = 512
 # Distinct pre-encoded batches each exporter cycles through (one rollout each).
 TEMPLATES = 4
 CHAT_EVERY = 5
+# The trainer's read at half load: a rollout of this many spans, read this long after it ends.
+READ_SPANS = 500
+READ_AFTER = 1.0
 # A 4-byte marker at the front of every trace and span id, replaced per export.
 _MARKER = b"\xfe\xed\xfa\xce"
 PROTOBUF = {"content-type": "application/x-protobuf"}
@@ -217,6 +221,46 @@ def drive(
     return result
 
 
+class Trainer(threading.Thread):
+    """Reads each rollout right after it finishes, as a trainer does: sends one rollout of
+    ``READ_SPANS`` spans, waits ``READ_AFTER`` s, then times ``query_spans`` of it through the
+    LightningStore API (the whole answer received and checked)."""
+
+    def __init__(self, receiver: ReceiverProcess) -> None:
+        super().__init__()
+        self.receiver = receiver
+        self.stop = threading.Event()
+        self.latencies: list[float] = []
+
+    def run(self) -> None:
+        url = self.receiver.http_url
+        with httpx.Client(timeout=60) as client:
+            for n in itertools.count():
+                if self.stop.is_set():
+                    return
+                ids = [(f"ro-feed{n:08x}", f"at-{n:08x}")]
+                body = genai_request(READ_SPANS, ids=ids, seed=n).SerializeToString()
+                client.post(url + "/v1/traces", content=body, headers=PROTOBUF).raise_for_status()
+                if self.stop.wait(READ_AFTER):
+                    return
+                t0 = time.perf_counter()
+                answer = client.post(url + "/v1/agl/spans/search", json={"rollout_id": ids[0][0]})
+                elapsed = time.perf_counter() - t0
+                answer.raise_for_status()
+                if len(answer.json()["items"]) != READ_SPANS:
+                    raise RuntimeError(f"query_spans of {ids[0][0]}: {answer.text[:200]}")
+                self.latencies.append(elapsed)
+
+
+def views_behind(receiver: ReceiverProcess) -> int:
+    """Spans whose records are not yet prepared for reads (the receiver's own metric)."""
+    text = httpx.get(receiver.health_url + "/metrics", timeout=30).text
+    for line in text.splitlines():
+        if line.startswith("lightning_otlp_span_views_behind "):
+            return int(float(line.split()[1]))
+    return -1
+
+
 def settle(base: str) -> None:
     """Wait for a server to work off what the full load left queued: a small request answered
     fast, three times in a row (at most 60 s)."""
@@ -273,7 +317,16 @@ def main() -> None:
             url = receiver.traces_url
             full = drive("lightning-otlp  -> SQLite, FULL sync", url, templates, None, pid)
             settle(receiver.http_url)
-            half = drive("lightning-otlp  at half load", url, templates, full.rate / 2, pid)
+            behind_before = views_behind(receiver)
+            trainer = Trainer(receiver)
+            trainer.start()
+            try:
+                half = drive("lightning-otlp  at half load", url, templates, full.rate / 2, pid)
+            finally:
+                trainer.stop.set()
+                trainer.join()
+            behind_after = views_behind(receiver)
+            stored = full.spans + half.spans
             rss = peak_rss(receiver.proc.pid)
         finally:
             receiver.stop()
@@ -282,6 +335,16 @@ def main() -> None:
     say(
         f"p99 of a {BATCH}-span export at half load: {half.p(0.99):.1f} ms"
         f" (agl store: {upstream_half.p(0.99):.1f} ms; aim: < 20 ms)"
+    )
+    reads = Load("query_spans", latencies=trainer.latencies)
+    say(
+        f"query_spans of a {READ_SPANS}-span rollout {READ_AFTER:.0f} s after it was sent, at"
+        f" half load, among about {stored:,} stored spans: p50 {reads.p(0.5):.1f} ms,"
+        f" p99 {reads.p(0.99):.1f} ms ({len(reads.latencies)} reads; aim: p99 < 20 ms)"
+    )
+    say(
+        f"records prepared for reads: {behind_before:,} spans behind as half load began,"
+        f" {behind_after:,} as it ended ({half.spans:,} spans arrived meanwhile)"
     )
     mib = 1024 * 1024
     say(
