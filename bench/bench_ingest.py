@@ -371,6 +371,14 @@ def main() -> None:
         note,
     )
     bar_chart(
+        "reads-under-ingest",
+        f"query_spans of a {READ_SPANS}-span rollout {READ_AFTER:.0f} s after it was sent,"
+        " at half load (ms)",
+        "ms",
+        {"lightning-otlp p50": reads.p(0.5), "lightning-otlp p99": reads.p(0.99)},
+        note,
+    )
+    bar_chart(
         "ingest-memory",
         "Peak resident memory during the ingest benchmark (MiB)",
         "MiB",
