@@ -151,7 +151,7 @@ class SQLiteStore:
             of failing.
         translate: read model-call spans of the GenAI conventions in Agent Lightning's shape
             (``lightning_otlp.translate``); False reads every span exactly as received.
-        prepare_reads: build each span's record while idle (``idle_work``), so reading a
+        prepare_reads: build each span's record in the background (``idle_work``), so reading a
             rollout's spans back through the API is fast; costs about the spans' size on disk.
     """
 
@@ -682,8 +682,8 @@ class SQLiteStore:
         return cursor.rowcount if cursor.rowcount >= 0 else len(rows)
 
     def idle_work(self) -> bool:
-        """One short step of background work, run while no request waits: build the next span
-        views (``store.views``). True while there is more to do."""
+        """One short step of background work, run while no batch waits for the store thread:
+        build the next span views (``store.views``). True while there is more to do."""
         if not (self.prepare_reads and self.translate):
             return False
         try:
