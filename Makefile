@@ -193,8 +193,14 @@ PYENV_ALL := $(shell command -v pyenv >/dev/null 2>&1 && { pyenv global; pyenv v
 test-pythons: install-test
 	$(if $(PYENV_ALL),PYENV_VERSION=$(PYENV_ALL)) $(BIN)/nox
 
-bench: install-test agl-env
-	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python $(BIN)/python bench/run.py $(BENCH)
+$(VENV)/.bench: $(VENV)/.test
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test,docs,bench]'
+	touch $@
+
+# BENCH names benchmarks (default: all); BENCH_CHARTS=DIR draws their charts there.
+bench: $(VENV)/.bench agl-env
+	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python $(BIN)/python bench/run.py \
+		$(if $(BENCH_CHARTS),--charts $(BENCH_CHARTS)) $(BENCH)
 
 lint: install-test
 	$(BIN)/ruff check src tests bench examples tools noxfile.py

@@ -1,98 +1,391 @@
-"""Ingest throughput: OTLP/HTTP protobuf and OTLP/gRPC into the durable SQLite store, against
-upstream's LightningStore server (``agl store``, in-memory, its ``/v1/traces``) in the same run.
+"""Ingest under realistic load: eight OpenTelemetry SDK exporters sending GenAI-shaped batches
+at once into the durable SQLite store (``synchronous=FULL``), against upstream's LightningStore
+server (``agl store`` 0.3.0, in-memory, its ``/v1/traces``) with the same load in the same run.
+
+Each exporter is the SDK's own ``OTLPSpanExporter`` (OTLP/HTTP protobuf, batches of 512 spans).
+Its spans are made by the SDK's ``TracerProvider`` and encoded by the SDK's encoder before the
+clock starts, and each export sends a pre-encoded batch through the exporter's HTTP client: on a
+small machine, encoding in the timed loop would measure the exporters rather than the servers.
+Every export gets fresh trace and span ids (a byte marker in the ids is replaced), so no server
+sees a span twice. One span in five is a chat call carrying about 2 KB of messages.
+
+Figures: spans/s at full load (all eight exporters sending back to back), then the latency of a
+512-span export at half that rate (paced, each server at half of its own maximum), and the
+receiver's peak resident memory against its configured request memory budget.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import statistics
 import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import httpx
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 
-from bench.common import Run, agl_store, say, timed
+from bench.common import agl_store_process, bar_chart, cpu_seconds, load, peak_rss, say
+from lightning_otlp.receiver.budget import DEFAULT_MAX_REQUEST_MEMORY
 from tests.payloads import genai_request
 from tests.support import ReceiverProcess
 
-SPANS = int(os.environ.get("BENCH_SPANS", "204800"))
-PER_REQUEST = 512
-ROLLOUTS_PER_REQUEST = 8
-EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+SECONDS = float(os.environ.get("BENCH_SECONDS", "30"))
+EXPORTERS = int(os.environ.get("BENCH_EXPORTERS", "8"))
+BATCH = 512
+# Distinct pre-encoded batches each exporter cycles through (one rollout each).
+TEMPLATES = 4
+CHAT_EVERY = 5
+# The trainer's read at half load: a rollout of this many spans, read this long after it ends.
+READ_SPANS = 500
+READ_AFTER = 1.0
+# A 4-byte marker at the front of every trace and span id, replaced per export.
+_MARKER = b"\xfe\xed\xfa\xce"
 PROTOBUF = {"content-type": "application/x-protobuf"}
-
-
-def payloads(seed: int, ids: list[tuple[str, str]] | None = None) -> list[bytes]:
-    return [
-        genai_request(
-            PER_REQUEST, rollouts=ROLLOUTS_PER_REQUEST, seed=seed + i, ids=ids
-        ).SerializeToString()
-        for i in range(SPANS // PER_REQUEST)
+_MESSAGES_IN = json.dumps(
+    [
+        {
+            "role": "system",
+            "parts": [{"type": "text", "content": "You are a careful agent. " * 12}],
+        },
+        {"role": "user", "parts": [{"type": "text", "content": "Plan the next step. " * 50}]},
     ]
+)
+_MESSAGES_OUT = json.dumps(
+    [{"role": "assistant", "parts": [{"type": "text", "content": "Calling search. " * 22}]}]
+)
 
 
-def http_sender(client: httpx.Client, url: str):
-    def send(body: bytes) -> None:
-        response = client.post(url, content=body, headers=PROTOBUF)
-        if response.status_code != 200:
-            raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:200]}")
+class _MarkedIds(IdGenerator):
+    """Ids that start with ``_MARKER``, so each export can make them new with one replace."""
 
-    return send
+    def __init__(self) -> None:
+        self._spans = itertools.count(1)
+        self._traces = itertools.count(1)
+
+    def generate_span_id(self) -> int:
+        return int.from_bytes(_MARKER + next(self._spans).to_bytes(4, "big"), "big")
+
+    def generate_trace_id(self) -> int:
+        return int.from_bytes(_MARKER + bytes(8) + next(self._traces).to_bytes(4, "big"), "big")
+
+
+class _Keep(SpanProcessor):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+
+
+def agent_batch(provider: TracerProvider, keep: _Keep, rollout: tuple[str, str]) -> bytes:
+    """512 spans of one rollout's agent steps (an agent span, chat calls, tool calls), encoded
+    by the SDK's encoder as its HTTP exporter sends them."""
+    tracer = provider.get_tracer("bench.agent", "1.0")
+    ids = {"agentlightning.rollout_id": rollout[0], "agentlightning.attempt_id": rollout[1]}
+    keep.spans.clear()
+    while len(keep.spans) < BATCH:
+        with tracer.start_as_current_span("invoke_agent planner", attributes=ids):
+            for step in range(9):
+                if len(keep.spans) + step >= BATCH - 1:
+                    break
+                if step % CHAT_EVERY == 0:
+                    attrs = {
+                        **ids,
+                        "gen_ai.operation.name": "chat",
+                        "gen_ai.system": "openai",
+                        "gen_ai.request.model": "gpt-4o-mini",
+                        "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+                        "gen_ai.usage.input_tokens": 812,
+                        "gen_ai.usage.output_tokens": 164,
+                        "gen_ai.response.finish_reasons": ("stop",),
+                        "gen_ai.input.messages": _MESSAGES_IN,
+                        "gen_ai.output.messages": _MESSAGES_OUT,
+                    }
+                    tracer.start_span("chat gpt-4o-mini", attributes=attrs).end()
+                else:
+                    attrs = {
+                        **ids,
+                        "gen_ai.operation.name": "execute_tool",
+                        "gen_ai.tool.name": "search",
+                        "gen_ai.tool.call.id": f"call_{step}",
+                    }
+                    tracer.start_span("execute_tool search", attributes=attrs).end()
+    spans = keep.spans[:BATCH]
+    return bytes(encode_spans(spans).SerializePartialToString())
+
+
+def make_templates(rollouts: Sequence[tuple[str, str]]) -> list[list[bytes]]:
+    """Per exporter, ``TEMPLATES`` encoded batches, each of its own rollout."""
+    out = []
+    ids = _MarkedIds()
+    for e in range(EXPORTERS):
+        keep = _Keep()
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": f"agent-{e}"}), id_generator=ids
+        )
+        provider.add_span_processor(keep)
+        out.append(
+            [agent_batch(provider, keep, rollouts[e * TEMPLATES + k]) for k in range(TEMPLATES)]
+        )
+        provider.shutdown()
+    return out
+
+
+@dataclass
+class Load:
+    label: str
+    spans: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0  # the server's CPU seconds meanwhile
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.spans / self.seconds if self.seconds else 0.0
+
+    def p(self, q: float) -> float:
+        lat = sorted(self.latencies)
+        return lat[min(len(lat) - 1, int(len(lat) * q))] * 1000 if lat else float("nan")
+
+    def line(self) -> str:
+        p50 = statistics.median(self.latencies) * 1000 if self.latencies else float("nan")
+        failed = f", {self.failed} failed" if self.failed else ""
+        cpu = f", server CPU {self.cpu / self.spans * 1e6:.1f} us/span" if self.spans else ""
+        return (
+            f"{self.label:<44} {self.rate:>9,.0f} spans/s  p50 {p50:6.1f} ms"
+            f"  p99 {self.p(0.99):6.1f} ms  ({len(self.latencies)} exports{failed}{cpu}; {load()})"
+        )
+
+
+def drive(
+    label: str, endpoint: str, templates: list[list[bytes]], rate: float | None, pid: int
+) -> Load:
+    """All exporters at once for ``SECONDS``: back to back, or paced to ``rate`` spans/s (for
+    half as long); ``pid`` is the server's process, for its CPU time."""
+    result = Load(label)
+    cpu_before = cpu_seconds(pid)
+    lock = threading.Lock()
+    started = time.perf_counter()
+    deadline = started + (SECONDS if rate is None else SECONDS / 2)
+    interval = EXPORTERS * BATCH / rate if rate else 0.0
+
+    def run(index: int) -> None:
+        exporter = OTLPSpanExporter(endpoint=endpoint, timeout=60)
+        client = exporter._client  # the exporter's own HTTP client, retries and all
+        batches = templates[index]
+        next_at = started + interval * index / EXPORTERS
+        latencies: list[float] = []
+        sent = failed = 0
+        for n in itertools.count():
+            if interval:
+                pause = next_at - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                next_at += interval
+            if time.perf_counter() >= deadline:
+                break
+            marker = ((index + 1) << 24 | n).to_bytes(4, "big")
+            body = batches[n % TEMPLATES].replace(_MARKER, marker)
+            t0 = time.perf_counter()
+            ok = client.export(body).success
+            latencies.append(time.perf_counter() - t0)
+            if ok:
+                sent += BATCH
+            else:
+                failed += 1
+        exporter.shutdown()
+        with lock:
+            result.latencies.extend(latencies)
+            result.spans += sent
+            result.failed += failed
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(EXPORTERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result.seconds = time.perf_counter() - started
+    result.cpu = cpu_seconds(pid) - cpu_before
+    say(result.line())
+    return result
+
+
+class Trainer(threading.Thread):
+    """Reads each rollout right after it finishes, as a trainer does: sends one rollout of
+    ``READ_SPANS`` spans, waits ``READ_AFTER`` s, then times ``query_spans`` of it through the
+    LightningStore API (the whole answer received and checked)."""
+
+    def __init__(self, receiver: ReceiverProcess) -> None:
+        super().__init__()
+        self.receiver = receiver
+        self.stop = threading.Event()
+        self.latencies: list[float] = []
+
+    def run(self) -> None:
+        url = self.receiver.http_url
+        with httpx.Client(timeout=60) as client:
+            for n in itertools.count():
+                if self.stop.is_set():
+                    return
+                ids = [(f"ro-feed{n:08x}", f"at-{n:08x}")]
+                body = genai_request(READ_SPANS, ids=ids, seed=n).SerializeToString()
+                client.post(url + "/v1/traces", content=body, headers=PROTOBUF).raise_for_status()
+                if self.stop.wait(READ_AFTER):
+                    return
+                t0 = time.perf_counter()
+                answer = client.post(url + "/v1/agl/spans/search", json={"rollout_id": ids[0][0]})
+                elapsed = time.perf_counter() - t0
+                answer.raise_for_status()
+                if len(answer.json()["items"]) != READ_SPANS:
+                    raise RuntimeError(f"query_spans of {ids[0][0]}: {answer.text[:200]}")
+                self.latencies.append(elapsed)
+
+
+def views_behind(receiver: ReceiverProcess) -> int:
+    """Spans whose records are not yet prepared for reads (the receiver's own metric)."""
+    text = httpx.get(receiver.health_url + "/metrics", timeout=30).text
+    for line in text.splitlines():
+        if line.startswith("lightning_otlp_span_views_behind "):
+            return int(float(line.split()[1]))
+    return -1
+
+
+def settle(base: str) -> None:
+    """Wait for a server to work off what the full load left queued: a small request answered
+    fast, three times in a row (at most 60 s)."""
+    quick = 0
+    deadline = time.monotonic() + 60
+    with httpx.Client(timeout=60) as client:
+        while quick < 3 and time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            client.post(base + "/v1/traces", content=b"", headers=PROTOBUF)
+            quick = quick + 1 if time.perf_counter() - t0 < 0.05 else 0
+            time.sleep(0.2)
+
+
+def create_rollouts(base: str, count: int) -> list[tuple[str, str]]:
+    """Rollouts in upstream's store (it takes spans of rollouts it knows only)."""
+    out = []
+    with httpx.Client(timeout=60) as client:
+        for _ in range(count):
+            r = client.post(base + "/v1/agl/rollouts", json={"input": {"task": "bench"}})
+            r.raise_for_status()
+            out.append((r.json()["rollout_id"], r.json()["attempt"]["attempt_id"]))
+    return out
 
 
 def main() -> None:
+    say(
+        f"{EXPORTERS} OTel SDK OTLP/HTTP exporters, {BATCH} spans an export, 1 in {CHAT_EVERY}"
+        f" a chat call with ~2 KB of messages; {SECONDS:.0f} s full load,"
+        f" {SECONDS / 2:.0f} s at half load"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
-        runs: list[Run] = []
-        receiver = ReceiverProcess(tmpdir / "bench.db").start()
+        with agl_store_process(tmpdir / "agl.log") as (base, agl):
+            rollouts = create_rollouts(base, EXPORTERS * TEMPLATES)
+            templates = make_templates(rollouts)
+            size = sum(len(b) for t in templates for b in t) / (EXPORTERS * TEMPLATES * BATCH)
+            say(f"payload: {size:.0f} bytes a span on the wire")
+            upstream = drive(
+                "agl store 0.3.0  -> memory", base + "/v1/traces", templates, None, agl.pid
+            )
+            settle(base)
+            upstream_half = drive(
+                "agl store 0.3.0  at half load",
+                base + "/v1/traces",
+                templates,
+                upstream.rate / 2,
+                agl.pid,
+            )
+            upstream_rss = peak_rss(agl.pid)
+        receiver = ReceiverProcess(tmpdir / "bench.db").start()  # synchronous=FULL by default
         try:
-            with httpx.Client(timeout=60) as client:
-                body = payloads(1_000_000)
-                say(
-                    f"payload: {PER_REQUEST} spans a request,"
-                    f" {len(body[0]) / PER_REQUEST:.0f} bytes a span"
-                )
-                runs.append(
-                    timed(
-                        "lightning-otlp  OTLP/HTTP protobuf -> SQLite",
-                        body,
-                        PER_REQUEST,
-                        http_sender(client, receiver.traces_url),
-                    )
-                )
-                say(runs[-1].line())
-            body = payloads(2_000_000)
-            with grpc.insecure_channel(receiver.grpc_target) as channel:
-                export = channel.unary_unary(EXPORT)
-                runs.append(
-                    timed(
-                        "lightning-otlp  OTLP/gRPC -> SQLite",
-                        body,
-                        PER_REQUEST,
-                        lambda b: export(b, timeout=60),
-                    )
-                )
-                say(runs[-1].line())
+            assert receiver.proc is not None
+            pid = receiver.proc.pid
+            url = receiver.traces_url
+            full = drive("lightning-otlp  -> SQLite, FULL sync", url, templates, None, pid)
+            settle(receiver.http_url)
+            behind_before = views_behind(receiver)
+            trainer = Trainer(receiver)
+            trainer.start()
+            try:
+                half = drive("lightning-otlp  at half load", url, templates, full.rate / 2, pid)
+            finally:
+                trainer.stop.set()
+                trainer.join()
+            behind_after = views_behind(receiver)
+            stored = full.spans + half.spans
+            rss = peak_rss(receiver.proc.pid)
         finally:
             receiver.stop()
-        with agl_store(tmpdir / "agl.log") as base:
-            with httpx.Client(timeout=120) as client:
-                ids = []
-                for _ in range(ROLLOUTS_PER_REQUEST):
-                    r = client.post(base + "/v1/agl/rollouts", json={"input": {"task": "bench"}})
-                    r.raise_for_status()
-                    ids.append((r.json()["rollout_id"], r.json()["attempt"]["attempt_id"]))
-                # Upstream only takes spans of rollouts it knows: point them at real ones.
-                body = payloads(3_000_000, ids)
-                runs.append(
-                    timed(
-                        "agl store 0.3.0  OTLP/HTTP protobuf -> memory",
-                        body,
-                        PER_REQUEST,
-                        http_sender(client, base + "/v1/traces"),
-                    )
-                )
-                say(runs[-1].line())
-        upstream = runs[-1].rate
-        for run in runs[:-1]:
-            say(f"ratio {run.label.split('  ')[1]:<28} {run.rate / upstream:5.1f}x upstream")
+    ratio = full.rate / upstream.rate if upstream.rate else float("inf")
+    say(f"ratio: ingest {ratio:.1f}x agl store 0.3.0 (aim: >= 10x)")
+    say(
+        f"p99 of a {BATCH}-span export at half load: {half.p(0.99):.1f} ms"
+        f" (agl store: {upstream_half.p(0.99):.1f} ms; aim: < 20 ms)"
+    )
+    reads = Load("query_spans", latencies=trainer.latencies)
+    say(
+        f"query_spans of a {READ_SPANS}-span rollout {READ_AFTER:.0f} s after it was sent, at"
+        f" half load, among about {stored:,} stored spans: p50 {reads.p(0.5):.1f} ms,"
+        f" p99 {reads.p(0.99):.1f} ms ({len(reads.latencies)} reads; aim: p99 < 20 ms)"
+    )
+    say(
+        f"records prepared for reads: {behind_before:,} spans behind as half load began,"
+        f" {behind_after:,} as it ended ({half.spans:,} spans arrived meanwhile)"
+    )
+    mib = 1024 * 1024
+    say(
+        f"peak RSS: lightning-otlp {rss / mib:.0f} MiB (request memory budget"
+        f" {DEFAULT_MAX_REQUEST_MEMORY / mib:.0f} MiB, sized for a 512 MiB container);"
+        f" agl store {upstream_rss / mib:.0f} MiB"
+    )
+    note = f"{EXPORTERS} exporters x {BATCH} spans; {load()}"
+    bar_chart(
+        "ingest-throughput",
+        "Ingest, 8 concurrent OTel SDK exporters (spans/s, higher is better)",
+        "spans/s",
+        {
+            "lightning-otlp (SQLite, FULL sync)": full.rate,
+            "agl store 0.3.0 (memory)": upstream.rate,
+        },
+        note,
+    )
+    bar_chart(
+        "ingest-latency",
+        f"p99 of a {BATCH}-span export at half load (ms, lower is better)",
+        "ms",
+        {"lightning-otlp": half.p(0.99), "agl store 0.3.0": upstream_half.p(0.99)},
+        note,
+    )
+    bar_chart(
+        "reads-under-ingest",
+        f"query_spans of a {READ_SPANS}-span rollout {READ_AFTER:.0f} s after it was sent,"
+        " at half load (ms)",
+        "ms",
+        {"lightning-otlp p50": reads.p(0.5), "lightning-otlp p99": reads.p(0.99)},
+        note,
+    )
+    bar_chart(
+        "ingest-memory",
+        "Peak resident memory during the ingest benchmark (MiB)",
+        "MiB",
+        {
+            "lightning-otlp": rss / mib,
+            "lightning-otlp request budget": DEFAULT_MAX_REQUEST_MEMORY / mib,
+            "agl store 0.3.0": upstream_rss / mib,
+        },
+        note,
+    )

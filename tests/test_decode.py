@@ -304,14 +304,16 @@ def test_span_count_refuses_group_fields_that_would_hide_spans() -> None:
 
 
 def test_span_count_matches_the_decoder_on_mixed_spans() -> None:
-    """Tiny spans (the fast path), spans longer than 127 bytes and a scope and schema URL
-    between them: the count from the wire is the decoder's."""
+    """Tiny spans, spans longer than 127 bytes (the two fast paths), one past 16 KiB (three
+    length bytes) and a scope and schema URL between them: the count from the wire is the
+    decoder's."""
     from lightning_otlp.receiver.decode import count_spans
 
     from .payloads import make_request, make_span
 
     request = make_request(
         [make_span(f"s{i}", attributes={"pad": "x" * (i * 13)}) for i in range(40)]
+        + [make_span("big", attributes={"pad": "x" * 20_000})]
     )
     scope = request.resource_spans[0].scope_spans[0]
     scope.spans.add()  # empty: two bytes
@@ -320,7 +322,7 @@ def test_span_count_matches_the_decoder_on_mixed_spans() -> None:
     body = request.SerializeToString()
     decoded = decode_traces(body)
     expected = sum(1 + sum(1 + len(s.spans) for s in r.scope_spans) for r in decoded.resource_spans)
-    assert count_spans(body, 10_000) == expected == 46
+    assert count_spans(body, 10_000) == expected == 47
     assert 5 < count_spans(body, 5) <= 8  # stops a little past the limit
 
 

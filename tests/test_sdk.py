@@ -14,7 +14,7 @@ from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagate import inject
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -292,6 +292,53 @@ def test_ids_a_caller_set_are_kept(traced: Traced) -> None:
         start("only.attempt", attributes={semconv.ATTEMPT_ID: "at-bbbbbbbb"}).end()
     assert ids_of(traced.one("explicit")) == ("ro-aaaaaaaaaaaa", None)
     assert ids_of(traced.one("only.attempt")) == (None, "at-bbbbbbbb")
+
+
+class _SdkStamp(SpanProcessor):
+    """The SDK's own way to add the ids, for comparison."""
+
+    def __init__(self, stamp: dict[str, str]) -> None:
+        self.stamp = stamp
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        span.set_attributes(self.stamp)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        SpanLimits(),
+        SpanLimits(max_span_attributes=4),  # full: the SDK drops the oldest
+        SpanLimits(max_attribute_length=6),  # the SDK cuts the ids short
+        SpanLimits(max_span_attributes=0),
+    ],
+    ids=["default", "count-limit", "length-limit", "no-attributes"],
+)
+def test_stamped_attributes_are_what_the_sdks_own_path_stores(limits: SpanLimits) -> None:
+    """However the ids get onto a span, its attributes and dropped count match set_attributes."""
+    start_attrs: dict[str, Any] = {"a": "x", "b": 1, "c": [1, 2], "d": True}
+    results = []
+    for make in (RolloutSpanProcessor, None):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(span_limits=limits, shutdown_on_exit=False)
+        with rollout(
+            rollout_id="ro-0123456789ab", attempt_id="at-01234567", tracer_provider=provider
+        ) as ids:
+            stamp = {semconv.ROLLOUT_ID: ids.rollout_id, semconv.ATTEMPT_ID: ids.attempt_id}
+            provider.add_span_processor(make() if make else _SdkStamp(stamp))
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            tracer = provider.get_tracer("test")
+            tracer.start_span("with", attributes=start_attrs).end()
+            tracer.start_span("without").end()
+        provider.shutdown()
+        results.append(
+            [
+                (s.name, list((s.attributes or {}).items()), s.dropped_attributes)
+                for s in exporter.get_finished_spans()
+            ]
+        )
+    assert results[0] == results[1]
+    assert {"with", "without"} <= {name for name, _, _ in results[0]}
 
 
 def test_ids_from_w3c_baggage_of_the_parent_context(traced: Traced) -> None:

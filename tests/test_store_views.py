@@ -190,6 +190,56 @@ def test_the_receiver_prepares_records_while_idle_and_stops_when_draining(
     assert _views(store) == 300
 
 
+def test_records_are_prepared_between_commits_under_sustained_ingest(
+    pipeline: Pipeline, store: SQLiteStore
+) -> None:
+    """Requests that never leave the store a moment idle (one right after another) still let
+    records be prepared, between their commits, and whole rollouts get read from them."""
+    rollouts = [(f"ro-{seed:012x}", f"at-{seed:08x}") for seed in range(1, 2000)]
+
+    async def run() -> int:
+        worker = asyncio.ensure_future(pipeline.idle_work())
+        sent = 0
+        for seed, ids in enumerate(rollouts, 1):  # a request at a time, no pause between them
+            request = genai_request(50, ids=[ids], seed=seed).SerializeToString()
+            await pipeline.export("traces", request, None, PROTOBUF, "http")
+            sent += 1
+            if _views(store) >= 300:
+                break
+        pipeline.draining = True
+        await asyncio.wait_for(worker, 30)
+        return sent
+
+    sent = asyncio.run(run())
+    assert _views(store) >= 300, f"nothing prepared during {sent} back-to-back requests"
+    api = store.lightning_api()
+    assert api is not None
+    prepared = [rid for rid, _ in rollouts[:sent] if _encoded_count(api, rid) == 50]
+    assert prepared  # at least one rollout read wholly from prepared records
+
+
+def test_the_newest_spans_are_prepared_before_a_backlog(
+    pipeline: Pipeline, store: SQLiteStore
+) -> None:
+    """Spans stored just now (the rollout a trainer reads next) are prepared before older
+    ones still waiting, and the older ones follow."""
+    backlog = [(f"ro-{r:012x}", f"at-{r:08x}") for r in range(10)]
+    for r, ids in enumerate(backlog):
+        pipeline.export_traces(
+            genai_request(500, ids=[ids], seed=r).SerializeToString(), None, PROTOBUF
+        )
+    pipeline.export_traces(genai_request(100, ids=[OTHER]).SerializeToString(), None, PROTOBUF)
+    api = store.lightning_api()
+    assert api is not None
+    while _encoded_count(api, OTHER[0]) < 100:
+        assert store.idle_work()
+    assert _encoded_count(api, backlog[0][0]) == 0  # the oldest: still waiting
+    _build_all(store)
+    assert all(_encoded_count(api, rid) == 500 for rid, _ in backlog)
+    assert _views(store) == 5100
+    assert store.metrics()[0].value == 0
+
+
 def test_a_busy_file_delays_preparing_and_never_holds_the_store_thread(tmp_path: Any) -> None:
     """Another writer holding the file: the idle step gives up at once and tries again later
     (requests would otherwise wait behind it for the whole busy timeout)."""

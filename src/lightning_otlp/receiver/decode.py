@@ -218,14 +218,21 @@ def count_spans(data: bytes, limit: int) -> int:
 
 def _count_spans_field(data: bytes, pos: int, end: int, limit: int) -> int:
     """``ScopeSpans.spans`` fields in data[pos:end], up to a little past ``limit``: the loop a
-    flood of tiny spans spins in, so a span with a one-byte length (the case of every tiny
-    one) is skipped without leaving it."""
+    flood of tiny spans spins in, so a span with a one- or two-byte length (every tiny one,
+    and most others) is skipped without leaving it."""
     count = 0
     while pos < end and count <= limit:
-        if data[pos] == 0x12 and pos + 1 < end and data[pos + 1] < 0x80:
-            pos += 2 + data[pos + 1]
-            count += 1
-            continue
+        if data[pos] == 0x12 and pos + 2 < end:
+            size = data[pos + 1]
+            if size < 0x80:  # a tiny span: one length byte
+                pos += 2 + size
+                count += 1
+                continue
+            high = data[pos + 2]
+            if high < 0x80:  # a span of 128 bytes to 16 KiB (most spans): two length bytes
+                pos += 3 + (size & 0x7F | high << 7)
+                count += 1
+                continue
         for _, field_end in _fields(data, pos, end, 2):
             pos = field_end  # one span with a longer length (or another field before it)
             count += 1

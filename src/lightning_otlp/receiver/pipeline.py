@@ -47,6 +47,12 @@ NOT_READY_AFTER_FAILURE_SECONDS: Final = 5.0
 # one short step at a time, and looks again this often once it has caught up.
 IDLE_AFTER_SECONDS: Final = 0.1
 IDLE_POLL_SECONDS: Final = 1.0
+# Under sustained ingest there is no such pause, so a step also runs whenever no batch waits
+# for the store thread and at most this many requests are in flight (fewer than a full load
+# keeps queued); the batches that arrive meanwhile commit right after it. Once caught up, it
+# looks again this often, so records of spans that just arrived are ready within about this.
+BUSY_STEP_MAX_IN_FLIGHT: Final = 1
+BUSY_POLL_SECONDS: Final = 0.05
 # A group commit takes at most this many waiting requests, or spans (a bound on how long one
 # transaction holds the store).
 MAX_GROUP_REQUESTS: Final = 32
@@ -357,15 +363,19 @@ class Pipeline:
             self._last_request = time.monotonic()
 
     async def idle_work(self) -> None:
-        """Hand the store thread to the store's background work (``Store.idle_work``) while no
-        request is waiting or came lately; runs until cancelled or draining."""
+        """Hand the store thread to the store's background work (``Store.idle_work``) one step
+        at a time: while no request came lately, and under ingest between commits; runs until
+        cancelled or draining."""
         loop = asyncio.get_running_loop()
         more = True
+        busy = False
         while not self.draining:
-            await asyncio.sleep(0 if more else IDLE_POLL_SECONDS)
-            if self._in_flight or time.monotonic() - self._last_request < IDLE_AFTER_SECONDS:
-                if more:
-                    await asyncio.sleep(IDLE_AFTER_SECONDS)
+            await asyncio.sleep(0 if more else BUSY_POLL_SECONDS if busy else IDLE_POLL_SECONDS)
+            busy = bool(
+                self._in_flight or time.monotonic() - self._last_request < IDLE_AFTER_SECONDS
+            )
+            if busy and (self._commits or self._in_flight > BUSY_STEP_MAX_IN_FLIGHT):
+                await asyncio.sleep(BUSY_POLL_SECONDS)
                 continue
             try:
                 more = await loop.run_in_executor(self._executor, self.store.idle_work)

@@ -104,7 +104,8 @@ class RolloutSpanProcessor(SpanProcessor):
             existing = span._attributes  # the start attributes; .attributes would copy them
             if existing and (semconv.ROLLOUT_ID in existing or semconv.ATTEMPT_ID in existing):
                 return
-            span.set_attributes(stamp)
+            if not _stamp_in_place(existing, stamp):
+                span.set_attributes(stamp)
         except Exception:  # a tracing aid must never break the agent it observes
             self._log_failure()
 
@@ -131,6 +132,23 @@ class RolloutSpanProcessor(SpanProcessor):
             _logger.warning("could not stamp rollout ids on a span", exc_info=True)
         else:
             _logger.debug("could not stamp rollout ids on a span", exc_info=True)
+
+
+def _stamp_in_place(attributes: Any, stamp: dict[str, str]) -> bool:
+    """Add the ids straight to a starting span's attribute dict when the SDK's own path would
+    store them unchanged: new keys, plain string values, no length limit, room under the count
+    limit. That path cleans and locks per attribute, most of what stamping costs; nobody else
+    holds a span in ``on_start``. False (nothing done) whenever any of that is not so."""
+    items = getattr(attributes, "_dict", None)
+    if type(items) is not dict or getattr(attributes, "_immutable", True):
+        return False
+    if getattr(attributes, "max_value_len", 0) is not None:
+        return False
+    maxlen = getattr(attributes, "maxlen", 0)
+    if maxlen is not None and len(items) + len(stamp) > maxlen:
+        return False
+    items.update(stamp)
+    return True
 
 
 def _from_baggage(ctx: Context) -> dict[str, str] | None:

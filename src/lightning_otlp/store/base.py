@@ -82,7 +82,7 @@ class Store(Protocol):
 
     def idle_work(self) -> bool:
         """One short step of background work (a few milliseconds), run on the store thread
-        while no request waits; True while more is left."""
+        while no batch waits for it; True while more is left."""
         ...
 
     def check(self, full: bool = False) -> list[str]:

@@ -151,7 +151,7 @@ class SQLiteStore:
             of failing.
         translate: read model-call spans of the GenAI conventions in Agent Lightning's shape
             (``lightning_otlp.translate``); False reads every span exactly as received.
-        prepare_reads: build each span's record while idle (``idle_work``), so reading a
+        prepare_reads: build each span's record in the background (``idle_work``), so reading a
             rollout's spans back through the API is fast; costs about the spans' size on disk.
     """
 
@@ -185,6 +185,9 @@ class SQLiteStore:
         # spans then goes through the API's lifecycle (retries, workers) in the same transaction.
         self.on_outcome: OutcomeHook | None = None
         self._views_at = 0  # span rowid up to which views were built this run
+        # Newest spans first: rowid up to which the newest window was looked at.
+        self._newest_at = 0
+        self._newest_from = 0  # where the current run of newest steps began
         self._span_top = 0  # the highest span rowid written, as last seen
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -679,8 +682,8 @@ class SQLiteStore:
         return cursor.rowcount if cursor.rowcount >= 0 else len(rows)
 
     def idle_work(self) -> bool:
-        """One short step of background work, run while no request waits: build the next span
-        views (``store.views``). True while there is more to do."""
+        """One short step of background work, run while no batch waits for the store thread:
+        build the next span views (``store.views``). True while there is more to do."""
         if not (self.prepare_reads and self.translate):
             return False
         try:
@@ -692,9 +695,7 @@ class SQLiteStore:
                 conn.execute("PRAGMA busy_timeout = 0")
                 try:
                     with transaction(conn):
-                        self._views_at, _ = views.build(
-                            conn, self._views_at, window=_VIEW_WINDOW, limit=_VIEW_BATCH
-                        )
+                        self._build_views_step(conn)
                 finally:
                     conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
                 return bool(self._views_at < self._top_rowid(conn))
@@ -704,6 +705,24 @@ class SQLiteStore:
             log.warning("stopped preparing span records for reads: %s", exc)
             self.prepare_reads = False
             return False
+
+    def _build_views_step(self, conn: sqlite3.Connection) -> None:
+        """Spans stored since the last step first, from the newest window on: a rollout that
+        just finished is what a trainer reads next. Older spans (a backlog, or spans the
+        newest window slid past) follow in rowid order; views built twice never are, the
+        build skips spans that have one."""
+        top = self._span_top
+        if self._newest_at < top:
+            start = max(self._newest_at, self._views_at, top - _VIEW_WINDOW)
+            if start != self._newest_at:  # a new run of newest steps: spans were skipped
+                self._newest_from = start
+            self._newest_at, _ = views.build(conn, start, window=top - start, limit=_VIEW_BATCH)
+            if self._newest_from <= self._views_at:  # the run began where the backlog ends
+                self._views_at = max(self._views_at, self._newest_at)
+            return
+        self._views_at, _ = views.build(
+            conn, self._views_at, window=_VIEW_WINDOW, limit=_VIEW_BATCH
+        )
 
     @staticmethod
     def _top_rowid(conn: sqlite3.Connection) -> int:

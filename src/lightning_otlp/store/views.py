@@ -1,10 +1,11 @@
-"""Span records prepared ahead of reads: each OTLP span's record as JSON, built while idle.
+"""Span records prepared ahead of reads: each OTLP span's record as JSON, built in the background.
 
 Building a record (protobuf to attributes, translation) costs far more than reading it, so
 reading one rollout's spans back (the trainer's ``query_spans``, the dashboard) would spend most
-of its time there. The store builds the records in the background when no request waits and
-keeps them in ``span_views``; a read splices the span's current rollout, attempt and sequence id
-in front (they change when a trace's spans move) and sends the bytes as they are.
+of its time there. The store builds the records in the background, between commits, newest
+spans first, and keeps them in ``span_views``; a read splices the span's current rollout,
+attempt and sequence id in front (they change when a trace's spans move) and sends the bytes
+as they are.
 
 A view is only a cache: it is used when its version matches this code (any change to the
 record or translation code makes another version), when its span id matches the span it is
