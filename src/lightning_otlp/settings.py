@@ -308,8 +308,9 @@ class Settings:
         True,
         Spec(
             _flag,
-            "read model calls of the GenAI conventions (OTel, OpenLLMetry, OpenInference, Vercel)"
-            " in Agent Lightning's shape; false reads every span exactly as received",
+            "read model calls of the GenAI conventions (OTel, OpenLLMetry, OpenInference, Vercel,"
+            " LiteLLM, pydantic-ai, OpenLIT) in Agent Lightning's shape; false reads every span"
+            " exactly as received",
             "true|false",
         ),
     )
@@ -317,7 +318,7 @@ class Settings:
         True,
         Spec(
             _flag,
-            "build each span's record while idle, so reading a rollout's spans through the"
+            "build each span's record in the background, so reading a rollout's spans through the"
             " LightningStore API is fast (takes about as much disk again as the spans)",
             "true|false",
         ),
