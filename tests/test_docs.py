@@ -144,6 +144,24 @@ def test_every_relative_link_of_the_readme_resolves() -> None:
             assert anchor in {_slug(h) for h in headings}, link
 
 
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def test_every_image_a_page_shows_exists_and_every_image_is_shown() -> None:
+    """A missing chart or screenshot shows as a broken picture, which the strict build lets
+    through; an image no page shows is a stale one left behind."""
+    shown: set[Path] = set()
+    for page in [*PAGES, README]:
+        for link in IMAGE.findall(page.read_text()):
+            assert "://" not in link, f"{page.name}: {link} is not in the repository"
+            image = (page.parent / link).resolve()
+            assert image.is_file(), f"{page.name} shows {link}, which does not exist"
+            shown.add(image)
+    assert len(shown) >= 7
+    images = {p.resolve() for p in DOCS.rglob("*") if p.suffix in {".png", ".svg", ".jpg"}}
+    assert images <= shown, f"images no page shows: {sorted(images - shown)}"
+
+
 # -- the files a page includes that no other test runs ------------------------------------
 
 
