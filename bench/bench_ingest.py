@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from bench.common import agl_store_process, bar_chart, cpu_seconds, load, peak_rss, say
-from lightning_otlp.receiver.budget import DEFAULT_MAX_REQUEST_MEMORY
+from lightning_otlp.defaults import DEFAULT_MAX_REQUEST_MEMORY
 from tests.payloads import genai_request
 from tests.support import ReceiverProcess
 

@@ -18,7 +18,7 @@ import yaml
 
 from lightning_otlp.cli import build_parser
 from lightning_otlp.configfile import check_config
-from lightning_otlp.receiver.decode import DEFAULT_MAX_REQUEST_BYTES
+from lightning_otlp.defaults import DEFAULT_MAX_REQUEST_BYTES
 from lightning_otlp.settings import SPECS, Address, Settings
 
 from .support import ROOT

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from lightning_otlp.defaults import DEFAULT_OUTBOX
+from lightning_otlp.settings import Settings
 from lightning_otlp.store import SQLiteStore, open_store
-from lightning_otlp.store.url import DEFAULT_OUTBOX, parse_store_url
+from lightning_otlp.store.url import parse_store_url
 
 
 @pytest.mark.parametrize(
@@ -51,3 +53,25 @@ def test_open_store_goes_through_the_parser() -> None:
         open_store("memory://?synchronus=off")
     with pytest.raises(ValueError, match="batch_spans must be positive"):
         open_store("agl+http://h:1?batch_spans=0&outbox=o.db", forward=False)
+
+
+@pytest.mark.parametrize(
+    ("url", "setting", "message"),
+    [
+        ("agl+http://h:1?max_outbox_spans=many", "max_outbox_spans", "must be a whole number"),
+        ("agl+http://h:1?max_outbox_bytes=-1", "max_outbox_bytes", "must be positive"),
+        ("agl+http://h:1?max_backoff=soon", "max_backoff", "must be a number of seconds"),
+        ("memory://?synchronous=sometimes", "synchronous", "must be one of OFF, NORMAL"),
+    ],
+)
+def test_options_refused_in_the_words_of_the_settings(url: str, setting: str, message: str) -> None:
+    """A URL option is parsed by the settings' own parsers, so it is refused as a flag is."""
+    with pytest.raises(ValueError, match=f"store URL .*: {setting} {message}"):
+        parse_store_url(url)
+    with pytest.raises(ValueError, match=f"^store: store URL .*: {setting} {message}"):
+        Settings(store=url)
+
+
+def test_options_parsed_once() -> None:
+    parsed = parse_store_url("agl+http://h:1?batch_spans=5&max_backoff=1&synchronous=normal")
+    assert parsed.values == {"batch_spans": 5, "max_backoff": 1.0, "synchronous": "NORMAL"}

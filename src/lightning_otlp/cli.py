@@ -11,10 +11,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import __version__
-from .configfile import check_config
+from .configfile import check_config, load
+from .defaults import DEFAULT_STORE_URL
 from .errors import ReceiverError, StoreDamaged
-from .settings import CONFIG_ENV, DEFAULTS, ENV_PREFIX, SPECS, Settings, flag_of, load
-from .store import DEFAULT_STORE_URL, open_store
+from .settings import CONFIG_ENV, DEFAULTS, ENV_PREFIX, SPECS, Settings, flag_of
+from .store import open_store
 
 EXAMPLES = {
     "serve": "example: lightning-otlp serve --store sqlite:///runs.db --rollout-key session.id",

@@ -11,15 +11,17 @@ environment variables without their prefix (``max-request-bytes`` or ``max_reque
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import ssl
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from .receiver.auth import load_tokens
-from .settings import SPECS, Settings, coerce
+from .settings import CONFIG_ENV, DEFAULTS, SPECS, Settings, coerce, from_env
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -163,3 +165,24 @@ def _key_lines(text: str) -> dict[str, int]:
             key = found.group(1) or found.group(2) or found.group(3)
             lines.setdefault(key, number)
     return lines
+
+
+def load(
+    flags: Mapping[str, Any],
+    *,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Defaults < config file (``config_file`` or ``$LIGHTNING_OTLP_CONFIG``) < env < flags."""
+    env = os.environ if environ is None else environ
+    path = config_file or env.get(CONFIG_ENV) or None
+    from_file = read_config(path) if path else {}
+    parsed = {}
+    for name, raw in flags.items():
+        if raw is None:
+            continue
+        try:
+            parsed[name] = coerce(name, raw)
+        except ValueError as exc:
+            raise ValueError(f"--{name.replace('_', '-')}: {exc}") from None
+    return DEFAULTS.with_overrides(from_file).with_overrides(from_env(env)).with_overrides(parsed)

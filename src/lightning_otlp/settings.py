@@ -12,27 +12,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, NamedTuple
 
-from .forward.outbox import DEFAULT_LOG_WAIT
-from .receiver.budget import DEFAULT_MAX_REQUEST_MEMORY
-from .receiver.decode import DEFAULT_MAX_REQUEST_BYTES
-from .receiver.pipeline import DEFAULT_MAX_IN_FLIGHT
-from .receiver.route import FALLBACKS
-from .receiver.transport.grpc import DEFAULT_MAX_CONCURRENT_STREAMS
-from .receiver.transport.http import (
+from .defaults import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LOG_WAIT,
+    DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_REQUEST_MEMORY,
+    DEFAULT_STORE_URL,
+    FALLBACKS,
 )
-from .store import DEFAULT_STORE_URL
+from .parsers import flag, names, not_negative, number, one_of, path, positive, text, whole
+from .store.url import parse_store_url
 
 ENV_PREFIX: Final = "LIGHTNING_OTLP_"
 CONFIG_ENV: Final = ENV_PREFIX + "CONFIG"
 # ``--health off`` runs no health/metrics server.
 HEALTH_OFF: Final = "off"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 
 class Address(NamedTuple):
@@ -55,16 +55,10 @@ class Address(NamedTuple):
 # -- the coercion table: one parser per kind of value, for flags, environment and file ----------
 
 
-def _text(raw: Any) -> str:
-    if not isinstance(raw, str):
-        raise ValueError(f"must be a string, not {raw!r}")
-    return raw
-
-
 def _address(raw: Any) -> Address:
     if isinstance(raw, Address):
         return raw
-    return Address.parse(_text(raw))
+    return Address.parse(text(raw))
 
 
 def _address_or_off(raw: Any) -> Address | None:
@@ -73,85 +67,9 @@ def _address_or_off(raw: Any) -> Address | None:
     return _address(raw)
 
 
-def _whole(raw: Any) -> int:
-    if isinstance(raw, str):
-        try:
-            return int(raw.strip())
-        except ValueError:
-            raise ValueError(f"must be a whole number, not {raw!r}") from None
-    if isinstance(raw, bool) or not isinstance(raw, int):
-        raise ValueError(f"must be a whole number, not {raw!r}")
-    return raw
-
-
-def _number(raw: Any) -> float:
-    if isinstance(raw, str):
-        try:
-            return float(raw.strip())
-        except ValueError:
-            raise ValueError(f"must be a number of seconds, not {raw!r}") from None
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-        raise ValueError(f"must be a number, not {raw!r}")
-    return float(raw)
-
-
-def _positive(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def check(raw: Any) -> Any:
-        value = parse(raw)
-        if value <= 0:
-            raise ValueError(f"must be positive, not {raw!r}")
-        return value
-
-    return check
-
-
-def _not_negative(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def check(raw: Any) -> Any:
-        value = parse(raw)
-        if value < 0:
-            raise ValueError(f"must not be negative, not {raw!r}")
-        return value
-
-    return check
-
-
-def _flag(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
-        return raw.strip().lower() in _TRUE
-    raise ValueError(f"must be true or false, not {raw!r}")
-
-
-def _names(raw: Any) -> tuple[str, ...]:
-    if isinstance(raw, str):  # environment: comma-separated
-        return tuple(k.strip() for k in raw.split(",") if k.strip())
-    if isinstance(raw, (list, tuple)) and all(isinstance(v, str) for v in raw):
-        return tuple(raw)
-    raise ValueError(f'must be a list of strings, like ["session.id"], not {raw!r}')
-
-
-def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
-    def check(raw: Any) -> str:
-        value = _text(raw)
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, not {raw!r}")
-        return value
-
-    return check
-
-
-def _path(raw: Any) -> str | None:
-    if raw is None or raw == "":
-        return None
-    return _text(raw)
-
-
 def _store_url(raw: Any) -> str:
-    from .store import open_store
-
-    value = _text(raw)
-    open_store(value)  # makes, does not open: checks the URL's form
+    value = text(raw)
+    parse_store_url(value)  # checks the URL's form and its options
     return value
 
 
@@ -184,26 +102,26 @@ class Settings:
     rollout_keys: tuple[str, ...] = _spec(
         (),
         Spec(
-            _names,
+            names,
             "attribute whose value names a rollout, e.g. session.id (repeatable)",
             "ATTR",
             repeatable=True,
         ),
     )
     fallback: str = _spec(
-        "trace", Spec(_one_of(FALLBACKS), "spans with no rollout: trace or reject", "POLICY")
+        "trace", Spec(one_of(FALLBACKS), "spans with no rollout: trace or reject", "POLICY")
     )
     max_request_bytes: int = _spec(
         DEFAULT_MAX_REQUEST_BYTES,
-        Spec(_positive(_whole), "request size limit after decompression", "BYTES"),
+        Spec(positive(whole), "request size limit after decompression", "BYTES"),
     )
     max_in_flight: int = _spec(
-        DEFAULT_MAX_IN_FLIGHT, Spec(_positive(_whole), "queued requests before 503", "N")
+        DEFAULT_MAX_IN_FLIGHT, Spec(positive(whole), "queued requests before 503", "N")
     )
     max_request_memory: int = _spec(
         DEFAULT_MAX_REQUEST_MEMORY,
         Spec(
-            _positive(_whole),
+            positive(whole),
             "request bytes held in memory at once (bodies, decompressed bodies) before new"
             " requests get 503",
             "BYTES",
@@ -212,7 +130,7 @@ class Settings:
     header_timeout: float = _spec(
         DEFAULT_HEADER_TIMEOUT,
         Spec(
-            _positive(_number),
+            positive(number),
             "HTTP: seconds for a request's line and headers to arrive, then the connection closes",
             "SECONDS",
         ),
@@ -220,7 +138,7 @@ class Settings:
     body_timeout: float = _spec(
         DEFAULT_BODY_TIMEOUT,
         Spec(
-            _positive(_number),
+            positive(number),
             "HTTP: seconds for a request's whole body to arrive (408)",
             "SECONDS",
         ),
@@ -228,39 +146,39 @@ class Settings:
     idle_timeout: float = _spec(
         DEFAULT_IDLE_TIMEOUT,
         Spec(
-            _positive(_number),
+            positive(number),
             "seconds an idle connection stays open (HTTP keep-alive, gRPC connection idle)",
             "SECONDS",
         ),
     )
     max_connections: int = _spec(
         DEFAULT_MAX_CONNECTIONS,
-        Spec(_positive(_whole), "HTTP connections at once; more get 503 and are closed", "N"),
+        Spec(positive(whole), "HTTP connections at once; more get 503 and are closed", "N"),
     )
     max_grpc_streams: int = _spec(
         DEFAULT_MAX_CONCURRENT_STREAMS,
-        Spec(_positive(_whole), "gRPC calls at once on one connection", "N"),
+        Spec(positive(whole), "gRPC calls at once on one connection", "N"),
     )
-    log_level: str = _spec("info", Spec(_one_of(LOG_LEVELS), "log level", "LEVEL"))
+    log_level: str = _spec("info", Spec(one_of(LOG_LEVELS), "log level", "LEVEL"))
     health: Address | None = _spec(
         Address("127.0.0.1", 13133),
         Spec(_address_or_off, "health, readiness and /metrics address, or 'off'", "HOST:PORT"),
     )
     auth_token_file: str | None = _spec(
         None,
-        Spec(_path, "require 'authorization: Bearer <token>', one accepted token a line", "FILE"),
+        Spec(path, "require 'authorization: Bearer <token>', one accepted token a line", "FILE"),
     )
     tls_cert: str | None = _spec(
-        None, Spec(_path, "PEM certificate: TLS on both transports", "FILE")
+        None, Spec(path, "PEM certificate: TLS on both transports", "FILE")
     )
-    tls_key: str | None = _spec(None, Spec(_path, "PEM private key of --tls-cert", "FILE"))
+    tls_key: str | None = _spec(None, Spec(path, "PEM private key of --tls-cert", "FILE"))
     tls_client_ca: str | None = _spec(
-        None, Spec(_path, "PEM CA: require client certificates (mutual TLS)", "FILE")
+        None, Spec(path, "PEM CA: require client certificates (mutual TLS)", "FILE")
     )
     shutdown_timeout: float = _spec(
         10.0,
         Spec(
-            _positive(_number),
+            positive(number),
             "on SIGTERM, how long in-flight requests may take to finish",
             "SECONDS",
         ),
@@ -268,7 +186,7 @@ class Settings:
     affinity_window: float = _spec(
         600.0,
         Spec(
-            _not_negative(_number),
+            not_negative(number),
             "how long spans that reached a per-trace rollout may still move to the rollout"
             " their trace is bound to",
             "SECONDS",
@@ -277,7 +195,7 @@ class Settings:
     forward_log_wait: float = _spec(
         DEFAULT_LOG_WAIT,
         Spec(
-            _not_negative(_number),
+            not_negative(number),
             "forwarding: how long a model call whose messages come as GenAI log records waits"
             " for them before it is sent (0: never waits)",
             "SECONDS",
@@ -285,12 +203,12 @@ class Settings:
     )
     finalize_on_root: bool = _spec(
         False,
-        Spec(_flag, "mark a per-trace rollout succeeded/failed by its root span's status"),
+        Spec(flag, "mark a per-trace rollout succeeded/failed by its root span's status"),
     )
     dashboard: str | None = _spec(
         None,
         Spec(
-            _path,
+            path,
             "serve the Agent Lightning dashboard on the OTLP/HTTP port: its directory, or"
             " 'auto' for the installed agentlightning package's",
             "DIR",
@@ -299,7 +217,7 @@ class Settings:
     watchdog_interval: float = _spec(
         10.0,
         Spec(
-            _not_negative(_number),
+            not_negative(number),
             "least time between scans for timed-out and unresponsive attempts",
             "SECONDS",
         ),
@@ -307,7 +225,7 @@ class Settings:
     translate: bool = _spec(
         True,
         Spec(
-            _flag,
+            flag,
             "read model calls of the GenAI conventions (OTel, OpenLLMetry, OpenInference, Vercel,"
             " LiteLLM, pydantic-ai, OpenLIT) in Agent Lightning's shape; false reads every span"
             " exactly as received",
@@ -317,7 +235,7 @@ class Settings:
     prepare_reads: bool = _spec(
         True,
         Spec(
-            _flag,
+            flag,
             "build each span's record in the background, so reading a rollout's spans through the"
             " LightningStore API is fast (takes about as much disk again as the spans)",
             "true|false",
@@ -372,26 +290,3 @@ def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         except ValueError as exc:
             raise ValueError(f"{var}: {exc}") from None
     return out
-
-
-def load(
-    flags: Mapping[str, Any],
-    *,
-    config_file: str | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> Settings:
-    """Defaults < config file (``config_file`` or ``$LIGHTNING_OTLP_CONFIG``) < env < flags."""
-    from .configfile import read_config
-
-    env = os.environ if environ is None else environ
-    path = config_file or env.get(CONFIG_ENV) or None
-    from_file = read_config(path) if path else {}
-    parsed = {}
-    for name, raw in flags.items():
-        if raw is None:
-            continue
-        try:
-            parsed[name] = coerce(name, raw)
-        except ValueError as exc:
-            raise ValueError(f"--{name.replace('_', '-')}: {exc}") from None
-    return DEFAULTS.with_overrides(from_file).with_overrides(from_env(env)).with_overrides(parsed)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from starlette.responses import FileResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
 
+from ..asgi import ASGIApp, Receive, Scope, Send
 from ..receiver.auth import BearerAuth
 from .routes import PREFIX, LightningAPI
-
-Scope = dict[str, Any]
-ASGIApp = Any
 
 _OTLP_PREFIX: Final = "/v1/"
 _RECEIVER_PATHS: Final = frozenset({"/health", "/healthz"})
@@ -57,7 +55,7 @@ class Dashboard:
         self.index = directory / "index.html"
         self.assets = StaticFiles(directory=directory / "assets")
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         if path.startswith("/assets/"):
             inner = dict(scope)
@@ -84,7 +82,7 @@ class ReceiverApp:
         self.dashboard = dashboard
         self.auth = auth
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
             if path == PREFIX or path.startswith(PREFIX + "/"):
@@ -114,7 +112,7 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def _unauthenticated(scope: Scope, receive: Any, send: Any) -> None:
+async def _unauthenticated(scope: Scope, receive: Receive, send: Send) -> None:
     response = JSONResponse(
         {"detail": "missing or unknown bearer token"},
         status_code=401,
@@ -123,7 +121,7 @@ async def _unauthenticated(scope: Scope, receive: Any, send: Any) -> None:
     await response(scope, receive, send)
 
 
-async def _no_api(scope: Scope, receive: Any, send: Any) -> None:
+async def _no_api(scope: Scope, receive: Receive, send: Send) -> None:
     response = JSONResponse(
         {
             "detail": "this receiver forwards into another LightningStore; use that store's"

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final
 
+from ..defaults import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_SPANS, DEFAULT_MAX_BACKOFF
 from ..errors import StoreUnavailable
 from .client import LightningClient, ServerError
 from .encode import Encoder
@@ -27,9 +28,6 @@ from .outbox import Outbox, Row, Target
 
 log = logging.getLogger("lightning_otlp.forward")
 
-DEFAULT_BATCH_SPANS: Final = 1000
-DEFAULT_BATCH_BYTES: Final = 4 << 20
-DEFAULT_MAX_BACKOFF: Final = 5.0
 MIN_BACKOFF: Final = 0.05
 MIRROR_INTERVAL: Final = 0.5
 _STARTING: Final = frozenset({"queuing", "preparing", "requeuing"})

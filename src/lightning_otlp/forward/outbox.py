@@ -21,8 +21,9 @@ from typing import Any, Final
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as PB2LogRecord
 
 from ..batch import SpanBatch
+from ..defaults import DEFAULT_AFFINITY_WINDOW, DEFAULT_LOG_WAIT
 from ..errors import StoreUnavailable
-from ..store.affinity import DEFAULT_AFFINITY_WINDOW, Changes
+from ..store.affinity import Changes
 from ..store.base import WriteResult
 from ..store.db import transaction
 from ..store.logs import LogRows
@@ -32,9 +33,6 @@ from ..translate.otlp import span_awaits_logs, translate_span_bytes
 
 log = logging.getLogger("lightning_otlp.forward")
 
-# Seconds a model call whose messages come as log records waits for them. The OTel SDKs export
-# logs every second and spans every five, so either may reach the receiver first.
-DEFAULT_LOG_WAIT: Final = 3.0
 # How long a sent span that waited is remembered (a log record for it then is late, dropped),
 # and how long after they arrived log records whose span never came are pruned.
 LOG_MEMORY: Final = 600.0

@@ -15,20 +15,26 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from ..batch import SpanBatch
+from ..defaults import (
+    DEFAULT_AFFINITY_WINDOW,
+    DEFAULT_BATCH_SPANS,
+    DEFAULT_LOG_WAIT,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_OUTBOX_BYTES,
+    DEFAULT_MAX_OUTBOX_SPANS,
+    DEFAULT_OUTBOX,
+)
 from ..errors import StoreUnavailable
-from ..store.affinity import DEFAULT_AFFINITY_WINDOW, TraceAffinity
+from ..store.affinity import TraceAffinity
 from ..store.base import Metric, WriteResult
 from ..store.lightning import LightningStoreBackend
-from ..store.url import DEFAULT_OUTBOX, StoreURL
+from ..store.url import StoreURL
 from .client import HTTPLightningClient, LightningClient
-from .delivery import DEFAULT_BATCH_SPANS, DEFAULT_MAX_BACKOFF, Delivery
-from .outbox import DEFAULT_LOG_WAIT, Outbox
+from .delivery import Delivery
+from .outbox import Outbox
 
 log = logging.getLogger("lightning_otlp.forward")
 
-# A server outage of a few minutes at a busy receiver's rate, and at most 1 GiB of disk.
-DEFAULT_MAX_OUTBOX_SPANS: Final = 1_000_000
-DEFAULT_MAX_OUTBOX_BYTES: Final = 1 << 30
 _OUTBOX_FULL_RETRY_AFTER: Final = 2
 
 __all__ = ["DEFAULT_OUTBOX", "ForwardingStore"]
@@ -116,24 +122,21 @@ class ForwardingStore:
         """The store an ``agl+http://HOST:PORT?outbox=…&max_outbox_spans=…`` URL names."""
         if url.server is None:
             raise ValueError(f"store URL {url.url!r} names no LightningStore server")
-        options = url.options
-        try:
-            return cls(
-                url.server,
-                url.path,
-                max_outbox_spans=int(options.get("max_outbox_spans", DEFAULT_MAX_OUTBOX_SPANS)),
-                max_outbox_bytes=int(options.get("max_outbox_bytes", DEFAULT_MAX_OUTBOX_BYTES)),
-                batch_spans=int(options.get("batch_spans", DEFAULT_BATCH_SPANS)),
-                max_backoff=float(options.get("max_backoff", DEFAULT_MAX_BACKOFF)),
-                synchronous=options.get("synchronous", "FULL"),
-                forward=forward,
-                url=url.url,
-                affinity_window=affinity_window,
-                translate=translate,
-                log_wait=log_wait,
-            )
-        except ValueError as exc:
-            raise ValueError(f"store URL {url.url!r}: {exc}") from None
+        values = url.values  # parsed and checked by the URL parser
+        return cls(
+            url.server,
+            url.path,
+            max_outbox_spans=values.get("max_outbox_spans", DEFAULT_MAX_OUTBOX_SPANS),
+            max_outbox_bytes=values.get("max_outbox_bytes", DEFAULT_MAX_OUTBOX_BYTES),
+            batch_spans=values.get("batch_spans", DEFAULT_BATCH_SPANS),
+            max_backoff=values.get("max_backoff", DEFAULT_MAX_BACKOFF),
+            synchronous=values.get("synchronous", "FULL"),
+            forward=forward,
+            url=url.url,
+            affinity_window=affinity_window,
+            translate=translate,
+            log_wait=log_wait,
+        )
 
     @property
     def path(self) -> str:

@@ -8,11 +8,8 @@ a retryable answer instead, and the process stays inside its container's memory.
 from __future__ import annotations
 
 import threading
-from typing import Final
 
-# Sized for a 512 MiB container: request bytes in memory at once, leaving room for the
-# interpreter, SQLite's cache and the decoded form of the request being stored.
-DEFAULT_MAX_REQUEST_MEMORY: Final = 128 * 1024 * 1024
+from ..defaults import DEFAULT_MAX_REQUEST_MEMORY
 
 
 class MemoryBudget:

@@ -15,10 +15,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest as PB2ExportTraceServiceRequest,
 )
 
+from ..defaults import DEFAULT_MAX_REQUEST_BYTES
 from ..errors import InvalidRequest, PayloadTooLarge
 from .deep import cap_values, decode_deep, deep_decoding_available
-
-DEFAULT_MAX_REQUEST_BYTES: Final = 64 * 1024 * 1024
 
 PROTOBUF: Final = "application/x-protobuf"
 JSON: Final = "application/json"

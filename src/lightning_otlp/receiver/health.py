@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 from typing import Final
 
+from ..asgi import Receive, Scope, Send
 from .metrics import CONTENT_TYPE, render
 from .pipeline import Pipeline
-from .transport.http import Receive, Scope, Send, respond
+from .transport.http import respond
 
 READY_PATHS: Final = frozenset({"/", "/health", "/health/ready", "/readyz"})
 LIVE_PATHS: Final = frozenset({"/health/live", "/livez"})

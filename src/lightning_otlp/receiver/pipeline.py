@@ -30,17 +30,17 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from ..batch import SpanBatch
+from ..defaults import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_MEMORY
 from ..errors import Overloaded, ReceiverError, StoreUnavailable
 from ..store import Store
 from ..store.logs import log_rows
-from .budget import DEFAULT_MAX_REQUEST_MEMORY, MemoryBudget
-from .decode import DEFAULT_MAX_REQUEST_BYTES, decode, decode_traces, decompress
+from .budget import MemoryBudget
+from .decode import decode, decode_traces, decompress
 from .metrics import Histogram
 from .route import RoutingConfig, route
 
 log = logging.getLogger("lightning_otlp")
 
-DEFAULT_MAX_IN_FLIGHT: Final = 64
 # After a failed commit, readiness stays false this long unless a commit succeeds first.
 NOT_READY_AFTER_FAILURE_SECONDS: Final = 5.0
 # The store's background work takes the store thread only after this long without a request,

@@ -19,11 +19,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from .. import ids, semconv
 from ..batch import MAX_SEQUENCE_ID, Origin, RolloutInfo, SpanBatch
+from ..defaults import FALLBACKS
 from ..errors import InvalidRequest
 from ..otlp import attributes, plain_value
 
 Fallback = Literal["trace", "reject"]
-FALLBACKS: Final[tuple[str, ...]] = ("trace", "reject")
 
 _STATUS: Final[tuple[str, ...]] = ("UNSET", "OK", "ERROR")
 _ZERO_TRACE: Final = bytes(16)

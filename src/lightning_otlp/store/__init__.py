@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Final
-
-from .affinity import DEFAULT_AFFINITY_WINDOW
+from ..defaults import DEFAULT_AFFINITY_WINDOW, DEFAULT_STORE_URL
 from .base import Metric, Store, WriteResult
 from .sqlite import SQLiteStore
 from .url import StoreURL, parse_store_url
-
-DEFAULT_STORE_URL: Final = "sqlite:///./lightning-otlp.db"
 
 __all__ = [
     "DEFAULT_STORE_URL",
@@ -66,7 +62,7 @@ def open_store(
     return SQLiteStore(
         parsed.path,
         url=url,
-        synchronous=parsed.options.get("synchronous", default),
+        synchronous=parsed.values.get("synchronous", default),
         affinity_window=affinity_window,
         create=create,
         salvage=salvage,

@@ -11,14 +11,11 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Final
 
 from ..batch import Destination
+from ..defaults import DEFAULT_AFFINITY_WINDOW, DEFAULT_MAX_TRACES
 
 log = logging.getLogger("lightning_otlp.affinity")
-
-DEFAULT_AFFINITY_WINDOW: Final = 600.0
-DEFAULT_MAX_TRACES: Final = 200_000
 
 
 @dataclass(slots=True)

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Final
 from google.protobuf.message import DecodeError
 
 from ..batch import MAX_SEQUENCE_ID, Destination, RolloutInfo, SpanBatch
+from ..defaults import DEFAULT_AFFINITY_WINDOW, SYNCHRONOUS
 from ..errors import StoreDamaged, StoreUnavailable
 from ..ids import attempt_id_for, rollout_id_for_trace
 from . import views
-from .affinity import DEFAULT_AFFINITY_WINDOW, Changes, TraceAffinity
+from .affinity import Changes, TraceAffinity
 from .api_schema import migrate_api_schema
 from .base import Metric, WriteResult
 from .db import transaction
@@ -168,7 +169,7 @@ class SQLiteStore:
         translate: bool = True,
         prepare_reads: bool = True,
     ) -> None:
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        if synchronous.upper() not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = path
         self.url = url or f"sqlite:///{path}"

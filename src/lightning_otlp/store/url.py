@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
-DEFAULT_OUTBOX: Final = "./lightning-otlp-outbox.db"
+from ..defaults import DEFAULT_OUTBOX, SYNCHRONOUS
+from ..parsers import number, one_of, positive, text, whole
 
+# Each option's parser, the settings' own (``parsers``): a URL option and a flag refuse the same
+# values with the same words.
+_PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = {
+    "synchronous": one_of(SYNCHRONOUS, str.upper),
+    "outbox": text,
+    "max_outbox_spans": positive(whole),
+    "max_outbox_bytes": positive(whole),
+    "batch_spans": positive(whole),
+    "max_backoff": positive(number),
+}
 # The options each scheme takes; anything else is a mistake worth a clear error, not a silent
 # default.
 _SQLITE_OPTIONS: Final = frozenset({"synchronous"})
@@ -30,7 +41,8 @@ class StoreURL:
 
     ``path`` is the SQLite file (``:memory:`` for ``memory://``, the outbox for a forwarder);
     ``server`` the LightningStore server's base URL (forwarders only); ``options`` the query,
-    last value of each name, as text.
+    last value of each name, as text; ``values`` the same options parsed (``5`` for
+    ``batch_spans=5``, ``"NORMAL"`` for ``synchronous=normal``).
     """
 
     url: str
@@ -38,6 +50,7 @@ class StoreURL:
     path: str
     server: str | None = None
     options: Mapping[str, str] = field(default_factory=dict)
+    values: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def forwards(self) -> bool:
@@ -66,8 +79,14 @@ def parse_store_url(url: str) -> StoreURL:
             f"store URL {url!r}: unknown option(s) {', '.join(unknown)}{hint};"
             f" known: {', '.join(sorted(known))}"
         )
+    values = {}
+    for name, raw in options.items():
+        try:
+            values[name] = _PARSERS[name](raw)
+        except ValueError as exc:
+            raise ValueError(f"store URL {url!r}: {name} {exc}") from None
     if parts.scheme == "memory":
-        return StoreURL(url, parts.scheme, ":memory:", options=options)
+        return StoreURL(url, parts.scheme, ":memory:", options=options, values=values)
     if parts.scheme == "sqlite":
         # Only sqlite:///relative and sqlite:////absolute: anything else was meant as one of them.
         if not (parts.netloc + parts.path).strip("/"):
@@ -86,8 +105,9 @@ def parse_store_url(url: str) -> StoreURL:
         path = parts.path[1:]
         if not path:
             raise ValueError(f"store URL {url!r} names no file (try sqlite:///lightning-otlp.db)")
-        return StoreURL(url, parts.scheme, path, options=options)
+        return StoreURL(url, parts.scheme, path, options=options, values=values)
     if not parts.netloc:
         raise ValueError(f"store URL {url!r} names no server (try agl+http://127.0.0.1:4747)")
     server = f"{parts.scheme.removeprefix('agl+')}://{parts.netloc}{parts.path.rstrip('/')}"
-    return StoreURL(url, parts.scheme, options.get("outbox", DEFAULT_OUTBOX), server, options)
+    outbox = options.get("outbox", DEFAULT_OUTBOX)
+    return StoreURL(url, parts.scheme, outbox, server, options, values)

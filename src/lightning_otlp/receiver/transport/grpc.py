@@ -14,6 +14,7 @@ from typing import Final
 
 import grpc
 
+from ...defaults import DEFAULT_MAX_CONCURRENT_STREAMS
 from ...errors import InvalidRequest, Overloaded, ReceiverError
 from ..auth import BearerAuth
 from ..decode import PROTOBUF
@@ -25,8 +26,6 @@ METRICS_SERVICE: Final = "opentelemetry.proto.collector.metrics.v1.MetricsServic
 LOGS_SERVICE: Final = "opentelemetry.proto.collector.logs.v1.LogsService"
 
 Handler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
-# Concurrent calls on one connection; each may hold a message of up to max_request_bytes.
-DEFAULT_MAX_CONCURRENT_STREAMS: Final = 16
 SERVICES: Final[dict[str, Signal]] = {
     TRACE_SERVICE: "traces",
     METRICS_SERVICE: "metrics",

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final
+from typing import Final
 
+from ...asgi import Receive, Scope, Send
+from ...defaults import DEFAULT_BODY_TIMEOUT
 from ...errors import (
     InvalidRequest,
     Overloaded,
@@ -25,11 +26,6 @@ from ..auth import BearerAuth
 from ..pipeline import Pipeline, Signal
 from ..status import answer
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 SIGNAL_PATHS: Final[dict[str, Signal]] = {
     "/v1/traces": "traces",
     "/v1/metrics": "metrics",
@@ -37,14 +33,6 @@ SIGNAL_PATHS: Final[dict[str, Signal]] = {
 }
 HEALTH_PATHS: Final = frozenset({"/health", "/healthz"})
 _NO_ROOM: Final = "requests in flight hold the whole request memory budget; retry later"
-# Seconds a request's whole body may take to arrive, once its headers have.
-DEFAULT_BODY_TIMEOUT: Final = 60.0
-# Seconds for a request's line and headers (and a new connection's first byte) to arrive.
-DEFAULT_HEADER_TIMEOUT: Final = 10.0
-# Seconds a connection with no request in progress stays open (HTTP keep-alive, gRPC idle).
-DEFAULT_IDLE_TIMEOUT: Final = 30.0
-# HTTP connections at once; the common limit is 1,024 file descriptors for everything.
-DEFAULT_MAX_CONNECTIONS: Final = 512
 
 
 class HTTPReceiver:
