@@ -37,3 +37,13 @@ def _imports(path: Path) -> set[str]:
 @pytest.mark.parametrize("name", ["defaults", "parsers"])
 def test_settings_foundations_import_nothing_of_the_project(name: str) -> None:
     assert _imports(PACKAGE / f"{name}.py") == set()
+
+
+def test_ids_are_made_in_one_module() -> None:
+    """Random ids come from ``ids.py`` only, so their formats are decided once."""
+    makers = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if "secrets" in path.read_text() and "token_hex" in path.read_text()
+    }
+    assert makers == {"ids.py"}

@@ -1,4 +1,5 @@
-"""Rollout and attempt ids in Agent Lightning's formats (``ro-`` + 12 hex, ``at-`` + 8 hex)."""
+"""Rollout, attempt and resources ids in Agent Lightning's formats (``ro-`` + 12 hex, ``at-`` +
+8 hex, ``rs-`` + 12 hex): every id the project makes is made here."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ def new_rollout_id() -> str:
 
 def new_attempt_id() -> str:
     return "at-" + secrets.token_hex(4)
+
+
+def new_resources_id() -> str:
+    return "rs-" + secrets.token_hex(6)
 
 
 def _digest(*parts: str) -> str:

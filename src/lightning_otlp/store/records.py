@@ -32,7 +32,8 @@ SPAN_COLUMNS: Final = (
 )
 
 
-def _json(text: str | None) -> Any:
+def json_or_none(text: str | None) -> Any:
+    """A JSON column's value; SQL NULL stays None."""
     return None if text is None else json.loads(text)
 
 
@@ -46,7 +47,7 @@ def attempt_record(row: Sequence[Any]) -> dict[str, Any]:
         "status": row[5],
         "worker_id": row[6],
         "last_heartbeat_time": row[7],
-        "metadata": _json(row[8]),
+        "metadata": json_or_none(row[8]),
     }
 
 
@@ -54,14 +55,38 @@ def rollout_record(row: Sequence[Any]) -> dict[str, Any]:
     """A ``rollouts`` row (``ROLLOUT_COLUMNS``) as an agentlightning ``Rollout`` dict."""
     return {
         "rollout_id": row[0],
-        "input": _json(row[1]),
+        "input": json_or_none(row[1]),
         "start_time": row[2],
         "end_time": row[3],
         "mode": row[4],
         "resources_id": row[5],
         "status": row[6],
-        "config": _json(row[7]),
-        "metadata": _json(row[8]),
+        "config": json_or_none(row[7]),
+        "metadata": json_or_none(row[8]),
+    }
+
+
+def worker_record(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "worker_id": row[0],
+        "status": row[1],
+        "heartbeat_stats": json_or_none(row[2]),
+        "last_heartbeat_time": row[3],
+        "last_dequeue_time": row[4],
+        "last_busy_time": row[5],
+        "last_idle_time": row[6],
+        "current_rollout_id": row[7],
+        "current_attempt_id": row[8],
+    }
+
+
+def resources_record(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "resources_id": row[0],
+        "resources": json_or_none(row[1]),
+        "create_time": row[2],
+        "update_time": row[3],
+        "version": row[4],
     }
 
 

@@ -16,7 +16,6 @@ ids the OTLP path gives spans from their start times.
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any, Final, cast
 
 from ..errors import StoreUnavailable
+from ..ids import new_attempt_id, new_resources_id, new_rollout_id
 from .api_schema import API_RESOURCE_ID, migrate_api_schema
 from .db import transaction
 from .lightning import UNSET, FilterLogic, NotFound, Page, Query, Record, Unset
@@ -33,9 +33,12 @@ from .records import (
     ROLLOUT_COLUMNS,
     SPAN_COLUMNS,
     attempt_record,
+    json_or_none,
     resource_bodies,
+    resources_record,
     rollout_record,
     span_records,
+    worker_record,
 )
 from .sqlite import SQLiteStore
 from .views import current, spliced
@@ -77,40 +80,8 @@ _INSERT_API_SPAN: Final = (
 )
 
 
-def _json(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
 def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
-
-
-def _new_id(prefix: str, nbytes: int) -> str:
-    return prefix + secrets.token_hex(nbytes)
-
-
-def _worker_record(row: Sequence[Any]) -> Record:
-    return {
-        "worker_id": row[0],
-        "status": row[1],
-        "heartbeat_stats": _json(row[2]),
-        "last_heartbeat_time": row[3],
-        "last_dequeue_time": row[4],
-        "last_busy_time": row[5],
-        "last_idle_time": row[6],
-        "current_rollout_id": row[7],
-        "current_attempt_id": row[8],
-    }
-
-
-def _resources_record(row: Sequence[Any]) -> Record:
-    return {
-        "resources_id": row[0],
-        "resources": _json(row[1]),
-        "create_time": row[2],
-        "update_time": row[3],
-        "version": row[4],
-    }
 
 
 def _id_key(value: str | None) -> Any:
@@ -273,7 +244,7 @@ class SQLiteLightningStore:
             now = time.time()
             if resources_id is None:
                 resources_id = self._latest_resources_id(conn)
-            rollout_id = _new_id("ro-", 6)
+            rollout_id = new_rollout_id()
             self._insert_rollout(
                 conn, rollout_id, input, mode, resources_id, config, metadata, "preparing", now
             )
@@ -287,7 +258,7 @@ class SQLiteLightningStore:
             latest = self._latest_resources_id(conn)
             out = []
             for request in requests:
-                rollout_id = _new_id("ro-", 6)
+                rollout_id = new_rollout_id()
                 resources_id = request.get("resources_id")
                 self._insert_rollout(
                     conn,
@@ -461,7 +432,7 @@ class SQLiteLightningStore:
     ) -> Page:
         with self._watched() as conn:
             rows = conn.execute(f"SELECT {_WORKER_COLUMNS} FROM agl_workers ORDER BY rowid")
-            workers = [_worker_record(row) for row in rows]
+            workers = [worker_record(row) for row in rows]
         tests: list[Callable[[Record], bool]] = []
         if status_in is not None:
             allowed = list(status_in)
@@ -490,7 +461,7 @@ class SQLiteLightningStore:
 
     def add_resources(self, resources: Record) -> Record:
         with self._transaction() as conn:
-            resources_id = _new_id("rs-", 6)
+            resources_id = new_resources_id()
             now = time.time()
             conn.execute(
                 f"INSERT INTO agl_resources ({_RESOURCE_COLUMNS}, touched) VALUES (?, ?, ?, ?, 1,"
@@ -526,7 +497,7 @@ class SQLiteLightningStore:
     ) -> Page:
         with self._transaction() as conn:
             rows = conn.execute(f"SELECT {_RESOURCE_COLUMNS} FROM agl_resources ORDER BY rowid")
-            items = [_resources_record(row) for row in rows]
+            items = [resources_record(row) for row in rows]
         if resources_id is not None:
             items = [r for r in items if r["resources_id"] == resources_id]
         if resources_id_contains is not None:
@@ -716,7 +687,7 @@ class SQLiteLightningStore:
             " WHERE r.status IN ('preparing', 'running')"
         ).fetchall()
         for rollout_id, config_text, attempt_id, start, heartbeat in rows:
-            config = _json(config_text) or {}
+            config = json_or_none(config_text) or {}
             timeout = config.get("timeout_seconds")
             unresponsive = config.get("unresponsive_seconds")
             status = None
@@ -811,7 +782,7 @@ class SQLiteLightningStore:
         self, conn: sqlite3.Connection, rollout_id: str, worker_id: str | None, now: float
     ) -> Record:
         """A ``preparing`` attempt numbered after the rollout's others; the rollout follows it."""
-        attempt_id = _new_id("at-", 4)
+        attempt_id = new_attempt_id()
         counter = self._rollout_counter(conn, rollout_id)
         conn.execute(
             "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"
@@ -912,7 +883,7 @@ class SQLiteLightningStore:
             ),
         )
         if attempt["attempt_id"] == latest["attempt_id"]:
-            config = _json(rollout[7]) or {}
+            config = json_or_none(rollout[7]) or {}
             status = status_from_attempt(attempt["status"], attempt["sequence_id"], config)
             if status != rollout[6]:
                 self._set_rollout_status(conn, rollout_id, status, now)
@@ -944,7 +915,7 @@ class SQLiteLightningStore:
         row = conn.execute(
             f"SELECT {_WORKER_COLUMNS} FROM agl_workers WHERE worker_id = ?", (worker_id,)
         ).fetchone()
-        return None if row is None else _worker_record(row)
+        return None if row is None else worker_record(row)
 
     @staticmethod
     def _upsert_worker(conn: sqlite3.Connection, worker_id: str, values: dict[str, Any]) -> None:
@@ -994,7 +965,7 @@ class SQLiteLightningStore:
             f"SELECT {_RESOURCE_COLUMNS} FROM agl_resources WHERE resources_id = ?",
             (resources_id,),
         ).fetchone()
-        return None if row is None else _resources_record(row)
+        return None if row is None else resources_record(row)
 
     @staticmethod
     def _latest_resources_id(conn: sqlite3.Connection) -> str | None:
