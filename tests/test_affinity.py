@@ -262,8 +262,8 @@ def test_the_configured_window_applies_to_bindings_reloaded_at_start(tmp_path: P
     import sqlite3
     import time
 
-    from lightning_otlp.server import build_pipeline
     from lightning_otlp.settings import Settings
+    from lightning_otlp.wiring import build_pipeline
 
     path = tmp_path / "window.db"
     store = SQLiteStore(str(path))

@@ -10,8 +10,9 @@ import grpc
 import httpx
 import pytest
 
-from lightning_otlp.store import SQLiteStore, open_store
+from lightning_otlp.store import SQLiteStore
 from lightning_otlp.store.sqlite import MIGRATIONS
+from lightning_otlp.wiring import open_store
 
 from .payloads import genai_request
 from .support import ReceiverProcess

@@ -6,8 +6,9 @@ import pytest
 
 from lightning_otlp.defaults import DEFAULT_OUTBOX
 from lightning_otlp.settings import Settings
-from lightning_otlp.store import SQLiteStore, open_store
+from lightning_otlp.store import SQLiteStore
 from lightning_otlp.store.url import parse_store_url
+from lightning_otlp.wiring import open_store
 
 
 @pytest.mark.parametrize(

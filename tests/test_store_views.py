@@ -13,6 +13,7 @@ from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore
 from lightning_otlp.store.lightning import LightningStoreBackend, Query
+from lightning_otlp.wiring import lightning_api
 
 from .payloads import genai_request, make_request, make_span
 from .test_affinity import AID, IDS, MS, RID, send
@@ -63,7 +64,7 @@ def _views(store: SQLiteStore) -> int:
 
 
 def _api(store: SQLiteStore) -> LightningStoreBackend:
-    api = store.lightning_api()
+    api = lightning_api(store)
     assert api is not None
     return api
 
@@ -212,7 +213,7 @@ def test_records_are_prepared_between_commits_under_sustained_ingest(
 
     sent = asyncio.run(run())
     assert _views(store) >= 300, f"nothing prepared during {sent} back-to-back requests"
-    api = store.lightning_api()
+    api = lightning_api(store)
     assert api is not None
     prepared = [rid for rid, _ in rollouts[:sent] if _encoded_count(api, rid) == 50]
     assert prepared  # at least one rollout read wholly from prepared records
@@ -229,7 +230,7 @@ def test_the_newest_spans_are_prepared_before_a_backlog(
             genai_request(500, ids=[ids], seed=r).SerializeToString(), None, PROTOBUF
         )
     pipeline.export_traces(genai_request(100, ids=[OTHER]).SerializeToString(), None, PROTOBUF)
-    api = store.lightning_api()
+    api = lightning_api(store)
     assert api is not None
     while _encoded_count(api, OTHER[0]) < 100:
         assert store.idle_work()

@@ -15,7 +15,7 @@ from .configfile import check_config, load
 from .defaults import DEFAULT_STORE_URL
 from .errors import ReceiverError, StoreDamaged
 from .settings import CONFIG_ENV, DEFAULTS, ENV_PREFIX, SPECS, Settings, flag_of
-from .store import open_store
+from .wiring import open_store
 
 EXAMPLES = {
     "serve": "example: lightning-otlp serve --store sqlite:///runs.db --rollout-key session.id",

@@ -21,39 +21,14 @@ import uvicorn
 from .api import build_http_app
 from .receiver.auth import BearerAuth, load_tokens
 from .receiver.health import HealthApp
-from .receiver.pipeline import Pipeline
-from .receiver.route import RoutingConfig
 from .receiver.status import rejections
 from .receiver.transport.grpc import build_server
 from .receiver.transport.guard import uvicorn_options
 from .receiver.transport.http import HTTPReceiver
 from .settings import ENV_PREFIX, Address, Settings
-from .store import Store, open_store
+from .wiring import build_pipeline
 
 log = logging.getLogger("lightning_otlp")
-
-
-def build_pipeline(settings: Settings, store: Store | None = None) -> Pipeline:
-    store = store or open_store(
-        settings.store,
-        affinity_window=settings.affinity_window,
-        translate=settings.translate,
-        prepare_reads=settings.prepare_reads,
-        forward_log_wait=settings.forward_log_wait,
-    )
-    store.open()
-    routing = RoutingConfig(
-        rollout_keys=settings.rollout_keys,
-        fallback=settings.fallback,  # type: ignore[arg-type]
-        finalize_on_root=settings.finalize_on_root,
-    )
-    return Pipeline(
-        store,
-        routing,
-        max_request_bytes=settings.max_request_bytes,
-        max_in_flight=settings.max_in_flight,
-        max_request_memory=settings.max_request_memory,
-    )
 
 
 class _Server(uvicorn.Server):

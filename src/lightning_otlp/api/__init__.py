@@ -6,6 +6,7 @@ from typing import Any
 
 from ..receiver.auth import BearerAuth
 from ..receiver.pipeline import Pipeline
+from ..wiring import lightning_api
 from .app import Dashboard, ReceiverApp, find_dashboard
 from .routes import PREFIX, LightningAPI
 
@@ -25,7 +26,7 @@ def build_http_app(
     ``dashboard`` is a directory, ``"auto"`` for the installed agentlightning's, or None.
     """
     api = None
-    backend = pipeline.store.lightning_api(watchdog_interval=watchdog_interval)
+    backend = lightning_api(pipeline.store, watchdog_interval=watchdog_interval)
     if backend is not None:
         api = LightningAPI(backend, pipeline.run)
     app = None

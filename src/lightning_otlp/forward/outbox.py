@@ -255,6 +255,7 @@ class Outbox:
         translate: read and forward model calls in Agent Lightning's shape.
         log_wait: seconds a model call whose messages come as GenAI log records is held for
             them (``translate.awaits_logs``); 0 sends every span at once.
+        create, salvage: as ``SQLiteStore``'s, for the outbox file.
     """
 
     def __init__(
@@ -267,6 +268,8 @@ class Outbox:
         affinity_window: float = DEFAULT_AFFINITY_WINDOW,
         translate: bool = True,
         log_wait: float = DEFAULT_LOG_WAIT,
+        create: bool = True,
+        salvage: bool = False,
     ) -> None:
         if log_wait < 0:
             raise ValueError("log_wait must not be negative")
@@ -279,6 +282,8 @@ class Outbox:
             affinity_window=affinity_window,
             translate=translate,
             prepare_reads=False,  # its spans leave for the server: nothing reads them back
+            create=create,
+            salvage=salvage,
         )
         self.server_url = server_url
         # (spans, bytes) pending, kept in memory so the hot path never counts; under the lock.

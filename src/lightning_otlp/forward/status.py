@@ -6,6 +6,7 @@ import os
 import sqlite3
 from typing import Any
 
+from ..store.sqlite import SQLiteStore
 from ..store.url import parse_store_url
 from .client import HTTPLightningClient
 from .outbox import read_status
@@ -20,9 +21,7 @@ def store_status(url: str, *, probe: bool = True) -> dict[str, Any]:
     """
     parsed = parse_store_url(url)
     if parsed.server is None:
-        from ..store import open_store
-
-        plain = open_store(url, create=False)
+        plain = SQLiteStore(parsed.path, url=url, create=False)
         plain.open()
         try:
             return plain.status()

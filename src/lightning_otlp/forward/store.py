@@ -27,7 +27,6 @@ from ..defaults import (
 from ..errors import StoreUnavailable
 from ..store.affinity import TraceAffinity
 from ..store.base import Metric, WriteResult
-from ..store.lightning import LightningStoreBackend
 from ..store.url import StoreURL
 from .client import HTTPLightningClient, LightningClient
 from .delivery import Delivery
@@ -57,6 +56,8 @@ class ForwardingStore:
             its trace is bound to another rollout (see ``TraceAffinity``).
         client: makes the server's client (default: HTTP to ``server_url``); tests pass a fake.
         translate: forward model calls in Agent Lightning's shape.
+        create: create the outbox when it does not exist (off for read-only tools).
+        salvage: reads of the outbox skip what a damaged file cannot give back.
         log_wait: seconds a model call whose messages come as GenAI log records is held for
             them, unless they are already here; 0 forwards every span at once.
     """
@@ -77,6 +78,8 @@ class ForwardingStore:
         client: Callable[[], LightningClient] | None = None,
         translate: bool = True,
         log_wait: float = DEFAULT_LOG_WAIT,
+        create: bool = True,
+        salvage: bool = False,
     ) -> None:
         for name, value in (
             ("max_outbox_spans", max_outbox_spans),
@@ -96,6 +99,8 @@ class ForwardingStore:
             affinity_window=affinity_window,
             translate=translate,
             log_wait=log_wait,
+            create=create,
+            salvage=salvage,
         )
         self.url = self.outbox.store.url
         self.max_outbox_spans = max_outbox_spans
@@ -118,6 +123,8 @@ class ForwardingStore:
         affinity_window: float = DEFAULT_AFFINITY_WINDOW,
         translate: bool = True,
         log_wait: float = DEFAULT_LOG_WAIT,
+        create: bool = True,
+        salvage: bool = False,
     ) -> ForwardingStore:
         """The store an ``agl+http://HOST:PORT?outbox=…&max_outbox_spans=…`` URL names."""
         if url.server is None:
@@ -136,6 +143,8 @@ class ForwardingStore:
             affinity_window=affinity_window,
             translate=translate,
             log_wait=log_wait,
+            create=create,
+            salvage=salvage,
         )
 
     @property
@@ -252,10 +261,6 @@ class ForwardingStore:
     def idle_work(self) -> bool:
         """Nothing: the forwarder does its work on its own thread."""
         return False
-
-    def lightning_api(self, *, watchdog_interval: float = 10.0) -> LightningStoreBackend | None:
-        """None: the LightningStore is the server spans are forwarded to; use its API."""
-        return None
 
     def status(self) -> dict[str, Any]:
         """Outbox depth, oldest pending age, forwarded counts and the last error."""

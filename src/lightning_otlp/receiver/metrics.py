@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass, field
+from typing import Final, Protocol
 
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
+from ..store.base import Metric
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds; from a cached small request to a commit waiting on a busy disk.
@@ -37,7 +37,42 @@ class Histogram:
         self.count += 1
 
 
-def render(pipeline: Pipeline) -> str:
+@dataclass(slots=True)
+class Counters:
+    """Totals since start, named after the Collector's own receiver metrics."""
+
+    accepted_spans: dict[str, int] = field(default_factory=dict)
+    refused_spans: dict[str, int] = field(default_factory=dict)
+    requests: dict[str, int] = field(default_factory=dict)
+    failed_requests: dict[str, int] = field(default_factory=dict)
+    # Spans stored without a value the receiver could not use (a sequence id out of range...).
+    dropped_values: dict[str, int] = field(default_factory=dict)
+
+    def add(self, table: dict[str, int], transport: str, n: int) -> None:
+        table[transport] = table.get(transport, 0) + n
+
+
+class _MetricSource(Protocol):
+    def metrics(self) -> list[Metric]: ...
+
+
+class Measured(Protocol):
+    """What ``/metrics`` reads of a pipeline (``receiver.pipeline.Pipeline``)."""
+
+    counters: Counters
+    request_seconds: dict[str, Histogram]
+    commit_seconds: Histogram
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def store(self) -> _MetricSource: ...
+
+    def ready(self) -> bool: ...
+
+
+def render(pipeline: Measured) -> str:
     """The whole ``/metrics`` page for one pipeline."""
     counters = pipeline.counters
     out: list[str] = []

@@ -9,7 +9,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Final, Literal, TypeVar
 
 from google.protobuf.message import Message
@@ -36,7 +35,7 @@ from ..store import Store
 from ..store.logs import log_rows
 from .budget import MemoryBudget
 from .decode import decode, decode_traces, decompress
-from .metrics import Histogram
+from .metrics import Counters, Histogram
 from .route import RoutingConfig, route
 
 log = logging.getLogger("lightning_otlp")
@@ -70,23 +69,9 @@ SIGNALS: Final[tuple[Signal, ...]] = ("traces", "metrics", "logs")
 Transport = Literal["grpc", "http"]
 
 
-@dataclass(slots=True)
-class Counters:
-    """Totals since start, named after the Collector's own receiver metrics."""
-
-    accepted_spans: dict[str, int] = field(default_factory=dict)
-    refused_spans: dict[str, int] = field(default_factory=dict)
-    requests: dict[str, int] = field(default_factory=dict)
-    failed_requests: dict[str, int] = field(default_factory=dict)
-    # Spans stored without a value the receiver could not use (a sequence id out of range...).
-    dropped_values: dict[str, int] = field(default_factory=dict)
-
-    def add(self, table: dict[str, int], transport: str, n: int) -> None:
-        table[transport] = table.get(transport, 0) + n
-
-
 class Pipeline:
-    """Runs exports one at a time on a single store thread, so the store needs no locking.
+    """Runs trace commits on a single store thread, so batches waiting for it share one
+    transaction; log records and reads reach the store from other threads, so it locks itself.
 
     Args:
         store: an opened store.

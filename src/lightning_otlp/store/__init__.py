@@ -1,8 +1,8 @@
-"""Stores behind one interface, chosen by URL."""
+"""Stores behind small interfaces; which one a URL names is decided in ``wiring.py``."""
 
 from __future__ import annotations
 
-from ..defaults import DEFAULT_AFFINITY_WINDOW, DEFAULT_STORE_URL
+from ..defaults import DEFAULT_STORE_URL
 from .base import Metric, Store, WriteResult
 from .sqlite import SQLiteStore
 from .url import StoreURL, parse_store_url
@@ -14,58 +14,5 @@ __all__ = [
     "Store",
     "StoreURL",
     "WriteResult",
-    "open_store",
     "parse_store_url",
 ]
-
-
-def open_store(
-    url: str,
-    *,
-    forward: bool = True,
-    affinity_window: float = DEFAULT_AFFINITY_WINDOW,
-    create: bool = True,
-    salvage: bool = False,
-    translate: bool = True,
-    prepare_reads: bool = True,
-    forward_log_wait: float | None = None,
-) -> Store:
-    """Make (not yet open) the store a URL names; with ``create`` off, opening a store that
-    does not exist yet is an error (read commands create nothing); with ``salvage``, reads skip
-    what a damaged file cannot give back (logging each skip) instead of failing.
-
-    ``sqlite:///relative.db``, ``sqlite:////absolute.db`` (``?synchronous=normal`` to trade
-    power-loss safety for speed), ``memory://`` for tests, and ``agl+http://HOST:PORT`` to
-    forward into a LightningStore server through a local outbox (``?outbox=path.db``);
-    ``forward_log_wait`` (seconds, default the forwarder's) is how long a forwarded model call
-    waits for its GenAI log records.
-    """
-    parsed = parse_store_url(url)
-    if parsed.forwards:
-        from ..forward.store import ForwardingStore
-
-        options: dict[str, float] = {}
-        if forward_log_wait is not None:
-            options["log_wait"] = forward_log_wait
-        forwarder = ForwardingStore.from_url(
-            parsed,
-            forward=forward,
-            affinity_window=affinity_window,
-            translate=translate,
-            **options,
-        )
-        # Its outbox is a SQLite store like any other: read commands create nothing there either.
-        forwarder.outbox.store.create = create
-        forwarder.outbox.store.salvage = salvage
-        return forwarder
-    default = "OFF" if parsed.scheme == "memory" else "FULL"
-    return SQLiteStore(
-        parsed.path,
-        url=url,
-        synchronous=parsed.values.get("synchronous", default),
-        affinity_window=affinity_window,
-        create=create,
-        salvage=salvage,
-        translate=translate,
-        prepare_reads=prepare_reads,
-    )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 from ..batch import SpanBatch
 
 if TYPE_CHECKING:
-    from .lightning import LightningStoreBackend
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +73,6 @@ class Store(Protocol):
 
     def status(self) -> dict[str, Any]:
         """What ``lightning-otlp status`` prints: the store's state, without the network."""
-        ...
-
-    def lightning_api(self, *, watchdog_interval: float = 10.0) -> LightningStoreBackend | None:
-        """Agent Lightning's LightningStore API over this store (served at ``/v1/agl``), opened;
-        None when the LightningStore is elsewhere (a forwarder's is the server it feeds)."""
         ...
 
     def idle_work(self) -> bool:

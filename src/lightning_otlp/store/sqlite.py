@@ -36,7 +36,7 @@ from .records import (
 )
 
 if TYPE_CHECKING:
-    from .lightning import LightningStoreBackend
+    pass
 
 log = logging.getLogger("lightning_otlp.store")
 
@@ -822,13 +822,6 @@ class SQLiteStore:
             rollouts = conn.execute("SELECT COUNT(*) FROM rollouts").fetchone()[0]
             spans = conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
         return {"store": self.url, "rollouts": rollouts, "spans": spans}
-
-    def lightning_api(self, *, watchdog_interval: float = 10.0) -> LightningStoreBackend | None:
-        from .sqlite_api import SQLiteLightningStore  # imports this module
-
-        backend = SQLiteLightningStore(self, scan_debounce=watchdog_interval)
-        backend.open()
-        return backend
 
     def count_spans(self) -> int:
         with self._lock:
