@@ -1,0 +1,70 @@
+"""A store written by the previous release opens with today's code and reads back the same.
+
+``tests/upgrade/store.db`` and ``expected.json`` were written by
+``tests/upgrade/write_store.py`` running on that release's source: OTLP spans (an API
+rollout with an outcome, a per-trace and a keyed rollout, a model call), the API's queue,
+workers and resources. Opening the file migrates it; every record the read commands and the
+LightningStore API give back must be what the release gave back from the same file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from lightning_otlp.store import SQLiteStore
+from lightning_otlp.wiring import lightning_api
+
+GOLDEN = Path(__file__).parent / "upgrade"
+
+
+def _writer() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("write_store", GOLDEN / "write_store.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _copy(tmp_path: Path) -> Path:
+    path = tmp_path / "store.db"
+    shutil.copyfile(GOLDEN / "store.db", path)
+    return path
+
+
+def test_a_released_store_reads_back_the_same(tmp_path: Path) -> None:
+    expected: dict[str, Any] = json.loads((GOLDEN / "expected.json").read_text())
+    expected.pop("made")
+    expected.pop("outbox")
+    store = SQLiteStore(str(_copy(tmp_path)), create=False)
+    store.open()
+    try:
+        api = lightning_api(store)
+        assert api is not None
+        got = json.loads(json.dumps(_writer().read(store, api)))
+    finally:
+        store.close()
+    assert got == expected
+
+
+def test_a_released_store_takes_new_writes(tmp_path: Path) -> None:
+    """After the upgrade the API works on the old rows: the queued rollout is handed out."""
+    made = json.loads((GOLDEN / "expected.json").read_text())["made"]
+    path = _copy(tmp_path)
+    store = SQLiteStore(str(path), create=False)
+    store.open()
+    try:
+        api = lightning_api(store)
+        assert api is not None
+        [claimed] = api.dequeue_rollouts(1, "worker-2")
+        assert claimed["rollout_id"] == made["queued"]
+        assert api.get_resources(made["resources_id"]) is not None
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
