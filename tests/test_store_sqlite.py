@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from lightning_otlp.store import SQLiteStore
-from lightning_otlp.store.sqlite import MIGRATIONS
+from lightning_otlp.store.migrations import SQLITE, applied
 from lightning_otlp.wiring import open_store
 
 from .payloads import genai_request
@@ -63,7 +63,7 @@ def test_schema_is_created_once_and_migrations_recorded(tmp_path: Path) -> None:
         assert store.ready()
         store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert applied(conn) == [m.name for m in SQLITE]
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

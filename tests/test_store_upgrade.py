@@ -1,6 +1,6 @@
 """A store written by the previous release opens with today's code and reads back the same.
 
-``tests/upgrade/store.db`` and ``expected.json`` were written by
+``tests/upgrade/store.db``, ``outbox.db`` and ``expected.json`` were written by
 ``tests/upgrade/write_store.py`` running on that release's source: OTLP spans (an API
 rollout with an outcome, a per-trace and a keyed rollout, a model call), the API's queue,
 workers and resources. Opening the file migrates it; every record the read commands and the
@@ -17,7 +17,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from lightning_otlp.forward.outbox import OUTBOX, Outbox
 from lightning_otlp.store import SQLiteStore
+from lightning_otlp.store.migrations import INGEST, SQLITE, applied
 from lightning_otlp.wiring import lightning_api
 
 GOLDEN = Path(__file__).parent / "upgrade"
@@ -68,3 +70,38 @@ def test_a_released_store_takes_new_writes(tmp_path: Path) -> None:
         store.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_released_store_records_its_migrations_by_name(tmp_path: Path) -> None:
+    """The release counted steps in ``user_version`` and ``agl_api_schema``; opened today, the
+    steps it had are recorded as applied (not run again) and the rest run once."""
+    path = _copy(tmp_path)
+    with sqlite3.connect(path) as conn:
+        counted = conn.execute("PRAGMA user_version").fetchone()[0]
+        assert counted == len(INGEST)
+        assert not conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations'"
+        ).fetchone()
+    for _ in range(2):
+        store = SQLiteStore(str(path), create=False)
+        store.open()
+        store.close()
+    with sqlite3.connect(path) as conn:
+        assert applied(conn) == [m.name for m in SQLITE]
+
+
+def test_a_released_outbox_gets_the_outbox_migration(tmp_path: Path) -> None:
+    """The release's outbox (its tables made with IF NOT EXISTS, counted nowhere) keeps its
+    pending spans, and the outbox's migration is recorded after every SQLite store's."""
+    path = tmp_path / "outbox.db"
+    shutil.copyfile(GOLDEN / "outbox.db", path)
+    expected = json.loads((GOLDEN / "expected.json").read_text())["outbox"]
+    outbox = Outbox(str(path), "http://127.0.0.1:9")
+    outbox.open()
+    try:
+        assert list(outbox.pending()) == expected["pending"]
+    finally:
+        outbox.store.close()
+    with sqlite3.connect(path) as conn:
+        assert applied(conn) == [m.name for m in SQLITE + OUTBOX]
+        assert conn.execute("SELECT COUNT(*) FROM forward_state").fetchone() == (1,)

@@ -27,6 +27,7 @@ from ..store.affinity import Changes
 from ..store.base import WriteResult
 from ..store.db import transaction
 from ..store.logs import LogRows
+from ..store.migrations import SQLITE, Migration
 from ..store.sqlite import SQLiteStore
 from ..translate import answers_call, log_event
 from ..translate.otlp import span_awaits_logs, translate_span_bytes
@@ -39,7 +40,8 @@ LOG_MEMORY: Final = 600.0
 PRUNE_INTERVAL: Final = 30.0
 _CHUNK: Final = 500
 
-# Created with IF NOT EXISTS so the embedded store's own migrations stay independent of them.
+# The outbox's tables. IF NOT EXISTS: outboxes written before migrations were recorded by name
+# have some of them already.
 SCHEMA: Final[tuple[str, ...]] = (
     # Local rollout -> server rollout. server_rollout_id is NULL while a creation request is in
     # doubt; ``link`` (also written into the server rollout's metadata) finds it again.
@@ -134,18 +136,13 @@ SCHEMA: Final[tuple[str, ...]] = (
     )""",
     "INSERT OR IGNORE INTO forward_state (id) VALUES (1)",
 )
+# Applied after every SQLite store's own (``store.migrations.SQLITE``), recorded with them.
+OUTBOX: Final[tuple[Migration, ...]] = (Migration("outbox", ";\n".join(SCHEMA)),)
 
 _STATE_COLUMNS: Final = (
     "server, forwarded_spans, forwarded_requests, rollouts_created, rollouts_recreated,"
     " status_updates, last_forward_time, last_error, last_error_time"
 )
-
-
-def create_schema(conn: sqlite3.Connection) -> None:
-    """Add the forwarder's tables to an open outbox, in one transaction."""
-    with transaction(conn):
-        for statement in SCHEMA:
-            conn.execute(statement)
 
 
 def pending(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -282,6 +279,7 @@ class Outbox:
             affinity_window=affinity_window,
             translate=translate,
             prepare_reads=False,  # its spans leave for the server: nothing reads them back
+            migrations=SQLITE + OUTBOX,
             create=create,
             salvage=salvage,
         )
@@ -313,7 +311,6 @@ class Outbox:
         self.store.open()
         try:
             with self.store.locked() as conn:
-                create_schema(conn)
                 conn.execute("UPDATE forward_state SET server = ? WHERE id = 1", (self.server_url,))
                 self._load_delivered_bindings(conn)
                 self._pending = list(pending(conn))

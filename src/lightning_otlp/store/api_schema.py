@@ -1,13 +1,11 @@
 """The LightningStore API's schema, beside the receiver's own tables in the same SQLite file.
 
-Its steps are counted in ``agl_api_schema`` rather than ``PRAGMA user_version``, so they never
-collide with the receiver's migrations. Every SQLite store applies them on open, so readers
+Its steps are entries of every SQLite store's migration list (``store.migrations``), so readers
 (``lightning-otlp spans``) know the ``record`` column of spans added through the API.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Final
 
 API_MIGRATIONS: Final[tuple[str, ...]] = (
@@ -45,16 +43,3 @@ API_MIGRATIONS: Final[tuple[str, ...]] = (
 )
 
 API_RESOURCE_ID: Final = "agl-api"  # the OTLP-resource row API spans point at
-
-
-def migrate_api_schema(conn: sqlite3.Connection) -> None:
-    """Apply the steps not yet applied; the caller holds the transaction."""
-    conn.execute("CREATE TABLE IF NOT EXISTS agl_api_schema (version INTEGER NOT NULL)")
-    row = conn.execute("SELECT version FROM agl_api_schema").fetchone()
-    version = row[0] if row else 0
-    for number, script in enumerate(API_MIGRATIONS[version:], start=version + 1):
-        for statement in script.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute("DELETE FROM agl_api_schema")
-        conn.execute("INSERT INTO agl_api_schema (version) VALUES (?)", (number,))

@@ -21,10 +21,10 @@ from ..errors import StoreDamaged, StoreUnavailable
 from ..ids import attempt_id_for, rollout_id_for_trace
 from . import views
 from .affinity import Changes, TraceAffinity
-from .api_schema import migrate_api_schema
 from .base import Metric, WriteResult
 from .db import transaction
 from .logs import LogRows, joined_events
+from .migrations import SQLITE, Migration, migrate
 from .records import (
     ATTEMPT_COLUMNS,
     DEFAULT_ROLLOUT_CONFIG,
@@ -42,87 +42,6 @@ log = logging.getLogger("lightning_otlp.store")
 
 # (conn, rollout_id, attempt_id, status, end_time, now)
 OutcomeHook = Callable[[sqlite3.Connection, str, str, str, float, float], None]
-
-# Each entry is one migration, applied in its own transaction. PRAGMA user_version counts them.
-# Statements are split on ";", so comments inside them must not contain one.
-MIGRATIONS: Final[tuple[str, ...]] = (
-    """
-    CREATE TABLE rollouts (
-        rollout_id   TEXT PRIMARY KEY,
-        input        TEXT,
-        start_time   REAL NOT NULL,
-        end_time     REAL,
-        mode         TEXT,
-        resources_id TEXT,
-        status       TEXT NOT NULL,
-        config       TEXT NOT NULL,
-        metadata     TEXT,
-        origin       TEXT NOT NULL
-    );
-    CREATE TABLE attempts (
-        rollout_id          TEXT NOT NULL REFERENCES rollouts (rollout_id),
-        attempt_id          TEXT NOT NULL,
-        sequence_id         INTEGER NOT NULL,
-        start_time          REAL NOT NULL,
-        end_time            REAL,
-        status              TEXT NOT NULL,
-        worker_id           TEXT,
-        last_heartbeat_time REAL,
-        metadata            TEXT,
-        next_span_seq       INTEGER NOT NULL DEFAULT 1,
-        PRIMARY KEY (rollout_id, attempt_id)
-    );
-    CREATE TABLE resources (
-        resource_id TEXT PRIMARY KEY,
-        body        TEXT NOT NULL
-    );
-    CREATE TABLE spans (
-        rollout_id  TEXT NOT NULL,
-        attempt_id  TEXT NOT NULL,
-        sequence_id INTEGER NOT NULL,
-        trace_id    BLOB NOT NULL,
-        span_id     BLOB NOT NULL,
-        parent_id   BLOB,
-        name        TEXT NOT NULL,
-        start_time  REAL,
-        end_time    REAL,
-        status_code TEXT NOT NULL,
-        span        BLOB NOT NULL,  -- the OTLP Span message as received
-        resource_id TEXT NOT NULL
-    );
-    -- A span is identified by (trace_id, span_id) within its rollout. Leading with the rollout
-    -- keeps each request's index writes on a few pages. A global (trace_id, span_id) index
-    -- scatters them over the whole file and halves the insert rate once it outgrows the cache.
-    CREATE UNIQUE INDEX spans_identity ON spans (rollout_id, trace_id, span_id);
-    """,
-    """
-    ALTER TABLE attempts ADD COLUMN reward REAL
-    """,
-    """
-    ALTER TABLE rollouts ADD COLUMN created_at REAL
-    """,
-    # GenAI log records (message content) keyed by the span they belong to, whichever of the
-    # two arrives first; joined onto the span when it is read. ``digest`` makes a retry a no-op.
-    """
-    CREATE TABLE span_logs (
-        trace_id BLOB NOT NULL,
-        span_id  BLOB NOT NULL,
-        digest   BLOB NOT NULL,
-        time     REAL,
-        record   BLOB NOT NULL  -- the OTLP LogRecord message as received
-    );
-    CREATE UNIQUE INDEX span_logs_identity ON span_logs (trace_id, span_id, digest)
-    """,
-    # Each OTLP span's record as JSON, built in the background for fast reads (``store.views``).
-    """
-    CREATE TABLE span_views (
-        span_rowid INTEGER PRIMARY KEY,
-        version    INTEGER NOT NULL,
-        span_id    BLOB NOT NULL,
-        body       BLOB NOT NULL
-    )
-    """,
-)
 
 _INSERT_SPAN: Final = f"INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 _DEFAULT_CONFIG_JSON: Final = json.dumps(DEFAULT_ROLLOUT_CONFIG)
@@ -154,6 +73,7 @@ class SQLiteStore:
             (``lightning_otlp.translate``); False reads every span exactly as received.
         prepare_reads: build each span's record in the background (``idle_work``), so reading a
             rollout's spans back through the API is fast; costs about the spans' size on disk.
+        migrations: the schema's recorded list (``store.migrations``); an outbox adds its own.
     """
 
     def __init__(
@@ -168,6 +88,7 @@ class SQLiteStore:
         salvage: bool = False,
         translate: bool = True,
         prepare_reads: bool = True,
+        migrations: Sequence[Migration] = SQLITE,
     ) -> None:
         if synchronous.upper() not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
@@ -182,6 +103,7 @@ class SQLiteStore:
         self.salvage = salvage
         self.translate = translate
         self.prepare_reads = prepare_reads
+        self.migrations = migrations
         # Set by the LightningStore API over this store: an attempt's outcome carried by OTLP
         # spans then goes through the API's lifecycle (retries, workers) in the same transaction.
         self.on_outcome: OutcomeHook | None = None
@@ -220,9 +142,7 @@ class SQLiteStore:
             # rollout's part of the index: SQLite's default 2 MiB cache misses on most of them.
             conn.execute(f"PRAGMA cache_size={-_CACHE_KIB}")
             conn.execute("PRAGMA foreign_keys=OFF")
-            self._migrate(conn)
-            with transaction(conn):
-                migrate_api_schema(conn)  # the LightningStore API's tables (store/sqlite_api.py)
+            migrate(conn, self.migrations)
             if self.create:  # a read-only tool routes nothing: it needs no trace affinity
                 self._load_affinity(conn)
             self._span_top = self._top_rowid(conn)
@@ -238,16 +158,6 @@ class SQLiteStore:
 
     def ready(self) -> bool:
         return self._conn is not None
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            with transaction(conn):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={number}")
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -24,7 +24,7 @@ from typing import Any, Final, cast
 
 from ..errors import StoreUnavailable
 from ..ids import new_attempt_id, new_resources_id, new_rollout_id
-from .api_schema import API_RESOURCE_ID, migrate_api_schema
+from .api_schema import API_RESOURCE_ID
 from .db import transaction
 from .lightning import UNSET, FilterLogic, NotFound, Page, Query, Record, Unset
 from .logs import joined_events
@@ -167,10 +167,8 @@ class SQLiteLightningStore:
     # -- schema and transactions ---------------------------------------------------------
 
     def open(self) -> None:
-        """Make sure the API's tables exist (``SQLiteStore.open`` creates them too), and take
-        over the attempt outcomes OTLP spans carry."""
-        with self._transaction() as conn:
-            migrate_api_schema(conn)
+        """Take over the attempt outcomes OTLP spans carry; the API's tables are the opened
+        store's (its migration list has them)."""
         self.store.on_outcome = self._otlp_outcome
 
     def _otlp_outcome(
