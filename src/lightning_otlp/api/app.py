@@ -11,10 +11,12 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Final
 
-from starlette.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.staticfiles import StaticFiles
 
 from ..receiver.auth import BearerAuth
+from ..receiver.transport.http import close_if_unread
 from .routes import PREFIX, LightningAPI
 
 Scope = dict[str, Any]
@@ -63,7 +65,10 @@ class Dashboard:
             inner = dict(scope)
             inner["path"] = path[len("/assets") :]
             inner["root_path"] = scope.get("root_path", "") + "/assets"
-            await self.assets(inner, receive, send)
+            try:
+                await self.assets(inner, receive, send)
+            except HTTPException as exc:  # StaticFiles' "not found" outside a Starlette app
+                await PlainTextResponse(str(exc.detail), exc.status_code)(scope, receive, send)
             return
         await FileResponse(self.index)(scope, receive, send)
 
@@ -89,8 +94,9 @@ class ReceiverApp:
             path = scope["path"]
             if path == PREFIX or path.startswith(PREFIX + "/"):
                 if self.auth is not None and not self.auth.allows(_header(scope, b"authorization")):
-                    # The API writes the store: the same tokens as OTLP guard it.
-                    await _unauthenticated(scope, receive, send)
+                    # The API writes the store: the same tokens as OTLP guard it. The body is
+                    # not read: the connection closes after the answer.
+                    await _unauthenticated(scope, *close_if_unread(scope, receive, send))
                 elif self.api is None:
                     await _no_api(scope, receive, send)
                 else:

@@ -34,6 +34,7 @@ from ..errors import Overloaded, ReceiverError, StoreUnavailable
 from ..store import Store
 from ..store.logs import log_rows
 from .budget import DEFAULT_MAX_REQUEST_MEMORY, MemoryBudget
+from .changes import Changes
 from .decode import DEFAULT_MAX_REQUEST_BYTES, decode, decode_traces, decompress
 from .metrics import Histogram
 from .route import RoutingConfig, route
@@ -62,6 +63,9 @@ T = TypeVar("T")
 Signal = Literal["traces", "metrics", "logs"]
 SIGNALS: Final[tuple[Signal, ...]] = ("traces", "metrics", "logs")
 Transport = Literal["grpc", "http"]
+# Who queues work: OTLP exports, or LightningStore API calls. Each kind has its own
+# ``max_in_flight``, so API calls (long waits among them) never make an OTLP export wait or fail.
+Kind = Literal["otlp", "api"]
 
 
 @dataclass(slots=True)
@@ -113,8 +117,10 @@ class Pipeline:
         self.request_seconds = {"grpc": Histogram(), "http": Histogram()}
         self.commit_seconds = Histogram()
         self.draining = False
+        # Woken after every trace commit: what LightningStore API waits sleep on.
+        self.changes = Changes()
         self._store_failed_at: float | None = None
-        self._in_flight = 0
+        self._in_flight: dict[Kind, int] = {"otlp": 0, "api": 0}
         # Batches decoded and waiting for the store thread (``_commit_queued``).
         self._commits: deque[tuple[SpanBatch, str, Future[PB2ExportTraceServiceResponse]]] = deque()
         self._last_request = time.monotonic()
@@ -329,31 +335,36 @@ class Pipeline:
                 done: Future[PB2ExportTraceServiceResponse] = Future()
                 self._commits.append((batch, transport, done))
                 await loop.run_in_executor(self._executor, self._commit_queued)
-                return await asyncio.wrap_future(done)
+                response = await asyncio.wrap_future(done)
+                self.changes.notify()
+                return response
             finally:
                 self.budget.release(charged)
         finally:
             self._leave()
 
-    async def run(self, fn: Callable[..., T], *args: object, stage: str = "store") -> T:
-        """Queue ``fn`` on the store (or decode) thread, or refuse at once when too much is
-        queued."""
-        self._enter()
+    async def run(
+        self, fn: Callable[..., T], *args: object, stage: str = "store", kind: Kind = "otlp"
+    ) -> T:
+        """Queue ``fn`` on the store (or decode) thread, or refuse at once when too much of
+        ``kind`` is queued."""
+        self._enter(kind)
         executor = self._executor if stage == "store" else self._decoder
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
         finally:
-            self._leave()
+            self._leave(kind)
 
-    def _enter(self) -> None:
+    def _enter(self, kind: Kind = "otlp") -> None:
         with self._lock:
-            if self._in_flight >= self.max_in_flight:
-                raise Overloaded(f"{self._in_flight} requests already queued; retry later")
-            self._in_flight += 1
+            queued = self._in_flight[kind]
+            if queued >= self.max_in_flight:
+                raise Overloaded(f"{queued} requests already queued; retry later")
+            self._in_flight[kind] = queued + 1
 
-    def _leave(self) -> None:
+    def _leave(self, kind: Kind = "otlp") -> None:
         with self._lock:
-            self._in_flight -= 1
+            self._in_flight[kind] -= 1
             self._last_request = time.monotonic()
 
     async def idle_work(self) -> None:
@@ -363,7 +374,7 @@ class Pipeline:
         more = True
         while not self.draining:
             await asyncio.sleep(0 if more else IDLE_POLL_SECONDS)
-            if self._in_flight or time.monotonic() - self._last_request < IDLE_AFTER_SECONDS:
+            if self.in_flight or time.monotonic() - self._last_request < IDLE_AFTER_SECONDS:
                 if more:
                     await asyncio.sleep(IDLE_AFTER_SECONDS)
                 continue
@@ -381,7 +392,8 @@ class Pipeline:
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        """Requests of every kind queued or running."""
+        return sum(self._in_flight.values())
 
     def ready(self) -> bool:
         """Ready to store: the store is open, its last commit did not fail, not shutting down."""

@@ -1014,7 +1014,13 @@ class _Watched:
     def __enter__(self) -> sqlite3.Connection:
         self._context = self._owner._transaction()
         conn: sqlite3.Connection = self._context.__enter__()
-        self._owner.scan(conn, time.time())
+        try:
+            self._owner.scan(conn, time.time())
+        except BaseException as exc:
+            # Inside the transaction: rolled back, the lock let go, and the error mapped as any
+            # other (a failing store is 503, not a defect).
+            if not self._context.__exit__(type(exc), exc, exc.__traceback__):
+                raise
         return conn
 
     def __exit__(self, *exc: Any) -> Any:
