@@ -15,6 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceResponse as PB2ExportTraceServiceResponse,
+)
 
 from lightning_otlp.api import APILimits, Dashboard, LightningAPI, ReceiverApp, build_http_app
 from lightning_otlp.errors import Overloaded
@@ -358,3 +361,74 @@ def test_a_missing_dashboard_asset_is_404(tmp_path: Path) -> None:
             return found.status_code, missing.status_code, page.status_code
 
     assert asyncio.run(go()) == (200, 404, 200)
+
+
+# -- records OTLP cannot corrupt -------------------------------------------------------------
+
+
+def _export(app: App, rollout_id: str, attempt_id: str | None, **attrs: Any) -> Any:
+    ids = {"agentlightning.rollout_id": rollout_id, **attrs}
+    if attempt_id is not None:
+        ids["agentlightning.attempt_id"] = attempt_id
+    request = make_request([make_span("late", attributes=ids)])
+    response = app.run(
+        app.client.post(
+            "/v1/traces",
+            content=request.SerializeToString(),
+            headers={"content-type": "application/x-protobuf"},
+        )
+    )
+    assert response.status_code == 200, response.text
+    answer = PB2ExportTraceServiceResponse()
+    answer.ParseFromString(response.content)
+    return answer.partial_success
+
+
+def _metric(app: App, name: str) -> float:
+    return next(m.value for m in app.store.metrics() if m.name == name)
+
+
+def test_a_span_cannot_reopen_a_finished_attempt_or_rollout(app: App) -> None:
+    [rollout] = app.post("/queues/rollouts/enqueue", {"rollouts": [{"input": 1}]}, 201)
+    rollout_id = rollout["rollout_id"]
+    [taken] = app.post("/queues/rollouts/dequeue", {"worker_id": "w"}, 200)
+    attempt_id = taken["attempt"]["attempt_id"]
+    app.post(f"/rollouts/{rollout_id}/attempts/{attempt_id}", {"status": "succeeded"}, 200)
+    # a late span of the finished attempt, claiming it failed: stored, the claim ignored
+    late = _export(app, rollout_id, attempt_id, **{"agentlightning.attempt.status": "failed"})
+    assert late.rejected_spans == 0
+    assert _metric(app, "lightning_otlp_ignored_outcomes") == 1
+    # a made-up attempt: refused with a message, nothing reopened
+    made_up = _export(app, rollout_id, "at-madeup1")
+    assert made_up.rejected_spans == 1 and "does not exist" in made_up.error_message
+    now = app.post("/rollouts/search", {"rollout_id_in": [rollout_id]}, 200)["items"][0]
+    assert now["status"] == "succeeded"
+    attempts = app.run(app.client.get(f"/v1/agl/rollouts/{rollout_id}/attempts")).json()
+    assert [(a["attempt_id"], a["status"]) for a in attempts["items"]] == [
+        (attempt_id, "succeeded")
+    ]
+    spans = app.post("/spans/search", {"rollout_id": rollout_id}, 200)["items"]
+    assert [s["attempt_id"] for s in spans] == [attempt_id]  # the late span, stored
+
+
+def test_a_span_cannot_take_a_queued_rollout_off_the_queue(app: App) -> None:
+    [rollout] = app.post("/queues/rollouts/enqueue", {"rollouts": [{"input": 1}]}, 201)
+    rollout_id = rollout["rollout_id"]
+    for attempt_id in (None, "at-madeup2"):
+        refused = _export(app, rollout_id, attempt_id)
+        assert refused.rejected_spans == 1 and "does not exist" in refused.error_message
+    [taken] = app.post("/queues/rollouts/dequeue", {"worker_id": "w"}, 200)
+    assert taken["rollout_id"] == rollout_id and taken["attempt"]["sequence_id"] == 1
+    # the worker's own spans are stored, and start the prepared rollout running as upstream
+    assert _export(app, rollout_id, taken["attempt"]["attempt_id"]).rejected_spans == 0
+    now = app.post("/rollouts/search", {"rollout_id_in": [rollout_id]}, 200)["items"][0]
+    assert now["status"] == "running"
+
+
+def test_spans_still_start_attempts_of_rollouts_otlp_created(app: App) -> None:
+    """The SDK's rollout() blocks: a new attempt id on its own rollout is a retry."""
+    first = _export(app, "ro-sdk000000001", "at-00000001")
+    second = _export(app, "ro-sdk000000001", "at-00000002")
+    assert first.rejected_spans == 0 and second.rejected_spans == 0
+    attempts = app.run(app.client.get("/v1/agl/rollouts/ro-sdk000000001/attempts")).json()
+    assert [a["attempt_id"] for a in attempts["items"]] == ["at-00000001", "at-00000002"]

@@ -239,15 +239,17 @@ class Pipeline:
         """The response for a committed batch, and its counts."""
         counters = self.counters
         self._count(counters.requests, transport, 1)
-        self._count(counters.accepted_spans, transport, batch.accepted)
+        refused = sum(batch.refused.values())
+        rejected = batch.rejected + refused
+        self._count(counters.accepted_spans, transport, batch.accepted - refused)
         response = PB2ExportTraceServiceResponse()
-        if batch.rejected:
-            self._count(counters.refused_spans, transport, batch.rejected)
-            response.partial_success.rejected_spans = batch.rejected
+        if rejected:
+            self._count(counters.refused_spans, transport, rejected)
+            response.partial_success.rejected_spans = rejected
         if batch.dropped:
             # A warning in partial_success (rejected_spans 0): the spec's way to say "stored, but".
             self._count(counters.dropped_values, transport, sum(batch.dropped.values()))
-        if batch.rejected or batch.dropped:
+        if rejected or batch.dropped:
             response.partial_success.error_message = batch.error_message()
         return response
 

@@ -126,6 +126,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 _INSERT_SPAN: Final = f"INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 _DEFAULT_CONFIG_JSON: Final = json.dumps(DEFAULT_ROLLOUT_CONFIG)
 _STARTED: Final = ("queuing", "preparing", "requeuing")
+_FINISHED_ATTEMPT: Final = ("succeeded", "failed", "timeout")
+_FINISHED_ROLLOUT: Final = ("succeeded", "failed", "cancelled")
+NO_SUCH_ATTEMPT: Final = (
+    "not stored: they name an attempt that does not exist on a rollout the LightningStore API"
+    " manages (its attempts start through the API: dequeue or start_attempt)"
+)
 # An attempt's span counter above this was left by an unbounded explicit sequence id (before
 # they were bounded): it is rebuilt from the attempt's spans, so it can never overflow SQLite.
 _COUNTER_CEILING: Final = 2**62
@@ -320,13 +326,27 @@ class SQLiteStore:
             "INSERT OR IGNORE INTO resources (resource_id, body) VALUES (?, ?)",
             batch.resources.items(),
         )
+        batch.refused = {}
         used = {rollout_id for rollout_id, _ in groups}
+        managed = _managed(conn, used)
+        if managed:
+            groups = _refuse_unknown_attempts(conn, batch, groups, managed)
+            used = {rollout_id for rollout_id, _ in groups}
         for rollout_id, info in batch.rollouts.items():
-            if rollout_id in used and self._ensure_rollout(conn, rollout_id, info, now):
+            if rollout_id not in used:
+                continue
+            if rollout_id in managed:
+                # The API's: spans change only what upstream's add_span changes.
+                conn.execute(
+                    "UPDATE rollouts SET status = 'running'"
+                    " WHERE rollout_id = ? AND status = 'preparing'",
+                    (rollout_id,),
+                )
+            elif self._ensure_rollout(conn, rollout_id, info, now):
                 if info.origin == "trace" and info.trace_id is not None:
                     changes.autos.append((info.trace_id, rollout_id, now))
         # Spans of per-trace rollouts that this request's bindings claim, by destination.
-        moves = self._claim_moves(conn, batch, now, changes)
+        moves = self._claim_moves(conn, batch, groups, now, changes)
         resolved: dict[Destination, str] = {}
         rows: list[tuple[Any, ...]] = []
         updates: list[tuple[Any, ...]] = []
@@ -372,7 +392,7 @@ class SQLiteStore:
             bound_attempt = resolved.get(dest)
             if bound_attempt is not None:
                 changes.bound.append((trace_id, (dest[0], bound_attempt)))
-        self._record_outcomes(conn, batch, retarget, resolved, now)
+        self._record_outcomes(conn, batch, retarget, resolved, now, changes)
         return stored
 
     def _follow_bindings(
@@ -403,15 +423,22 @@ class SQLiteStore:
         return groups, retarget
 
     def _claim_moves(
-        self, conn: sqlite3.Connection, batch: SpanBatch, now: float, changes: Changes
+        self,
+        conn: sqlite3.Connection,
+        batch: SpanBatch,
+        groups: dict[Destination, list[Any]],
+        now: float,
+        changes: Changes,
     ) -> dict[Destination, list[tuple[float, None, int]]]:
         moves: dict[Destination, list[tuple[float, None, int]]] = {}
         affinity = self.affinity
         if not affinity.autos:
             return moves
         for trace_id, dest in batch.bindings.items():
-            if trace_id in affinity.bindings:
-                continue  # bound before: its per-trace rollout, if any, was dealt with then
+            if trace_id in affinity.bindings or dest not in groups:
+                # bound before: its per-trace rollout, if any, was dealt with then; or its
+                # destination refused these spans: the trace's spans stay where they are
+                continue
             auto = affinity.movable(trace_id, now, changes)
             if auto is None or auto == dest[0]:
                 continue
@@ -453,6 +480,7 @@ class SQLiteStore:
         retarget: dict[Destination, Destination],
         resolved: dict[Destination, str],
         now: float,
+        changes: Changes,
     ) -> None:
         for dest, value in batch.rewards.items():
             target = retarget.get(dest, dest)
@@ -472,6 +500,10 @@ class SQLiteStore:
             if attempt_id is None:
                 continue
             rollout_id = target[0]
+            if _finished(conn, rollout_id, attempt_id):
+                # Finished stays finished: a late span is stored, its claim ignored (counted).
+                changes.ignored_outcomes += 1
+                continue
             end_time = end if end is not None else now
             if self.on_outcome is not None:
                 self.on_outcome(conn, rollout_id, attempt_id, status, end_time, now)
@@ -794,6 +826,13 @@ class SQLiteStore:
                 "counter",
                 moved.late_bindings,
             ),
+            Metric(
+                "lightning_otlp_ignored_outcomes",
+                "Attempt outcomes spans claimed for attempts or rollouts already finished:"
+                " the spans were stored, the claims ignored.",
+                "counter",
+                moved.ignored_outcomes,
+            ),
         ]
 
     def status(self) -> dict[str, Any]:
@@ -829,3 +868,58 @@ def _counter(conn: sqlite3.Connection, rollout_id: str, attempt_id: str, stored:
         (rollout_id, attempt_id, MAX_SEQUENCE_ID),
     ).fetchone()
     return int(row[0])
+
+
+def _managed(conn: sqlite3.Connection, rollout_ids: set[str]) -> set[str]:
+    """Which of these rollouts the LightningStore API created (or queued)."""
+    found: set[str] = set()
+    ids = list(rollout_ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found.update(
+            row[0]
+            for row in conn.execute(
+                "SELECT rollout_id FROM rollouts WHERE (managed = 1 OR status IN"
+                f" ('queuing', 'requeuing')) AND rollout_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+        )
+    return found
+
+
+def _refuse_unknown_attempts(
+    conn: sqlite3.Connection,
+    batch: SpanBatch,
+    groups: dict[Destination, list[Any]],
+    managed: set[str],
+) -> dict[Destination, list[Any]]:
+    """The groups whose attempt exists; spans for an API-managed rollout's missing attempt are
+    refused (upstream refuses a span for an unknown attempt too): an OTLP span must not start
+    an attempt, which would take a queued rollout off the queue or reopen a finished one."""
+    kept: dict[Destination, list[Any]] = {}
+    for dest, group in groups.items():
+        rollout_id, attempt_id = dest
+        if rollout_id in managed:
+            if attempt_id is None:
+                found = conn.execute(
+                    "SELECT 1 FROM attempts WHERE rollout_id = ? LIMIT 1", (rollout_id,)
+                ).fetchone()
+            else:
+                found = conn.execute(
+                    "SELECT 1 FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
+                    (rollout_id, attempt_id),
+                ).fetchone()
+            if found is None:
+                batch.refused[NO_SUCH_ATTEMPT] = batch.refused.get(NO_SUCH_ATTEMPT, 0) + len(group)
+                continue
+        kept[dest] = group
+    return kept
+
+
+def _finished(conn: sqlite3.Connection, rollout_id: str, attempt_id: str) -> bool:
+    row = conn.execute(
+        "SELECT a.status, r.status FROM attempts a JOIN rollouts r ON r.rollout_id = a.rollout_id"
+        " WHERE a.rollout_id = ? AND a.attempt_id = ?",
+        (rollout_id, attempt_id),
+    ).fetchone()
+    return row is not None and (row[0] in _FINISHED_ATTEMPT or row[1] in _FINISHED_ROLLOUT)

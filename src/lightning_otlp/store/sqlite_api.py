@@ -744,8 +744,8 @@ class SQLiteLightningStore:
         queued = status in QUEUED
         conn.execute(
             "INSERT INTO rollouts (rollout_id, input, start_time, mode, resources_id, status,"
-            " config, metadata, origin, created_at, queue_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
-            " 'explicit', ?, CASE WHEN ? THEN"
+            " config, metadata, origin, managed, created_at, queue_seq) VALUES (?, ?, ?, ?, ?, ?,"
+            " ?, ?, 'explicit', 1, ?, CASE WHEN ? THEN"
             " (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM rollouts WHERE queue_seq IS NOT NULL)"
             " END)",
             (
