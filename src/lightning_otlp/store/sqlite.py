@@ -126,6 +126,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 _INSERT_SPAN: Final = f"INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 _DEFAULT_CONFIG_JSON: Final = json.dumps(DEFAULT_ROLLOUT_CONFIG)
 _STARTED: Final = ("queuing", "preparing", "requeuing")
+# Salvage reads by rowid this many rows at a time; without a highest rowid, it stops after
+# this many rowids in a row that hold nothing.
+_SALVAGE_STEP: Final = 256
+_SALVAGE_GAP: Final = 65_536
 _FINISHED_ATTEMPT: Final = ("succeeded", "failed", "timeout")
 _FINISHED_ROLLOUT: Final = ("succeeded", "failed", "cancelled")
 NO_SUCH_ATTEMPT: Final = (
@@ -204,6 +208,7 @@ class SQLiteStore:
                     f"no store at {os.path.abspath(self.path)}: nothing was ever stored there"
                     " (check --store)"
                 )
+            self._empty_file()
             parent = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(parent, exist_ok=True)
         try:
@@ -226,11 +231,29 @@ class SQLiteStore:
             with transaction(conn):
                 migrate_api_schema(conn)  # the LightningStore API's tables (store/sqlite_api.py)
             if self.create:  # a read-only tool routes nothing: it needs no trace affinity
+                _can_write(conn, self.url)
                 self._load_affinity(conn)
             self._span_top = self._top_rowid(conn)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.url}: {exc}") from exc
         self._conn = conn
+
+    def _empty_file(self) -> None:
+        """Name a zero-length file where a store was expected: a read tool refuses it (reading
+        would create tables in it), ``serve`` starts a new store in it and says so."""
+        if not os.path.isfile(self.path) or os.path.getsize(self.path) != 0:
+            return
+        wal = self.path + "-wal"
+        if os.path.isfile(wal) and os.path.getsize(wal) > 0:
+            return  # everything is still in the WAL: a store all the same
+        what = f"{os.path.abspath(self.path)} is an empty file (0 bytes), not a store"
+        if not self.create:
+            raise StoreDamaged(f"{what}: nothing was ever stored in it, or it was truncated")
+        log.warning(
+            "%s: starting a new store in it (if one was expected there, it was truncated:"
+            " stop and restore it)",
+            what,
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -640,7 +663,12 @@ class SQLiteStore:
                 }
         except sqlite3.DatabaseError as exc:
             self._damaged("the rollouts and attempts tables", exc)
-            return
+            rollouts = sorted(
+                self._salvage_rows("rollouts", ROLLOUT_COLUMNS), key=lambda r: r[2] or 0.0
+            )
+            latest = {}
+            for row in sorted(self._salvage_rows("attempts", ATTEMPT_COLUMNS), key=_by_sequence):
+                latest[row[0]] = row
         for rollout in rollouts:
             attempt = latest.get(rollout[0])
             if attempt is not None:
@@ -667,6 +695,7 @@ class SQLiteStore:
                     ]
             except sqlite3.DatabaseError as exc:
                 self._damaged("the list of rollouts", exc)
+                yield from self._salvage_spans(None, attempt_id)
                 return
         where = "s.rollout_id = ?" + (" AND s.attempt_id = ?" if attempt_id is not None else "")
         query = (
@@ -676,6 +705,7 @@ class SQLiteStore:
             f" WHERE {where} ORDER BY a.sequence_id, s.sequence_id"
         )
         resources: dict[str, Any] = {}
+        skipped: set[str] = set()
         for rid in ids:
             params = (rid,) if attempt_id is None else (rid, attempt_id)
             try:
@@ -691,8 +721,64 @@ class SQLiteStore:
                 ]
             except (sqlite3.DatabaseError, ValueError, KeyError, DecodeError) as exc:
                 self._damaged(f"the spans of rollout {rid}", exc)
+                skipped.add(rid)
                 continue
             yield from records
+        if skipped:
+            yield from self._salvage_spans(skipped, attempt_id)
+
+    def _salvage_spans(
+        self, rollout_ids: set[str] | None, attempt_id: str | None
+    ) -> Iterator[dict[str, Any]]:
+        """The spans still readable row by row, of these rollouts (all when None), in the order
+        they were stored, as received (a damaged file's joins cannot be trusted)."""
+        resources: dict[str, Any] = {}
+        for row in self._salvage_rows("spans", f"{SPAN_COLUMNS}, record"):
+            if rollout_ids is not None and row[0] not in rollout_ids:
+                continue
+            if attempt_id is not None and row[1] != attempt_id:
+                continue
+            try:
+                if row[11] not in resources:
+                    with self._lock:
+                        resources.update(resource_bodies(self._connection(), [row[11]]))
+                record = span_records(row, resources, None)
+            except (sqlite3.DatabaseError, ValueError, KeyError, DecodeError) as exc:
+                log.warning("skipped span %s of rollout %s: %s", row[4], row[0], exc)
+                continue
+            yield record
+
+    def _salvage_rows(self, table: str, columns: str) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``table`` read by rowid, a range at a time and one row at a time in a range
+        that fails: every row whose own page is readable, whatever else is damaged."""
+        top = None
+        with self._lock:
+            try:
+                top = self._connection().execute(f"SELECT MAX(rowid) FROM {table}").fetchone()[0]
+            except sqlite3.DatabaseError:
+                pass
+        lost = 0
+        start, empty = 1, 0
+        # Without the highest rowid, go on until _SALVAGE_GAP rowids in a row hold nothing.
+        while (start <= top) if top is not None else (empty < _SALVAGE_GAP):
+            end = start + _SALVAGE_STEP - 1
+            rows: list[tuple[Any, ...]] = []
+            with self._lock:
+                conn = self._connection()
+                select = f"SELECT {columns} FROM {table} WHERE rowid"
+                try:
+                    rows = conn.execute(f"{select} BETWEEN ? AND ?", (start, end)).fetchall()
+                except sqlite3.DatabaseError:
+                    for rowid in range(start, end + 1):
+                        try:
+                            rows.extend(conn.execute(f"{select} = ?", (rowid,)).fetchall())
+                        except sqlite3.DatabaseError:
+                            lost += 1
+            empty = 0 if rows else empty + _SALVAGE_STEP
+            yield from rows
+            start = end + 1
+        if lost:
+            log.warning("skipped %d unreadable row(s) of %s", lost, table)
 
     def write_logs(self, rows: LogRows) -> int:
         """Commit GenAI log records (``store.logs``) in one transaction; return how many are new."""
@@ -923,3 +1009,25 @@ def _finished(conn: sqlite3.Connection, rollout_id: str, attempt_id: str) -> boo
         (rollout_id, attempt_id),
     ).fetchone()
     return row is not None and (row[0] in _FINISHED_ATTEMPT or row[1] in _FINISHED_ROLLOUT)
+
+
+def _by_sequence(row: tuple[Any, ...]) -> int:
+    return int(row[2] or 0)
+
+
+def _can_write(conn: sqlite3.Connection, url: str) -> None:
+    """Refuse at start a store that cannot be written (a read-only file, directory or file
+    system): serving it would answer every export with a retryable 503 for ever."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("UPDATE agl_api_schema SET version = version")
+        finally:
+            conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "readonly" not in str(exc) and "read-only" not in str(exc):
+            raise
+        raise StoreUnavailable(
+            f"cannot write {url}: {exc}; serve needs a writable store (the spans, rollouts and"
+            " check-store commands read a read-only one)"
+        ) from None
