@@ -117,7 +117,8 @@ class Pipeline:
         self.request_seconds = {"grpc": Histogram(), "http": Histogram()}
         self.commit_seconds = Histogram()
         self.draining = False
-        # Woken after every trace commit: what LightningStore API waits sleep on.
+        # Woken after a trace commit that reported outcomes: what LightningStore API waits
+        # sleep on (API writes wake it too).
         self.changes = Changes()
         self._store_failed_at: float | None = None
         self._in_flight: dict[Kind, int] = {"otlp": 0, "api": 0}
@@ -338,7 +339,8 @@ class Pipeline:
                 self._commits.append((batch, transport, done))
                 await loop.run_in_executor(self._executor, self._commit_queued)
                 response = await asyncio.wrap_future(done)
-                self.changes.notify()
+                if batch.outcomes or batch.root_outcomes:  # what can finish a rollout
+                    self.changes.notify()
                 return response
             finally:
                 self.budget.release(charged)
