@@ -432,3 +432,45 @@ def test_spans_still_start_attempts_of_rollouts_otlp_created(app: App) -> None:
     assert first.rejected_spans == 0 and second.rejected_spans == 0
     attempts = app.run(app.client.get("/v1/agl/rollouts/ro-sdk000000001/attempts")).json()
     assert [a["attempt_id"] for a in attempts["items"]] == ["at-00000001", "at-00000002"]
+
+
+def test_the_dashboard_asks_for_the_token_and_shows_nothing_without_it(tmp_path: Path) -> None:
+    from lightning_otlp.receiver.auth import BearerAuth
+
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "index.html").write_text("<html>the dashboard</html>")
+    (tmp_path / "assets" / "app.js").write_text("secret code")
+    store = SQLiteStore(":memory:", synchronous="OFF")
+    store.open()
+    pipeline = Pipeline(store)
+    auth = BearerAuth((b"s3;cr=t",))
+    app = build_http_app(HTTPReceiver(pipeline, auth), pipeline, auth=auth, dashboard=str(tmp_path))
+
+    async def go() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for path in ("/", "/rollouts?x=1", "/assets/app.js"):
+                page = await client.get(path)
+                assert page.status_code == 401 and "Sign in" in page.text
+                assert "the dashboard" not in page.text and "secret" not in page.text
+            assert (await client.get("/v1/agl/rollouts")).status_code == 401
+            wrong = await client.post("/login", data={"token": "nope", "next": "/rollouts"})
+            assert wrong.status_code == 401 and "unknown token" in wrong.text
+            elsewhere = await client.post(
+                "/login", data={"token": "s3;cr=t", "next": "//evil.example/"}
+            )
+            assert elsewhere.status_code == 303 and elsewhere.headers["location"] == "/"
+            cookie = elsewhere.headers["set-cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+            # the cookie the browser keeps opens the dashboard and its API calls
+            assert (await client.get("/rollouts")).text == "<html>the dashboard</html>"
+            assert (await client.get("/assets/app.js")).text == "secret code"
+            assert (await client.get("/v1/agl/rollouts")).status_code == 200
+            client.cookies.clear()
+            assert (await client.get("/v1/agl/rollouts")).status_code == 401
+
+    try:
+        asyncio.run(go())
+    finally:
+        pipeline.close()
+        store.close()
