@@ -474,3 +474,41 @@ def test_the_dashboard_asks_for_the_token_and_shows_nothing_without_it(tmp_path:
     finally:
         pipeline.close()
         store.close()
+
+
+def test_api_reads_do_not_wait_for_the_store_thread(tmp_path: Path) -> None:
+    """A file store: API reads run on read connections of their own, so a read is answered
+    while the store thread is busy (a long commit, or a long read before this change)."""
+    import threading
+
+    store = SQLiteStore(str(tmp_path / "reads.db"), synchronous="OFF")
+    store.open()
+    pipeline = Pipeline(store)
+    app = build_http_app(HTTPReceiver(pipeline), pipeline, watchdog_interval=3600)
+    assert app.api is not None
+    held = threading.Event()
+
+    async def go() -> list[Any]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            body = {"rollouts": [{"input": i} for i in range(3)]}
+            assert (await client.post("/v1/agl/queues/rollouts/enqueue", json=body)).is_success
+            assert (await client.get("/v1/agl/rollouts")).is_success  # the watchdog's turn
+            busy = asyncio.get_running_loop().run_in_executor(pipeline._executor, held.wait, 60)
+            try:
+                read = await asyncio.wait_for(client.get("/v1/agl/rollouts"), 30)
+                spans = await asyncio.wait_for(
+                    client.get("/v1/agl/spans", params={"rollout_id": "ro-none"}), 30
+                )
+                assert spans.json()["items"] == []
+            finally:
+                held.set()
+                await busy
+            return list(read.json()["items"])
+
+    try:
+        assert [r["input"] for r in asyncio.run(go())] == [0, 1, 2]
+    finally:
+        app.api.close()
+        pipeline.close()
+        store.close()

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
-from ..errors import PayloadTooLarge, ReceiverError
+from ..errors import Overloaded, PayloadTooLarge, ReceiverError
 from ..receiver.budget import MemoryBudget
 from ..receiver.changes import Changes
 from ..receiver.decode import DEFAULT_MAX_REQUEST_BYTES
@@ -61,6 +61,10 @@ DEFAULT_MAX_API_BATCH: Final = 10_000
 DEFAULT_MAX_WAIT: Final = 60.0
 # After a change wakes a wait, it looks again no sooner than this (a burst of commits is one look).
 WAIT_SETTLE_SECONDS: Final = 0.1
+# Threads that serve API reads on read connections of their own, beside the store thread; and
+# reads queued for them at most before new ones get 503.
+READ_THREADS: Final = 2
+MAX_QUEUED_READS: Final = 64
 _HELD: Final = "lightning_otlp.held"
 # Backend calls that change nothing a wait looks for.
 _READS: Final = frozenset(
@@ -144,6 +148,13 @@ class LightningAPI:
         self.changes = changes or Changes()
         # JSON is parsed here, never on the event loop; one thread: bodies parse one at a time.
         self._parser = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-api-json")
+        # Reads run here when the store allows, so a long read never holds up OTLP commits.
+        self._readers: ThreadPoolExecutor | None = None
+        if backend.reads_apart():
+            self._readers = ThreadPoolExecutor(
+                READ_THREADS, thread_name_prefix="lightning-otlp-api-read"
+            )
+        self._queued_reads = 0
         self.router = Router(routes=self.routes())
 
     def routes(self) -> list[Route]:
@@ -212,6 +223,9 @@ class LightningAPI:
 
     def close(self) -> None:
         self._parser.shutdown(wait=False, cancel_futures=True)
+        if self._readers is not None:
+            self._readers.shutdown(wait=True, cancel_futures=True)
+            self.backend.close_readers()
 
     async def read_json(self, request: Request) -> Any:
         """The body as JSON, read within the OTLP path's limits and parsed off the event loop."""
@@ -240,6 +254,9 @@ class LightningAPI:
     # -- plumbing ------------------------------------------------------------------------
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        name = getattr(fn, "__name__", "")
+        if self._readers is not None and name in _READS:
+            return await self._read(fn, args, kwargs)
         try:
             if kwargs:
                 return await self._run(lambda: fn(*args, **kwargs))  # type: ignore[no-any-return]
@@ -247,6 +264,25 @@ class LightningAPI:
         finally:
             if getattr(fn, "__name__", "") not in _READS:
                 self.changes.notify()
+
+    async def _read(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        """A read on a read thread; the watchdog scan, when due, first on the store thread, so
+        the read sees what it changed (upstream scans before every query)."""
+        assert self._readers is not None
+        if self._queued_reads >= MAX_QUEUED_READS:
+            raise Overloaded(f"{self._queued_reads} reads already queued; retry later")
+        self._queued_reads += 1
+        try:
+            if self.backend.scan_due():
+                await self._run(self.backend.watch)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._readers, self._reading, fn, args, kwargs)
+        finally:
+            self._queued_reads -= 1
+
+    def _reading(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        with self.backend.reading():
+            return fn(*args, **kwargs)
 
     def path_call(self, fn: Callable[[str], Any], param: str) -> Handler:
         """A GET that passes one path parameter and answers the record or ``null``."""

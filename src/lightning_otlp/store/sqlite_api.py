@@ -16,12 +16,15 @@ ids the OTLP path gives spans from their start times.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, cast
+from urllib.parse import quote
 
 from ..errors import StoreUnavailable
 from .api_schema import API_RESOURCE_ID, migrate_api_schema
@@ -192,6 +195,10 @@ class SQLiteLightningStore:
         self.scan_debounce = scan_debounce
         self._launch_time = time.time()
         self._last_scan = self._launch_time - scan_debounce
+        # Reads of the API's read threads: each thread its own read-only connection.
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
 
     # -- schema and transactions ---------------------------------------------------------
 
@@ -224,9 +231,70 @@ class SQLiteLightningStore:
             (end_time, rollout_id, now),
         )
 
+    # -- reads apart ------------------------------------------------------------------------
+
+    def reads_apart(self) -> bool:
+        return self.store.path != ":memory:"
+
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One committed transaction, or nothing: SQLite errors become ``StoreUnavailable``."""
+    def reading(self) -> Iterator[None]:
+        self._local.reading = True
+        try:
+            yield
+        finally:
+            self._local.reading = False
+
+    def scan_due(self) -> bool:
+        return time.time() - self._last_scan >= self.scan_debounce
+
+    def watch(self) -> None:
+        with self._watched():
+            pass
+
+    def close_readers(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # Read-only: a read thread can never write, whatever a query does.
+            uri = "file:" + quote(os.path.abspath(self.store.path)) + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 2000")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction on this thread's reader: one consistent view, beside the writer
+        (SQLite's WAL lets readers and the writer work at once)."""
+        try:
+            conn = self._reader()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"store busy or failing: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(f"store failing: {exc}") from exc
+
+    def _transaction(self) -> Any:
+        """One committed transaction, or nothing: SQLite errors become ``StoreUnavailable``; on
+        a read thread (``reading``), a read transaction on its own connection."""
+        if getattr(self._local, "reading", False):
+            return self._snapshot()
+        return self._write_transaction()
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
         with self.store.locked() as conn:
             try:
                 with transaction(conn):
@@ -237,7 +305,10 @@ class SQLiteLightningStore:
                 raise StoreUnavailable(f"store failing: {exc}") from exc
 
     def _watched(self) -> Any:
-        """A transaction that first runs the watchdog scan, as upstream's ``healthcheck_before``."""
+        """A transaction that first runs the watchdog scan, as upstream's ``healthcheck_before``
+        (on a read thread, a read: the API ran the scan on the store thread first)."""
+        if getattr(self._local, "reading", False):
+            return self._snapshot()
         return _Watched(self)
 
     # -- statistics ------------------------------------------------------------------------
@@ -1012,7 +1083,7 @@ class _Watched:
         self._context: Any = None
 
     def __enter__(self) -> sqlite3.Connection:
-        self._context = self._owner._transaction()
+        self._context = self._owner._write_transaction()
         conn: sqlite3.Connection = self._context.__enter__()
         try:
             self._owner.scan(conn, time.time())
