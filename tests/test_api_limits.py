@@ -512,3 +512,63 @@ def test_api_reads_do_not_wait_for_the_store_thread(tmp_path: Path) -> None:
         app.api.close()
         pipeline.close()
         store.close()
+
+
+def test_span_and_worker_filters_run_in_sql_with_upstream_meaning(app: App) -> None:
+    started = app.post("/rollouts", {"input": 1}, 201)
+    rollout_id, attempt_id = started["rollout_id"], started["attempt"]["attempt_id"]
+    ids = {"agentlightning.rollout_id": rollout_id, "agentlightning.attempt_id": attempt_id}
+    otlp = make_span("chat model", trace_id=b"\xab" * 16, span_id=b"\xcd" * 8, attributes=ids)
+    response = app.run(
+        app.client.post(
+            "/v1/traces",
+            content=make_request([otlp]).SerializeToString(),
+            headers={"content-type": "application/x-protobuf"},
+        )
+    )
+    assert response.status_code == 200
+    api_span = {
+        "rollout_id": rollout_id,
+        "attempt_id": attempt_id,
+        "sequence_id": 9,
+        "trace_id": "T-text",
+        "span_id": "S-text",
+        "parent_id": None,
+        "name": "tool call",
+        "status": {"status_code": "OK"},
+        "attributes": {},
+        "events": [],
+        "links": [],
+        "start_time": 1.0,
+        "end_time": 2.0,
+        "context": None,
+        "parent": None,
+        "resource": {"attributes": {}, "schema_url": ""},
+    }
+    app.post("/spans", api_span, 201)
+
+    def names(**query: Any) -> list[str]:
+        page = app.post("/spans/search", {"rollout_id": rollout_id, **query}, 200)
+        return sorted(s["name"] for s in page["items"])
+
+    assert names(trace_id="ab" * 16) == ["chat model"]  # stored as bytes, asked as hex
+    assert names(span_id_contains="cdcd") == ["chat model"]
+    assert names(trace_id="T-text") == ["tool call"]
+    assert names(name_contains="call", span_id_contains="cd") == []
+    assert names(name_contains="call", span_id_contains="cd", filter_logic="or") == [
+        "chat model",
+        "tool call",
+    ]
+    assert names(name_contains="", parent_id="nope", filter_logic="or") == [
+        "chat model",
+        "tool call",
+    ]
+    assert names(name_contains="CALL") == []  # case counts, as upstream's `in`
+    for worker in ("w-new-1", "w-old-2"):
+        app.run(app.client.post(f"/v1/agl/workers/{worker}", json={}))
+    found = app.post("/workers/search", {"worker_id_contains": "new"}, 200)["items"]
+    assert [w["worker_id"] for w in found] == ["w-new-1"]
+    both = {"worker_id_contains": "new", "status_in": ["unknown"], "filter_logic": "or"}
+    assert len(app.post("/workers/search", both, 200)["items"]) == 2
+    none = {"worker_id_contains": "new", "status_in": ["busy"]}
+    assert app.post("/workers/search", none, 200)["items"] == []

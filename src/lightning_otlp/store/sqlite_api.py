@@ -21,7 +21,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, cast
 from urllib.parse import quote
@@ -530,19 +530,19 @@ class SQLiteLightningStore:
         filter_logic: FilterLogic,
         query: Query,
     ) -> Page:
-        with self._watched() as conn:
-            rows = conn.execute(f"SELECT {_WORKER_COLUMNS} FROM agl_workers ORDER BY rowid")
-            workers = [_worker_record(row) for row in rows]
-        tests: list[Callable[[Record], bool]] = []
+        tests: list[str] = []
+        params: list[Any] = []
         if status_in is not None:
-            allowed = list(status_in)
-            tests.append(lambda w: w["status"] in allowed)
+            tests.append(_within("status", status_in, params))
         if worker_id_contains is not None:
-            part = worker_id_contains
-            tests.append(lambda w: part in w["worker_id"])
-        if tests:
-            combine = any if filter_logic == "or" else all
-            workers = [w for w in workers if combine(t(w) for t in tests)]
+            tests.append("instr(worker_id, ?) > 0")
+            params.append(worker_id_contains)
+        where = f" WHERE {_combine(tests, filter_logic)}" if tests else ""
+        with self._watched() as conn:
+            rows = conn.execute(
+                f"SELECT {_WORKER_COLUMNS} FROM agl_workers{where} ORDER BY rowid", params
+            )
+            workers = [_worker_record(row) for row in rows]
         return _paginate(workers, query)
 
     def get_worker(self, worker_id: str) -> Record | None:
@@ -674,10 +674,13 @@ class SQLiteLightningStore:
             if attempt_id is not None:
                 sql += " AND attempt_id = ?"
                 params.append(attempt_id)
-            if query.sort_by in (None, "sequence_id") and not any(
-                v is not None for ops in filters.values() for v in ops.values()
-            ):
+            values: list[Any] = []
+            tests = _span_tests(filters, values)
+            if query.sort_by in (None, "sequence_id") and not tests:
                 return self._spans_by_sequence(conn, params, query, encoded)
+            if tests:  # SQLite filters: only the matching spans are read and built
+                sql += f" AND ({_combine(tests, filter_logic)})"
+                params.extend(values)
             light = [
                 {
                     "rowid": r[0],
@@ -693,7 +696,6 @@ class SQLiteLightningStore:
                 }
                 for r in conn.execute(sql + " ORDER BY rowid", params)
             ]
-            light = _filter_spans(light, filters, filter_logic)
             if query.sort_by and query.sort_by not in _LIGHT_SPAN_FIELDS:
                 # Sorting on a field only the full record has: decode everything first.
                 rowids = [r["rowid"] for r in light]
@@ -1128,25 +1130,28 @@ def _span_rows(conn: sqlite3.Connection, columns: str, rowids: list[int]) -> dic
     return rows
 
 
-def _filter_spans(
-    spans: list[Record], filters: dict[str, dict[str, str]], logic: FilterLogic
-) -> list[Record]:
-    """Upstream's span filters: exact and contains per field, pooled with ``and`` / ``or``."""
-    tests: list[Callable[[Record], bool]] = []
+# A span id column as upstream's records show it: stored bytes (OTLP) as lowercase hex, text
+# (API spans) as it is.
+_ID_AS_TEXT: Final = "CASE WHEN typeof({0}) = 'blob' THEN lower(hex({0})) ELSE {0} END"
+
+
+def _span_tests(filters: dict[str, dict[str, str]], params: list[Any]) -> list[str]:
+    """Upstream's span filters (exact and contains per field) as SQL conditions; their
+    values are added to ``params``."""
+    tests: list[str] = []
     for field, ops in filters.items():
+        column = field if field == "name" else _ID_AS_TEXT.format(field)
         for op, expected in ops.items():
-            if expected is not None:
-                tests.append(_span_test(field, op, expected))
-    if not tests:
-        return spans
-    combine = any if logic == "or" else all
-    return [s for s in spans if combine(t(s) for t in tests)]
+            if expected is None:
+                continue
+            tests.append(f"{column} = ?" if op == "exact" else f"instr({column}, ?) > 0")
+            params.append(expected)
+    return tests
 
 
-def _span_test(field: str, op: str, expected: str) -> Callable[[Record], bool]:
-    if op == "exact":
-        return lambda span: span.get(field) == expected
-    return lambda span: span.get(field) is not None and expected in span[field]
+def _combine(tests: list[str], logic: FilterLogic) -> str:
+    """Conditions pooled as upstream pools them, ``and`` / ``or`` (NULL counts as false)."""
+    return f" {'OR' if logic == 'or' else 'AND'} ".join(f"COALESCE({t}, 0)" for t in tests)
 
 
 __all__ = ["UNSET", "SQLiteLightningStore", "rollout_record", "status_from_attempt"]
