@@ -27,6 +27,7 @@ from lightning_otlp.store import SQLiteStore
 
 from .payloads import make_request, make_span
 from .support import ReceiverProcess
+from .test_api import span
 
 pytestmark = pytest.mark.api
 
@@ -220,7 +221,7 @@ def test_nulls_and_missing_fields_are_422_not_500(app: App) -> None:
     ]:
         answer = app.post(path, body, 422)
         assert answer["detail"][0]["input"] is None, (path, answer)
-    span = {
+    null_sequence = {
         "rollout_id": queued["rollout_id"],
         "attempt_id": "at-x",
         "sequence_id": None,
@@ -232,7 +233,7 @@ def test_nulls_and_missing_fields_are_422_not_500(app: App) -> None:
         **{k: None for k in ("attributes", "events", "links", "start_time", "end_time")},
         **{k: None for k in ("context", "parent", "resource")},
     }
-    assert app.post("/spans", span, 422)["detail"][0]["loc"] == ["body", "sequence_id"]
+    assert app.post("/spans", null_sequence, 422)["detail"][0]["loc"] == ["body", "sequence_id"]
     assert app.post("/spans/search", {}, 422)["detail"][0]["loc"] == ["body", "rollout_id"]
     assert app.post("/queues/rollouts/dequeue", {}, 200)[0]["rollout_id"] == queued["rollout_id"]
 
@@ -527,24 +528,8 @@ def test_span_and_worker_filters_run_in_sql_with_upstream_meaning(app: App) -> N
         )
     )
     assert response.status_code == 200
-    api_span = {
-        "rollout_id": rollout_id,
-        "attempt_id": attempt_id,
-        "sequence_id": 9,
-        "trace_id": "T-text",
-        "span_id": "S-text",
-        "parent_id": None,
-        "name": "tool call",
-        "status": {"status_code": "OK"},
-        "attributes": {},
-        "events": [],
-        "links": [],
-        "start_time": 1.0,
-        "end_time": 2.0,
-        "context": None,
-        "parent": None,
-        "resource": {"attributes": {}, "schema_url": ""},
-    }
+    text_ids = {"trace_id": "T-text", "span_id": "S-text"}  # as an API client may send them
+    api_span = {**span(rollout_id, attempt_id, 9, 1, "tool call"), **text_ids}
     app.post("/spans", api_span, 201)
 
     def names(**query: Any) -> list[str]:
