@@ -121,7 +121,8 @@ class Pipeline:
         # sleep on (API writes wake it too).
         self.changes = Changes()
         self._store_failed_at: float | None = None
-        self._in_flight: dict[Kind, int] = {"otlp": 0, "api": 0}
+        self._in_flight = 0  # of every kind
+        self._in_flight_of: dict[Kind, int] = {"otlp": 0, "api": 0}
         # Batches decoded and waiting for the store thread (``_commit_queued``).
         self._commits: deque[tuple[SpanBatch, str, Future[PB2ExportTraceServiceResponse]]] = deque()
         self._last_request = time.monotonic()
@@ -361,14 +362,16 @@ class Pipeline:
 
     def _enter(self, kind: Kind = "otlp") -> None:
         with self._lock:
-            queued = self._in_flight[kind]
+            queued = self._in_flight_of[kind]
             if queued >= self.max_in_flight:
                 raise Overloaded(f"{queued} requests already queued; retry later")
-            self._in_flight[kind] = queued + 1
+            self._in_flight_of[kind] = queued + 1
+            self._in_flight += 1
 
     def _leave(self, kind: Kind = "otlp") -> None:
         with self._lock:
-            self._in_flight[kind] -= 1
+            self._in_flight_of[kind] -= 1
+            self._in_flight -= 1
             self._last_request = time.monotonic()
 
     async def idle_work(self) -> None:
@@ -378,7 +381,7 @@ class Pipeline:
         more = True
         while not self.draining:
             await asyncio.sleep(0 if more else IDLE_POLL_SECONDS)
-            if self.in_flight or time.monotonic() - self._last_request < IDLE_AFTER_SECONDS:
+            if self._in_flight or time.monotonic() - self._last_request < IDLE_AFTER_SECONDS:
                 if more:
                     await asyncio.sleep(IDLE_AFTER_SECONDS)
                 continue
@@ -396,8 +399,7 @@ class Pipeline:
 
     @property
     def in_flight(self) -> int:
-        """Requests of every kind queued or running."""
-        return sum(self._in_flight.values())
+        return self._in_flight
 
     def ready(self) -> bool:
         """Ready to store: the store is open, its last commit did not fail, not shutting down."""
