@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, NamedTuple
 
+from .api.routes import DEFAULT_MAX_API_BATCH, DEFAULT_MAX_JSON_VALUES, DEFAULT_MAX_WAIT
 from .forward.outbox import DEFAULT_LOG_WAIT
 from .receiver.budget import DEFAULT_MAX_REQUEST_MEMORY
 from .receiver.decode import DEFAULT_MAX_REQUEST_BYTES
@@ -207,6 +208,33 @@ class Settings:
             "request bytes held in memory at once (bodies, decompressed bodies) before new"
             " requests get 503",
             "BYTES",
+        ),
+    )
+    max_json_values: int = _spec(
+        DEFAULT_MAX_JSON_VALUES,
+        Spec(
+            _positive(_whole),
+            "LightningStore API: JSON values in one request body (counted as '[', '{' and ','"
+            " before parsing) before it gets 413",
+            "N",
+        ),
+    )
+    max_api_batch: int = _spec(
+        DEFAULT_MAX_API_BATCH,
+        Spec(
+            _positive(_whole),
+            "LightningStore API: rollouts per enqueue, dequeue limit, and ids per list in one"
+            " request; more gets 400",
+            "N",
+        ),
+    )
+    max_wait: float = _spec(
+        DEFAULT_MAX_WAIT,
+        Spec(
+            _positive(_number),
+            "LightningStore API: the longest waits/rollouts timeout; a longer or missing one"
+            " waits this long",
+            "SECONDS",
         ),
     )
     header_timeout: float = _spec(

@@ -83,6 +83,8 @@ def render(pipeline: Pipeline) -> str:
     _histogram(out, name, pipeline.commit_seconds, "")
     _gauge(out, "lightning_otlp_requests_in_flight", "Requests queued for or in the store.",
            pipeline.in_flight)  # fmt: skip
+    _gauge(out, "lightning_otlp_api_waits", "LightningStore API waits/rollouts calls waiting.",
+           pipeline.changes.waiting)  # fmt: skip
     _gauge(out, "lightning_otlp_ready", "1 when the receiver is ready to store spans.",
            1 if pipeline.ready() else 0)  # fmt: skip
     for metric in pipeline.store.metrics():
