@@ -199,7 +199,12 @@ class Settings:
         Spec(_positive(_whole), "request size limit after decompression", "BYTES"),
     )
     max_in_flight: int = _spec(
-        DEFAULT_MAX_IN_FLIGHT, Spec(_positive(_whole), "queued requests before 503", "N")
+        DEFAULT_MAX_IN_FLIGHT,
+        Spec(
+            _positive(_whole),
+            "queued requests before 503, counted apart for OTLP and for the LightningStore API",
+            "N",
+        ),
     )
     max_request_memory: int = _spec(
         DEFAULT_MAX_REQUEST_MEMORY,
@@ -232,8 +237,8 @@ class Settings:
         DEFAULT_MAX_WAIT,
         Spec(
             _positive(_number),
-            "LightningStore API: the longest waits/rollouts timeout; a longer or missing one"
-            " waits this long",
+            "LightningStore API: the longest waits/rollouts timeout; a longer, missing or NaN"
+            " one waits this long and answers the rollouts finished so far",
             "SECONDS",
         ),
     )
