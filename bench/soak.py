@@ -1,11 +1,16 @@
 """Soak: honest clients keep their throughput while hostile ones attack the same receiver.
 
-Runs a receiver on loopback, measures honest clients alone (the quiet runs), and again while
-attackers hold slow connections, stall uploads, send many-member gzip bodies, floods of empty
-spans and poison values; runs alternate, each on a fresh store, so a store grown by an earlier
-run never counts against a later one. Reports honest throughput under attack against quiet, the
-receiver's peak memory against a container budget, and checks that every span acknowledged to
-an honest client is stored. Kept out of ``make test``: ``python bench/soak.py [--seconds N]``.
+Runs a receiver on loopback with a bearer token, measures honest clients alone (the quiet runs:
+OTLP over HTTP and gRPC, and a LightningStore API client enqueuing, dequeuing, finishing and
+waiting for rollouts), and again while attackers hold slow connections, stall uploads, send
+many-member gzip bodies, floods of empty spans and poison values, and attack the API: slow
+bodies without a token, bodies past the size limit, JSON bombs, abandoned waits and reads of
+whole rollouts; a prober times the health endpoint throughout. Runs alternate, each on a fresh
+store, so a store grown by an earlier run never counts against a later one. Reports honest
+throughput under attack against quiet (OTLP spans and API rollouts), the slowest health answer,
+the receiver's peak memory against a container budget, and checks that every span and rollout
+acknowledged to an honest client is stored. Kept out of ``make test``:
+``python bench/soak.py [--seconds N]``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ PB = {"content-type": "application/x-protobuf"}
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 HONEST = [(f"ro-50a4{i:08x}", f"at-50a4{i:04x}") for i in range(8)]
 MIB = 1 << 20
+TOKEN = "soak-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+API_INPUT = "soak"
 
 
 class Honest:
@@ -49,11 +57,13 @@ class Honest:
         self.stop = stop
         self.acknowledged = 0
         self.refused = Counter[str]()
+        self.api_done = 0  # rollouts enqueued, dequeued, finished and seen finished
+        self.slowest_live = 0.0  # seconds, the slowest health answer
         self._lock = threading.Lock()
 
     def http(self) -> None:
         request = genai_request(512, ids=HONEST)
-        with httpx.Client(timeout=60) as client:
+        with httpx.Client(timeout=60, headers=AUTH) as client:
             while not self.stop.is_set():
                 status = client.post(self.receiver.traces_url, content=_fresh(request), headers=PB)
                 self._count(status.status_code == 200, f"http {status.status_code}")
@@ -65,10 +75,54 @@ class Honest:
             while not self.stop.is_set():
                 body = _fresh(request)
                 try:
-                    export(body, timeout=60)
+                    export(body, timeout=60, metadata=(("authorization", f"Bearer {TOKEN}"),))
                     self._count(True, "")
                 except grpc.RpcError as exc:
                     self._count(False, f"grpc {exc.code().name}")
+
+    def api(self) -> None:
+        """One rollout at a time through the API's whole life, as a trainer and runner would."""
+        base = self.receiver.http_url + "/v1/agl"
+        with httpx.Client(timeout=60, headers=AUTH) as client:
+            while not self.stop.is_set():
+                done = self._api_round(client, base)
+                with self._lock:
+                    if done is None:
+                        self.api_done += 1
+                    else:
+                        self.refused[done] += 1
+
+    @staticmethod
+    def _api_round(client: httpx.Client, base: str) -> str | None:
+        """None when the round went through, else what refused it."""
+        body = {"rollouts": [{"input": API_INPUT}]}
+        enqueued = client.post(base + "/queues/rollouts/enqueue", json=body)
+        if enqueued.status_code != 201:
+            return f"api enqueue {enqueued.status_code}"
+        taken = client.post(base + "/queues/rollouts/dequeue", json={"worker_id": "soak"})
+        if taken.status_code != 200 or not taken.json():
+            return f"api dequeue {taken.status_code}"
+        rollout = taken.json()[0]
+        path = f"/rollouts/{rollout['rollout_id']}/attempts/{rollout['attempt']['attempt_id']}"
+        finished = client.post(base + path, json={"status": "succeeded"})
+        if finished.status_code != 200:
+            return f"api update_attempt {finished.status_code}"
+        waited = client.post(
+            base + "/waits/rollouts", json={"rollout_ids": [rollout["rollout_id"]], "timeout": 0.1}
+        )
+        if waited.status_code != 200 or len(waited.json()) != 1:
+            return f"api wait {waited.status_code}"
+        return None
+
+    def live(self) -> None:
+        """The health endpoint, five times a second: a liveness probe's view."""
+        with httpx.Client(timeout=60) as client:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                client.get(self.receiver.health_url + "/health")
+                took = time.monotonic() - started
+                self.slowest_live = max(self.slowest_live, took)
+                time.sleep(0.2)
 
     def _count(self, ok: bool, refusal: str) -> None:
         with self._lock:
@@ -114,7 +168,7 @@ class Attack:
     async def _stalled_upload(self) -> None:
         headers = (
             "POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\n"
-            f"content-length: {40 * MIB}\r\n\r\n"
+            f"authorization: Bearer {TOKEN}\r\ncontent-length: {40 * MIB}\r\n\r\n"
         ).encode()
         chunk = b"\x00" * (64 * 1024)
         while not self.stop.is_set():
@@ -140,9 +194,59 @@ class Attack:
             self.answers[f"stalled 40 MiB upload: {status}"] += 1
             await asyncio.sleep(1.0)  # as Retry-After says
 
+    async def _slow_api_body(self) -> None:
+        """No token, a body that trickles in: the 401 must not wait for it."""
+        head = (
+            b"POST /v1/agl/rollouts HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 10000\r\n\r\n"
+        )
+        while not self.stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(*self.address)
+                closed = asyncio.ensure_future(reader.read())
+                writer.write(head)
+                for _ in range(100):
+                    if self.stop.is_set() or closed.done():
+                        break
+                    writer.write(b" ")
+                    await writer.drain()
+                    await asyncio.sleep(2.0)
+                if closed.done():
+                    failed = closed.exception() is not None
+                    answer = "reset" if failed else closed.result()[9:12].decode() or "closed"
+                    self.answers[f"api slow body without token: {answer}, closed"] += 1
+                elif not self.stop.is_set():
+                    self.answers["api slow body without token: never closed"] += 1
+                closed.cancel()
+                writer.close()
+            except (ConnectionError, OSError):
+                self.answers["api slow body without token: closed by the receiver"] += 1
+            await asyncio.sleep(0.1)
+
+    async def _abandoned_wait(self) -> None:
+        """A wait with no sane timeout, left at once."""
+        body = b'{"rollout_ids": ["ro-0000000000aa"], "timeout": 1e400}'
+        head = (
+            f"POST /v1/agl/waits/rollouts HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}"
+            f"\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        ).encode()
+        while not self.stop.is_set():
+            try:
+                _, writer = await asyncio.open_connection(*self.address)
+                writer.write(head + body)
+                await writer.drain()
+                await asyncio.sleep(0.5)
+                writer.close()
+                self.answers["api wait, abandoned"] += 1
+            except (ConnectionError, OSError):
+                self.answers["api wait: refused"] += 1
+            await asyncio.sleep(0.1)
+
     async def _sockets(self, slow: int, stalled: int) -> None:
         tasks = [asyncio.ensure_future(self._slow_headers()) for _ in range(slow)]
         tasks += [asyncio.ensure_future(self._stalled_upload()) for _ in range(stalled)]
+        tasks += [asyncio.ensure_future(self._slow_api_body()) for _ in range(slow)]
+        tasks += [asyncio.ensure_future(self._abandoned_wait()) for _ in range(50)]
         while not self.stop.is_set():
             await asyncio.sleep(0.2)
         for task in tasks:
@@ -170,9 +274,34 @@ class Attack:
                     ("poison values", _poison(ids, deep), {}),
                 ):
                     status = client.post(
-                        self.receiver.traces_url, content=body, headers={**PB, **extra}
+                        self.receiver.traces_url, content=body, headers={**PB, **AUTH, **extra}
                     )
                     self.answers[f"{label}: {status.status_code}"] += 1
+                time.sleep(0.1)
+
+    def api_bodies(self) -> None:
+        """Authenticated abuse of the API: past the size limit, JSON bombs, whole rollouts."""
+        base = self.receiver.http_url + "/v1/agl"
+        big = b'{"input": "' + b"x" * (65 * MIB) + b'"}'
+        bomb = b'{"input": [' + b"[]," * (7 * MIB) + b"[]]}"
+        deep = b'{"input": ' + b"[" * MIB + b"}"
+        json_headers = {"content-type": "application/json", **AUTH}
+        with httpx.Client(timeout=60, headers=json_headers) as client:
+            while not self.stop.is_set():
+                for label, path, body in (
+                    ("api 65 MiB body", "/resources", big),
+                    ("api JSON bomb (7M arrays)", "/rollouts", bomb),
+                    ("api 1M-deep JSON", "/rollouts/search", deep),
+                ):
+                    try:
+                        status = str(client.post(base + path, content=body).status_code)
+                    except httpx.TransportError:
+                        status = "closed"
+                    self.answers[f"{label}: {status}"] += 1
+                if os.environ.get("SOAK_READS", "1") == "1":  # diagnosis: 0 leaves them out
+                    rollout, _ = HONEST[0]
+                    read = client.get(base + "/spans", params={"rollout_id": rollout})
+                    self.answers[f"api read of a whole honest rollout: {read.status_code}"] += 1
                 time.sleep(0.1)
 
 
@@ -225,7 +354,12 @@ def run(receiver: ReceiverProcess, seconds: float, attack: bool) -> tuple[Honest
     take the honest clients' interpreter lock) when ``attack`` is set."""
     stop = threading.Event()
     honest = Honest(receiver, stop)
-    threads = [threading.Thread(target=honest.http), threading.Thread(target=honest.grpc)]
+    threads = [
+        threading.Thread(target=honest.http),
+        threading.Thread(target=honest.grpc),
+        threading.Thread(target=honest.api),
+        threading.Thread(target=honest.live),
+    ]
     attackers = None
     if attack:
         attackers = subprocess.Popen(
@@ -254,7 +388,7 @@ def attack(http_url: str, seconds: float) -> None:
     receiver.http_url = http_url
     stop = threading.Event()
     attacker = Attack(receiver, stop)
-    only = os.environ.get("SOAK_ONLY", "")  # diagnosis: slow, stalled or bodies alone
+    only = os.environ.get("SOAK_ONLY", "")  # diagnosis: slow, stalled, bodies or api alone
     threads = [
         threading.Thread(
             target=attacker.sockets,
@@ -263,6 +397,8 @@ def attack(http_url: str, seconds: float) -> None:
     ]
     if only in ("", "bodies"):
         threads.append(threading.Thread(target=attacker.bodies))
+    if only in ("", "api"):
+        threads.append(threading.Thread(target=attacker.api_bodies))
     for thread in threads:
         thread.start()
     time.sleep(seconds)
@@ -297,6 +433,14 @@ def main() -> int:
     print(f"quiet runs:   {quiet_rate:9,.0f} honest spans/s  ({quiet.acknowledged:,} acknowledged)")
     print(f"under attack: {loud_rate:9,.0f} honest spans/s  ({loud.acknowledged:,} acknowledged)")
     print(f"ratio:        {loud_rate / quiet_rate:9.2f}  (done when >= 0.80)")
+    quiet_api, loud_api = quiet.api_rate(), loud.api_rate()
+    print(f"API quiet:    {quiet_api:9,.1f} honest rollouts/s through enqueue..wait")
+    print(f"API attacked: {loud_api:9,.1f} honest rollouts/s")
+    print(f"API ratio:    {loud_api / quiet_api if quiet_api else 0:9.2f}  (done when >= 0.80)")
+    print(
+        f"liveness:     slowest health answer {quiet.slowest_live:.3f} s quiet,"
+        f" {loud.slowest_live:.3f} s under attack (done when < 1 s)"
+    )
     print(
         f"receiver CPU: {quiet.cpu / quiet.elapsed:.0%} of a core quiet,"
         f" {loud.cpu / loud.elapsed:.0%} under attack"
@@ -315,14 +459,19 @@ def main() -> int:
     acknowledged = quiet.acknowledged + loud.acknowledged
     kept = quiet.kept + loud.kept
     print(f"durability:   {kept:,} honest spans stored of {acknowledged:,} acknowledged")
+    api_done, api_kept = quiet.api_done + loud.api_done, quiet.api_kept + loud.api_kept
+    print(f"              {api_kept:,} API rollouts stored succeeded of {api_done:,} acknowledged")
     print(f"receiver exit codes after SIGTERM: {sorted(set(quiet.codes + loud.codes))}")
     print("attackers' answers:")
     for answer, n in sorted(loud.answers.items()):
         print(f"  {n:6d}  {answer}")
     ok = (
         loud_rate >= 0.8 * quiet_rate
+        and loud_api >= 0.8 * quiet_api
+        and loud.slowest_live < 1.0
         and loud.rss <= args.budget_mib * MIB
         and kept >= acknowledged
+        and api_kept >= api_done
         and set(quiet.codes + loud.codes) == {0}
     )
     print("PASS" if ok else "FAIL")
@@ -333,8 +482,8 @@ class Phase:
     """Totals over the runs of one kind (quiet, or under attack)."""
 
     def __init__(self) -> None:
-        self.acknowledged = self.kept = 0
-        self.elapsed = self.cpu = self.own = 0.0
+        self.acknowledged = self.kept = self.api_done = self.api_kept = 0
+        self.elapsed = self.cpu = self.own = self.slowest_live = 0.0
         self.rss = 0
         self.refused = Counter[str]()
         self.answers = Counter[str]()
@@ -343,6 +492,9 @@ class Phase:
     def add(self, result: dict[str, Any]) -> None:
         honest: Honest = result["honest"]
         self.acknowledged += honest.acknowledged
+        self.api_done += honest.api_done
+        self.api_kept += result["api_kept"]
+        self.slowest_live = max(self.slowest_live, honest.slowest_live)
         self.elapsed += honest.elapsed  # type: ignore[attr-defined]
         self.refused.update(honest.refused)
         self.answers.update(result["answers"])
@@ -355,11 +507,16 @@ class Phase:
     def rate(self) -> float:
         return self.acknowledged / self.elapsed if self.elapsed else 0.0
 
+    def api_rate(self) -> float:
+        return self.api_done / self.elapsed if self.elapsed else 0.0
+
 
 def run_phase(db: Path, seconds: float, attack: bool) -> dict[str, Any]:
     """One run against a fresh receiver: a store that grew in an earlier run would make the
     later run's inserts dearer, whatever the attackers do."""
-    receiver = ReceiverProcess(db).start()
+    tokens = db.with_suffix(".tokens")
+    tokens.write_text(TOKEN + "\n")
+    receiver = ReceiverProcess(db, "--auth-token-file", str(tokens)).start()
     assert receiver.proc is not None
     try:
         pid = receiver.proc.pid
@@ -372,6 +529,10 @@ def run_phase(db: Path, seconds: float, attack: bool) -> dict[str, Any]:
     with sqlite3.connect(db) as conn:
         kept = conn.execute("SELECT COUNT(*) FROM spans WHERE rollout_id LIKE 'ro-50a4%'")
         stored = kept.fetchone()[0]
+        api_kept = conn.execute(
+            "SELECT COUNT(*) FROM rollouts WHERE input = ? AND status = 'succeeded'",
+            (json.dumps(API_INPUT),),
+        ).fetchone()[0]
     return {
         "honest": honest,
         "answers": answers,
@@ -379,6 +540,7 @@ def run_phase(db: Path, seconds: float, attack: bool) -> dict[str, Any]:
         "own": own1 - own0,
         "rss": rss,
         "kept": stored,
+        "api_kept": api_kept,
         "code": code,
     }
 

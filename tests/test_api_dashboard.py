@@ -64,9 +64,9 @@ def span(rollout_id: str, attempt_id: str, seq: int, name: str, **attrs: Any) ->
     }
 
 
-def populate(base: str) -> tuple[str, str]:
+def populate(base: str, headers: dict[str, str] | None = None) -> tuple[str, str]:
     """A few rollouts in every state; returns the one to open and its latest attempt."""
-    http = httpx.Client(base_url=base + "/v1/agl", timeout=30)
+    http = httpx.Client(base_url=base + "/v1/agl", timeout=30, headers=headers)
     http.post(
         "/resources",
         json={
@@ -117,33 +117,83 @@ def populate(base: str) -> tuple[str, str]:
 
 
 def test_dashboard_shows_rollouts_attempts_and_spans(tmp_path: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} missing: run `make browser` (Debian's chromium package)")
-    directory = dashboard_dir()
-    receiver = ReceiverProcess(tmp_path / "store.db", "--dashboard", str(directory)).start()
+    receiver = ReceiverProcess(tmp_path / "store.db", "--dashboard", str(dashboard_dir())).start()
     try:
         rollout_id, attempt_id = populate(receiver.http_url)
-        node_script("dashboard.js")
-        done = subprocess.run(
-            [
-                "node",
-                "dashboard.js",
-                receiver.http_url,
-                rollout_id,
-                attempt_id,
-                "openai.chat.completion",
-                str(tmp_path),
-            ],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            env={**os.environ, "CHROMIUM": CHROMIUM},
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        report = json.loads(done.stdout.strip().splitlines()[-1])
+        report = open_dashboard(receiver, rollout_id, attempt_id, tmp_path)
     finally:
         assert receiver.stop() == 0
+    check_pages(report, rollout_id, attempt_id)
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        docs = ROOT / "docs"
+        docs.mkdir(exist_ok=True)
+        shutil.copyfile(report["screenshots"][1], docs / "dashboard.png")
+        shutil.copyfile(report["screenshots"][2], docs / "dashboard-spans.png")
+    assert "Traceback" not in receiver.log()
+
+
+def test_with_auth_a_person_signs_in_with_the_token(tmp_path: Path) -> None:
+    """Nothing of the store is shown before the token is entered; after, the same pages."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("dashboard-s3cret\n")
+    receiver = ReceiverProcess(
+        tmp_path / "store.db",
+        "--dashboard",
+        str(dashboard_dir()),
+        "--auth-token-file",
+        str(tokens),
+    ).start()
+    try:
+        headers = {"authorization": "Bearer dashboard-s3cret"}
+        rollout_id, attempt_id = populate(receiver.http_url, headers)
+        assert httpx.get(receiver.http_url + "/rollouts").status_code == 401
+        report = open_dashboard(
+            receiver, rollout_id, attempt_id, tmp_path, token="dashboard-s3cret"
+        )
+    finally:
+        assert receiver.stop() == 0
+    assert rollout_id not in report["found"]["signIn"]
+    assert "unknown token" in report["found"]["wrongToken"]
+    check_pages(report, rollout_id, attempt_id)
+    assert "Traceback" not in receiver.log()
+
+
+def open_dashboard(
+    receiver: ReceiverProcess,
+    rollout_id: str,
+    attempt_id: str,
+    tmp_path: Path,
+    token: str | None = None,
+) -> Any:
+    """tests/node/dashboard.js in headless Chromium: what each page showed."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: run `make browser` (Debian's chromium package)")
+    node_script("dashboard.js")
+    done = subprocess.run(
+        [
+            "node",
+            "dashboard.js",
+            receiver.http_url,
+            rollout_id,
+            attempt_id,
+            "openai.chat.completion",
+            str(tmp_path),
+        ],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={
+            **os.environ,
+            "CHROMIUM": CHROMIUM,
+            **({"DASHBOARD_TOKEN": token} if token else {}),
+        },
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def check_pages(report: Any, rollout_id: str, attempt_id: str) -> None:
     assert report["failed"] == []  # every /v1/agl call the dashboard made was answered
     found = report["found"]
     assert rollout_id in found["rollouts"]
@@ -152,9 +202,3 @@ def test_dashboard_shows_rollouts_attempts_and_spans(tmp_path: Path) -> None:
     assert "openai.chat.completion" in found["spans"] and "agent.run" in found["spans"]
     for shot in report["screenshots"]:
         assert Path(shot).stat().st_size > 10_000
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        docs = ROOT / "docs"
-        docs.mkdir(exist_ok=True)
-        shutil.copyfile(report["screenshots"][1], docs / "dashboard.png")
-        shutil.copyfile(report["screenshots"][2], docs / "dashboard-spans.png")
-    assert "Traceback" not in receiver.log()

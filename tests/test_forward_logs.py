@@ -356,3 +356,41 @@ def test_spans_written_with_no_wait_are_never_held(tmp_path: Path, server: FakeS
 )
 def test_which_spans_wait_for_log_records(attributes: dict[str, Any], waits: bool) -> None:
     assert span_awaits_logs(make_span("call", attributes=attributes).SerializeToString()) is waits
+
+
+def test_log_records_count_against_the_outbox_byte_limit(tmp_path: Path, clock: Clock) -> None:
+    """Records whose spans never come fill the outbox's byte limit like spans do: refused
+    (retryable) once full, shown by ``status`` and /metrics, and room again once pruned."""
+    from lightning_otlp.errors import StoreUnavailable
+
+    server = FakeServer()
+    server.add_rollout(ROLLOUT, ATTEMPT)
+    store = ForwardingStore(
+        SERVER,
+        str(tmp_path / "store.db"),
+        forward=False,
+        log_wait=WAIT,
+        client=lambda: server,
+        max_outbox_bytes=4096,
+    )
+    store.open()
+    try:
+        kept = 0
+        with pytest.raises(StoreUnavailable, match="outbox full"):
+            for i in range(1000):
+                kept += store.write_logs(Call(f"question {i}" * 10, "answer").logs(at=clock.now))
+        status = store.status()
+        assert status["pending_logs"] == kept > 0
+        assert status["pending_log_bytes"] >= 4096  # full: one request past the limit at most
+        metrics = {m.name: m.value for m in store.metrics()}
+        assert metrics["lightning_otlp_outbox_log_bytes"] == status["pending_log_bytes"]
+        # spans are refused too: the limit is one for both
+        with pytest.raises(StoreUnavailable, match="outbox full"):
+            store.write(route(make_request([Call("a", "b").span()]), RoutingConfig()))
+        # records that never met their span are pruned, and the room comes back
+        clock.now += LOG_MEMORY + PRUNE_INTERVAL
+        store.outbox.tend()
+        assert store.status()["pending_log_bytes"] == 0 == store.outbox.log_bytes()
+        assert store.write_logs(Call("again", "yes").logs(at=clock.now)) == 2
+    finally:
+        store.close()

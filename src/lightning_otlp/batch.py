@@ -56,6 +56,9 @@ class SpanBatch:
     reject_reasons: dict[str, int] = field(default_factory=dict)
     # Values the receiver could not use and left out, the span itself stored: reason -> spans.
     dropped: dict[str, int] = field(default_factory=dict)
+    # Spans the store refused, reason -> spans: set anew by each write of the batch (a group
+    # commit that fails is written again one request at a time).
+    refused: dict[str, int] = field(default_factory=dict)
 
     def reject(self, reason: str, count: int = 1) -> None:
         self.rejected += count
@@ -66,6 +69,7 @@ class SpanBatch:
 
     def error_message(self) -> str:
         """Rejected spans and dropped values, for ``partial_success.error_message``."""
-        parts = [f"{n} span(s) {reason}" for reason, n in self.reject_reasons.items()]
+        reasons = [*self.reject_reasons.items(), *self.refused.items()]
+        parts = [f"{n} span(s) {reason}" for reason, n in reasons]
         parts.extend(f"{n} span(s) stored without {what}" for what, n in self.dropped.items())
         return "; ".join(parts)

@@ -22,6 +22,16 @@ DEFAULT_MAX_IN_FLIGHT: Final = 64
 # Concurrent calls on one connection; each may hold a message of up to max_request_bytes.
 DEFAULT_MAX_CONCURRENT_STREAMS: Final = 16
 
+# -- the LightningStore API -------------------------------------------------------------------
+# JSON values a request body may hold, counted before parsing as the characters that open one
+# (``[``, ``{``, ``,``, those inside strings included): parsing holds the interpreter, so this
+# bounds how long one body can keep the receiver from answering anything else (about 0.4 s).
+DEFAULT_MAX_JSON_VALUES: Final = 500_000
+# Rollouts per enqueue, dequeue ``limit``, ids per list: what one call may ask of the store.
+DEFAULT_MAX_API_BATCH: Final = 10_000
+# The longest ``waits/rollouts`` timeout; a longer or missing one waits this long.
+DEFAULT_MAX_WAIT: Final = 60.0
+
 # -- HTTP connections ---------------------------------------------------------------------------
 # Seconds a request's whole body may take to arrive, once its headers have.
 DEFAULT_BODY_TIMEOUT: Final = 60.0

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import uvicorn
 
-from .api import build_http_app
+from .api import APILimits, build_http_app
 from .receiver.auth import BearerAuth, load_tokens
 from .receiver.health import HealthApp
 from .receiver.status import rejections
@@ -63,6 +63,14 @@ async def serve(settings: Settings) -> None:
         dashboard=settings.dashboard,
         watchdog_interval=settings.watchdog_interval,
         auth=auth,
+        limits=APILimits(
+            max_request_bytes=settings.max_request_bytes,
+            body_timeout=settings.body_timeout,
+            max_json_values=settings.max_json_values,
+            max_batch=settings.max_api_batch,
+            max_wait=settings.max_wait,
+            wait_recheck=max(settings.watchdog_interval, 0.5),
+        ),
     )
     grpc_server, grpc_port = build_server(
         pipeline,
@@ -125,6 +133,8 @@ async def serve(settings: Settings) -> None:
         await grpc_server.stop(grace=None)
         background.cancel()
         pipeline.close()
+        if http_app.api is not None:
+            http_app.api.close()
         pipeline.store.close()
         rejections.flush()
         if health_server is not None and health is not None:

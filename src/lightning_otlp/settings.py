@@ -17,11 +17,14 @@ from .defaults import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LOG_WAIT,
+    DEFAULT_MAX_API_BATCH,
     DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_JSON_VALUES,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MAX_REQUEST_MEMORY,
+    DEFAULT_MAX_WAIT,
     DEFAULT_STORE_URL,
     FALLBACKS,
 )
@@ -116,7 +119,12 @@ class Settings:
         Spec(positive(whole), "request size limit after decompression", "BYTES"),
     )
     max_in_flight: int = _spec(
-        DEFAULT_MAX_IN_FLIGHT, Spec(positive(whole), "queued requests before 503", "N")
+        DEFAULT_MAX_IN_FLIGHT,
+        Spec(
+            positive(whole),
+            "queued requests before 503, counted apart for OTLP and for the LightningStore API",
+            "N",
+        ),
     )
     max_request_memory: int = _spec(
         DEFAULT_MAX_REQUEST_MEMORY,
@@ -125,6 +133,33 @@ class Settings:
             "request bytes held in memory at once (bodies, decompressed bodies) before new"
             " requests get 503",
             "BYTES",
+        ),
+    )
+    max_json_values: int = _spec(
+        DEFAULT_MAX_JSON_VALUES,
+        Spec(
+            positive(whole),
+            "LightningStore API: JSON values in one request body (counted as '[', '{' and ','"
+            " before parsing) before it gets 413",
+            "N",
+        ),
+    )
+    max_api_batch: int = _spec(
+        DEFAULT_MAX_API_BATCH,
+        Spec(
+            positive(whole),
+            "LightningStore API: rollouts per enqueue, dequeue limit, and ids per list in one"
+            " request; more gets 400",
+            "N",
+        ),
+    )
+    max_wait: float = _spec(
+        DEFAULT_MAX_WAIT,
+        Spec(
+            positive(number),
+            "LightningStore API: the longest waits/rollouts timeout; a longer, missing or NaN"
+            " one waits this long and answers the rollouts finished so far",
+            "SECONDS",
         ),
     )
     header_timeout: float = _spec(

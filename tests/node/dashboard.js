@@ -5,6 +5,9 @@
 //
 //   node dashboard.js <base-url> <rollout-id> <attempt-id> <span-name> <screenshot-dir>
 //
+// With DASHBOARD_TOKEN set (the receiver requires a token), the first page must be the sign-in
+// form and show nothing of the store; the token is entered there as a person would.
+//
 // Prints one JSON line: what was found on each page, and the screenshots' paths.
 const path = require('node:path');
 const { chromium } = require('playwright-core');
@@ -31,6 +34,19 @@ async function main() {
         failed.push(`${response.status()} ${response.url()}`);
       }
     });
+    const token = process.env.DASHBOARD_TOKEN;
+    if (token) {
+      await page.goto(`${baseUrl}/rollouts`, { waitUntil: 'networkidle' });
+      await page.getByRole('button', { name: 'Sign in' }).waitFor({ timeout: 30000 });
+      found.signIn = await page.locator('body').innerText();
+      await page.locator('input[name="token"]').fill('wrong-token');
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.getByText('unknown token').waitFor({ timeout: 30000 });
+      found.wrongToken = await page.locator('body').innerText();
+      await page.locator('input[name="token"]').fill(token);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.waitForURL(`${baseUrl}/rollouts`, { timeout: 30000 });
+    }
     // The rollout list.
     await page.goto(`${baseUrl}/rollouts`, { waitUntil: 'networkidle' });
     await page.getByText(rolloutId).first().waitFor({ timeout: 30000 });

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..receiver.auth import BearerAuth
 from ..receiver.pipeline import Pipeline
 from ..wiring import lightning_api
 from .app import Dashboard, ReceiverApp, find_dashboard
-from .routes import PREFIX, LightningAPI
+from .routes import PREFIX, APILimits, LightningAPI
 
-__all__ = ["PREFIX", "Dashboard", "LightningAPI", "ReceiverApp", "build_http_app", "find_dashboard"]
+__all__ = [
+    "PREFIX",
+    "APILimits",
+    "Dashboard",
+    "LightningAPI",
+    "ReceiverApp",
+    "build_http_app",
+    "find_dashboard",
+]
 
 
 def build_http_app(
@@ -20,6 +29,7 @@ def build_http_app(
     dashboard: str | None = None,
     watchdog_interval: float = 10.0,
     auth: BearerAuth | None = None,
+    limits: APILimits | None = None,
 ) -> ReceiverApp:
     """The OTLP/HTTP port's app: ``receiver`` plus the API when the store can serve it.
 
@@ -28,7 +38,14 @@ def build_http_app(
     api = None
     backend = lightning_api(pipeline.store, watchdog_interval=watchdog_interval)
     if backend is not None:
-        api = LightningAPI(backend, pipeline.run)
+        limits = limits or APILimits(max_request_bytes=pipeline.max_request_bytes)
+        api = LightningAPI(
+            backend,
+            functools.partial(pipeline.run, kind="api"),
+            limits=limits,
+            budget=pipeline.budget,
+            changes=pipeline.changes,
+        )
     app = None
     if dashboard:
         directory = find_dashboard(None if dashboard == "auto" else dashboard)

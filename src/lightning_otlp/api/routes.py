@@ -11,6 +11,8 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -18,8 +20,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
-from ..errors import ReceiverError
+from ..defaults import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_API_BATCH,
+    DEFAULT_MAX_JSON_VALUES,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_WAIT,
+)
+from ..errors import Overloaded, PayloadTooLarge, ReceiverError
+from ..receiver.budget import MemoryBudget
+from ..receiver.changes import Changes
 from ..receiver.status import answer
+from ..receiver.transport.http import (
+    close_if_unread,
+    headers_of,
+    read_body,
+)
 from ..store.lightning import (
     ATTEMPT_STATUSES,
     MODES,
@@ -40,8 +56,44 @@ MAX_JSON_DEPTH: Final = 100
 _TOO_DEEP: Final = object()
 
 PREFIX: Final = "/v1/agl"
-# upstream's client never waits longer per call; a longer wait is polled in these steps
-WAIT_POLL_SECONDS: Final = 0.05
+# After a change wakes a wait, it looks again no sooner than this (a burst of commits is one look).
+WAIT_SETTLE_SECONDS: Final = 0.1
+# Threads that serve API reads on read connections of their own, beside the store thread; and
+# reads queued for them at most before new ones get 503.
+READ_THREADS: Final = 2
+MAX_QUEUED_READS: Final = 64
+_HELD: Final = "lightning_otlp.held"
+# Backend calls that change nothing a wait looks for.
+_READS: Final = frozenset(
+    {
+        "statistics",
+        "query_rollouts",
+        "get_rollout",
+        "query_attempts",
+        "get_latest_attempt",
+        "query_workers",
+        "get_worker",
+        "query_resources",
+        "get_resources",
+        "get_latest_resources",
+        "query_spans",
+        "finished_rollouts",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class APILimits:
+    """What one API request may cost; the OTLP path's size, time and memory limits included."""
+
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_json_values: int = DEFAULT_MAX_JSON_VALUES
+    max_batch: int = DEFAULT_MAX_API_BATCH
+    max_wait: float = DEFAULT_MAX_WAIT
+    # Seconds between a wait's looks when nothing changes (rollout timeouts need no write).
+    wait_recheck: float = 10.0
+
 
 T = TypeVar("T")
 Runner = Callable[..., Awaitable[Any]]
@@ -72,11 +124,34 @@ class LightningAPI:
         backend: the store's LightningStore API.
         run: runs a backend call where store writes are serialized (the receiver's store
             thread); ``run(fn, *args)`` returns ``fn(*args)``.
+        limits: body size, time, JSON work, batch and wait limits.
+        budget: the request memory budget, shared with OTLP.
+        changes: woken after every commit, so waits look again only when something changed.
     """
 
-    def __init__(self, backend: LightningStoreBackend, run: Runner) -> None:
+    def __init__(
+        self,
+        backend: LightningStoreBackend,
+        run: Runner,
+        *,
+        limits: APILimits | None = None,
+        budget: MemoryBudget | None = None,
+        changes: Changes | None = None,
+    ) -> None:
         self.backend = backend
         self._run = run
+        self.limits = limits or APILimits()
+        self.budget = budget or MemoryBudget()
+        self.changes = changes or Changes()
+        # JSON is parsed here, never on the event loop; one thread: bodies parse one at a time.
+        self._parser = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-api-json")
+        # Reads run here when the store allows, so a long read never holds up OTLP commits.
+        self._readers: ThreadPoolExecutor | None = None
+        if backend.reads_apart():
+            self._readers = ThreadPoolExecutor(
+                READ_THREADS, thread_name_prefix="lightning-otlp-api-read"
+            )
+        self._queued_reads = 0
         self.router = Router(routes=self.routes())
 
     def routes(self) -> list[Route]:
@@ -135,14 +210,76 @@ class LightningAPI:
         scope = dict(scope)
         scope["root_path"] = scope.get("root_path", "") + PREFIX
         scope["path"] = scope["path"][len(PREFIX) :] or "/"
-        await self.router(scope, receive, send)
+        held = [0]  # request memory budget this request's body holds, released when answered
+        scope[_HELD] = held
+        receive, send = close_if_unread(scope, receive, send)
+        try:
+            await self.router(scope, receive, send)
+        finally:
+            self.budget.release(held[0])
+
+    def close(self) -> None:
+        self._parser.shutdown(wait=False, cancel_futures=True)
+        if self._readers is not None:
+            self._readers.shutdown(wait=True, cancel_futures=True)
+            self.backend.close_readers()
+
+    async def read_json(self, request: Request) -> Any:
+        """The body as JSON, read within the OTLP path's limits and parsed off the event loop."""
+        limits = self.limits
+        body = await read_body(
+            headers_of(request.scope),
+            request.receive,
+            request.scope[_HELD],
+            limit=limits.max_request_bytes,
+            budget=self.budget,
+            timeout=limits.body_timeout,
+        )
+        if not body or body.isspace():
+            return None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._parser, parse_json, body, limits.max_json_values)
+
+    def _batch(self, count: int, what: str) -> None:
+        """Refuse (400, not retryable) a request for more than the batch limit at once."""
+        if count > self.limits.max_batch:
+            raise BadRequest(
+                f"{count} {what} in one request; at most {self.limits.max_batch} are taken"
+                " (split the request)"
+            )
 
     # -- plumbing ------------------------------------------------------------------------
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if kwargs:
-            return await self._run(lambda: fn(*args, **kwargs))  # type: ignore[no-any-return]
-        return await self._run(fn, *args)  # type: ignore[no-any-return]
+        name = getattr(fn, "__name__", "")
+        if self._readers is not None and name in _READS:
+            return await self._read(fn, args, kwargs)
+        try:
+            if kwargs:
+                return await self._run(lambda: fn(*args, **kwargs))  # type: ignore[no-any-return]
+            return await self._run(fn, *args)  # type: ignore[no-any-return]
+        finally:
+            if getattr(fn, "__name__", "") not in _READS:
+                self.changes.notify()
+
+    async def _read(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        """A read on a read thread; the watchdog scan, when due, first on the store thread, so
+        the read sees what it changed (upstream scans before every query)."""
+        assert self._readers is not None
+        if self._queued_reads >= MAX_QUEUED_READS:
+            raise Overloaded(f"{self._queued_reads} reads already queued; retry later")
+        self._queued_reads += 1
+        try:
+            if self.backend.scan_due():
+                await self._run(self.backend.watch)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._readers, self._reading, fn, args, kwargs)
+        finally:
+            self._queued_reads -= 1
+
+    def _reading(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        with self.backend.reading():
+            return fn(*args, **kwargs)
 
     def path_call(self, fn: Callable[[str], Any], param: str) -> Handler:
         """A GET that passes one path parameter and answers the record or ``null``."""
@@ -168,7 +305,7 @@ class LightningAPI:
 
     async def enqueue(self, request: Request) -> Response:
         async def go() -> Response:
-            body = wire.body_object(await read_json(request), required=True) or {}
+            body = wire.body_object(await self.read_json(request), required=True) or {}
             items = body.get("rollouts")
             if "rollouts" not in body:
                 raise wire.error("missing", ["body", "rollouts"], "Field required", None)
@@ -176,6 +313,7 @@ class LightningAPI:
                 raise wire.error(
                     "list_type", ["body", "rollouts"], "Input should be a valid list", items
                 )
+            self._batch(len(items), "rollouts")
             requests = []
             for i, item in enumerate(items):
                 if not isinstance(item, dict):
@@ -194,19 +332,20 @@ class LightningAPI:
 
     async def dequeue(self, request: Request) -> Response:
         async def go() -> Response:
-            body = wire.body_object(await read_json(request), required=False) or {}
+            body = wire.body_object(await self.read_json(request), required=False) or {}
             fields = Fields(body, "body")
             limit = fields.integer("limit", 1)
             worker_id = fields.string("worker_id")
             if limit <= 0:
                 return json_response([])
+            self._batch(limit, "rollouts (limit)")
             return json_response(await self.call(self.backend.dequeue_rollouts, limit, worker_id))
 
         return await guarded(go)
 
     async def start_rollout(self, request: Request) -> Response:
         async def go() -> Response:
-            body = wire.body_object(await read_json(request), required=True) or {}
+            body = wire.body_object(await self.read_json(request), required=True) or {}
             r = wire.rollout_request(body)
             rollout = await self.call(
                 self.backend.start_rollout,
@@ -228,7 +367,7 @@ class LightningAPI:
 
     async def search_rollouts(self, request: Request) -> Response:
         async def go() -> Response:
-            body = wire.body_object(await read_json(request), required=True) or {}
+            body = wire.body_object(await self.read_json(request), required=True) or {}
             return await self._rollouts(Fields(body, "body"), True)
 
         return await guarded(go)
@@ -237,6 +376,8 @@ class LightningAPI:
         query = wire.query(fields, wire.ROLLOUT_FIELDS)
         status_in = fields.choices("status_in", ROLLOUT_STATUSES)
         rollout_id_in = fields.strings("rollout_id_in")
+        if rollout_id_in is not None:
+            self._batch(len(rollout_id_in), "ids in rollout_id_in")
         page = await self.call(
             self.backend.query_rollouts,
             status_in=status_in,
@@ -250,7 +391,7 @@ class LightningAPI:
     async def update_rollout(self, request: Request) -> Response:
         async def go() -> Response:
             rollout_id = request.path_params["rollout_id"]
-            body = wire.body_object(await read_json(request), required=True) or {}
+            body = wire.body_object(await self.read_json(request), required=True) or {}
             f = Fields(body, "body")
             changes: Record = {}
             if f.has("input"):
@@ -274,7 +415,7 @@ class LightningAPI:
 
     async def start_attempt(self, request: Request) -> Response:
         async def go() -> Response:
-            body = wire.body_object(await read_json(request), required=False) or {}
+            body = wire.body_object(await self.read_json(request), required=False) or {}
             worker_id = Fields(body, "body").string("worker_id")
             rollout_id = request.path_params["rollout_id"]
             return json_response(
@@ -293,7 +434,7 @@ class LightningAPI:
 
     async def search_attempts(self, request: Request) -> Response:
         async def go() -> Response:
-            body = wire.body_object(await read_json(request), required=True) or {}
+            body = wire.body_object(await self.read_json(request), required=True) or {}
             query = wire.query(Fields(body, "body"), wire.ATTEMPT_FIELDS, "sequence_id")
             rollout_id = request.path_params["rollout_id"]
             return page_response(await self.call(self.backend.query_attempts, rollout_id, query))
@@ -302,7 +443,7 @@ class LightningAPI:
 
     async def update_attempt(self, request: Request) -> Response:
         async def go() -> Response:
-            body = wire.body_object(await read_json(request), required=True) or {}
+            body = wire.body_object(await self.read_json(request), required=True) or {}
             f = Fields(body, "body")
             changes: Record = {}
             if f.has("status"):
@@ -329,7 +470,7 @@ class LightningAPI:
 
     async def search_workers(self, request: Request) -> Response:
         async def go() -> Response:
-            body = wire.body_object(await read_json(request), required=True) or {}
+            body = wire.body_object(await self.read_json(request), required=True) or {}
             return await self._workers(Fields(body, "body"))
 
         return await guarded(go)
@@ -347,7 +488,7 @@ class LightningAPI:
 
     async def update_worker(self, request: Request) -> Response:
         async def go() -> Response:
-            body = wire.body_object(await read_json(request), required=False)
+            body = wire.body_object(await self.read_json(request), required=False)
             stats: Any = UNSET
             if body is not None and "heartbeat_stats" in body:
                 stats = Fields(body, "body").mapping("heartbeat_stats")
@@ -374,7 +515,7 @@ class LightningAPI:
 
     async def add_resources(self, request: Request) -> Response:
         async def go() -> Response:
-            resources = wire.body_object(await read_json(request), required=True)
+            resources = wire.body_object(await self.read_json(request), required=True)
             return json_response(await self.call(self.backend.add_resources, resources), 201)
 
         return await guarded(go)
@@ -384,7 +525,7 @@ class LightningAPI:
 
     async def update_resources(self, request: Request) -> Response:
         async def go() -> Response:
-            resources = wire.body_object(await read_json(request), required=True)
+            resources = wire.body_object(await self.read_json(request), required=True)
             resources_id = request.path_params["resources_id"]
             return json_response(
                 await self.call(self.backend.update_resources, resources_id, resources)
@@ -394,7 +535,7 @@ class LightningAPI:
 
     async def add_span(self, request: Request) -> Response:
         async def go() -> Response:
-            body = wire.body_object(await read_json(request), required=True) or {}
+            body = wire.body_object(await self.read_json(request), required=True) or {}
             return json_response(await self.call(self.backend.add_span, wire.span(body)), 201)
 
         return await guarded(go)
@@ -404,7 +545,7 @@ class LightningAPI:
 
     async def search_spans(self, request: Request) -> Response:
         async def go() -> Response:
-            body = wire.body_object(await read_json(request), required=True) or {}
+            body = wire.body_object(await self.read_json(request), required=True) or {}
             return await self._spans(Fields(body, "body"))
 
         return await guarded(go)
@@ -431,7 +572,7 @@ class LightningAPI:
 
     async def next_sequence_id(self, request: Request) -> Response:
         async def go() -> Response:
-            body = wire.body_object(await read_json(request), required=True) or {}
+            body = wire.body_object(await self.read_json(request), required=True) or {}
             f = Fields(body, "body")
             rollout_id = f.string("rollout_id", required=True)
             attempt_id = f.string("attempt_id", required=True)
@@ -442,23 +583,53 @@ class LightningAPI:
 
     async def wait_for_rollouts(self, request: Request) -> Response:
         async def go() -> Response:
-            body = wire.body_object(await read_json(request), required=True) or {}
+            body = wire.body_object(await self.read_json(request), required=True) or {}
             f = Fields(body, "body")
             rollout_ids = f.strings("rollout_ids")
             if rollout_ids is None:
                 raise wire.error("missing", ["body", "rollout_ids"], "Field required", None)
-            timeout = f.number("timeout")
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                done = await self.call(self.backend.finished_rollouts, rollout_ids)
-                left = None if deadline is None else deadline - time.monotonic()
-                if len(done) == len(set(rollout_ids)) or (left is not None and left <= 0):
-                    return json_response(done)
-                await asyncio.sleep(
-                    WAIT_POLL_SECONDS if left is None else min(WAIT_POLL_SECONDS, left)
-                )
+            self._batch(len(rollout_ids), "ids in rollout_ids")
+            timeout = _wait_seconds(f.number("timeout"), self.limits.max_wait)
+            return json_response(await self._wait(request, rollout_ids, timeout))
 
         return await guarded(go)
+
+    async def _wait(self, request: Request, rollout_ids: list[str], timeout: float) -> Any:
+        """Look, then sleep until a commit (or, for rollout timeouts, ``wait_recheck``) and look
+        again, until all are finished or ``timeout`` passes; a client that leaves ends it."""
+        deadline = time.monotonic() + timeout
+        wanted = len(set(rollout_ids))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            while True:
+                done = await self.call(self.backend.finished_rollouts, rollout_ids)
+                left = deadline - time.monotonic()
+                if len(done) == wanted or left <= 0:
+                    return done
+                changed = asyncio.ensure_future(
+                    self.changes.wait(min(left, self.limits.wait_recheck))
+                )
+                await asyncio.wait({changed, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if gone.done():
+                    changed.cancel()
+                    return done  # nobody reads it; the connection is gone
+                await asyncio.sleep(min(WAIT_SETTLE_SECONDS, max(0.0, deadline - time.monotonic())))
+        finally:
+            gone.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the body was read: the next message is the end)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _wait_seconds(timeout: float | None, longest: float) -> float:
+    """A wait's timeout within ``[0, longest]``: none, NaN or more than ``longest`` wait
+    ``longest`` (upstream's client asks again), a negative one looks once."""
+    if timeout is None or timeout != timeout or timeout > longest:
+        return longest
+    return max(0.0, timeout)
 
 
 def page_response(page: Page) -> Response:
@@ -476,10 +647,16 @@ def query_fields(request: Request, lists: set[str] | None = None) -> Fields:
     return Fields(data, "query")
 
 
-async def read_json(request: Request) -> Any:
-    body = await request.body()
-    if not body.strip():
-        return None
+def parse_json(body: bytes, max_values: int) -> Any:
+    """Parse a request body with a bounded amount of work: more than ``max_values`` values (an
+    upper bound counted in C before parsing) is refused 413, nesting past ``MAX_JSON_DEPTH``
+    422. The stdlib parses, as in upstream's server (orjson would read integers past 64 bits as
+    floats), so both take and refuse the same bodies."""
+    values = body.count(b"[") + body.count(b"{") + body.count(b",")
+    if values > max_values:
+        raise PayloadTooLarge(
+            f"the JSON body holds up to {values} values; at most {max_values} are parsed"
+        )
     try:
         document = json.loads(body)
     except ValueError as exc:
@@ -512,10 +689,11 @@ def _deeper_than(document: Any, limit: int) -> bool:
 
 
 async def guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
-    """Upstream's error answers: 422 and 400 for the caller's mistakes. Upstream answers a
-    store's ``ValueError`` (a missing rollout, say) with 500, which its client retries (after
-    1, 2 and 5 s) before raising; here it is the caller's mistake, 404 (missing) or 400, with
-    upstream's body, so the client raises at once and no request makes a 5xx."""
+    """Upstream's error answers: 422 and 400 for the caller's mistakes, 404 for a rollout or
+    attempt that does not exist (upstream answers its ``ValueError`` with 500, which its client
+    retries after 1, 2 and 5 s before raising; the caller's mistake is not retried here), the
+    receiver's own errors through the one error map (``receiver.status.answer``), and anything
+    else, a defect, a logged 500 with upstream's body."""
     try:
         return await handler()
     except Invalid as exc:
@@ -528,14 +706,9 @@ async def guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
         for name, value in result.http_headers:
             response.headers[name.decode()] = value.decode()
         return response
-    except ValueError as exc:
+    except NotFound as exc:
         log.info("answering %s: %s", type(exc).__name__, exc)
-        return json_response(
-            {"detail": str(exc), "error_type": "ValueError"},
-            404 if isinstance(exc, NotFound) else 400,
-        )
+        return json_response({"detail": str(exc), "error_type": "ValueError"}, 404)
     except Exception as exc:  # a defect here, not the request: upstream's 500 body
         log.exception("the LightningStore API failed")
-        return json_response(
-            {"detail": "Internal server error", "error_type": type(exc).__name__}, 500
-        )
+        return json_response({"detail": str(exc), "error_type": type(exc).__name__}, 500)

@@ -125,9 +125,15 @@ class Fields:
         return value
 
     def integer(self, name: str, default: int | None = None, *, required: bool = False) -> Any:
+        """An integer; an explicit ``null`` only where the field may be missing with no
+        default (pydantic's ``Optional[int] = None``), else 422 as for any other non-integer."""
         value = self.raw(name, default, required=required)
-        if name not in self.data or value is None:
+        if name not in self.data:
             return value
+        if value is None:
+            if required or default is not None:
+                raise error("int_type", self._loc(name), "Input should be a valid integer", None)
+            return None
         if isinstance(value, bool) or not isinstance(value, (int, str, float)):
             raise error("int_type", self._loc(name), "Input should be a valid integer", value)
         try:
@@ -173,8 +179,9 @@ class Fields:
             ) from None
 
     def choice(self, name: str, allowed: Sequence[str], default: str | None = None) -> Any:
+        """One of ``allowed``; ``null`` only where there is no default (``Optional``)."""
         value = self.raw(name, default)
-        if name in self.data and value is not None and value not in allowed:
+        if name in self.data and value not in allowed and (value is not None or default):
             raise _literal(self._loc(name), allowed, value)
         return value
 

@@ -197,12 +197,21 @@ def _log_status(conn: sqlite3.Connection) -> dict[str, Any]:
     their span); zeros for an outbox written before these were kept."""
     try:
         held = conn.execute("SELECT COUNT(*) FROM forward_log_waits").fetchone()[0]
+        logs, log_bytes = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length(record)), 0) FROM span_logs"
+        ).fetchone()
         late, pruned = conn.execute(
             "SELECT late_logs, pruned_logs FROM forward_log_state WHERE id = 1"
         ).fetchone()
     except (sqlite3.OperationalError, TypeError):
-        held = late = pruned = 0
-    return {"held_spans": held, "late_logs": late, "pruned_logs": pruned}
+        held = logs = log_bytes = late = pruned = 0
+    return {
+        "held_spans": held,
+        "pending_logs": logs,
+        "pending_log_bytes": log_bytes,
+        "late_logs": late,
+        "pruned_logs": pruned,
+    }
 
 
 # A pending span: (rowid, rollout_id, attempt_id, sequence_id, resource_id, span bytes)
@@ -290,6 +299,8 @@ class Outbox:
         # Rows of forward_log_waits and of span_logs, so paths with none skip their queries.
         self._waits = 0
         self._logs = 0
+        # Bytes of those log records: they count against the outbox's byte limit like spans.
+        self._log_bytes = 0
         self._seen = False
         self._gave_up = False
         self.late_logs = 0
@@ -352,7 +363,9 @@ class Outbox:
 
     def _count_logs(self, conn: sqlite3.Connection) -> None:
         self._waits = conn.execute("SELECT COUNT(*) FROM forward_log_waits").fetchone()[0]
-        self._logs = conn.execute("SELECT COUNT(*) FROM span_logs").fetchone()[0]
+        self._logs, self._log_bytes = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length(record)), 0) FROM span_logs"
+        ).fetchone()
         seen, gave_up, self.late_logs, self.pruned_logs = conn.execute(
             "SELECT seen, gave_up, late_logs, pruned_logs FROM forward_log_state WHERE id = 1"
         ).fetchone()
@@ -464,6 +477,12 @@ class Outbox:
             except sqlite3.DatabaseError as exc:
                 raise StoreUnavailable(f"store busy or failing: {exc}") from exc
             self._logs += inserted
+            if inserted == len(kept):
+                self._log_bytes += sum(len(r[4]) for r in kept)
+            else:  # some were there already: count again
+                self._log_bytes = conn.execute(
+                    "SELECT COALESCE(SUM(length(record)), 0) FROM span_logs"
+                ).fetchone()[0]
             self._seen, self._gave_up = True, False
             if late:
                 self.late_logs += len(rows) - len(kept)
@@ -495,10 +514,12 @@ class Outbox:
                 " AND NOT EXISTS (SELECT 1 FROM forward_log_waits w"
                 " WHERE w.trace_id = a.trace_id AND w.span_id = a.span_id)"
             )
-            pruned = conn.execute(
-                f"DELETE FROM span_logs WHERE (trace_id, span_id) IN ({stale})",
+            gone = conn.execute(
+                f"DELETE FROM span_logs WHERE (trace_id, span_id) IN ({stale})"
+                " RETURNING length(record)",
                 (now - LOG_MEMORY,),
-            ).rowcount
+            ).fetchall()
+            pruned = len(gone)
             conn.execute(
                 f"DELETE FROM forward_log_arrivals WHERE (trace_id, span_id) IN ({stale})",
                 (now - LOG_MEMORY,),
@@ -510,6 +531,7 @@ class Outbox:
                 )
         if pruned:
             self._logs -= pruned
+            self._log_bytes -= sum(n for (n,) in gone)
             self.pruned_logs += pruned
             log.info("pruned %d GenAI log record(s) whose span never came", pruned)
 
@@ -536,6 +558,10 @@ class Outbox:
         """(spans, bytes) pending; read without the lock, so never waits."""
         spans, size = self._pending
         return spans, size
+
+    def log_bytes(self) -> int:
+        """Bytes of GenAI log records kept for their spans; read without the lock."""
+        return self._log_bytes
 
     def recount(self) -> None:
         """Count pending spans (and held spans, log records) again, from the tables."""
@@ -630,7 +656,7 @@ class Outbox:
         size = sum(len(r[5]) for r in rows)
         now = time.time()
         rowids = json.dumps([r[0] for r in rows])
-        late = waits = logs = 0
+        late = waits = logs = log_bytes = 0
         with self.store.locked() as conn:
             with transaction(conn):
                 first, last = rows[0][0], rows[-1][0]
@@ -648,12 +674,15 @@ class Outbox:
                         " WHERE rowid IN (SELECT value FROM json_each(?)))",
                         (rowids,),
                     )
-                    logs = conn.execute(
+                    sent = conn.execute(
                         "DELETE FROM span_logs WHERE rowid IN (SELECT l.rowid FROM spans s"
                         " JOIN span_logs l ON l.trace_id = s.trace_id AND l.span_id = s.span_id"
-                        " WHERE s.rowid IN (SELECT value FROM json_each(?)))",
+                        " WHERE s.rowid IN (SELECT value FROM json_each(?)))"
+                        " RETURNING length(record)",
                         (rowids,),
-                    ).rowcount
+                    ).fetchall()
+                    logs = len(sent)
+                    log_bytes = sum(n for (n,) in sent)
                     # Records that came while their span was on its way: sent without them.
                     late = max(0, logs - sum(self._joined.get(r[0], 0) for r in rows))
                     if late:
@@ -693,6 +722,7 @@ class Outbox:
             self._pending[1] -= size
             self._waits -= waits
             self._logs -= logs
+            self._log_bytes -= log_bytes
             if self._joined:
                 for r in rows:
                     self._joined.pop(r[0], None)

@@ -219,16 +219,21 @@ class ForwardingStore:
         if not batch.groups:
             return WriteResult(0, 0)
         spans, size = self.outbox.pending()
-        if spans and (
+        size += self.outbox.log_bytes()
+        if (spans or size) and (
             spans + batch.accepted > self.max_outbox_spans or size >= self.max_outbox_bytes
         ):
-            raise StoreUnavailable(
-                f"outbox full ({spans} spans, {size} bytes pending for {self.server_url})",
-                retry_after=_OUTBOX_FULL_RETRY_AFTER,
-            )
+            raise self._full(spans, size)
         result = self.outbox.write(batch)
         self._wake.set()
         return result
+
+    def _full(self, spans: int, size: int) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"outbox full ({spans} spans, {size} bytes of spans and GenAI log records pending"
+            f" for {self.server_url})",
+            retry_after=_OUTBOX_FULL_RETRY_AFTER,
+        )
 
     def write_many(self, batches: Sequence[SpanBatch]) -> list[WriteResult]:
         """One outbox transaction each: the outbox's marks and held calls are per request."""
@@ -237,6 +242,11 @@ class ForwardingStore:
     def write_logs(self, rows: list[tuple[bytes, bytes, bytes, float | None, bytes]]) -> int:
         """GenAI log records go in the outbox beside the spans they belong to (see
         ``Outbox.write_logs``); a span they release is sent at once."""
+        spans, size = self.outbox.pending()
+        size += self.outbox.log_bytes()
+        if size >= self.max_outbox_bytes or spans >= self.max_outbox_spans:
+            # Log records wait for spans like spans wait for the server: one byte limit for both.
+            raise self._full(spans, size)
         kept = self.outbox.write_logs(rows)
         if self.outbox.held():
             self._wake.set()
@@ -299,5 +309,11 @@ class ForwardingStore:
                 "Bytes of spans waiting to be forwarded.",
                 "gauge",
                 size,
+            ),
+            Metric(
+                "lightning_otlp_outbox_log_bytes",
+                "Bytes of GenAI log records kept in the outbox for their spans.",
+                "gauge",
+                outbox.log_bytes(),
             ),
         ]

@@ -54,7 +54,10 @@ class BearerAuth:
         scheme, _, credential = raw.strip().partition(b" ")
         if scheme.lower() != _SCHEME.encode():
             return False
-        credential = credential.strip()
+        return self.allows_token(credential.strip())
+
+    def allows_token(self, credential: bytes) -> bool:
+        """Whether ``credential`` is one of the tokens (the dashboard's sign-in cookie)."""
         # Compare with every token, not stopping at a match, so timing tells nothing.
         matched = False
         for token in self._tokens:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from ..store.base import Metric
+from .changes import Changes
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds; from a cached small request to a commit waiting on a busy disk.
@@ -62,6 +63,7 @@ class Measured(Protocol):
     counters: Counters
     request_seconds: dict[str, Histogram]
     commit_seconds: Histogram
+    changes: Changes
 
     @property
     def in_flight(self) -> int: ...
@@ -118,6 +120,8 @@ def render(pipeline: Measured) -> str:
     _histogram(out, name, pipeline.commit_seconds, "")
     _gauge(out, "lightning_otlp_requests_in_flight", "Requests queued for or in the store.",
            pipeline.in_flight)  # fmt: skip
+    _gauge(out, "lightning_otlp_api_waits", "LightningStore API waits/rollouts calls waiting.",
+           pipeline.changes.waiting)  # fmt: skip
     _gauge(out, "lightning_otlp_ready", "1 when the receiver is ready to store spans.",
            1 if pipeline.ready() else 0)  # fmt: skip
     for metric in pipeline.store.metrics():

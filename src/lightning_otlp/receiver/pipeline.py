@@ -34,6 +34,7 @@ from ..errors import Overloaded, ReceiverError, StoreUnavailable
 from ..store import Store
 from ..store.logs import log_rows
 from .budget import MemoryBudget
+from .changes import Changes
 from .decode import decode, decode_traces, decompress
 from .metrics import Counters, Histogram
 from .route import RoutingConfig, route
@@ -67,6 +68,9 @@ T = TypeVar("T")
 Signal = Literal["traces", "metrics", "logs"]
 SIGNALS: Final[tuple[Signal, ...]] = ("traces", "metrics", "logs")
 Transport = Literal["grpc", "http"]
+# Who queues work: OTLP exports, or LightningStore API calls. Each kind has its own
+# ``max_in_flight``, so API calls (long waits among them) never make an OTLP export wait or fail.
+Kind = Literal["otlp", "api"]
 
 
 class Pipeline:
@@ -104,8 +108,12 @@ class Pipeline:
         self.request_seconds = {"grpc": Histogram(), "http": Histogram()}
         self.commit_seconds = Histogram()
         self.draining = False
+        # Woken after a trace commit that reported outcomes: what LightningStore API waits
+        # sleep on (API writes wake it too).
+        self.changes = Changes()
         self._store_failed_at: float | None = None
-        self._in_flight = 0
+        self._in_flight = 0  # of every kind
+        self._in_flight_of: dict[Kind, int] = {"otlp": 0, "api": 0}
         # Batches decoded and waiting for the store thread (``_commit_queued``).
         self._commits: deque[tuple[SpanBatch, str, Future[PB2ExportTraceServiceResponse]]] = deque()
         self._last_request = time.monotonic()
@@ -224,15 +232,17 @@ class Pipeline:
         """The response for a committed batch, and its counts."""
         counters = self.counters
         self._count(counters.requests, transport, 1)
-        self._count(counters.accepted_spans, transport, batch.accepted)
+        refused = sum(batch.refused.values())
+        rejected = batch.rejected + refused
+        self._count(counters.accepted_spans, transport, batch.accepted - refused)
         response = PB2ExportTraceServiceResponse()
-        if batch.rejected:
-            self._count(counters.refused_spans, transport, batch.rejected)
-            response.partial_success.rejected_spans = batch.rejected
+        if rejected:
+            self._count(counters.refused_spans, transport, rejected)
+            response.partial_success.rejected_spans = rejected
         if batch.dropped:
             # A warning in partial_success (rejected_spans 0): the spec's way to say "stored, but".
             self._count(counters.dropped_values, transport, sum(batch.dropped.values()))
-        if batch.rejected or batch.dropped:
+        if rejected or batch.dropped:
             response.partial_success.error_message = batch.error_message()
         return response
 
@@ -320,30 +330,38 @@ class Pipeline:
                 done: Future[PB2ExportTraceServiceResponse] = Future()
                 self._commits.append((batch, transport, done))
                 await loop.run_in_executor(self._executor, self._commit_queued)
-                return await asyncio.wrap_future(done)
+                response = await asyncio.wrap_future(done)
+                if batch.outcomes or batch.root_outcomes:  # what can finish a rollout
+                    self.changes.notify()
+                return response
             finally:
                 self.budget.release(charged)
         finally:
             self._leave()
 
-    async def run(self, fn: Callable[..., T], *args: object, stage: str = "store") -> T:
-        """Queue ``fn`` on the store (or decode) thread, or refuse at once when too much is
-        queued."""
-        self._enter()
+    async def run(
+        self, fn: Callable[..., T], *args: object, stage: str = "store", kind: Kind = "otlp"
+    ) -> T:
+        """Queue ``fn`` on the store (or decode) thread, or refuse at once when too much of
+        ``kind`` is queued."""
+        self._enter(kind)
         executor = self._executor if stage == "store" else self._decoder
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
         finally:
-            self._leave()
+            self._leave(kind)
 
-    def _enter(self) -> None:
+    def _enter(self, kind: Kind = "otlp") -> None:
         with self._lock:
-            if self._in_flight >= self.max_in_flight:
-                raise Overloaded(f"{self._in_flight} requests already queued; retry later")
+            queued = self._in_flight_of[kind]
+            if queued >= self.max_in_flight:
+                raise Overloaded(f"{queued} requests already queued; retry later")
+            self._in_flight_of[kind] = queued + 1
             self._in_flight += 1
 
-    def _leave(self) -> None:
+    def _leave(self, kind: Kind = "otlp") -> None:
         with self._lock:
+            self._in_flight_of[kind] -= 1
             self._in_flight -= 1
             self._last_request = time.monotonic()
 

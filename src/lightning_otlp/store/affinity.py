@@ -23,6 +23,7 @@ class AffinityCounters:
     moved_spans: int = 0
     moved_traces: int = 0
     late_bindings: int = 0
+    ignored_outcomes: int = 0
 
 
 @dataclass(slots=True)
@@ -34,6 +35,8 @@ class Changes:
     moved: list[bytes] = field(default_factory=list)
     moved_spans: int = 0
     late: int = 0
+    # Outcomes spans claimed for attempts or rollouts already finished: ignored, counted.
+    ignored_outcomes: int = 0
 
 
 class TraceAffinity:
@@ -98,6 +101,7 @@ class TraceAffinity:
         self.counters.moved_traces += len(changes.moved)
         self.counters.moved_spans += changes.moved_spans
         self.counters.late_bindings += changes.late
+        self.counters.ignored_outcomes += changes.ignored_outcomes
         self._trim(now)
 
     def _trim(self, now: float) -> None:

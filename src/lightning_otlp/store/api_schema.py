@@ -40,6 +40,16 @@ API_MIGRATIONS: Final[tuple[str, ...]] = (
     INSERT OR IGNORE INTO resources (resource_id, body)
         VALUES ('agl-api', '{"attributes": {}, "schema_url": ""}')
     """,
+    # Rollouts the API created: OTLP spans never start their attempts or change their status.
+    # Earlier ones are recognized by what only the API sets (a queue place, resources, a worker).
+    # The latest resources are found by index, never by reading past large resources.
+    """
+    ALTER TABLE rollouts ADD COLUMN managed INTEGER NOT NULL DEFAULT 0;
+    UPDATE rollouts SET managed = 1 WHERE queue_seq IS NOT NULL OR resources_id IS NOT NULL
+        OR status IN ('queuing', 'requeuing')
+        OR rollout_id IN (SELECT rollout_id FROM attempts WHERE worker_id IS NOT NULL);
+    CREATE INDEX agl_resources_touched ON agl_resources (touched, resources_id)
+    """,
 )
 
 API_RESOURCE_ID: Final = "agl-api"  # the OTLP-resource row API spans point at

@@ -10,6 +10,7 @@ Errors follow upstream's types: ``ValueError`` for what the call names wrongly, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
@@ -166,3 +167,23 @@ class LightningStoreBackend(Protocol):
     def finished_rollouts(self, rollout_ids: Sequence[str]) -> list[Record]:
         """The rollouts among ``rollout_ids`` that have finished, in the order asked."""
         ...
+
+    # Reads apart from the store thread, on read connections of their own.
+
+    def reads_apart(self) -> bool:
+        """Whether reads may run on other threads (``reading``) while writes go on."""
+        ...
+
+    def reading(self) -> AbstractContextManager[None]:
+        """Calls inside run as reads on this thread's own read connection."""
+        ...
+
+    def scan_due(self) -> bool:
+        """Whether the watchdog scan is due (a read on a reader does not run it)."""
+        ...
+
+    def watch(self) -> None:
+        """Run the watchdog scan if due (on the store thread), before a read elsewhere."""
+        ...
+
+    def close_readers(self) -> None: ...

@@ -46,6 +46,16 @@ OutcomeHook = Callable[[sqlite3.Connection, str, str, str, float, float], None]
 _INSERT_SPAN: Final = f"INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 _DEFAULT_CONFIG_JSON: Final = json.dumps(DEFAULT_ROLLOUT_CONFIG)
 _STARTED: Final = ("queuing", "preparing", "requeuing")
+# Salvage reads by rowid this many rows at a time; without a highest rowid, it stops after
+# this many rowids in a row that hold nothing.
+_SALVAGE_STEP: Final = 256
+_SALVAGE_GAP: Final = 65_536
+_FINISHED_ATTEMPT: Final = ("succeeded", "failed", "timeout")
+_FINISHED_ROLLOUT: Final = ("succeeded", "failed", "cancelled")
+NO_SUCH_ATTEMPT: Final = (
+    "not stored: they name an attempt that does not exist on a rollout the LightningStore API"
+    " manages (its attempts start through the API: dequeue or start_attempt)"
+)
 # An attempt's span counter above this was left by an unbounded explicit sequence id (before
 # they were bounded): it is rebuilt from the attempt's spans, so it can never overflow SQLite.
 _COUNTER_CEILING: Final = 2**62
@@ -124,6 +134,7 @@ class SQLiteStore:
                     f"no store at {os.path.abspath(self.path)}: nothing was ever stored there"
                     " (check --store)"
                 )
+            self._empty_file()
             parent = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(parent, exist_ok=True)
         try:
@@ -144,11 +155,29 @@ class SQLiteStore:
             conn.execute("PRAGMA foreign_keys=OFF")
             migrate(conn, self.migrations)
             if self.create:  # a read-only tool routes nothing: it needs no trace affinity
+                _can_write(conn, self.url)
                 self._load_affinity(conn)
             self._span_top = self._top_rowid(conn)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.url}: {exc}") from exc
         self._conn = conn
+
+    def _empty_file(self) -> None:
+        """Name a zero-length file where a store was expected: a read tool refuses it (reading
+        would create tables in it), ``serve`` starts a new store in it and says so."""
+        if not os.path.isfile(self.path) or os.path.getsize(self.path) != 0:
+            return
+        wal = self.path + "-wal"
+        if os.path.isfile(wal) and os.path.getsize(wal) > 0:
+            return  # everything is still in the WAL: a store all the same
+        what = f"{os.path.abspath(self.path)} is an empty file (0 bytes), not a store"
+        if not self.create:
+            raise StoreDamaged(f"{what}: nothing was ever stored in it, or it was truncated")
+        log.warning(
+            "%s: starting a new store in it (if one was expected there, it was truncated:"
+            " stop and restore it)",
+            what,
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -234,13 +263,27 @@ class SQLiteStore:
             "INSERT OR IGNORE INTO resources (resource_id, body) VALUES (?, ?)",
             batch.resources.items(),
         )
+        batch.refused = {}
         used = {rollout_id for rollout_id, _ in groups}
+        managed = _managed(conn, used)
+        if managed:
+            groups = _refuse_unknown_attempts(conn, batch, groups, managed)
+            used = {rollout_id for rollout_id, _ in groups}
         for rollout_id, info in batch.rollouts.items():
-            if rollout_id in used and self._ensure_rollout(conn, rollout_id, info, now):
+            if rollout_id not in used:
+                continue
+            if rollout_id in managed:
+                # The API's: spans change only what upstream's add_span changes.
+                conn.execute(
+                    "UPDATE rollouts SET status = 'running'"
+                    " WHERE rollout_id = ? AND status = 'preparing'",
+                    (rollout_id,),
+                )
+            elif self._ensure_rollout(conn, rollout_id, info, now):
                 if info.origin == "trace" and info.trace_id is not None:
                     changes.autos.append((info.trace_id, rollout_id, now))
         # Spans of per-trace rollouts that this request's bindings claim, by destination.
-        moves = self._claim_moves(conn, batch, now, changes)
+        moves = self._claim_moves(conn, batch, groups, now, changes)
         resolved: dict[Destination, str] = {}
         rows: list[tuple[Any, ...]] = []
         updates: list[tuple[Any, ...]] = []
@@ -286,7 +329,7 @@ class SQLiteStore:
             bound_attempt = resolved.get(dest)
             if bound_attempt is not None:
                 changes.bound.append((trace_id, (dest[0], bound_attempt)))
-        self._record_outcomes(conn, batch, retarget, resolved, now)
+        self._record_outcomes(conn, batch, retarget, resolved, now, changes)
         return stored
 
     def _follow_bindings(
@@ -317,15 +360,22 @@ class SQLiteStore:
         return groups, retarget
 
     def _claim_moves(
-        self, conn: sqlite3.Connection, batch: SpanBatch, now: float, changes: Changes
+        self,
+        conn: sqlite3.Connection,
+        batch: SpanBatch,
+        groups: dict[Destination, list[Any]],
+        now: float,
+        changes: Changes,
     ) -> dict[Destination, list[tuple[float, None, int]]]:
         moves: dict[Destination, list[tuple[float, None, int]]] = {}
         affinity = self.affinity
         if not affinity.autos:
             return moves
         for trace_id, dest in batch.bindings.items():
-            if trace_id in affinity.bindings:
-                continue  # bound before: its per-trace rollout, if any, was dealt with then
+            if trace_id in affinity.bindings or dest not in groups:
+                # bound before: its per-trace rollout, if any, was dealt with then; or its
+                # destination refused these spans: the trace's spans stay where they are
+                continue
             auto = affinity.movable(trace_id, now, changes)
             if auto is None or auto == dest[0]:
                 continue
@@ -367,6 +417,7 @@ class SQLiteStore:
         retarget: dict[Destination, Destination],
         resolved: dict[Destination, str],
         now: float,
+        changes: Changes,
     ) -> None:
         for dest, value in batch.rewards.items():
             target = retarget.get(dest, dest)
@@ -386,6 +437,10 @@ class SQLiteStore:
             if attempt_id is None:
                 continue
             rollout_id = target[0]
+            if _finished(conn, rollout_id, attempt_id):
+                # Finished stays finished: a late span is stored, its claim ignored (counted).
+                changes.ignored_outcomes += 1
+                continue
             end_time = end if end is not None else now
             if self.on_outcome is not None:
                 self.on_outcome(conn, rollout_id, attempt_id, status, end_time, now)
@@ -522,7 +577,12 @@ class SQLiteStore:
                 }
         except sqlite3.DatabaseError as exc:
             self._damaged("the rollouts and attempts tables", exc)
-            return
+            rollouts = sorted(
+                self._salvage_rows("rollouts", ROLLOUT_COLUMNS), key=lambda r: r[2] or 0.0
+            )
+            latest = {}
+            for row in sorted(self._salvage_rows("attempts", ATTEMPT_COLUMNS), key=_by_sequence):
+                latest[row[0]] = row
         for rollout in rollouts:
             attempt = latest.get(rollout[0])
             if attempt is not None:
@@ -549,6 +609,7 @@ class SQLiteStore:
                     ]
             except sqlite3.DatabaseError as exc:
                 self._damaged("the list of rollouts", exc)
+                yield from self._salvage_spans(None, attempt_id)
                 return
         where = "s.rollout_id = ?" + (" AND s.attempt_id = ?" if attempt_id is not None else "")
         query = (
@@ -558,6 +619,7 @@ class SQLiteStore:
             f" WHERE {where} ORDER BY a.sequence_id, s.sequence_id"
         )
         resources: dict[str, Any] = {}
+        skipped: set[str] = set()
         for rid in ids:
             params = (rid,) if attempt_id is None else (rid, attempt_id)
             try:
@@ -573,8 +635,64 @@ class SQLiteStore:
                 ]
             except (sqlite3.DatabaseError, ValueError, KeyError, DecodeError) as exc:
                 self._damaged(f"the spans of rollout {rid}", exc)
+                skipped.add(rid)
                 continue
             yield from records
+        if skipped:
+            yield from self._salvage_spans(skipped, attempt_id)
+
+    def _salvage_spans(
+        self, rollout_ids: set[str] | None, attempt_id: str | None
+    ) -> Iterator[dict[str, Any]]:
+        """The spans still readable row by row, of these rollouts (all when None), in the order
+        they were stored, as received (a damaged file's joins cannot be trusted)."""
+        resources: dict[str, Any] = {}
+        for row in self._salvage_rows("spans", f"{SPAN_COLUMNS}, record"):
+            if rollout_ids is not None and row[0] not in rollout_ids:
+                continue
+            if attempt_id is not None and row[1] != attempt_id:
+                continue
+            try:
+                if row[11] not in resources:
+                    with self._lock:
+                        resources.update(resource_bodies(self._connection(), [row[11]]))
+                record = span_records(row, resources, None)
+            except (sqlite3.DatabaseError, ValueError, KeyError, DecodeError) as exc:
+                log.warning("skipped span %s of rollout %s: %s", row[4], row[0], exc)
+                continue
+            yield record
+
+    def _salvage_rows(self, table: str, columns: str) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``table`` read by rowid, a range at a time and one row at a time in a range
+        that fails: every row whose own page is readable, whatever else is damaged."""
+        top = None
+        with self._lock:
+            try:
+                top = self._connection().execute(f"SELECT MAX(rowid) FROM {table}").fetchone()[0]
+            except sqlite3.DatabaseError:
+                pass
+        lost = 0
+        start, empty = 1, 0
+        # Without the highest rowid, go on until _SALVAGE_GAP rowids in a row hold nothing.
+        while (start <= top) if top is not None else (empty < _SALVAGE_GAP):
+            end = start + _SALVAGE_STEP - 1
+            rows: list[tuple[Any, ...]] = []
+            with self._lock:
+                conn = self._connection()
+                select = f"SELECT {columns} FROM {table} WHERE rowid"
+                try:
+                    rows = conn.execute(f"{select} BETWEEN ? AND ?", (start, end)).fetchall()
+                except sqlite3.DatabaseError:
+                    for rowid in range(start, end + 1):
+                        try:
+                            rows.extend(conn.execute(f"{select} = ?", (rowid,)).fetchall())
+                        except sqlite3.DatabaseError:
+                            lost += 1
+            empty = 0 if rows else empty + _SALVAGE_STEP
+            yield from rows
+            start = end + 1
+        if lost:
+            log.warning("skipped %d unreadable row(s) of %s", lost, table)
 
     def write_logs(self, rows: LogRows) -> int:
         """Commit GenAI log records (``store.logs``) in one transaction; return how many are new."""
@@ -724,6 +842,13 @@ class SQLiteStore:
                 "counter",
                 moved.late_bindings,
             ),
+            Metric(
+                "lightning_otlp_ignored_outcomes",
+                "Attempt outcomes spans claimed for attempts or rollouts already finished:"
+                " the spans were stored, the claims ignored.",
+                "counter",
+                moved.ignored_outcomes,
+            ),
         ]
 
     def status(self) -> dict[str, Any]:
@@ -752,3 +877,80 @@ def _counter(conn: sqlite3.Connection, rollout_id: str, attempt_id: str, stored:
         (rollout_id, attempt_id, MAX_SEQUENCE_ID),
     ).fetchone()
     return int(row[0])
+
+
+def _managed(conn: sqlite3.Connection, rollout_ids: set[str]) -> set[str]:
+    """Which of these rollouts the LightningStore API created (or queued)."""
+    found: set[str] = set()
+    ids = list(rollout_ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found.update(
+            row[0]
+            for row in conn.execute(
+                "SELECT rollout_id FROM rollouts WHERE (managed = 1 OR status IN"
+                f" ('queuing', 'requeuing')) AND rollout_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+        )
+    return found
+
+
+def _refuse_unknown_attempts(
+    conn: sqlite3.Connection,
+    batch: SpanBatch,
+    groups: dict[Destination, list[Any]],
+    managed: set[str],
+) -> dict[Destination, list[Any]]:
+    """The groups whose attempt exists; spans for an API-managed rollout's missing attempt are
+    refused (upstream refuses a span for an unknown attempt too): an OTLP span must not start
+    an attempt, which would take a queued rollout off the queue or reopen a finished one."""
+    kept: dict[Destination, list[Any]] = {}
+    for dest, group in groups.items():
+        rollout_id, attempt_id = dest
+        if rollout_id in managed:
+            if attempt_id is None:
+                found = conn.execute(
+                    "SELECT 1 FROM attempts WHERE rollout_id = ? LIMIT 1", (rollout_id,)
+                ).fetchone()
+            else:
+                found = conn.execute(
+                    "SELECT 1 FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
+                    (rollout_id, attempt_id),
+                ).fetchone()
+            if found is None:
+                batch.refused[NO_SUCH_ATTEMPT] = batch.refused.get(NO_SUCH_ATTEMPT, 0) + len(group)
+                continue
+        kept[dest] = group
+    return kept
+
+
+def _finished(conn: sqlite3.Connection, rollout_id: str, attempt_id: str) -> bool:
+    row = conn.execute(
+        "SELECT a.status, r.status FROM attempts a JOIN rollouts r ON r.rollout_id = a.rollout_id"
+        " WHERE a.rollout_id = ? AND a.attempt_id = ?",
+        (rollout_id, attempt_id),
+    ).fetchone()
+    return row is not None and (row[0] in _FINISHED_ATTEMPT or row[1] in _FINISHED_ROLLOUT)
+
+
+def _by_sequence(row: tuple[Any, ...]) -> int:
+    return int(row[2] or 0)
+
+
+def _can_write(conn: sqlite3.Connection, url: str) -> None:
+    """Refuse at start a store that cannot be written (a read-only file, directory or file
+    system): serving it would answer every export with a retryable 503 for ever."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("UPDATE schema_migrations SET name = name")
+        finally:
+            conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "readonly" not in str(exc) and "read-only" not in str(exc):
+            raise
+        raise StoreUnavailable(
+            f"cannot write {url}: {exc}; serve needs a writable store (the spans, rollouts and"
+            " check-store commands read a read-only one)"
+        ) from None

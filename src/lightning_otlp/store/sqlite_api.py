@@ -16,11 +16,14 @@ ids the OTLP path gives spans from their start times.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, cast
+from urllib.parse import quote
 
 from ..errors import StoreUnavailable
 from ..ids import new_attempt_id, new_resources_id, new_rollout_id
@@ -163,6 +166,10 @@ class SQLiteLightningStore:
         self.scan_debounce = scan_debounce
         self._launch_time = time.time()
         self._last_scan = self._launch_time - scan_debounce
+        # Reads of the API's read threads: each thread its own read-only connection.
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
 
     # -- schema and transactions ---------------------------------------------------------
 
@@ -193,9 +200,70 @@ class SQLiteLightningStore:
             (end_time, rollout_id, now),
         )
 
+    # -- reads apart ------------------------------------------------------------------------
+
+    def reads_apart(self) -> bool:
+        return self.store.path != ":memory:"
+
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One committed transaction, or nothing: SQLite errors become ``StoreUnavailable``."""
+    def reading(self) -> Iterator[None]:
+        self._local.reading = True
+        try:
+            yield
+        finally:
+            self._local.reading = False
+
+    def scan_due(self) -> bool:
+        return time.time() - self._last_scan >= self.scan_debounce
+
+    def watch(self) -> None:
+        with self._watched():
+            pass
+
+    def close_readers(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # Read-only: a read thread can never write, whatever a query does.
+            uri = "file:" + quote(os.path.abspath(self.store.path)) + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 2000")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction on this thread's reader: one consistent view, beside the writer
+        (SQLite's WAL lets readers and the writer work at once)."""
+        try:
+            conn = self._reader()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"store busy or failing: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(f"store failing: {exc}") from exc
+
+    def _transaction(self) -> Any:
+        """One committed transaction, or nothing: SQLite errors become ``StoreUnavailable``; on
+        a read thread (``reading``), a read transaction on its own connection."""
+        if getattr(self._local, "reading", False):
+            return self._snapshot()
+        return self._write_transaction()
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
         with self.store.locked() as conn:
             try:
                 with transaction(conn):
@@ -206,7 +274,10 @@ class SQLiteLightningStore:
                 raise StoreUnavailable(f"store failing: {exc}") from exc
 
     def _watched(self) -> Any:
-        """A transaction that first runs the watchdog scan, as upstream's ``healthcheck_before``."""
+        """A transaction that first runs the watchdog scan, as upstream's ``healthcheck_before``
+        (on a read thread, a read: the API ran the scan on the store thread first)."""
+        if getattr(self._local, "reading", False):
+            return self._snapshot()
         return _Watched(self)
 
     # -- statistics ------------------------------------------------------------------------
@@ -428,19 +499,19 @@ class SQLiteLightningStore:
         filter_logic: FilterLogic,
         query: Query,
     ) -> Page:
-        with self._watched() as conn:
-            rows = conn.execute(f"SELECT {_WORKER_COLUMNS} FROM agl_workers ORDER BY rowid")
-            workers = [worker_record(row) for row in rows]
-        tests: list[Callable[[Record], bool]] = []
+        tests: list[str] = []
+        params: list[Any] = []
         if status_in is not None:
-            allowed = list(status_in)
-            tests.append(lambda w: w["status"] in allowed)
+            tests.append(_within("status", status_in, params))
         if worker_id_contains is not None:
-            part = worker_id_contains
-            tests.append(lambda w: part in w["worker_id"])
-        if tests:
-            combine = any if filter_logic == "or" else all
-            workers = [w for w in workers if combine(t(w) for t in tests)]
+            tests.append("instr(worker_id, ?) > 0")
+            params.append(worker_id_contains)
+        where = f" WHERE {_combine(tests, filter_logic)}" if tests else ""
+        with self._watched() as conn:
+            rows = conn.execute(
+                f"SELECT {_WORKER_COLUMNS} FROM agl_workers{where} ORDER BY rowid", params
+            )
+            workers = [worker_record(row) for row in rows]
         return _paginate(workers, query)
 
     def get_worker(self, worker_id: str) -> Record | None:
@@ -572,10 +643,13 @@ class SQLiteLightningStore:
             if attempt_id is not None:
                 sql += " AND attempt_id = ?"
                 params.append(attempt_id)
-            if query.sort_by in (None, "sequence_id") and not any(
-                v is not None for ops in filters.values() for v in ops.values()
-            ):
+            values: list[Any] = []
+            tests = _span_tests(filters, values)
+            if query.sort_by in (None, "sequence_id") and not tests:
                 return self._spans_by_sequence(conn, params, query, encoded)
+            if tests:  # SQLite filters: only the matching spans are read and built
+                sql += f" AND ({_combine(tests, filter_logic)})"
+                params.extend(values)
             light = [
                 {
                     "rowid": r[0],
@@ -591,7 +665,6 @@ class SQLiteLightningStore:
                 }
                 for r in conn.execute(sql + " ORDER BY rowid", params)
             ]
-            light = _filter_spans(light, filters, filter_logic)
             if query.sort_by and query.sort_by not in _LIGHT_SPAN_FIELDS:
                 # Sorting on a field only the full record has: decode everything first.
                 rowids = [r["rowid"] for r in light]
@@ -713,8 +786,8 @@ class SQLiteLightningStore:
         queued = status in QUEUED
         conn.execute(
             "INSERT INTO rollouts (rollout_id, input, start_time, mode, resources_id, status,"
-            " config, metadata, origin, created_at, queue_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
-            " 'explicit', ?, CASE WHEN ? THEN"
+            " config, metadata, origin, managed, created_at, queue_seq) VALUES (?, ?, ?, ?, ?, ?,"
+            " ?, ?, 'explicit', 1, ?, CASE WHEN ? THEN"
             " (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM rollouts WHERE queue_seq IS NOT NULL)"
             " END)",
             (
@@ -981,9 +1054,15 @@ class _Watched:
         self._context: Any = None
 
     def __enter__(self) -> sqlite3.Connection:
-        self._context = self._owner._transaction()
+        self._context = self._owner._write_transaction()
         conn: sqlite3.Connection = self._context.__enter__()
-        self._owner.scan(conn, time.time())
+        try:
+            self._owner.scan(conn, time.time())
+        except BaseException as exc:
+            # Inside the transaction: rolled back, the lock let go, and the error mapped as any
+            # other (a failing store is 503, not a defect).
+            if not self._context.__exit__(type(exc), exc, exc.__traceback__):
+                raise
         return conn
 
     def __exit__(self, *exc: Any) -> Any:
@@ -1020,25 +1099,28 @@ def _span_rows(conn: sqlite3.Connection, columns: str, rowids: list[int]) -> dic
     return rows
 
 
-def _filter_spans(
-    spans: list[Record], filters: dict[str, dict[str, str]], logic: FilterLogic
-) -> list[Record]:
-    """Upstream's span filters: exact and contains per field, pooled with ``and`` / ``or``."""
-    tests: list[Callable[[Record], bool]] = []
+# A span id column as upstream's records show it: stored bytes (OTLP) as lowercase hex, text
+# (API spans) as it is.
+_ID_AS_TEXT: Final = "CASE WHEN typeof({0}) = 'blob' THEN lower(hex({0})) ELSE {0} END"
+
+
+def _span_tests(filters: dict[str, dict[str, str]], params: list[Any]) -> list[str]:
+    """Upstream's span filters (exact and contains per field) as SQL conditions; their
+    values are added to ``params``."""
+    tests: list[str] = []
     for field, ops in filters.items():
+        column = field if field == "name" else _ID_AS_TEXT.format(field)
         for op, expected in ops.items():
-            if expected is not None:
-                tests.append(_span_test(field, op, expected))
-    if not tests:
-        return spans
-    combine = any if logic == "or" else all
-    return [s for s in spans if combine(t(s) for t in tests)]
+            if expected is None:
+                continue
+            tests.append(f"{column} = ?" if op == "exact" else f"instr({column}, ?) > 0")
+            params.append(expected)
+    return tests
 
 
-def _span_test(field: str, op: str, expected: str) -> Callable[[Record], bool]:
-    if op == "exact":
-        return lambda span: span.get(field) == expected
-    return lambda span: span.get(field) is not None and expected in span[field]
+def _combine(tests: list[str], logic: FilterLogic) -> str:
+    """Conditions pooled as upstream pools them, ``and`` / ``or`` (NULL counts as false)."""
+    return f" {'OR' if logic == 'or' else 'AND'} ".join(f"COALESCE({t}, 0)" for t in tests)
 
 
 __all__ = ["UNSET", "SQLiteLightningStore", "rollout_record", "status_from_attempt"]

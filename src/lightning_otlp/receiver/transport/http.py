@@ -11,7 +11,7 @@ import json
 import time
 from typing import Final
 
-from ...asgi import Receive, Scope, Send
+from ...asgi import Message, Receive, Scope, Send
 from ...defaults import DEFAULT_BODY_TIMEOUT
 from ...errors import (
     InvalidRequest,
@@ -23,6 +23,7 @@ from ...errors import (
 )
 from .. import decode as codec
 from ..auth import BearerAuth
+from ..budget import MemoryBudget
 from ..pipeline import Pipeline, Signal
 from ..status import answer
 
@@ -68,7 +69,7 @@ class HTTPReceiver:
 
     async def _signal(self, scope: Scope, receive: Receive, send: Send, signal: Signal) -> None:
         path = scope["path"]
-        headers = _headers(scope)
+        headers = headers_of(scope)
         media = codec.media_type(headers.get("content-type"))
         # Errors answer in the request's encoding when it is one OTLP knows, else protobuf.
         answer_media = media if media in codec.MEDIA_TYPES else codec.PROTOBUF
@@ -86,7 +87,14 @@ class HTTPReceiver:
                 )
             held = [0]  # bytes of the memory budget this request holds, released at the end
             try:
-                body = await self._body(headers, receive, held)
+                body = await read_body(
+                    headers,
+                    receive,
+                    held,
+                    limit=self.pipeline.max_request_bytes,
+                    budget=self.pipeline.budget,
+                    timeout=self.body_timeout,
+                )
                 read = True
                 encoding = headers.get("content-encoding")
                 response = await self.pipeline.export(signal, body, encoding, media, "http")
@@ -102,51 +110,6 @@ class HTTPReceiver:
             return
         await respond(send, 200, codec.encode(response, media), media)
 
-    async def _body(self, headers: dict[str, str], receive: Receive, held: list[int]) -> bytes:
-        """Read the body within the budget: all of a declared Content-Length is reserved before
-        a byte is read (refused at once when it does not fit), a chunked body chunk by chunk;
-        the whole body must arrive within ``body_timeout``."""
-        limit = self.pipeline.max_request_bytes
-        budget = self.pipeline.budget
-        declared = headers.get("content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                raise InvalidRequest(f"bad Content-Length {declared!r}") from None
-            if size > limit:
-                raise PayloadTooLarge(
-                    f"request body of {size} bytes exceeds the {limit}-byte limit"
-                )
-            if not budget.reserve(size):
-                raise Overloaded(_NO_ROOM)
-            held[0] = size
-        chunks: list[bytes] = []
-        total = 0
-        deadline = time.monotonic() + self.body_timeout
-        while True:
-            try:
-                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
-            except asyncio.TimeoutError:
-                raise RequestTimeout(
-                    f"the body took longer than {self.body_timeout:g} s to arrive"
-                ) from None
-            if message["type"] == "http.disconnect":
-                raise InvalidRequest("client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            if chunk:
-                total += len(chunk)
-                if total > limit:
-                    raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-                if total > held[0]:  # chunked, or more than declared (the server refuses that)
-                    if not budget.reserve(total - held[0]):
-                        raise Overloaded(_NO_ROOM)
-                    held[0] = total
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
     async def _health(self, method: str, send: Send) -> None:
         if method not in ("GET", "HEAD"):
             await _plain(send, 405, "health takes GET\n", [(b"allow", b"GET")])
@@ -156,7 +119,80 @@ class HTTPReceiver:
         await respond(send, 200 if ready else 503, body, "application/json")
 
 
-def _headers(scope: Scope) -> dict[str, str]:
+async def read_body(
+    headers: dict[str, str],
+    receive: Receive,
+    held: list[int],
+    *,
+    limit: int,
+    budget: MemoryBudget,
+    timeout: float,
+) -> bytes:
+    """Read a request body within the limits, for OTLP and the LightningStore API alike: all of
+    a declared Content-Length is reserved from ``budget`` before a byte is read (refused at once
+    when it does not fit), a chunked body chunk by chunk, and the whole body must arrive within
+    ``timeout`` seconds. ``held[0]`` is the reservation, for the caller to release when the
+    request is done with its body."""
+    declared = headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidRequest(f"bad Content-Length {declared!r}") from None
+        if size > limit:
+            raise PayloadTooLarge(f"request body of {size} bytes exceeds the {limit}-byte limit")
+        if not budget.reserve(size):
+            raise Overloaded(_NO_ROOM)
+        held[0] = size
+    chunks: list[bytes] = []
+    total = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"the body took longer than {timeout:g} s to arrive") from None
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        if chunk:
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+            if total > held[0]:  # chunked, or more than declared (the server refuses that)
+                if not budget.reserve(total - held[0]):
+                    raise Overloaded(_NO_ROOM)
+                held[0] = total
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def close_if_unread(scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send]:
+    """``receive`` and ``send`` that add ``connection: close`` to a response sent before the
+    request's body was read to its end: a refusal (401, 413, 408, 503) does not wait for a body
+    that may trickle in for minutes, and the connection cannot be reused with bytes of that body
+    still unread."""
+    headers = headers_of(scope)
+    read = [headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers]
+
+    async def receive_tracked() -> Message:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            read[0] = True
+        return message
+
+    async def send_closing(message: Message) -> None:
+        if message["type"] == "http.response.start" and not read[0]:
+            message = dict(message)
+            message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+        await send(message)
+
+    return receive_tracked, send_closing
+
+
+def headers_of(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
