@@ -11,7 +11,7 @@ from .forward.store import ForwardingStore
 from .receiver.pipeline import Pipeline
 from .receiver.route import RoutingConfig
 from .settings import Settings
-from .store.base import Store
+from .store.base import Served, Store
 from .store.lightning import LightningStoreBackend
 from .store.sqlite import SQLiteStore
 from .store.sqlite_api import SQLiteLightningStore
@@ -68,7 +68,9 @@ def open_store(
     )
 
 
-def lightning_api(store: Store, *, watchdog_interval: float = 10.0) -> LightningStoreBackend | None:
+def lightning_api(
+    store: Served, *, watchdog_interval: float = 10.0
+) -> LightningStoreBackend | None:
     """Agent Lightning's LightningStore API over an opened store (served at ``/v1/agl``), opened;
     None when the LightningStore is elsewhere (a forwarder's is the server it feeds)."""
     if not isinstance(store, SQLiteStore):

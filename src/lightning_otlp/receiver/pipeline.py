@@ -31,7 +31,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from ..batch import SpanBatch
 from ..defaults import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_MEMORY
 from ..errors import Overloaded, ReceiverError, StoreUnavailable
-from ..store import Store
+from ..store.base import Served
 from ..store.logs import log_rows
 from .budget import MemoryBudget
 from .changes import Changes
@@ -86,7 +86,7 @@ class Pipeline:
 
     def __init__(
         self,
-        store: Store,
+        store: Served,
         routing: RoutingConfig | None = None,
         *,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,

@@ -1,15 +1,14 @@
-"""The interface every store implements; the receiver and the CLI never know which one they have."""
+"""The small interfaces a store offers, each to one kind of caller: ingest (the pipeline), read
+(the read commands) and ops (metrics, status, checks, idle work). The LightningStore API's is
+``store/lightning.py``'s. The receiver and the CLI never know which store they have."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from ..batch import SpanBatch
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +26,8 @@ class Metric(NamedTuple):
     value: float
 
 
-class Store(Protocol):
-    """Durable home for rollouts, attempts and spans.
+class Ingest(Protocol):
+    """What the pipeline commits through: traces in groups of requests, and GenAI log records.
 
     ``write`` commits one request's batch in one transaction before it returns, or raises
     ``StoreUnavailable`` having committed nothing.
@@ -45,13 +44,26 @@ class Store(Protocol):
     def write(self, batch: SpanBatch) -> WriteResult: ...
 
     def write_many(self, batches: Sequence[SpanBatch]) -> list[WriteResult]:
-        """Commit several requests' batches in one transaction (one sync to disk), as if
-        written one after the other; all are committed or none is."""
+        """Commit several requests' batches as if written one after the other, each all or
+        nothing: the embedded store in one transaction (one sync to disk), all or none; the
+        forwarder's outbox one transaction each, so after an error some of the first may be
+        committed, and the retry the client is told to make stores none of their spans twice
+        (a span is stored once per rollout)."""
         ...
 
     def write_logs(self, rows: list[tuple[bytes, bytes, bytes, float | None, bytes]]) -> int:
         """Commit GenAI log records, keyed by their span (``store.logs``), in one transaction."""
         ...
+
+
+class Reader(Protocol):
+    """What the read commands (``rollouts``, ``spans``) need."""
+
+    url: str
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
 
     def rollouts(self) -> Iterator[dict[str, Any]]:
         """AttemptedRollout records (agentlightning 0.3 field names), oldest first."""
@@ -66,6 +78,10 @@ class Store(Protocol):
     def summaries(self) -> list[dict[str, Any]]:
         """One row of figures per rollout, for people (``rollouts --table``)."""
         ...
+
+
+class Ops(Protocol):
+    """What operators and the store thread's spare time see: figures, state, damage, upkeep."""
 
     def metrics(self) -> list[Metric]:
         """The store's own counters and gauges; read on every ``/metrics`` scrape."""
@@ -83,3 +99,12 @@ class Store(Protocol):
     def check(self, full: bool = False) -> list[str]:
         """Damage found in the store's files (empty when none); ``full`` checks everything."""
         ...
+
+
+class Served(Ingest, Ops, Protocol):
+    """What the pipeline holds: it commits, scrapes the figures and lends its idle time."""
+
+
+class Store(Ingest, Reader, Ops, Protocol):
+    """Every store is all of these; the LightningStore API over it is made in ``wiring.py``
+    (``store/lightning.py`` is that interface)."""
