@@ -316,11 +316,11 @@ def test_a_failing_watchdog_scan_is_a_503_and_lets_the_store_go(
     original = backend.scan  # type: ignore[attr-defined]
     calls = []
 
-    def damaged(conn: sqlite3.Connection, now: float, force: bool = False) -> None:
+    def damaged(conn: sqlite3.Connection, now: float, *args: Any) -> None:
         calls.append(now)
         if len(calls) == 1:
             raise sqlite3.DatabaseError("database disk image is malformed")
-        original(conn, now, force)
+        original(conn, now, *args)
 
     monkeypatch.setattr(backend, "scan", damaged)
     failed = app.post("/queues/rollouts/enqueue", {"rollouts": [{"input": 1}]}, 503)

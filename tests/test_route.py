@@ -165,6 +165,58 @@ def test_sequence_ids_follow_start_time_and_keep_explicit_ones(
     assert names == ["arrived-late", "early", "late", "same-microsecond", "pinned"]
 
 
+def test_start_time_ids_never_repeat_in_an_attempt(pipeline: Pipeline, store: SQLiteStore) -> None:
+    """A millisecond clock starts a root and its children in one tick; they arrive in three
+    requests, and one id was issued by ``spans/next`` for a span still to come."""
+    attrs = {"agentlightning.rollout_id": RID, "agentlightning.attempt_id": AID}
+    tick = 1_796_433_764_228_000_000
+    send(pipeline, [make_span("root", attributes=attrs, start_ns=tick)])
+    api = store.lightning_api()
+    assert api is not None
+    issued = api.next_span_sequence_id(RID, AID)
+    send(pipeline, [make_span(f"child-{i}", attributes=attrs, start_ns=tick) for i in range(3)])
+    send(
+        pipeline,
+        [
+            make_span("grandchild", attributes=attrs, start_ns=tick),
+            make_span("at-issued", attributes=attrs, start_ns=issued * 1000),
+        ],
+    )
+    seq = {s["name"]: s["sequence_id"] for s in store.spans()}
+    assert len(set(seq.values())) == len(seq) == 6, seq
+    assert issued not in seq.values()
+    # The same tick: numbered from it, in arrival order.
+    assert [seq[n] for n in ("root", "child-0", "child-1", "child-2", "grandchild")] == [
+        tick // 1000 + i for i in range(5)
+    ]
+
+
+def test_counter_ids_count_arrivals_and_keep_explicit_ones() -> None:
+    store = SQLiteStore(":memory:", synchronous="OFF", sequence_ids="counter")
+    store.open()
+    pipeline = Pipeline(store, RoutingConfig())
+    try:
+        attrs = {"agentlightning.rollout_id": RID, "agentlightning.attempt_id": AID}
+        send(
+            pipeline,
+            [
+                make_span("late", attributes=attrs, start_ns=30_000),
+                make_span("early", attributes=attrs, start_ns=10_000),
+            ],
+        )
+        explicit = {**attrs, "agentlightning.span_sequence_id": 40}
+        send(pipeline, [make_span("pinned", attributes=explicit, start_ns=20_000)])
+        api = store.lightning_api()
+        assert api is not None
+        assert api.next_span_sequence_id(RID, AID) == 41
+        send(pipeline, [make_span("after", attributes=attrs, start_ns=5_000)])
+        seq = {s["name"]: s["sequence_id"] for s in store.spans()}
+        assert seq == {"late": 1, "early": 2, "pinned": 40, "after": 42}
+    finally:
+        pipeline.close()
+        store.close()
+
+
 def test_resource_sequence_id_and_string_values(pipeline: Pipeline, store: SQLiteStore) -> None:
     send(
         pipeline,

@@ -20,6 +20,11 @@ SpanRow = tuple[Any, ...]
 # exactly, and an attempt's counter starting there stays far from SQLite's 64-bit limit.
 MAX_SEQUENCE_ID: Final = 2**53 - 1
 
+# How a store issues span sequence ids where the client gave none: ``start-time`` (the span's
+# start in microseconds, made unique within the attempt) or ``counter`` (1, 2, 3... per attempt
+# in arrival order, as agentlightning's own stores do).
+SEQUENCE_IDS: Final[tuple[str, ...]] = ("start-time", "counter")
+
 
 @dataclass(slots=True)
 class RolloutInfo:

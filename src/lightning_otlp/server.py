@@ -40,6 +40,7 @@ def build_pipeline(settings: Settings, store: Store | None = None) -> Pipeline:
         translate=settings.translate,
         prepare_reads=settings.prepare_reads,
         forward_log_wait=settings.forward_log_wait,
+        sequence_ids=settings.sequence_ids,
     )
     store.open()
     routing = RoutingConfig(

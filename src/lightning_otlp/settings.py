@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, NamedTuple
 
 from .api.routes import DEFAULT_MAX_API_BATCH, DEFAULT_MAX_JSON_VALUES, DEFAULT_MAX_WAIT
+from .batch import SEQUENCE_IDS
 from .forward.outbox import DEFAULT_LOG_WAIT
 from .receiver.budget import DEFAULT_MAX_REQUEST_MEMORY
 from .receiver.decode import DEFAULT_MAX_REQUEST_BYTES
@@ -345,6 +346,16 @@ class Settings:
             " LiteLLM, pydantic-ai, OpenLIT) in Agent Lightning's shape; false reads every span"
             " exactly as received",
             "true|false",
+        ),
+    )
+    sequence_ids: str = _spec(
+        "start-time",
+        Spec(
+            _one_of(SEQUENCE_IDS),
+            "span sequence ids where the client gives none: start-time (the span's start in"
+            " microseconds, so rewards keep their calls when spans arrive late) or counter"
+            " (1, 2, 3... per attempt in arrival order, as agl store issues them)",
+            "MODE",
         ),
     )
     prepare_reads: bool = _spec(

@@ -41,6 +41,7 @@ from ..store.lightning import (
     NotFound,
     Page,
     Record,
+    ScanNeeded,
 )
 from . import wire
 from .wire import BadRequest, Fields, Invalid
@@ -276,7 +277,11 @@ class LightningAPI:
             if self.backend.scan_due():
                 await self._run(self.backend.watch)
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._readers, self._reading, fn, args, kwargs)
+            try:
+                return await loop.run_in_executor(self._readers, self._reading, fn, args, kwargs)
+            except ScanNeeded:
+                # An attempt it reads about is past a deadline: the store thread marks it first.
+                return await self._run(lambda: fn(*args, **kwargs))  # type: ignore[no-any-return]
         finally:
             self._queued_reads -= 1
 

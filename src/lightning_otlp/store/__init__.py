@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from ..batch import SEQUENCE_IDS
 from .affinity import DEFAULT_AFFINITY_WINDOW
 from .base import Metric, Store, WriteResult
 from .sqlite import SQLiteStore
@@ -33,6 +34,7 @@ def open_store(
     translate: bool = True,
     prepare_reads: bool = True,
     forward_log_wait: float | None = None,
+    sequence_ids: str = "start-time",
 ) -> Store:
     """Make (not yet open) the store a URL names; with ``create`` off, opening a store that
     does not exist yet is an error (read commands create nothing); with ``salvage``, reads skip
@@ -42,7 +44,8 @@ def open_store(
     power-loss safety for speed), ``memory://`` for tests, and ``agl+http://HOST:PORT`` to
     forward into a LightningStore server through a local outbox (``?outbox=path.db``);
     ``forward_log_wait`` (seconds, default the forwarder's) is how long a forwarded model call
-    waits for its GenAI log records.
+    waits for its GenAI log records. ``sequence_ids`` (``start-time`` or ``counter``) is how
+    spans without an explicit sequence id get one (``batch.SEQUENCE_IDS``).
     """
     parsed = parse_store_url(url)
     if parsed.forwards:
@@ -61,6 +64,9 @@ def open_store(
         # Its outbox is a SQLite store like any other: read commands create nothing there either.
         forwarder.outbox.store.create = create
         forwarder.outbox.store.salvage = salvage
+        if sequence_ids not in SEQUENCE_IDS:
+            raise ValueError(f"sequence_ids must be one of {SEQUENCE_IDS}, not {sequence_ids!r}")
+        forwarder.outbox.store.sequence_ids = sequence_ids
         return forwarder
     default = "OFF" if parsed.scheme == "memory" else "FULL"
     return SQLiteStore(
@@ -72,4 +78,5 @@ def open_store(
         salvage=salvage,
         translate=translate,
         prepare_reads=prepare_reads,
+        sequence_ids=sequence_ids,
     )
