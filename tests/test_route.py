@@ -308,3 +308,56 @@ def test_resource_spans_without_spans_cost_no_resource_work() -> None:
     assert len(request.resource_spans) == 1000
     batch = route(request, RoutingConfig())
     assert (batch.received, batch.resources) == (0, {})
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field, for requests no SDK would encode."""
+    size, length = b"", len(payload)
+    while length >= 0x80:
+        size += bytes([length & 0x7F | 0x80])
+        length >>= 7
+    return bytes([number << 3 | 2]) + size + bytes([length]) + payload
+
+
+def test_attributes_read_as_maps_route_as_the_attribute_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    from lightning_otlp.receiver import route as route_module
+    from lightning_otlp.receiver.decode import decode_traces
+
+    key = _field(1, b"agentlightning.rollout_id")
+    first = _field(2, AnyValue(string_value="ro-first0000000").SerializeToString())
+    # A value field twice in one attribute merges; an attribute twice keeps its last value.
+    merged = _field(9, key + first + _field(2, b""))
+    replaced = _field(9, key + first + _field(2, AnyValue(int_value=7).SerializeToString()))
+    again = _field(9, key + _field(2, AnyValue(string_value=RID).SerializeToString()))
+    config = RoutingConfig(rollout_keys=("session.id",))
+    spans = [
+        make_span("merged").SerializeToString() + merged,
+        make_span("replaced").SerializeToString() + replaced,
+        make_span("twice").SerializeToString() + replaced + again,
+        make_span("keyed", attributes={"session.id": 12}).SerializeToString(),
+        make_span("plain").SerializeToString(),
+        make_span(
+            "typed",
+            attributes={"agentlightning.rollout_id": RID, "agentlightning.span_sequence_id": "4"},
+        ).SerializeToString(),
+    ]
+    resource = make_request([]).resource_spans[0].resource.SerializeToString()
+    data = b"".join(
+        _field(1, _field(1, resource) + _field(2, b"".join(_field(2, s) for s in half)))
+        for half in (spans[:3], spans[3:])
+    )
+    request = decode_traces(data)
+    as_maps = route_module.route(request, config, data)
+    monkeypatch.setattr(route_module, "attribute_maps", lambda data: None)
+    scanned = route_module.route(request, config, data)
+    assert as_maps == scanned
+    routed = {row[3]: dest for dest, rows in as_maps.groups.items() for _, _, row in rows}
+    assert routed["merged"][0] == "ro-first0000000"
+    assert routed["replaced"][0] == "7"
+    assert routed["twice"][0] == RID
+    assert routed["keyed"][0] == ids.rollout_id_for_key("session.id", "12")
+    assert routed["typed"][0] == RID
