@@ -14,7 +14,7 @@ from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore
 
-from .payloads import make_request, make_span
+from .payloads import length_delimited, make_request, make_span
 from .support import validate_with_agl
 
 RID, AID = "ro-0123456789ab", "at-01234567"
@@ -310,15 +310,6 @@ def test_resource_spans_without_spans_cost_no_resource_work() -> None:
     assert (batch.received, batch.resources) == (0, {})
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """One length-delimited protobuf field, for requests no SDK would encode."""
-    size, length = b"", len(payload)
-    while length >= 0x80:
-        size += bytes([length & 0x7F | 0x80])
-        length >>= 7
-    return bytes([number << 3 | 2]) + size + bytes([length]) + payload
-
-
 def test_attributes_read_as_maps_route_as_the_attribute_scan(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -327,12 +318,13 @@ def test_attributes_read_as_maps_route_as_the_attribute_scan(
     from lightning_otlp.receiver import route as route_module
     from lightning_otlp.receiver.decode import decode_traces
 
-    key = _field(1, b"agentlightning.rollout_id")
-    first = _field(2, AnyValue(string_value="ro-first0000000").SerializeToString())
+    field = length_delimited
+    key = field(1, b"agentlightning.rollout_id")
+    first = field(2, AnyValue(string_value="ro-first0000000").SerializeToString())
     # A value field twice in one attribute merges; an attribute twice keeps its last value.
-    merged = _field(9, key + first + _field(2, b""))
-    replaced = _field(9, key + first + _field(2, AnyValue(int_value=7).SerializeToString()))
-    again = _field(9, key + _field(2, AnyValue(string_value=RID).SerializeToString()))
+    merged = field(9, key + first + field(2, b""))
+    replaced = field(9, key + first + field(2, AnyValue(int_value=7).SerializeToString()))
+    again = field(9, key + field(2, AnyValue(string_value=RID).SerializeToString()))
     config = RoutingConfig(rollout_keys=("session.id",))
     spans = [
         make_span("merged").SerializeToString() + merged,
@@ -347,7 +339,7 @@ def test_attributes_read_as_maps_route_as_the_attribute_scan(
     ]
     resource = make_request([]).resource_spans[0].resource.SerializeToString()
     data = b"".join(
-        _field(1, _field(1, resource) + _field(2, b"".join(_field(2, s) for s in half)))
+        field(1, field(1, resource) + field(2, b"".join(field(2, s) for s in half)))
         for half in (spans[:3], spans[3:])
     )
     request = decode_traces(data)
