@@ -124,7 +124,12 @@ def route(
                         attrs = _pick(span.attributes, wanted)
                     else:
                         found = span_maps[index]
-                        attrs = {k: plain_value(found[k]) for k in wanted_keys if k in found}
+                        attrs = {}
+                        for key in wanted_keys:
+                            if key in found:
+                                value = found[key]
+                                # A non-empty string is the common case: one read, no dispatch.
+                                attrs[key] = value.string_value or plain_value(value)
                 else:
                     attrs = no_attrs
                 # 1. span attributes, 2. resource attributes
