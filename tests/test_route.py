@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse as PB2ExportTraceServiceResponse,
@@ -353,3 +355,22 @@ def test_attributes_read_as_maps_route_as_the_attribute_scan(
     assert routed["twice"][0] == RID
     assert routed["keyed"][0] == ids.rollout_id_for_key("session.id", "12")
     assert routed["typed"][0] == RID
+
+
+def test_json_export_routes_by_span_attributes(pipeline: Pipeline, store: SQLiteStore) -> None:
+    from lightning_otlp.receiver.decode import JSON
+
+    span = {
+        "traceId": "0af7651916cd43dd8448eb211c80319c",
+        "spanId": "b7ad6b7169203331",
+        "name": "json",
+        "startTimeUnixNano": "1700000000000000000",
+        "attributes": [
+            {"key": "agentlightning.rollout_id", "value": {"stringValue": RID}},
+            {"key": "agentlightning.attempt_id", "value": {"stringValue": AID}},
+        ],
+    }
+    doc = {"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}
+    pipeline.export_traces(json.dumps(doc).encode(), None, JSON)
+    (stored,) = store.spans()
+    assert (stored["rollout_id"], stored["attempt_id"]) == (RID, AID)

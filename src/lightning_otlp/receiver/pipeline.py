@@ -34,7 +34,7 @@ from ..errors import Overloaded, ReceiverError, StoreUnavailable
 from ..store import Store
 from ..store.logs import log_rows
 from .budget import DEFAULT_MAX_REQUEST_MEMORY, MemoryBudget
-from .decode import DEFAULT_MAX_REQUEST_BYTES, JSON, decode, decode_traces, decompress
+from .decode import DEFAULT_MAX_REQUEST_BYTES, decode, decode_traces, decompress
 from .metrics import Histogram
 from .route import RoutingConfig, route
 
@@ -167,8 +167,7 @@ class Pipeline:
                         f"{len(data)} decompressed bytes do not fit the request memory budget"
                         " now; retry later"
                     )
-            request = decode_traces(data, media)
-            return route(request, self.routing, None if media == JSON else data), charged
+            return route(decode_traces(data, media), self.routing, data, media), charged
         except ReceiverError:
             self.budget.release(charged)
             self._count(self.counters.failed_requests, transport, 1)

@@ -21,7 +21,7 @@ from .. import ids, semconv
 from ..batch import MAX_SEQUENCE_ID, Origin, RolloutInfo, SpanBatch
 from ..errors import InvalidRequest
 from ..otlp import attributes, plain_value
-from .decode import attribute_maps
+from .decode import PROTOBUF, attribute_maps
 
 Fallback = Literal["trace", "reject"]
 FALLBACKS: Final[tuple[str, ...]] = ("trace", "reject")
@@ -69,17 +69,23 @@ class RoutingConfig:
 
 
 def route(
-    request: PB2ExportTraceServiceRequest, config: RoutingConfig, data: bytes | None = None
+    request: PB2ExportTraceServiceRequest,
+    config: RoutingConfig,
+    data: bytes | None = None,
+    media: str = PROTOBUF,
 ) -> SpanBatch:
-    """Route ``request``; ``data`` is its protobuf encoding when the caller has it (else it is
-    encoded here), read a second time for each span's attributes as a map."""
+    """Route ``request``, decoded from ``data`` of type ``media`` when the caller has those:
+    protobuf bytes are read a second time for each span's attributes as a map (other requests
+    are encoded first)."""
     batch = SpanBatch()
     groups = batch.groups
     rollouts = batch.rollouts
     keys = config.rollout_keys
     wanted = _ROUTING_ATTRIBUTES.union(keys)
     wanted_keys = tuple(wanted)
-    maps = attribute_maps(request.SerializeToString() if data is None else data)
+    maps = attribute_maps(
+        data if data is not None and media == PROTOBUF else request.SerializeToString()
+    )
     no_maps: list[list[Any]] = []
     key_needles = tuple(k.encode() for k in keys)
     reject_unrouted = config.fallback == "reject"
