@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse as PB2ExportTraceServiceResponse,
@@ -14,7 +16,7 @@ from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore
 
-from .payloads import make_request, make_span
+from .payloads import length_delimited, make_request, make_span
 from .support import validate_with_agl
 
 RID, AID = "ro-0123456789ab", "at-01234567"
@@ -361,3 +363,67 @@ def test_resource_spans_without_spans_cost_no_resource_work() -> None:
     assert len(request.resource_spans) == 1000
     batch = route(request, RoutingConfig())
     assert (batch.received, batch.resources) == (0, {})
+
+
+def test_attributes_read_as_maps_route_as_the_attribute_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    from lightning_otlp.receiver import route as route_module
+    from lightning_otlp.receiver.decode import decode_traces
+
+    field = length_delimited
+    key = field(1, b"agentlightning.rollout_id")
+    first = field(2, AnyValue(string_value="ro-first0000000").SerializeToString())
+    # A value field twice in one attribute merges; an attribute twice keeps its last value.
+    merged = field(9, key + first + field(2, b""))
+    replaced = field(9, key + first + field(2, AnyValue(int_value=7).SerializeToString()))
+    again = field(9, key + field(2, AnyValue(string_value=RID).SerializeToString()))
+    config = RoutingConfig(rollout_keys=("session.id",))
+    spans = [
+        make_span("merged").SerializeToString() + merged,
+        make_span("replaced").SerializeToString() + replaced,
+        make_span("twice").SerializeToString() + replaced + again,
+        make_span("keyed", attributes={"session.id": 12}).SerializeToString(),
+        make_span("plain").SerializeToString(),
+        make_span(
+            "typed",
+            attributes={"agentlightning.rollout_id": RID, "agentlightning.span_sequence_id": "4"},
+        ).SerializeToString(),
+    ]
+    resource = make_request([]).resource_spans[0].resource.SerializeToString()
+    data = b"".join(
+        field(1, field(1, resource) + field(2, b"".join(field(2, s) for s in half)))
+        for half in (spans[:3], spans[3:])
+    )
+    request = decode_traces(data)
+    as_maps = route_module.route(request, config, data)
+    monkeypatch.setattr(route_module, "attribute_maps", lambda data: None)
+    scanned = route_module.route(request, config, data)
+    assert as_maps == scanned
+    routed = {row[3]: dest for dest, rows in as_maps.groups.items() for _, _, row in rows}
+    assert routed["merged"][0] == "ro-first0000000"
+    assert routed["replaced"][0] == "7"
+    assert routed["twice"][0] == RID
+    assert routed["keyed"][0] == ids.rollout_id_for_key("session.id", "12")
+    assert routed["typed"][0] == RID
+
+
+def test_json_export_routes_by_span_attributes(pipeline: Pipeline, store: SQLiteStore) -> None:
+    from lightning_otlp.receiver.decode import JSON
+
+    span = {
+        "traceId": "0af7651916cd43dd8448eb211c80319c",
+        "spanId": "b7ad6b7169203331",
+        "name": "json",
+        "startTimeUnixNano": "1700000000000000000",
+        "attributes": [
+            {"key": "agentlightning.rollout_id", "value": {"stringValue": RID}},
+            {"key": "agentlightning.attempt_id", "value": {"stringValue": AID}},
+        ],
+    }
+    doc = {"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}
+    pipeline.export_traces(json.dumps(doc).encode(), None, JSON)
+    (stored,) = store.spans()
+    assert (stored["rollout_id"], stored["attempt_id"]) == (RID, AID)

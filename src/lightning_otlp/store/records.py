@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
-from ..otlp import attributes, events_list, links_list, parse_trace_state
+from ..otlp import events_list, links_list, parse_trace_state, span_attributes
 from ..translate import translate
 from ..translate.clock import call_end_ns
 
@@ -88,7 +88,7 @@ def span_record(row: Sequence[Any], resource: dict[str, Any], span: PB2Span) -> 
         "parent_id": parent_id,
         "name": row[6],
         "status": {"status_code": row[9], "description": span.status.message or None},
-        "attributes": attributes(span.attributes),
+        "attributes": span_attributes(row[10]),
         "events": events_list(span.events),
         "links": links_list(span.links),
         "start_time": row[7],

@@ -12,7 +12,7 @@ from typing import Any, Final
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue as PB2KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
-from ..otlp import any_value, attributes, events_list, plain_value
+from ..otlp import any_value, events_list, plain_value, span_attributes
 from . import names as n
 from .clock import call_end_ns
 from .dispatch import awaits_logs, translate
@@ -61,7 +61,7 @@ def translate_span_bytes(
             return blob
         record["resource"] = resource()
     extra = joined(span.trace_id, span.span_id) if joined is not None else []
-    original = attributes(span.attributes)
+    original = span_attributes(blob)
     record["attributes"] = original
     record["events"] = [*events_list(span.events), *extra]
     translated = translate(record)
