@@ -104,14 +104,17 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def json_response(value: Any, status: int = 200) -> Response:
+    return Response(_dumps(value), status, media_type="application/json")
+
+
+def _dumps(value: Any) -> bytes:
     # orjson: a page of 500 spans encodes in a tenth of the stdlib's time. It refuses what
     # JSON cannot say exactly (integers past 64 bits); the stdlib writes those. Bytes are
     # records the store already encoded (``encoded`` pages), sent as they are.
     try:
-        body = orjson.dumps(value, default=_fragment, option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(value, default=_fragment, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:
-        body = json.dumps(value, default=json.loads, separators=(",", ":")).encode()
-    return Response(body, status, media_type="application/json")
+        return json.dumps(value, default=json.loads, separators=(",", ":")).encode()
 
 
 def _fragment(value: Any) -> orjson.Fragment:
@@ -571,7 +574,7 @@ class LightningAPI:
             query=query,
             encoded=True,
         )
-        return page_response(page)
+        return await large_page_response(page)
 
     async def next_sequence_id(self, request: Request) -> Response:
         async def go() -> Response:
@@ -637,6 +640,29 @@ def _wait_seconds(timeout: float | None, longest: float) -> float:
 
 def page_response(page: Page) -> Response:
     return json_response(page.as_dict())
+
+
+async def large_page_response(page: Page) -> Response:
+    """A page that may hold a whole rollout's spans, encoded off the event loop a slice at a
+    time: one orjson call holds the interpreter lock until it ends, so a page of 100,000
+    spans in one call would stall every other request (health answers included) for it."""
+    if len(page.items) <= PAGE_SLICE:
+        return page_response(page)
+    body = await asyncio.to_thread(_page_body, page)
+    return Response(body, 200, media_type="application/json")
+
+
+def _page_body(page: Page) -> bytes:
+    slices = [
+        _dumps(page.items[start : start + PAGE_SLICE])[1:-1]
+        for start in range(0, len(page.items), PAGE_SLICE)
+    ]
+    rest = _dumps({"limit": page.limit, "offset": page.offset, "total": page.total})
+    return b'{"items":[' + b",".join(slices) + b"]," + rest[1:]
+
+
+# Records per orjson call when a large page is encoded.
+PAGE_SLICE: Final = 500
 
 
 def query_fields(request: Request, lists: set[str] | None = None) -> Fields:
