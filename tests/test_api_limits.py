@@ -142,6 +142,10 @@ def test_json_bombs_are_refused_before_parsing(receiver: ReceiverProcess) -> Non
     assert httpx.get(receiver.health_url + "/health").status_code == 200
     ok = httpx.post(base + "/rollouts", json={"input": [[]] * 100}, headers=AUTH)
     assert ok.status_code == 201
+    # Counted as it arrives: refused (and closed) before the rest of the body is sent.
+    sock = _raw(receiver, _head("/rollouts", 1 << 20, token=True), b'{"input": [' + b"[]," * 6000)
+    answer = _read_to_end(sock)
+    assert answer.startswith(b"HTTP/1.1 413") and b"at most 10000" in answer, answer[:300]
 
 
 def test_json_values_are_counted_across_slices_and_only_until_past_the_limit() -> None:

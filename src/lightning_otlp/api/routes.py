@@ -231,8 +231,16 @@ class LightningAPI:
             self.backend.close_readers()
 
     async def read_json(self, request: Request) -> Any:
-        """The body as JSON, read within the OTLP path's limits and parsed off the event loop."""
+        """The body as JSON, read within the OTLP path's limits and parsed off the event loop;
+        its values are counted as it arrives, so a bomb is refused before the rest is read."""
         limits = self.limits
+        counted = [0]
+
+        def count(chunk: bytes) -> None:
+            counted[0] += _count_values(chunk, limits.max_json_values)
+            if counted[0] > limits.max_json_values:
+                raise _too_many_values(limits.max_json_values)
+
         body = await read_body(
             headers_of(request.scope),
             request.receive,
@@ -240,6 +248,7 @@ class LightningAPI:
             limit=limits.max_request_bytes,
             budget=self.budget,
             timeout=limits.body_timeout,
+            each=count,
         )
         if not body or body.isspace():
             return None
@@ -681,11 +690,8 @@ def parse_json(body: bytes, max_values: int) -> Any:
     upper bound counted in C before parsing) is refused 413, nesting past ``MAX_JSON_DEPTH``
     422. The stdlib parses, as in upstream's server (orjson would read integers past 64 bits as
     floats), so both take and refuse the same bodies."""
-    values = _count_values(body, max_values)
-    if values > max_values:
-        raise PayloadTooLarge(
-            f"the JSON body holds more than {max_values} values; at most {max_values} are parsed"
-        )
+    if _count_values(body, max_values) > max_values:
+        raise _too_many_values(max_values)
     try:
         document = json.loads(body)
     except ValueError as exc:
@@ -715,6 +721,12 @@ def _count_values(body: bytes, max_values: int) -> int:
         if values > max_values:
             break
     return values
+
+
+def _too_many_values(max_values: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the JSON body holds more than {max_values} values; at most {max_values} are parsed"
+    )
 
 
 # Bytes of a JSON body counted per call (``_count_values``).
