@@ -13,7 +13,7 @@ from lightning_otlp.api.routes import json_response, large_page_response
 from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
-from lightning_otlp.store import SQLiteStore, pace
+from lightning_otlp.store import SQLiteStore, views
 from lightning_otlp.store.lightning import LightningStoreBackend, Page, Query
 
 from .payloads import genai_request, make_request, make_span
@@ -291,27 +291,28 @@ def test_a_reopened_store_reports_its_spans_as_not_yet_prepared(tmp_path: Any) -
 def test_a_whole_rollout_read_on_a_read_thread_is_built_in_paced_turns(
     tmp_path: Any, monkeypatch: Any
 ) -> None:
-    """Paced building (``store.pace``) reads exactly what building at once reads, views and
+    """Paced building (``store.views``) reads exactly what building at once reads, views and
     built records mixed, one turn per chunk; the store thread never takes a turn."""
     store = SQLiteStore(str(tmp_path / "paced.db"), synchronous="OFF")
     store.open()
     pipeline = Pipeline(store, RoutingConfig())
     turns: list[int] = []
 
-    class Counting(pace.Pace):
+    class Counting(views.Pace):
         @contextmanager
         def turn(self) -> Iterator[None]:
             turns.append(1)
             with super().turn():
                 yield
 
-    monkeypatch.setattr(pace, "READS", Counting(share=1.0))
+    monkeypatch.setattr(views, "READ_PACE", Counting(share=1.0))
     try:
-        request = genai_request(2 * pace.CHUNK + 30, ids=[(RID, AID)], content=True)
+        request = genai_request(2 * views.BUILD_CHUNK + 30, ids=[(RID, AID)], content=True)
         pipeline.export_traces(request.SerializeToString(), None, PROTOBUF)
         api = _api(store)
         at_once = _items(api, RID, encoded=False)
-        assert len(at_once) == 2 * pace.CHUNK + 30 and not turns  # the store thread: no turns
+        assert len(at_once) == 2 * views.BUILD_CHUNK + 30
+        assert not turns  # on the store thread: never paced
         with api.reading():  # as on a read thread: its own read-only connection, paced
             assert _items(api, RID, encoded=False) == at_once
             assert len(turns) == 3
@@ -320,7 +321,7 @@ def test_a_whole_rollout_read_on_a_read_thread_is_built_in_paced_turns(
             assert 0 < built < len(at_once)
             turns.clear()
             assert _items(api, RID, encoded=True) == at_once
-            assert len(turns) == -(-built // pace.CHUNK)
+            assert len(turns) == -(-built // views.BUILD_CHUNK)
     finally:
         api.close_readers()
         pipeline.close()

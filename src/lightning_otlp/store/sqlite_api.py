@@ -27,7 +27,7 @@ from typing import Any, Final, cast
 from urllib.parse import quote
 
 from ..errors import StoreUnavailable
-from . import pace
+from . import views
 from .api_schema import API_RESOURCE_ID, migrate_api_schema
 from .db import transaction
 from .lightning import UNSET, FilterLogic, NotFound, Page, Query, Record, Unset
@@ -756,13 +756,13 @@ class SQLiteLightningStore:
             else:
                 build[len(out)] = lead[0]
                 out.append(None)
-        # On a read thread, building is paced (``store.pace``): a read of a whole rollout
+        # On a read thread, building is paced (``store.views``): a read of a whole rollout
         # cannot take the interpreter from ingest. The store thread never waits.
         paced = getattr(self._local, "reading", False)
         todo = list(build.items())
-        for start in range(0, len(todo), pace.CHUNK):
-            with pace.READS.turn() if paced else nullcontext():
-                chunk = todo[start : start + pace.CHUNK]
+        for start in range(0, len(todo), views.BUILD_CHUNK):
+            with views.READ_PACE.turn() if paced else nullcontext():
+                chunk = todo[start : start + views.BUILD_CHUNK]
                 rows = self._full_rows(conn, [rowid for _, rowid in chunk])
                 wanted = {row[11] for row in rows.values() if row[12] is None}
                 resources = resource_bodies(conn, wanted)
