@@ -22,11 +22,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Final, cast
 from urllib.parse import quote
 
 from ..errors import StoreUnavailable
+from . import views
 from .api_schema import API_RESOURCE_ID, migrate_api_schema
 from .db import transaction
 from .lightning import UNSET, FilterLogic, NotFound, Page, Query, Record, ScanNeeded, Unset
@@ -778,11 +779,18 @@ class SQLiteLightningStore:
             else:
                 build[len(out)] = lead[0]
                 out.append(None)
-        if build:
-            rows = self._full_rows(conn, list(build.values()))
-            resources = resource_bodies(conn, {row[11] for row in rows.values() if row[12] is None})
-            for i, rowid in build.items():
-                out[i] = span_records(rows[rowid], resources, logs)
+        # On a read thread, building is paced (``store.views``): a read of a whole rollout
+        # cannot take the interpreter from ingest. The store thread never waits.
+        paced = getattr(self._local, "reading", False)
+        todo = list(build.items())
+        for start in range(0, len(todo), views.BUILD_CHUNK):
+            with views.READ_PACE.turn() if paced else nullcontext():
+                chunk = todo[start : start + views.BUILD_CHUNK]
+                rows = self._full_rows(conn, [rowid for _, rowid in chunk])
+                wanted = {row[11] for row in rows.values() if row[12] is None}
+                resources = resource_bodies(conn, wanted)
+                for i, rowid in chunk:
+                    out[i] = span_records(rows[rowid], resources, logs)
         return cast(list[Record | bytes], out)
 
     @staticmethod
