@@ -10,7 +10,7 @@ store, so a store grown by an earlier run never counts against a later one. Repo
 throughput under attack against quiet (OTLP spans and API rollouts), the slowest health answer,
 the receiver's peak memory against a container budget, and checks that every span and rollout
 acknowledged to an honest client is stored. Kept out of ``make test``:
-``python bench/soak.py [--seconds N]``.
+``python bench/soak.py [--seconds N] [--only KINDS] [--profile PREFIX]``.
 """
 
 from __future__ import annotations
@@ -242,19 +242,19 @@ class Attack:
                 self.answers["api wait: refused"] += 1
             await asyncio.sleep(0.1)
 
-    async def _sockets(self, slow: int, stalled: int) -> None:
+    async def _sockets(self, slow: int, stalled: int, waits: int) -> None:
         tasks = [asyncio.ensure_future(self._slow_headers()) for _ in range(slow)]
         tasks += [asyncio.ensure_future(self._stalled_upload()) for _ in range(stalled)]
         tasks += [asyncio.ensure_future(self._slow_api_body()) for _ in range(slow)]
-        tasks += [asyncio.ensure_future(self._abandoned_wait()) for _ in range(50)]
+        tasks += [asyncio.ensure_future(self._abandoned_wait()) for _ in range(waits)]
         while not self.stop.is_set():
             await asyncio.sleep(0.2)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def sockets(self, slow: int, stalled: int) -> None:
-        asyncio.run(self._sockets(slow, stalled))
+    def sockets(self, slow: int, stalled: int, waits: int) -> None:
+        asyncio.run(self._sockets(slow, stalled, waits))
 
     # -- hostile bodies over HTTP ------------------------------------------------------------
 
@@ -298,10 +298,20 @@ class Attack:
                     except httpx.TransportError:
                         status = "closed"
                     self.answers[f"{label}: {status}"] += 1
-                if os.environ.get("SOAK_READS", "1") == "1":  # diagnosis: 0 leaves them out
-                    rollout, _ = HONEST[0]
+                time.sleep(0.1)
+
+    def reads(self) -> None:
+        """Reads of a whole honest rollout (no limit: upstream allows it), back to back."""
+        base = self.receiver.http_url + "/v1/agl"
+        rollout, _ = HONEST[0]
+        with httpx.Client(timeout=60, headers=AUTH) as client:
+            while not self.stop.is_set():
+                try:
                     read = client.get(base + "/spans", params={"rollout_id": rollout})
-                    self.answers[f"api read of a whole honest rollout: {read.status_code}"] += 1
+                    status = str(read.status_code)
+                except httpx.TransportError:
+                    status = "closed"
+                self.answers[f"api read of a whole honest rollout: {status}"] += 1
                 time.sleep(0.1)
 
 
@@ -349,9 +359,12 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def run(receiver: ReceiverProcess, seconds: float, attack: bool) -> tuple[Honest, Counter[str]]:
-    """Honest clients for ``seconds``, with attackers in a process of their own (so they do not
-    take the honest clients' interpreter lock) when ``attack`` is set."""
+def run(
+    receiver: ReceiverProcess, seconds: float, kinds: set[str], profile: Path | None
+) -> tuple[Honest, Counter[str]]:
+    """Honest clients for ``seconds``, with attackers of ``kinds`` in a process of their own (so
+    they do not take the honest clients' interpreter lock); with ``profile``, py-spy samples
+    the receiver's threads holding the interpreter lock into that file (collapsed stacks)."""
     stop = threading.Event()
     honest = Honest(receiver, stop)
     threads = [
@@ -361,11 +374,21 @@ def run(receiver: ReceiverProcess, seconds: float, attack: bool) -> tuple[Honest
         threading.Thread(target=honest.live),
     ]
     attackers = None
-    if attack:
+    if kinds:
         attackers = subprocess.Popen(
-            [sys.executable, __file__, "--attack", receiver.http_url, "--seconds", str(seconds)],
+            [sys.executable, __file__, "--attack", receiver.http_url, "--seconds", str(seconds)]
+            + ["--only", ",".join(sorted(kinds))],
             stdout=subprocess.PIPE,
             text=True,
+        )
+    spy = None
+    if profile is not None:
+        assert receiver.proc is not None
+        spy = subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--gil", "--format", "raw"]
+            + ["-p", str(receiver.proc.pid), "-d", str(int(seconds)), "-o", str(profile)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
     started = time.monotonic()
     for thread in threads:
@@ -375,6 +398,8 @@ def run(receiver: ReceiverProcess, seconds: float, attack: bool) -> tuple[Honest
     for thread in threads:
         thread.join(180)
     honest.elapsed = time.monotonic() - started  # type: ignore[attr-defined]
+    if spy is not None:
+        spy.wait(60)
     answers = Counter[str]()
     if attackers is not None:
         out, _ = attackers.communicate(timeout=300)
@@ -382,23 +407,25 @@ def run(receiver: ReceiverProcess, seconds: float, attack: bool) -> tuple[Honest
     return honest, answers
 
 
-def attack(http_url: str, seconds: float) -> None:
-    """The attacker process: every kind of hostile client for ``seconds``, then its answers."""
+# Attacker kinds, chosen with --only: each alone shows what it costs the honest clients.
+KINDS = ("slow", "stalled", "waits", "bodies", "api", "reads")
+
+
+def attack(http_url: str, seconds: float, kinds: set[str]) -> None:
+    """The attacker process: the hostile clients of ``kinds`` for ``seconds``, then their
+    answers and the CPU the process used."""
     receiver = ReceiverProcess(Path("unused.db"))
     receiver.http_url = http_url
     stop = threading.Event()
     attacker = Attack(receiver, stop)
-    only = os.environ.get("SOAK_ONLY", "")  # diagnosis: slow, stalled, bodies or api alone
-    threads = [
-        threading.Thread(
-            target=attacker.sockets,
-            args=(300 if only in ("", "slow") else 0, 50 if only in ("", "stalled") else 0),
-        )
-    ]
-    if only in ("", "bodies"):
+    counts = (300 * ("slow" in kinds), 50 * ("stalled" in kinds), 50 * ("waits" in kinds))
+    threads = [threading.Thread(target=attacker.sockets, args=counts)]
+    if "bodies" in kinds:
         threads.append(threading.Thread(target=attacker.bodies))
-    if only in ("", "api"):
+    if "api" in kinds:
         threads.append(threading.Thread(target=attacker.api_bodies))
+    if "reads" in kinds:
+        threads.append(threading.Thread(target=attacker.reads))
     for thread in threads:
         thread.start()
     time.sleep(seconds)
@@ -419,16 +446,33 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=2, help="quiet and attacked runs, alternating (2)"
     )
+    parser.add_argument(
+        "--only",
+        default=",".join(KINDS),
+        help=f"attacker kinds, comma-separated, of {', '.join(KINDS)} (all)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="PREFIX",
+        help="py-spy (from this interpreter's bin) samples the receiver in each run:"
+        " PREFIX-quiet-N.txt, PREFIX-attack-N.txt (collapsed stacks, lock holders only)",
+    )
     parser.add_argument("--attack", metavar="HTTP_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    kinds = set(args.only.split(",")) - {""}
+    if kinds - set(KINDS):
+        parser.error(f"unknown attacker kinds: {', '.join(sorted(kinds - set(KINDS)))}")
     if args.attack:
-        attack(args.attack, args.seconds)
+        attack(args.attack, args.seconds, kinds)
         return 0
+    print(f"attackers: {', '.join(sorted(kinds))}")
     quiet, loud = Phase(), Phase()
     with tempfile.TemporaryDirectory() as tmp:
         for n in range(args.rounds):  # alternating, each run on a fresh store of its own
-            quiet.add(run_phase(Path(tmp) / f"quiet-{n}.db", args.seconds, attack=False))
-            loud.add(run_phase(Path(tmp) / f"attack-{n}.db", args.seconds, attack=True))
+            for phase, name, chosen in ((quiet, "quiet", set()), (loud, "attack", kinds)):
+                spy = None if args.profile is None else Path(f"{args.profile}-{name}-{n}.txt")
+                phase.add(run_phase(Path(tmp) / f"{name}-{n}.db", args.seconds, chosen, spy))
     quiet_rate, loud_rate = quiet.rate(), loud.rate()
     print(f"quiet runs:   {quiet_rate:9,.0f} honest spans/s  ({quiet.acknowledged:,} acknowledged)")
     print(f"under attack: {loud_rate:9,.0f} honest spans/s  ({loud.acknowledged:,} acknowledged)")
@@ -511,7 +555,7 @@ class Phase:
         return self.api_done / self.elapsed if self.elapsed else 0.0
 
 
-def run_phase(db: Path, seconds: float, attack: bool) -> dict[str, Any]:
+def run_phase(db: Path, seconds: float, kinds: set[str], profile: Path | None) -> dict[str, Any]:
     """One run against a fresh receiver: a store that grew in an earlier run would make the
     later run's inserts dearer, whatever the attackers do."""
     tokens = db.with_suffix(".tokens")
@@ -521,7 +565,7 @@ def run_phase(db: Path, seconds: float, attack: bool) -> dict[str, Any]:
     try:
         pid = receiver.proc.pid
         cpu0, own0 = cpu_seconds(pid), cpu_seconds(os.getpid())
-        honest, answers = run(receiver, seconds, attack=attack)
+        honest, answers = run(receiver, seconds, kinds, profile)
         rss = peak_rss(pid)
         cpu1, own1 = cpu_seconds(pid), cpu_seconds(os.getpid())
     finally:

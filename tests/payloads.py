@@ -38,6 +38,15 @@ def key_values(attrs: Mapping[str, Any]) -> list[PB2KeyValue]:
     return [PB2KeyValue(key=k, value=any_value(v)) for k, v in attrs.items()]
 
 
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field, for requests no SDK would encode."""
+    size, length = b"", len(payload)
+    while length >= 0x80:
+        size += bytes([length & 0x7F | 0x80])
+        length >>= 7
+    return bytes([number << 3 | 2]) + size + bytes([length]) + payload
+
+
 def make_span(
     name: str = "op",
     *,

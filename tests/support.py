@@ -291,7 +291,9 @@ class AglStore:
                 self.proc.wait(10)
 
 
-def run_agl_script(script: Path, *args: str, timeout: float = 300.0) -> Any:
+def run_agl_script(
+    script: Path, *args: str, timeout: float = 300.0, env: dict[str, str] | None = None
+) -> Any:
     """Run a script under tests/clients with the agentlightning 0.3.0 interpreter; its last
     stdout line is JSON, returned."""
     done = subprocess.run(
@@ -299,7 +301,7 @@ def run_agl_script(script: Path, *args: str, timeout: float = 300.0) -> Any:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **(env or {})},
     )
     if done.returncode != 0:
         raise AssertionError(f"{script.name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")

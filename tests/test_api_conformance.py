@@ -94,3 +94,107 @@ def compare(results: tuple[str, str, dict[str, Any]], scenario: str) -> None:
         if left != right:
             mismatches.append(f"{step}:\n  lightning-otlp: {left}\n  agl store:      {right}")
     assert not mismatches, "\n".join(mismatches)
+
+
+@pytest.fixture(scope="module")
+def sequences(tmp_path_factory: Any) -> Iterator[dict[str, dict[str, Any]]]:
+    """The sequence scenario against ``serve`` in each sequence-id mode and against agl store:
+    each server's answers by step."""
+    tmp = tmp_path_factory.mktemp("sequences")
+    servers = {
+        "start-time": ReceiverProcess(tmp / "start-time.db").start(),
+        "counter": ReceiverProcess(tmp / "counter.db", "--sequence-ids", "counter").start(),
+    }
+    upstream = AglStore(tmp / "agl.log").start()
+    urls = {name: server.http_url for name, server in servers.items()} | {"agl": upstream.url}
+    try:
+        got = run_agl_script(SCRIPT, *urls.values(), env={"CONFORMANCE_SCENARIOS": "sequence"})
+    finally:
+        upstream.stop()
+        for server in servers.values():
+            assert server.stop() == 0, server.log()
+            assert "Traceback" not in server.log()
+    yield {name: dict(got["sequence"][url]) for name, url in urls.items()}
+
+
+def test_counter_sequence_ids_are_agl_stores_own(sequences: dict[str, dict[str, Any]]) -> None:
+    """1, 2, 3... per attempt in arrival order, one counter for spans/next, add_span,
+    add_otel_span and OTLP; explicit ids kept and counted past: the very numbers agl store
+    gives, step by step."""
+    counter, upstream = sequences["counter"], sequences["agl"]
+    steps = [s for s in upstream if not s.startswith("_") and s not in _LIFECYCLE_STEPS]
+    assert {s: counter[s] for s in steps} == {s: upstream[s] for s in steps}
+    assert counter["issued"] == [1, 2, 3]
+    assert counter["issued_after_explicit"] == 102
+
+
+def test_start_time_sequence_ids_are_unique_and_follow_time(
+    sequences: dict[str, dict[str, Any]],
+) -> None:
+    got = sequences["start-time"]
+    issued = got["issued"]
+    assert issued == sorted(set(issued))
+    assert got["add_span_issued"] == issued[0]
+    spans = dict(got["spans"])
+    assert len(spans) == len(got["spans"]) == 28, got["spans"]
+    assert len(set(spans.values())) == len(spans)  # unique within the attempt
+    # OTLP spans by start time, whatever order they arrived in: the one that started first
+    # (and arrived last) comes before every span numbered from a time.
+    timed = [seq for name, seq in got["spans"] if name not in _EXPLICIT]
+    assert spans["otlp-early"] == min(timed)
+    assert spans["otlp-1"] < spans["otlp-2"]
+    assert len(set(got["concurrent"])) == 20
+
+
+@pytest.mark.parametrize("mode", ["start-time", "counter"])
+def test_explicit_sequence_ids_are_kept(sequences: dict[str, dict[str, Any]], mode: str) -> None:
+    got = sequences[mode]
+    assert (got["add_span_explicit"], got["add_otel_span_explicit"]) == (101, 7)
+    for name, seq in _EXPLICIT.items():
+        assert dict(got["spans"])[name] == seq
+
+
+@pytest.mark.parametrize("mode", ["start-time", "counter"])
+def test_concurrent_writers_each_get_their_own_sequence_id(
+    sequences: dict[str, dict[str, Any]], mode: str
+) -> None:
+    got = sequences[mode]
+    assert len(got["concurrent"]) == len(set(got["concurrent"])) == 20
+    stored = [seq for name, seq in got["spans"] if name.startswith("concurrent-")]
+    assert sorted(stored) == got["concurrent"]
+
+
+@pytest.mark.parametrize("mode", ["start-time", "counter"])
+def test_limit_0_answers_an_empty_page_with_its_total(
+    sequences: dict[str, dict[str, Any]], mode: str
+) -> None:
+    got = sequences[mode]
+    assert got["rollouts_limit_0"] == {"items": 0, "total": 1}
+    assert got["attempts_limit_0"] == {"items": 0, "total": 1}
+    assert got["spans_limit_0"] == {"items": 0, "total": 28}
+
+
+@pytest.mark.parametrize("mode", ["start-time", "counter"])
+def test_the_next_query_sees_an_attempt_past_its_deadline(
+    sequences: dict[str, dict[str, Any]], mode: str
+) -> None:
+    """No waiting for the watchdog's next scan: the query about a rollout checks it first."""
+    got = sequences[mode]
+    assert got["deadline_running"] == ["running", "running"]
+    assert (got["timeout_attempts"], got["timeout_rollout"]) == (["timeout"], "requeuing")
+    assert (got["unresponsive_attempt"], got["unresponsive_rollout"]) == ("unresponsive", "failed")
+
+
+# Spans given their sequence id by the client, and the id each was given.
+_EXPLICIT = {"explicit": 101, "otel-explicit": 7, "otlp-explicit": 55}
+# Steps where agl store differs on purpose: it answers limit=0 with 400, and its watchdog
+# scans at most every 10 s, so a query right after a deadline still sees the attempt running.
+_LIFECYCLE_STEPS = (
+    "rollouts_limit_0",
+    "attempts_limit_0",
+    "spans_limit_0",
+    "timeout_attempts",
+    "timeout_rollout",
+    "unresponsive_attempt",
+    "unresponsive_rollout",
+)

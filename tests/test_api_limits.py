@@ -19,8 +19,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse as PB2ExportTraceServiceResponse,
 )
 
-from lightning_otlp.api import APILimits, Dashboard, LightningAPI, ReceiverApp, build_http_app
-from lightning_otlp.errors import Overloaded
+from lightning_otlp.api import (
+    APILimits,
+    Dashboard,
+    LightningAPI,
+    ReceiverApp,
+    build_http_app,
+    routes,
+)
+from lightning_otlp.errors import Overloaded, PayloadTooLarge
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.transport.http import HTTPReceiver
 from lightning_otlp.store import SQLiteStore
@@ -135,6 +142,23 @@ def test_json_bombs_are_refused_before_parsing(receiver: ReceiverProcess) -> Non
     assert httpx.get(receiver.health_url + "/health").status_code == 200
     ok = httpx.post(base + "/rollouts", json={"input": [[]] * 100}, headers=AUTH)
     assert ok.status_code == 201
+    # Counted as it arrives: refused (and closed) before the rest of the body is sent.
+    sock = _raw(receiver, _head("/rollouts", 1 << 20, token=True), b'{"input": [' + b"[]," * 6000)
+    answer = _read_to_end(sock)
+    assert answer.startswith(b"HTTP/1.1 413") and b"at most 10000" in answer, answer[:300]
+
+
+def test_json_values_are_counted_across_slices_and_only_until_past_the_limit() -> None:
+    """The count before parsing sees every slice of a body, and stops once past the limit."""
+    n = routes.COUNT_SLICE  # "[]," per array: three slices' worth and more
+    body = b"[" + b"[]," * n + b"[]]"
+    values = 2 * n + 2  # each "[" and ","
+    assert routes._count_values(body, 10**9) == values
+    assert routes.parse_json(body, values) == [[]] * (n + 1)
+    with pytest.raises(PayloadTooLarge):
+        routes.parse_json(body, values - 1)
+    stopped = routes._count_values(body, 1000)
+    assert 1000 < stopped < values // 2  # after the first slice, not the whole body
 
 
 def _gauge(receiver: ReceiverProcess, name: str) -> float:
@@ -316,11 +340,11 @@ def test_a_failing_watchdog_scan_is_a_503_and_lets_the_store_go(
     original = backend.scan  # type: ignore[attr-defined]
     calls = []
 
-    def damaged(conn: sqlite3.Connection, now: float, force: bool = False) -> None:
+    def damaged(conn: sqlite3.Connection, now: float, *args: Any) -> None:
         calls.append(now)
         if len(calls) == 1:
             raise sqlite3.DatabaseError("database disk image is malformed")
-        original(conn, now, force)
+        original(conn, now, *args)
 
     monkeypatch.setattr(backend, "scan", damaged)
     failed = app.post("/queues/rollouts/enqueue", {"rollouts": [{"input": 1}]}, 503)

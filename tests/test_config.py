@@ -216,6 +216,11 @@ def test_every_setting_can_come_from_the_file_and_zero_where_allowed(tmp_path: P
     path = write(tmp_path, "affinity_window = 0\nfinalize-on-root = true\n")
     values = read_config(path)
     assert values == {"affinity_window": 0.0, "finalize_on_root": True}
+    path = write(tmp_path, 'sequence-ids = "counter"\n', "seq.toml")
+    assert read_config(path) == {"sequence_ids": "counter"}
+    assert from_env({"LIGHTNING_OTLP_SEQUENCE_IDS": "start-time"}) == {"sequence_ids": "start-time"}
+    with pytest.raises(ValueError, match="sequence_ids: must be one of start-time, counter"):
+        Settings(sequence_ids="dense")
     path = write(tmp_path, 'finalize_on_root = "maybe"\nmax_in_flight = 0\n', "bad.toml")
     _, problems = check_config(path)
     assert [(p.line, p.key) for p in problems] == [(1, "finalize_on_root"), (2, "max_in_flight")]

@@ -7,7 +7,7 @@ import pytest
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.store import SQLiteStore
 
-from .payloads import genai_request, make_request, make_span
+from .payloads import genai_request, length_delimited, make_request, make_span
 from .support import validate_with_agl
 
 
@@ -48,3 +48,37 @@ def test_records_validate_with_agentlightning(pipeline: Pipeline, store: SQLiteS
     assert c["events"][0]["name"] == "tool.call"
     assert c["links"][0]["context"]["trace_state"] == {"vendor": "x"}
     assert c["attributes"] == {"b": "0102"}
+
+
+def test_span_attributes_from_bytes_match_the_decoded_span() -> None:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
+
+    from lightning_otlp.otlp import attributes, span_attributes
+
+    span = make_span(
+        "chat",
+        attributes={
+            "gen_ai.system": "openai",
+            "gen_ai.usage.input_tokens": 812,
+            "ratio": 0.5,
+            "flag": True,
+            "gen_ai.response.finish_reasons": ["stop"],
+            "mixed": [1, "two"],
+            "nested": {"a": {"b": [1, 2]}, "c": "d"},
+            "long": "x" * 1000,
+        },
+    )
+    span.attributes.add(key="raw", value=AnyValue(bytes_value=b"\x01\x02"))
+    span.attributes.add(key="unset")
+    span.attributes.add(key="gen_ai.system", value=AnyValue(string_value="anthropic"))
+    # A value field twice in one attribute: the two values merge.
+    merged = KeyValue(key="merged", value=AnyValue(string_value="first")).SerializeToString()
+    blob = span.SerializeToString() + length_delimited(9, merged + length_delimited(2, b""))
+    decoded = attributes(PB2Span.FromString(blob).attributes)
+    assert decoded["merged"] == "first" and decoded["gen_ai.system"] == "anthropic"
+    first = span_attributes(blob)
+    assert first == decoded and list(first) == list(decoded)
+    first["gen_ai.response.finish_reasons"].append("changed")
+    again = span_attributes(blob)  # now from decoded attributes kept by their bytes
+    assert again == decoded and list(again) == list(decoded)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse as PB2ExportTraceServiceResponse,
@@ -13,8 +15,9 @@ from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore
+from lightning_otlp.wiring import lightning_api
 
-from .payloads import make_request, make_span
+from .payloads import length_delimited, make_request, make_span
 from .support import validate_with_agl
 
 RID, AID = "ro-0123456789ab", "at-01234567"
@@ -165,6 +168,58 @@ def test_sequence_ids_follow_start_time_and_keep_explicit_ones(
     assert names == ["arrived-late", "early", "late", "same-microsecond", "pinned"]
 
 
+def test_start_time_ids_never_repeat_in_an_attempt(pipeline: Pipeline, store: SQLiteStore) -> None:
+    """A millisecond clock starts a root and its children in one tick; they arrive in three
+    requests, and one id was issued by ``spans/next`` for a span still to come."""
+    attrs = {"agentlightning.rollout_id": RID, "agentlightning.attempt_id": AID}
+    tick = 1_796_433_764_228_000_000
+    send(pipeline, [make_span("root", attributes=attrs, start_ns=tick)])
+    api = lightning_api(store)
+    assert api is not None
+    issued = api.next_span_sequence_id(RID, AID)
+    send(pipeline, [make_span(f"child-{i}", attributes=attrs, start_ns=tick) for i in range(3)])
+    send(
+        pipeline,
+        [
+            make_span("grandchild", attributes=attrs, start_ns=tick),
+            make_span("at-issued", attributes=attrs, start_ns=issued * 1000),
+        ],
+    )
+    seq = {s["name"]: s["sequence_id"] for s in store.spans()}
+    assert len(set(seq.values())) == len(seq) == 6, seq
+    assert issued not in seq.values()
+    # The same tick: numbered from it, in arrival order.
+    assert [seq[n] for n in ("root", "child-0", "child-1", "child-2", "grandchild")] == [
+        tick // 1000 + i for i in range(5)
+    ]
+
+
+def test_counter_ids_count_arrivals_and_keep_explicit_ones() -> None:
+    store = SQLiteStore(":memory:", synchronous="OFF", sequence_ids="counter")
+    store.open()
+    pipeline = Pipeline(store, RoutingConfig())
+    try:
+        attrs = {"agentlightning.rollout_id": RID, "agentlightning.attempt_id": AID}
+        send(
+            pipeline,
+            [
+                make_span("late", attributes=attrs, start_ns=30_000),
+                make_span("early", attributes=attrs, start_ns=10_000),
+            ],
+        )
+        explicit = {**attrs, "agentlightning.span_sequence_id": 40}
+        send(pipeline, [make_span("pinned", attributes=explicit, start_ns=20_000)])
+        api = lightning_api(store)
+        assert api is not None
+        assert api.next_span_sequence_id(RID, AID) == 41
+        send(pipeline, [make_span("after", attributes=attrs, start_ns=5_000)])
+        seq = {s["name"]: s["sequence_id"] for s in store.spans()}
+        assert seq == {"late": 1, "early": 2, "pinned": 40, "after": 42}
+    finally:
+        pipeline.close()
+        store.close()
+
+
 def test_resource_sequence_id_and_string_values(pipeline: Pipeline, store: SQLiteStore) -> None:
     send(
         pipeline,
@@ -309,3 +364,67 @@ def test_resource_spans_without_spans_cost_no_resource_work() -> None:
     assert len(request.resource_spans) == 1000
     batch = route(request, RoutingConfig())
     assert (batch.received, batch.resources) == (0, {})
+
+
+def test_attributes_read_as_maps_route_as_the_attribute_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    from lightning_otlp.receiver import route as route_module
+    from lightning_otlp.receiver.decode import decode_traces
+
+    field = length_delimited
+    key = field(1, b"agentlightning.rollout_id")
+    first = field(2, AnyValue(string_value="ro-first0000000").SerializeToString())
+    # A value field twice in one attribute merges; an attribute twice keeps its last value.
+    merged = field(9, key + first + field(2, b""))
+    replaced = field(9, key + first + field(2, AnyValue(int_value=7).SerializeToString()))
+    again = field(9, key + field(2, AnyValue(string_value=RID).SerializeToString()))
+    config = RoutingConfig(rollout_keys=("session.id",))
+    spans = [
+        make_span("merged").SerializeToString() + merged,
+        make_span("replaced").SerializeToString() + replaced,
+        make_span("twice").SerializeToString() + replaced + again,
+        make_span("keyed", attributes={"session.id": 12}).SerializeToString(),
+        make_span("plain").SerializeToString(),
+        make_span(
+            "typed",
+            attributes={"agentlightning.rollout_id": RID, "agentlightning.span_sequence_id": "4"},
+        ).SerializeToString(),
+    ]
+    resource = make_request([]).resource_spans[0].resource.SerializeToString()
+    data = b"".join(
+        field(1, field(1, resource) + field(2, b"".join(field(2, s) for s in half)))
+        for half in (spans[:3], spans[3:])
+    )
+    request = decode_traces(data)
+    as_maps = route_module.route(request, config, data)
+    monkeypatch.setattr(route_module, "attribute_maps", lambda data: None)
+    scanned = route_module.route(request, config, data)
+    assert as_maps == scanned
+    routed = {row[3]: dest for dest, rows in as_maps.groups.items() for _, _, row in rows}
+    assert routed["merged"][0] == "ro-first0000000"
+    assert routed["replaced"][0] == "7"
+    assert routed["twice"][0] == RID
+    assert routed["keyed"][0] == ids.rollout_id_for_key("session.id", "12")
+    assert routed["typed"][0] == RID
+
+
+def test_json_export_routes_by_span_attributes(pipeline: Pipeline, store: SQLiteStore) -> None:
+    from lightning_otlp.receiver.decode import JSON
+
+    span = {
+        "traceId": "0af7651916cd43dd8448eb211c80319c",
+        "spanId": "b7ad6b7169203331",
+        "name": "json",
+        "startTimeUnixNano": "1700000000000000000",
+        "attributes": [
+            {"key": "agentlightning.rollout_id", "value": {"stringValue": RID}},
+            {"key": "agentlightning.attempt_id", "value": {"stringValue": AID}},
+        ],
+    }
+    doc = {"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}
+    pipeline.export_traces(json.dumps(doc).encode(), None, JSON)
+    (stored,) = store.spans()
+    assert (stored["rollout_id"], stored["attempt_id"]) == (RID, AID)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from lightning_otlp.api.routes import json_response
+from lightning_otlp.api.routes import json_response, large_page_response
 from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
-from lightning_otlp.store import SQLiteStore
-from lightning_otlp.store.lightning import LightningStoreBackend, Query
+from lightning_otlp.store import SQLiteStore, views
+from lightning_otlp.store.lightning import LightningStoreBackend, Page, Query
 from lightning_otlp.wiring import lightning_api
 
 from .payloads import genai_request, make_request, make_span
@@ -285,3 +287,56 @@ def test_a_reopened_store_reports_its_spans_as_not_yet_prepared(tmp_path: Any) -
         assert again.metrics()[0].value == 0 and _views(again) == 4
     finally:
         again.close()
+
+
+def test_a_whole_rollout_read_on_a_read_thread_is_built_in_paced_turns(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Paced building (``store.views``) reads exactly what building at once reads, views and
+    built records mixed, one turn per chunk; the store thread never takes a turn."""
+    store = SQLiteStore(str(tmp_path / "paced.db"), synchronous="OFF")
+    store.open()
+    pipeline = Pipeline(store, RoutingConfig())
+    turns: list[int] = []
+
+    class Counting(views.Pace):
+        @contextmanager
+        def turn(self) -> Iterator[None]:
+            turns.append(1)
+            with super().turn():
+                yield
+
+    monkeypatch.setattr(views, "READ_PACE", Counting(share=1.0))
+    try:
+        request = genai_request(2 * views.BUILD_CHUNK + 30, ids=[(RID, AID)], content=True)
+        pipeline.export_traces(request.SerializeToString(), None, PROTOBUF)
+        api = _api(store)
+        at_once = _items(api, RID, encoded=False)
+        assert len(at_once) == 2 * views.BUILD_CHUNK + 30
+        assert not turns  # on the store thread: never paced
+        with api.reading():  # as on a read thread: its own read-only connection, paced
+            assert _items(api, RID, encoded=False) == at_once
+            assert len(turns) == 3
+            store.idle_work()  # some views prepared: only the rest is built, still paced
+            built = len(at_once) - _encoded_count(api, RID)
+            assert 0 < built < len(at_once)
+            turns.clear()
+            assert _items(api, RID, encoded=True) == at_once
+            assert len(turns) == -(-built // views.BUILD_CHUNK)
+    finally:
+        api.close_readers()
+        pipeline.close()
+        store.close()
+
+
+def test_a_large_page_encodes_a_slice_at_a_time_as_one_call_would() -> None:
+    records: list[dict[str, Any] | bytes] = [{"n": i, "name": f"span {i}"} for i in range(1201)]
+    records[7] = b'{"prepared":true}'
+    page = Page(records, -1, 0, 1201)
+    sliced = asyncio.run(large_page_response(page))
+    assert sliced.body == json_response(page.as_dict()).body
+    assert json.loads(sliced.body)["items"][7] == {"prepared": True}
+    records[1000] = {"past 64 bits": 2**70}  # the stdlib's encoding, slice by slice
+    assert json.loads(asyncio.run(large_page_response(page)).body)["items"][1000] == {
+        "past 64 bits": 2**70
+    }

@@ -269,3 +269,91 @@ def test_forwarded_bytes_carry_the_same_view(path: Path) -> None:
             assert [e.name for e in sent.events] == [e["name"] for e in record["events"]]
     finally:
         store.close()
+
+
+def _millisecond_clock_rollout(call_start_ns: int) -> PB2ExportTraceServiceRequest:
+    """Two model calls and their rewards as OpenTelemetry JS 2.x times them: each start at
+    ``Date.now()`` (whole milliseconds), each end that start plus a sub-millisecond duration.
+    Each reward starts right after its call ended, in the millisecond the call's end falls in."""
+    from .payloads import make_request, make_span
+
+    spans = []
+    for i, (duration, reward) in enumerate([(46_160_000, 1.0), (23_700_000, 0.0)]):
+        start = call_start_ns + i * 100_000_000
+        call = {
+            names.AI_OPERATION_ID: "ai.generateText.doGenerate",
+            names.AI_RESPONSE_TEXT: f"answer {i}",
+            names.AI_RESPONSE_ID: f"call-{i}",
+        }
+        spans.append(make_span("ai.generateText.doGenerate", attributes=call, start_ns=start))
+        spans[-1].end_time_unix_nano = start + duration
+        ended = start + duration
+        rewarded = {
+            "agentlightning.reward.0.name": "primary",
+            "agentlightning.reward.0.value": reward,
+        }
+        spans.append(
+            make_span(
+                "agentlightning.annotation",
+                attributes=rewarded,
+                start_ns=ended - ended % 1_000_000,
+                duration_ns=24_000,
+            )
+        )
+    return make_request(
+        spans,
+        {
+            "agentlightning.rollout_id": "ro-000000000001",
+            "agentlightning.attempt_id": "at-00000001",
+        },
+    )
+
+
+def _stored(request: PB2ExportTraceServiceRequest) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The records read back, and the bytes the forwarder would send for each span."""
+    from lightning_otlp.translate.otlp import translate_span_bytes
+
+    store = SQLiteStore(":memory:")
+    store.open()
+    try:
+        store.write(route(request, RoutingConfig()))
+        blobs = [b for (b,) in store._connection().execute("SELECT span FROM spans ORDER BY rowid")]
+        return list(store.spans()), [translate_span_bytes(b) for b in blobs]
+    finally:
+        store.close()
+
+
+def test_a_call_timed_by_a_millisecond_clock_ends_before_its_reward_starts() -> None:
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
+
+    records, sent = _stored(_millisecond_clock_rollout(1_796_433_764_228_000_000))
+    calls = [r for r in records if r["name"] == "openai.chat.completion"]
+    rewards = [r for r in records if r["name"] == "agentlightning.annotation"]
+    assert len(calls) == len(rewards) == 2
+    for call, reward in zip(calls, rewards, strict=True):
+        # Received as ending 0.16 and 0.7 ms after its reward started; read at the start's
+        # resolution, it ends in the millisecond its reward started.
+        assert call["end_time"] == reward["start_time"]
+    forwarded = [PB2Span.FromString(b) for b in sent]
+    by_name = {s.name: s for s in forwarded[2:]}
+    assert by_name["openai.chat.completion"].end_time_unix_nano == (
+        by_name["agentlightning.annotation"].start_time_unix_nano
+    )
+
+
+def test_a_call_timed_finer_than_milliseconds_keeps_its_end() -> None:
+    records, _ = _stored(_millisecond_clock_rollout(1_796_433_764_228_000_123))
+    calls = [r for r in records if r["name"] == "openai.chat.completion"]
+    assert [c["end_time"] for c in calls] == [
+        (1_796_433_764_228_000_123 + 46_160_000) / 1e9,
+        (1_796_433_764_328_000_123 + 23_700_000) / 1e9,
+    ]
+
+
+@pytest.mark.agl
+def test_agent_lightning_gives_each_reward_of_a_millisecond_clock_to_its_call() -> None:
+    from tests.genai.triplets import adapt
+
+    records, _ = _stored(_millisecond_clock_rollout(1_796_433_764_228_000_000))
+    triplets = adapt({"rollout": records})["rollout"]["triplets"]
+    assert [(t["response_id"], t["reward"]) for t in triplets] == [("call-0", 1.0), ("call-1", 0.0)]

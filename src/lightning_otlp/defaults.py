@@ -48,6 +48,11 @@ FALLBACKS: Final[tuple[str, ...]] = ("trace", "reject")
 DEFAULT_AFFINITY_WINDOW: Final = 600.0
 DEFAULT_MAX_TRACES: Final = 200_000
 
+# How a store issues span sequence ids where the client gave none: ``start-time`` (the span's
+# start in microseconds, made unique within the attempt) or ``counter`` (1, 2, 3... per attempt
+# in arrival order, as agentlightning's own stores do).
+SEQUENCE_IDS: Final[tuple[str, ...]] = ("start-time", "counter")
+
 # -- forwarding ---------------------------------------------------------------------------------
 # Seconds a model call whose messages come as log records waits for them. The OTel SDKs export
 # logs every second and spans every five, so either may reach the receiver first.

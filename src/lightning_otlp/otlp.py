@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue as PB2AnyValue
 from opentelemetry.proto.common.v1.common_pb2 import ArrayValue as PB2ArrayValue
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue as PB2KeyValue
@@ -28,6 +29,46 @@ def attributes(kvs: Any) -> dict[str, Any]:
             _flatten(kv.key, value.kvlist_value, out)
         elif kind == "bytes_value":
             out[kv.key] = value.bytes_value.hex()
+    return out
+
+
+def _span_attributes_class() -> Any:
+    """A Span of which only the attributes are declared, each as its encoded bytes."""
+    field = descriptor_pb2.FieldDescriptorProto
+    schema = descriptor_pb2.FileDescriptorProto(
+        name="lightning_otlp/span_attributes.proto", package="lightning_otlp", syntax="proto3"
+    )
+    span = schema.message_type.add(name="SpanAttributes")
+    span.field.add(name="attributes", number=9, type=field.TYPE_BYTES, label=field.LABEL_REPEATED)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(schema)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("lightning_otlp.SpanAttributes")
+    )
+
+
+_SpanAttributes: Final = _span_attributes_class()
+# Encoded attributes seen lately -> their (key, value) pairs. Spans repeat most of their small
+# attributes (system, model, operation, rollout ids): those are decoded once, not per span.
+_decoded: dict[bytes, tuple[tuple[str, Any], ...]] = {}
+_CACHED_BYTES: Final = 256
+_CACHED_ATTRIBUTES: Final = 4096
+
+
+def span_attributes(blob: bytes) -> dict[str, Any]:
+    """``attributes`` of the encoded OTLP Span ``blob``'s attributes, which the caller has
+    decoded whole already (so these bytes are known to be a valid Span)."""
+    out: dict[str, Any] = {}
+    for raw in _SpanAttributes.FromString(blob).attributes:
+        pairs = _decoded.get(raw)
+        if pairs is None:
+            pairs = tuple(attributes((PB2KeyValue.FromString(raw),)).items())
+            if len(raw) <= _CACHED_BYTES:
+                if len(_decoded) >= _CACHED_ATTRIBUTES:
+                    _decoded.clear()
+                _decoded[raw] = pairs
+        for key, value in pairs:
+            out[key] = list(value) if type(value) is list else value
     return out
 
 

@@ -27,6 +27,7 @@ from .defaults import (
     DEFAULT_MAX_WAIT,
     DEFAULT_STORE_URL,
     FALLBACKS,
+    SEQUENCE_IDS,
 )
 from .parsers import flag, names, not_negative, number, one_of, path, positive, text, whole
 from .store.url import parse_store_url
@@ -265,6 +266,16 @@ class Settings:
             " LiteLLM, pydantic-ai, OpenLIT) in Agent Lightning's shape; false reads every span"
             " exactly as received",
             "true|false",
+        ),
+    )
+    sequence_ids: str = _spec(
+        "start-time",
+        Spec(
+            one_of(SEQUENCE_IDS),
+            "span sequence ids where the client gives none: start-time (the span's start in"
+            " microseconds, so rewards keep their calls when spans arrive late) or counter"
+            " (1, 2, 3... per attempt in arrival order, as agl store issues them)",
+            "MODE",
         ),
     )
     prepare_reads: bool = _spec(

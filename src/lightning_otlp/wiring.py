@@ -28,6 +28,7 @@ def open_store(
     translate: bool = True,
     prepare_reads: bool = True,
     forward_log_wait: float | None = None,
+    sequence_ids: str = "start-time",
 ) -> Store:
     """Make (not yet open) the store a URL names; with ``create`` off, opening a store that
     does not exist yet is an error (read commands create nothing); with ``salvage``, reads skip
@@ -37,7 +38,8 @@ def open_store(
     power-loss safety for speed), ``memory://`` for tests, and ``agl+http://HOST:PORT`` to
     forward into a LightningStore server through a local outbox (``?outbox=path.db``);
     ``forward_log_wait`` (seconds, default the forwarder's) is how long a forwarded model call
-    waits for its GenAI log records.
+    waits for its GenAI log records. ``sequence_ids`` (``start-time`` or ``counter``) is how
+    spans without an explicit sequence id get one (``defaults.SEQUENCE_IDS``).
     """
     parsed = parse_store_url(url)
     if parsed.forwards:
@@ -52,6 +54,7 @@ def open_store(
             # Its outbox is a SQLite store like any other: read commands create nothing there.
             create=create,
             salvage=salvage,
+            sequence_ids=sequence_ids,
             **options,
         )
         return forwarder
@@ -65,6 +68,7 @@ def open_store(
         salvage=salvage,
         translate=translate,
         prepare_reads=prepare_reads,
+        sequence_ids=sequence_ids,
     )
 
 
@@ -87,6 +91,7 @@ def build_pipeline(settings: Settings, store: Store | None = None) -> Pipeline:
         translate=settings.translate,
         prepare_reads=settings.prepare_reads,
         forward_log_wait=settings.forward_log_wait,
+        sequence_ids=settings.sequence_ids,
     )
     store.open()
     routing = RoutingConfig(

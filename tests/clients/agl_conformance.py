@@ -325,7 +325,7 @@ async def scenario(url: str) -> list[list[Any]]:
         )
         rec("query_rollouts_status_sort", await client.query_rollouts(sort_by="status"))
         await rec.error("query_rollouts_bad_sort", client.query_rollouts(sort_by="nope"))
-        await rec.error("query_rollouts_bad_limit", client.query_rollouts(limit=0))
+        await rec.error("query_rollouts_bad_limit", client.query_rollouts(limit=-2))
         rec(
             "get_rollouts_raw",
             await raw(
@@ -429,7 +429,118 @@ async def watchdog(url: str) -> list[list[Any]]:
     return rec.steps
 
 
-SCENARIOS = {"api": scenario, "watchdog": watchdog}
+async def sequence(url: str) -> list[list[Any]]:
+    """Sequence ids from every path (``spans/next``, ``add_span``, ``add_otel_span``, OTLP),
+    concurrent writers, ``limit=0``, and the watchdog's deadlines as the next query sees them."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    client = LightningStoreClient(url, retry_delays=(), health_retry_delays=())
+    rec = Recorder()
+    try:
+        started = await client.start_rollout({"seq": 1})
+        rollout_id, attempt_id = started.rollout_id, started.attempt.attempt_id
+        issued = [await client.get_next_span_sequence_id(rollout_id, attempt_id) for _ in range(3)]
+        rec("issued", issued)
+        added = await client.add_span(span(rollout_id, attempt_id, issued[0], "issued", 1))
+        rec("add_span_issued", added.sequence_id if added else None)
+        explicit = await client.add_span(span(rollout_id, attempt_id, 101, "explicit", 2))
+        rec("add_span_explicit", explicit.sequence_id if explicit else None)
+        rec("issued_after_explicit", await client.get_next_span_sequence_id(rollout_id, attempt_id))
+        tracer = TracerProvider().get_tracer("conformance")
+        otel = tracer.start_span("otel")
+        otel.end()
+        rec(
+            "add_otel_span",
+            (await client.add_otel_span(rollout_id, attempt_id, otel)).sequence_id,  # type: ignore[arg-type, union-attr]
+        )
+        otel_explicit = tracer.start_span("otel-explicit")
+        otel_explicit.end()
+        given = await client.add_otel_span(rollout_id, attempt_id, otel_explicit, sequence_id=7)  # type: ignore[arg-type]
+        rec("add_otel_span_explicit", given.sequence_id if given else None)
+
+        # OTLP: one request per span, as the SDK's simple processor sends them; the last
+        # request holds two spans, the second of which started before every other.
+        provider = TracerProvider(
+            resource=Resource.create(
+                {"agentlightning.rollout_id": rollout_id, "agentlightning.attempt_id": attempt_id}
+            )
+        )
+        provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(url + "/v1/traces")))
+        otlp = provider.get_tracer("conformance")
+        early = otlp.start_span("otlp-early", start_time=time.time_ns() - 10**9)
+        for name in ("otlp-1", "otlp-2"):
+            otlp.start_span(name).end()
+        with otlp.start_as_current_span("otlp-explicit") as marked:
+            marked.set_attribute("agentlightning.span_sequence_id", 55)
+        early.end()
+        provider.shutdown()
+        rec("issued_after_otlp", await client.get_next_span_sequence_id(rollout_id, attempt_id))
+
+        # Writers at once: every span stored, each with its own sequence id.
+        def otel_span(n: int) -> Any:
+            made = tracer.start_span(f"concurrent-{n}")
+            made.end()
+            return made
+
+        together = await asyncio.gather(
+            *(client.add_otel_span(rollout_id, attempt_id, otel_span(n)) for n in range(20))
+        )
+        rec("concurrent", sorted(s.sequence_id for s in together if s is not None))
+        deadline = time.monotonic() + 10
+        while True:  # OTLP is acknowledged on commit, but be patient with a loaded machine
+            spans = await client.query_spans(rollout_id)
+            if len(spans) >= 28 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        rec("spans", [[s.name, s.sequence_id] for s in spans])
+
+        # limit=0: an empty page that still counts.
+        for step, call in (
+            ("rollouts_limit_0", client.query_rollouts(limit=0)),
+            ("attempts_limit_0", client.query_attempts(rollout_id, limit=0)),
+            ("spans_limit_0", client.query_spans(rollout_id, limit=0)),
+        ):
+            try:
+                page = await call
+            except aiohttp.ClientResponseError as exc:
+                rec(step, {"status": exc.status})
+            else:
+                rec(step, {"items": len(page), "total": page.total})
+
+        # Deadlines: past them, the very next query sees the attempt timed out / unresponsive.
+        slow = await client.enqueue_rollout(
+            {"deadline": "timeout"},
+            config=RolloutConfig(timeout_seconds=0.2, max_attempts=2, retry_condition=["timeout"]),
+        )
+        quiet = await client.enqueue_rollout(
+            {"deadline": "unresponsive"}, config=RolloutConfig(unresponsive_seconds=0.2)
+        )
+        for _ in range(2):
+            got = await client.dequeue_rollout(worker_id="wd")
+            assert got is not None
+            await client.add_otel_span(got.rollout_id, got.attempt.attempt_id, otel_span(99))
+        rec(
+            "deadline_running",
+            [
+                r.status
+                for r in await client.query_rollouts(
+                    rollout_id_in=[slow.rollout_id, quiet.rollout_id]
+                )
+            ],
+        )
+        await asyncio.sleep(0.5)
+        rec("timeout_attempts", [a.status for a in await client.query_attempts(slow.rollout_id)])
+        rec("timeout_rollout", (await client.get_rollout_by_id(slow.rollout_id)).status)  # type: ignore[union-attr]
+        rec("unresponsive_attempt", (await client.get_latest_attempt(quiet.rollout_id)).status)  # type: ignore[union-attr]
+        rec("unresponsive_rollout", (await client.get_rollout_by_id(quiet.rollout_id)).status)  # type: ignore[union-attr]
+    finally:
+        await client.close()
+    return rec.steps
+
+
+SCENARIOS = {"api": scenario, "watchdog": watchdog, "sequence": sequence}
 
 
 def main() -> None:

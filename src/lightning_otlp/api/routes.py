@@ -46,6 +46,7 @@ from ..store.lightning import (
     NotFound,
     Page,
     Record,
+    ScanNeeded,
 )
 from . import wire
 from .wire import BadRequest, Fields, Invalid
@@ -101,14 +102,17 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def json_response(value: Any, status: int = 200) -> Response:
+    return Response(_dumps(value), status, media_type="application/json")
+
+
+def _dumps(value: Any) -> bytes:
     # orjson: a page of 500 spans encodes in a tenth of the stdlib's time. It refuses what
     # JSON cannot say exactly (integers past 64 bits); the stdlib writes those. Bytes are
     # records the store already encoded (``encoded`` pages), sent as they are.
     try:
-        body = orjson.dumps(value, default=_fragment, option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(value, default=_fragment, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:
-        body = json.dumps(value, default=json.loads, separators=(",", ":")).encode()
-    return Response(body, status, media_type="application/json")
+        return json.dumps(value, default=json.loads, separators=(",", ":")).encode()
 
 
 def _fragment(value: Any) -> orjson.Fragment:
@@ -225,8 +229,16 @@ class LightningAPI:
             self.backend.close_readers()
 
     async def read_json(self, request: Request) -> Any:
-        """The body as JSON, read within the OTLP path's limits and parsed off the event loop."""
+        """The body as JSON, read within the OTLP path's limits and parsed off the event loop;
+        its values are counted as it arrives, so a bomb is refused before the rest is read."""
         limits = self.limits
+        counted = [0]
+
+        def count(chunk: bytes) -> None:
+            counted[0] += _count_values(chunk, limits.max_json_values)
+            if counted[0] > limits.max_json_values:
+                raise _too_many_values(limits.max_json_values)
+
         body = await read_body(
             headers_of(request.scope),
             request.receive,
@@ -234,6 +246,7 @@ class LightningAPI:
             limit=limits.max_request_bytes,
             budget=self.budget,
             timeout=limits.body_timeout,
+            each=count,
         )
         if not body or body.isspace():
             return None
@@ -273,7 +286,11 @@ class LightningAPI:
             if self.backend.scan_due():
                 await self._run(self.backend.watch)
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._readers, self._reading, fn, args, kwargs)
+            try:
+                return await loop.run_in_executor(self._readers, self._reading, fn, args, kwargs)
+            except ScanNeeded:
+                # An attempt it reads about is past a deadline: the store thread marks it first.
+                return await self._run(lambda: fn(*args, **kwargs))  # type: ignore[no-any-return]
         finally:
             self._queued_reads -= 1
 
@@ -568,7 +585,7 @@ class LightningAPI:
             query=query,
             encoded=True,
         )
-        return page_response(page)
+        return await large_page_response(page)
 
     async def next_sequence_id(self, request: Request) -> Response:
         async def go() -> Response:
@@ -636,6 +653,29 @@ def page_response(page: Page) -> Response:
     return json_response(page.as_dict())
 
 
+async def large_page_response(page: Page) -> Response:
+    """A page that may hold a whole rollout's spans, encoded off the event loop a slice at a
+    time: one orjson call holds the interpreter lock until it ends, so a page of 100,000
+    spans in one call would stall every other request (health answers included) for it."""
+    if len(page.items) <= PAGE_SLICE:
+        return page_response(page)
+    body = await asyncio.to_thread(_page_body, page)
+    return Response(body, 200, media_type="application/json")
+
+
+def _page_body(page: Page) -> bytes:
+    slices = [
+        _dumps(page.items[start : start + PAGE_SLICE])[1:-1]
+        for start in range(0, len(page.items), PAGE_SLICE)
+    ]
+    rest = _dumps({"limit": page.limit, "offset": page.offset, "total": page.total})
+    return b'{"items":[' + b",".join(slices) + b"]," + rest[1:]
+
+
+# Records per orjson call when a large page is encoded.
+PAGE_SLICE: Final = 500
+
+
 def query_fields(request: Request, lists: set[str] | None = None) -> Fields:
     """The query as ``Fields``; names in ``lists`` may repeat (``?a=1&a=2``)."""
     data: Record = {}
@@ -652,11 +692,8 @@ def parse_json(body: bytes, max_values: int) -> Any:
     upper bound counted in C before parsing) is refused 413, nesting past ``MAX_JSON_DEPTH``
     422. The stdlib parses, as in upstream's server (orjson would read integers past 64 bits as
     floats), so both take and refuse the same bodies."""
-    values = body.count(b"[") + body.count(b"{") + body.count(b",")
-    if values > max_values:
-        raise PayloadTooLarge(
-            f"the JSON body holds up to {values} values; at most {max_values} are parsed"
-        )
+    if _count_values(body, max_values) > max_values:
+        raise _too_many_values(max_values)
     try:
         document = json.loads(body)
     except ValueError as exc:
@@ -672,6 +709,30 @@ def parse_json(body: bytes, max_values: int) -> Any:
             {},
         )
     return document
+
+
+def _count_values(body: bytes, max_values: int) -> int:
+    """``[``, ``{`` and ``,`` in the body, counted a slice at a time and only until past
+    ``max_values``: one count over a 20 MiB body holds the interpreter lock for tens of
+    milliseconds, and a bomb is refused after reading as much as the limit allows."""
+    values = 0
+    for start in range(0, len(body), COUNT_SLICE):
+        end = start + COUNT_SLICE
+        values += body.count(b"[", start, end) + body.count(b"{", start, end)
+        values += body.count(b",", start, end)
+        if values > max_values:
+            break
+    return values
+
+
+def _too_many_values(max_values: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the JSON body holds more than {max_values} values; at most {max_values} are parsed"
+    )
+
+
+# Bytes of a JSON body counted per call (``_count_values``).
+COUNT_SLICE: Final = 256 * 1024
 
 
 def _deeper_than(document: Any, limit: int) -> bool:

@@ -280,8 +280,9 @@ def query(fields: Fields, allowed_sort: Sequence[str], sort_default: str | None 
         raise BadRequest(
             f"Invalid sort_by: {result.sort_by}, allowed fields are: {', '.join(allowed_sort)}"
         )
-    if result.limit == 0 or (result.limit < 0 and result.limit != -1):
-        raise BadRequest("Limit must be greater than 0 or -1 for no limit")
+    # 0 is an empty page (with its total), as agentlightning's stores themselves answer it.
+    if result.limit < -1:
+        raise BadRequest("Limit must be 0 or more, or -1 for no limit")
     if not result.offset >= 0:
         raise BadRequest("Offset must be greater than or equal to 0")
     return result

@@ -261,7 +261,7 @@ class Outbox:
         translate: read and forward model calls in Agent Lightning's shape.
         log_wait: seconds a model call whose messages come as GenAI log records is held for
             them (``translate.awaits_logs``); 0 sends every span at once.
-        create, salvage: as ``SQLiteStore``'s, for the outbox file.
+        create, salvage, sequence_ids: as ``SQLiteStore``'s, for the outbox file.
     """
 
     def __init__(
@@ -276,6 +276,7 @@ class Outbox:
         log_wait: float = DEFAULT_LOG_WAIT,
         create: bool = True,
         salvage: bool = False,
+        sequence_ids: str = "start-time",
     ) -> None:
         if log_wait < 0:
             raise ValueError("log_wait must not be negative")
@@ -291,6 +292,7 @@ class Outbox:
             migrations=SQLITE + OUTBOX,
             create=create,
             salvage=salvage,
+            sequence_ids=sequence_ids,
         )
         self.server_url = server_url
         # (spans, bytes) pending, kept in memory so the hot path never counts; under the lock.

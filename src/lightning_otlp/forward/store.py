@@ -58,6 +58,7 @@ class ForwardingStore:
         translate: forward model calls in Agent Lightning's shape.
         create: create the outbox when it does not exist (off for read-only tools).
         salvage: reads of the outbox skip what a damaged file cannot give back.
+        sequence_ids: how spans without a sequence id get one (``defaults.SEQUENCE_IDS``).
         log_wait: seconds a model call whose messages come as GenAI log records is held for
             them, unless they are already here; 0 forwards every span at once.
     """
@@ -80,6 +81,7 @@ class ForwardingStore:
         log_wait: float = DEFAULT_LOG_WAIT,
         create: bool = True,
         salvage: bool = False,
+        sequence_ids: str = "start-time",
     ) -> None:
         for name, value in (
             ("max_outbox_spans", max_outbox_spans),
@@ -101,6 +103,7 @@ class ForwardingStore:
             log_wait=log_wait,
             create=create,
             salvage=salvage,
+            sequence_ids=sequence_ids,
         )
         self.url = self.outbox.store.url
         self.max_outbox_spans = max_outbox_spans
@@ -125,6 +128,7 @@ class ForwardingStore:
         log_wait: float = DEFAULT_LOG_WAIT,
         create: bool = True,
         salvage: bool = False,
+        sequence_ids: str = "start-time",
     ) -> ForwardingStore:
         """The store an ``agl+http://HOST:PORT?outbox=…&max_outbox_spans=…`` URL names."""
         if url.server is None:
@@ -145,6 +149,7 @@ class ForwardingStore:
             log_wait=log_wait,
             create=create,
             salvage=salvage,
+            sequence_ids=sequence_ids,
         )
 
     @property

@@ -160,7 +160,7 @@ class Pipeline:
                         f"{len(data)} decompressed bytes do not fit the request memory budget"
                         " now; retry later"
                     )
-            return route(decode_traces(data, media), self.routing), charged
+            return route(decode_traces(data, media), self.routing, data, media), charged
         except ReceiverError:
             self.budget.release(charged)
             self._count(self.counters.failed_requests, transport, 1)

@@ -22,6 +22,7 @@ from ..batch import MAX_SEQUENCE_ID, Origin, RolloutInfo, SpanBatch
 from ..defaults import FALLBACKS
 from ..errors import InvalidRequest
 from ..otlp import attributes, plain_value
+from .decode import PROTOBUF, attribute_maps
 
 Fallback = Literal["trace", "reject"]
 
@@ -67,12 +68,25 @@ class RoutingConfig:
             raise ValueError(f"fallback must be one of {FALLBACKS}, not {self.fallback!r}")
 
 
-def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanBatch:
+def route(
+    request: PB2ExportTraceServiceRequest,
+    config: RoutingConfig,
+    data: bytes | None = None,
+    media: str = PROTOBUF,
+) -> SpanBatch:
+    """Route ``request``, decoded from ``data`` of type ``media`` when the caller has those:
+    protobuf bytes are read a second time for each span's attributes as a map (other requests
+    are encoded first)."""
     batch = SpanBatch()
     groups = batch.groups
     rollouts = batch.rollouts
     keys = config.rollout_keys
     wanted = _ROUTING_ATTRIBUTES.union(keys)
+    wanted_keys = tuple(wanted)
+    maps = attribute_maps(
+        data if data is not None and media == PROTOBUF else request.SerializeToString()
+    )
+    no_maps: list[list[Any]] = []
     key_needles = tuple(k.encode() for k in keys)
     reject_unrouted = config.fallback == "reject"
     trace_rollouts: dict[bytes, str] = {}
@@ -81,7 +95,7 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
     finalize_on_root = config.finalize_on_root
     bindings = batch.bindings
     no_attrs: dict[str, Any] = {}
-    for resource_spans in request.resource_spans:
+    for r_index, resource_spans in enumerate(request.resource_spans):
         if not any(scope_spans.spans for scope_spans in resource_spans.scope_spans):
             continue  # nothing to store: skip the resource's encoding and hashing
         resource = resource_spans.resource
@@ -93,10 +107,12 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
         res_attempt = _str_or_none(res_attrs.get(semconv.ATTEMPT_ID)) if res_rollout else None
         res_seq = res_attrs.get(semconv.SPAN_SEQUENCE_ID)
         res_keys = {k: res_attrs[k] for k in keys if k in res_attrs}
-        for scope_spans in resource_spans.scope_spans:
+        resource_maps = maps[r_index] if maps is not None else no_maps
+        for s_index, scope_spans in enumerate(resource_spans.scope_spans):
             spans = scope_spans.spans
             batch.received += len(spans)
-            for span in spans:
+            span_maps = resource_maps[s_index] if maps is not None else None
+            for index, span in enumerate(spans):
                 tid = span.trace_id
                 sid = span.span_id
                 if len(tid) != 16 or len(sid) != 8 or tid == _ZERO_TRACE or sid == _ZERO_SPAN:
@@ -110,7 +126,16 @@ def route(request: PB2ExportTraceServiceRequest, config: RoutingConfig) -> SpanB
                     _check_links(span.links)
                 blob = span.SerializeToString()
                 if _AGL_NEEDLE in blob or (key_needles and any(k in blob for k in key_needles)):
-                    attrs = _pick(span.attributes, wanted)
+                    if span_maps is None:
+                        attrs = _pick(span.attributes, wanted)
+                    else:
+                        found = span_maps[index]
+                        attrs = {}
+                        for key in wanted_keys:
+                            if key in found:
+                                value = found[key]
+                                # A non-empty string is the common case: one read, no dispatch.
+                                attrs[key] = value.string_value or plain_value(value)
                 else:
                     attrs = no_attrs
                 # 1. span attributes, 2. resource attributes

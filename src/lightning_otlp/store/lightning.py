@@ -36,6 +36,11 @@ class NotFound(ValueError):
     """A rollout or attempt the call names does not exist (upstream raises ``ValueError``)."""
 
 
+class ScanNeeded(Exception):
+    """A read on a read thread met an attempt past its deadline: the watchdog must write first,
+    so the call runs again on the store thread."""
+
+
 class Unset:
     """A field the caller did not send (distinct from an explicit ``null``)."""
 

@@ -111,6 +111,20 @@ INGEST: Final[tuple[Migration, ...]] = (
         )
         """,
     ),
+    # Sequence ids taken in an attempt: by stored spans, and issued by ``spans/next`` for spans
+    # still to come. A start-time id steps past both, so ids the store issues never repeat.
+    Migration(
+        "span-sequence",
+        """
+        CREATE INDEX spans_sequence ON spans (rollout_id, attempt_id, sequence_id);
+        CREATE TABLE span_issued (
+            rollout_id  TEXT NOT NULL,
+            attempt_id  TEXT NOT NULL,
+            sequence_id INTEGER NOT NULL,
+            PRIMARY KEY (rollout_id, attempt_id, sequence_id)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 # The LightningStore API's tables; ``agl_api_schema`` counted these before.
 API: Final[tuple[Migration, ...]] = tuple(

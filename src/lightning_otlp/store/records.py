@@ -9,8 +9,9 @@ from typing import Any, Final
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
-from ..otlp import attributes, events_list, links_list, parse_trace_state
+from ..otlp import events_list, links_list, parse_trace_state, span_attributes
 from ..translate import translate
+from ..translate.clock import call_end_ns
 
 DEFAULT_ROLLOUT_CONFIG: Final[dict[str, Any]] = {
     "timeout_seconds": None,
@@ -97,9 +98,9 @@ def attempted_rollout_record(rollout: Sequence[Any], attempt: Sequence[Any]) -> 
     return record
 
 
-def span_record(row: Sequence[Any], resource: dict[str, Any]) -> dict[str, Any]:
-    """A stored span row (columns as ``SPAN_COLUMNS``) as an agentlightning ``Span`` dict."""
-    span = PB2Span.FromString(row[10])
+def span_record(row: Sequence[Any], resource: dict[str, Any], span: PB2Span) -> dict[str, Any]:
+    """A stored span row (columns as ``SPAN_COLUMNS``, ``span`` its message decoded) as an
+    agentlightning ``Span`` dict."""
     trace_id = row[3].hex()
     span_id = row[4].hex()
     parent_id = row[5].hex() if row[5] else None
@@ -112,7 +113,7 @@ def span_record(row: Sequence[Any], resource: dict[str, Any]) -> dict[str, Any]:
         "parent_id": parent_id,
         "name": row[6],
         "status": {"status_code": row[9], "description": span.status.message or None},
-        "attributes": attributes(span.attributes),
+        "attributes": span_attributes(row[10]),
         "events": events_list(span.events),
         "links": links_list(span.links),
         "start_time": row[7],
@@ -149,8 +150,14 @@ def span_records(
         record: dict[str, Any] = json.loads(row[12])
         record["rollout_id"], record["attempt_id"], record["sequence_id"] = row[:3]
         return record
-    built = span_record(row[:12], resources[row[11]])
-    return built if logs is None else _translated(built, logs.get((row[3], row[4])))
+    span = PB2Span.FromString(row[10])
+    built = span_record(row[:12], resources[row[11]], span)
+    if logs is None:
+        return built
+    out = _translated(built, logs.get((row[3], row[4])))
+    if out is not built and span.end_time_unix_nano:  # a model call
+        out["end_time"] = call_end_ns(span.start_time_unix_nano, span.end_time_unix_nano) / 1e9
+    return out
 
 
 def _translated(record: dict[str, Any], events: list[dict[str, Any]] | None) -> dict[str, Any]:

@@ -11,12 +11,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from google.protobuf.message import DecodeError
 
 from ..batch import MAX_SEQUENCE_ID, Destination, RolloutInfo, SpanBatch
-from ..defaults import DEFAULT_AFFINITY_WINDOW, SYNCHRONOUS
+from ..defaults import DEFAULT_AFFINITY_WINDOW, SEQUENCE_IDS, SYNCHRONOUS
 from ..errors import StoreDamaged, StoreUnavailable
 from ..ids import attempt_id_for, rollout_id_for_trace
 from . import views
@@ -83,6 +83,8 @@ class SQLiteStore:
             (``lightning_otlp.translate``); False reads every span exactly as received.
         prepare_reads: build each span's record in the background (``idle_work``), so reading a
             rollout's spans back through the API is fast; costs about the spans' size on disk.
+        sequence_ids: ``start-time`` or ``counter`` (``batch.SEQUENCE_IDS``): how spans
+            without an explicit sequence id get one.
         migrations: the schema's recorded list (``store.migrations``); an outbox adds its own.
     """
 
@@ -98,8 +100,11 @@ class SQLiteStore:
         salvage: bool = False,
         translate: bool = True,
         prepare_reads: bool = True,
+        sequence_ids: str = "start-time",
         migrations: Sequence[Migration] = SQLITE,
     ) -> None:
+        if sequence_ids not in SEQUENCE_IDS:
+            raise ValueError(f"sequence_ids must be one of {SEQUENCE_IDS}, not {sequence_ids!r}")
         if synchronous.upper() not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = path
@@ -113,6 +118,7 @@ class SQLiteStore:
         self.salvage = salvage
         self.translate = translate
         self.prepare_reads = prepare_reads
+        self.sequence_ids = sequence_ids
         self.migrations = migrations
         # Set by the LightningStore API over this store: an attempt's outcome carried by OTLP
         # spans then goes through the API's lifecycle (retries, workers) in the same transaction.
@@ -291,29 +297,15 @@ class SQLiteStore:
             rollout_id = dest[0]
             attempt_id, next_seq = self._ensure_attempt(conn, rollout_id, dest[1], group, now)
             resolved[dest] = attempt_id
-            # Spans moving here and this request's spans share one start-time order.
-            entries: list[Any] = [*group, *moves[dest]] if dest in moves else group
-            entries.sort(key=_start_time)
-            # Sequence ids follow time, not arrival: a span's id is its start in microseconds,
-            # so a span that arrives late (an exporter's batch delay) still sorts where it
-            # started, among spans and LLM-proxy spans issued ids by the counter meanwhile.
-            highest = next_seq - 1
-            previous = 0
-            for start, explicit, row in entries:
-                if explicit is None or not 0 <= explicit <= MAX_SEQUENCE_ID:
-                    seq = round(start * 1_000_000) if start > 0 else highest + 1
-                    if seq <= previous:  # same microsecond in this request: keep ids apart
-                        seq = previous + 1
-                    previous = seq
-                else:
-                    seq = explicit
-                if seq > highest:
-                    highest = seq
+            # Spans moving here arrived before this request's spans.
+            entries: list[Any] = [*moves[dest], *group] if dest in moves else group
+            seqs = self._sequence_ids(conn, rollout_id, attempt_id, entries, next_seq)
+            for (_, _, row), seq in zip(entries, seqs, strict=True):
                 if isinstance(row, int):  # a stored span's rowid: it moves here
                     updates.append((rollout_id, attempt_id, seq, row))
                 else:
                     rows.append((rollout_id, attempt_id, seq, *row))
-            next_seq = highest + 1
+            next_seq = max(next_seq, max(seqs) + 1)
             conn.execute(
                 "UPDATE attempts SET next_span_seq = ?, last_heartbeat_time = ?,"
                 " status = CASE status WHEN 'preparing' THEN 'running' ELSE status END"
@@ -331,6 +323,43 @@ class SQLiteStore:
                 changes.bound.append((trace_id, (dest[0], bound_attempt)))
         self._record_outcomes(conn, batch, retarget, resolved, now, changes)
         return stored
+
+    def _sequence_ids(
+        self,
+        conn: sqlite3.Connection,
+        rollout_id: str,
+        attempt_id: str,
+        entries: list[tuple[float, int | None, Any]],
+        next_seq: int,
+    ) -> list[int]:
+        """Each entry's sequence id: an explicit one as given; otherwise the attempt's counter
+        in arrival order, or (``start-time``) the span's start in microseconds, so a span that
+        arrives late (an exporter's batch delay) still sorts where it started, stepped past
+        every id already taken in the attempt so none repeats."""
+        out: list[int | None] = [explicit for _, explicit, _ in entries]
+        if self.sequence_ids == "counter":
+            for i, seq in enumerate(out):
+                if seq is None:
+                    out[i] = next_seq
+                    next_seq += 1
+            return cast(list[int], out)
+        # Timed spans in start order, then any without a start time after them.
+        order = sorted(
+            (i for i, seq in enumerate(out) if seq is None),
+            key=lambda i: (entries[i][0] <= 0, entries[i][0]),
+        )
+        wanted = []
+        previous = 0
+        for i in order:
+            start = entries[i][0]
+            value = max(round(start * 1_000_000) if start > 0 else next_seq, previous)
+            wanted.append(value)
+            previous = value
+        explicit = {seq for seq in out if seq is not None}
+        issued = free_sequence_ids(conn, rollout_id, attempt_id, wanted, explicit)
+        for i, seq in zip(order, issued, strict=True):
+            out[i] = seq
+        return cast(list[int], out)
 
     def _follow_bindings(
         self, batch: SpanBatch
@@ -863,10 +892,6 @@ class SQLiteStore:
             return int(self._connection().execute("SELECT COUNT(*) FROM spans").fetchone()[0])
 
 
-def _start_time(item: tuple[float, int | None, tuple[Any, ...]]) -> float:
-    return item[0]
-
-
 def _counter(conn: sqlite3.Connection, rollout_id: str, attempt_id: str, stored: int) -> int:
     """An attempt's next sequence id; a counter out of bounds is rebuilt from its spans."""
     if 1 <= stored <= _COUNTER_CEILING:
@@ -954,3 +979,48 @@ def _can_write(conn: sqlite3.Connection, url: str) -> None:
             f"cannot write {url}: {exc}; serve needs a writable store (the spans, rollouts and"
             " check-store commands read a read-only one)"
         ) from None
+
+
+def free_sequence_ids(
+    conn: sqlite3.Connection,
+    rollout_id: str,
+    attempt_id: str,
+    wanted: list[int],
+    taken: set[int] | None = None,
+) -> list[int]:
+    """For ``wanted`` (in order, not decreasing), the least ids at or above each, rising, that
+    no stored span of the attempt has and ``spans/next`` has not issued (nor ``taken``)."""
+    if not wanted:
+        return []
+    taken = set(taken or ())
+    low = wanted[0]
+    high = low - 1
+
+    def fetch(upper: int) -> None:
+        nonlocal high
+        taken.update(
+            row[0]
+            for row in conn.execute(
+                "SELECT sequence_id FROM spans WHERE rollout_id = ? AND attempt_id = ?"
+                " AND sequence_id BETWEEN ? AND ? UNION ALL"
+                " SELECT sequence_id FROM span_issued WHERE rollout_id = ? AND attempt_id = ?"
+                " AND sequence_id BETWEEN ? AND ?",
+                (rollout_id, attempt_id, high + 1, upper) * 2,
+            )
+        )
+        high = upper
+
+    fetch(wanted[-1] + len(wanted))
+    out = []
+    previous = low - 1
+    for value in wanted:
+        seq = max(value, previous + 1)
+        while True:
+            if seq > high:
+                fetch(seq + len(wanted))
+            if seq not in taken:
+                break
+            seq += 1
+        out.append(seq)
+        previous = seq
+    return out

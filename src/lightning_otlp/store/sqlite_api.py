@@ -9,8 +9,8 @@ The queue is a column: ``rollouts.queue_seq`` orders queued rollouts; a rollout 
 when dequeued. Spans added through the API keep their agentlightning record as given (JSON);
 OTLP spans keep their protobuf. Each attempt keeps its span counter (``next_span_seq``), shared
 by both paths; a new attempt starts from its rollout's highest, so numbers rise per rollout as
-upstream's do. ``spans/next`` issues at least the current time in microseconds, the sequence
-ids the OTLP path gives spans from their start times.
+upstream's do. With start-time sequence ids, ``spans/next`` issues at least the current time in
+microseconds, the sequence ids the OTLP path gives spans from their start times.
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Final, cast
 from urllib.parse import quote
 
 from ..errors import StoreUnavailable
 from ..ids import new_attempt_id, new_resources_id, new_rollout_id
+from . import views
 from .api_schema import API_RESOURCE_ID
 from .db import transaction
-from .lightning import UNSET, FilterLogic, NotFound, Page, Query, Record, Unset
+from .lightning import UNSET, FilterLogic, NotFound, Page, Query, Record, ScanNeeded, Unset
 from .logs import joined_events
 from .records import (
     ATTEMPT_COLUMNS,
@@ -43,7 +44,7 @@ from .records import (
     span_records,
     worker_record,
 )
-from .sqlite import SQLiteStore
+from .sqlite import SQLiteStore, free_sequence_ids
 from .views import current, spliced
 
 FINISHED: Final = ("failed", "succeeded", "cancelled")
@@ -273,12 +274,25 @@ class SQLiteLightningStore:
             except sqlite3.DatabaseError as exc:
                 raise StoreUnavailable(f"store failing: {exc}") from exc
 
-    def _watched(self) -> Any:
-        """A transaction that first runs the watchdog scan, as upstream's ``healthcheck_before``
-        (on a read thread, a read: the API ran the scan on the store thread first)."""
+    def _watched(self, *rollout_ids: str, everything: bool = False) -> Any:
+        """A transaction that first runs the watchdog scan, as upstream's ``healthcheck_before``;
+        ``rollout_ids``: the rollouts the query is about, checked whatever the debounce (every
+        rollout with ``everything``). On a read thread, a read that first makes sure none of
+        them is past a deadline (else ``ScanNeeded``: the call goes to the store thread)."""
         if getattr(self._local, "reading", False):
-            return self._snapshot()
-        return _Watched(self)
+            return self._checked_snapshot(rollout_ids, everything)
+        return _Watched(self, rollout_ids, everything)
+
+    @contextmanager
+    def _checked_snapshot(
+        self, rollout_ids: Sequence[str], everything: bool
+    ) -> Iterator[sqlite3.Connection]:
+        with self._snapshot() as conn:
+            if (everything or rollout_ids) and self._overdue(
+                conn, time.time(), None if everything else rollout_ids
+            ):
+                raise ScanNeeded("an attempt the read is about is past its deadline")
+            yield conn
 
     # -- statistics ------------------------------------------------------------------------
 
@@ -374,7 +388,7 @@ class SQLiteLightningStore:
             return out
 
     def start_attempt(self, rollout_id: str, worker_id: str | None) -> Record:
-        with self._watched() as conn:
+        with self._watched(rollout_id) as conn:
             now = time.time()
             if self._rollout_row(conn, rollout_id) is None:
                 raise NotFound(f"Rollout {rollout_id} not found")
@@ -410,7 +424,9 @@ class SQLiteLightningStore:
         page = "" if query.limit == -1 else f"LIMIT {int(query.limit)}"
         if query.offset:
             page = (page or "LIMIT -1") + f" OFFSET {int(query.offset)}"
-        with self._watched() as conn:
+        # A list by status must not show an attempt past its deadline as running: every
+        # rollout is checked unless the query names its rollouts.
+        with self._watched(*(rollout_id_in or ()), everything=rollout_id_in is None) as conn:
             total = int(
                 conn.execute(f"SELECT COUNT(*) FROM rollouts {where}", params).fetchone()[0]
             )
@@ -428,13 +444,13 @@ class SQLiteLightningStore:
         return Page(items, query.limit, query.offset, total)
 
     def get_rollout(self, rollout_id: str) -> Record | None:
-        with self._watched() as conn:
+        with self._watched(rollout_id) as conn:
             if self._rollout_row(conn, rollout_id) is None:
                 return None
             return self._rollout(conn, rollout_id)
 
     def update_rollout(self, rollout_id: str, fields: Record) -> Record:
-        with self._watched() as conn:
+        with self._watched(rollout_id) as conn:
             if self._rollout_row(conn, rollout_id) is None:
                 raise NotFound(f"Rollout {rollout_id} not found")
             now = time.time()
@@ -460,7 +476,7 @@ class SQLiteLightningStore:
     def finished_rollouts(self, rollout_ids: Sequence[str]) -> list[Record]:
         if not rollout_ids:
             return []
-        with self._watched() as conn:
+        with self._watched(*rollout_ids) as conn:
             params: list[Any] = []
             within = _within("rollout_id", rollout_ids, params)
             rows = conn.execute(
@@ -474,7 +490,7 @@ class SQLiteLightningStore:
     # -- attempts --------------------------------------------------------------------------
 
     def query_attempts(self, rollout_id: str, query: Query) -> Page:
-        with self._watched() as conn:
+        with self._watched(rollout_id) as conn:
             rows = conn.execute(
                 f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? ORDER BY rowid",
                 (rollout_id,),
@@ -482,11 +498,11 @@ class SQLiteLightningStore:
         return _paginate([attempt_record(row) for row in rows], query)
 
     def get_latest_attempt(self, rollout_id: str) -> Record | None:
-        with self._watched() as conn:
+        with self._watched(rollout_id) as conn:
             return self._latest_attempt(conn, rollout_id)
 
     def update_attempt(self, rollout_id: str, attempt_id: str, fields: Record) -> Record:
-        with self._watched() as conn:
+        with self._watched(rollout_id) as conn:
             return self._update_attempt(conn, rollout_id, attempt_id, fields, time.time())
 
     # -- workers ---------------------------------------------------------------------------
@@ -611,11 +627,19 @@ class SQLiteLightningStore:
             return span
 
     def next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
-        """The counter, or now in microseconds if later: OTLP spans get their start time in
-        microseconds as sequence id, so spans asked for here (the LLM proxy's) sort among them
-        by time whatever order they arrive in."""
+        """The rollout's counter; with start-time sequence ids, now in microseconds if later
+        (OTLP spans get their start, so spans asked for here, the LLM proxy's, sort among them
+        by time whatever order they arrive in), kept as issued so no OTLP span takes it."""
         with self._transaction() as conn:
-            value = max(self._rollout_counter(conn, rollout_id), int(time.time() * 1e6))
+            value = self._rollout_counter(conn, rollout_id)
+            if self.store.sequence_ids == "start-time":
+                wanted = [max(value, int(time.time() * 1e6))]
+                value = free_sequence_ids(conn, rollout_id, attempt_id, wanted)[0]
+                conn.execute(
+                    "INSERT OR IGNORE INTO span_issued (rollout_id, attempt_id, sequence_id)"
+                    " VALUES (?, ?, ?)",
+                    (rollout_id, attempt_id, value),
+                )
             self._raise_counter(conn, rollout_id, attempt_id, value + 1)
             return value
 
@@ -629,7 +653,7 @@ class SQLiteLightningStore:
         query: Query,
         encoded: bool = False,
     ) -> Page:
-        with self._watched() as conn:
+        with self._watched(rollout_id) as conn:
             if attempt_id == "latest":
                 latest = self._latest_attempt(conn, rollout_id)
                 if latest is None:
@@ -724,11 +748,18 @@ class SQLiteLightningStore:
             else:
                 build[len(out)] = lead[0]
                 out.append(None)
-        if build:
-            rows = self._full_rows(conn, list(build.values()))
-            resources = resource_bodies(conn, {row[11] for row in rows.values() if row[12] is None})
-            for i, rowid in build.items():
-                out[i] = span_records(rows[rowid], resources, logs)
+        # On a read thread, building is paced (``store.views``): a read of a whole rollout
+        # cannot take the interpreter from ingest. The store thread never waits.
+        paced = getattr(self._local, "reading", False)
+        todo = list(build.items())
+        for start in range(0, len(todo), views.BUILD_CHUNK):
+            with views.READ_PACE.turn() if paced else nullcontext():
+                chunk = todo[start : start + views.BUILD_CHUNK]
+                rows = self._full_rows(conn, [rowid for _, rowid in chunk])
+                wanted = {row[11] for row in rows.values() if row[12] is None}
+                resources = resource_bodies(conn, wanted)
+                for i, rowid in chunk:
+                    out[i] = span_records(rows[rowid], resources, logs)
         return cast(list[Record | bytes], out)
 
     @staticmethod
@@ -745,18 +776,23 @@ class SQLiteLightningStore:
 
     # -- the watchdog ----------------------------------------------------------------------
 
-    def scan(self, conn: sqlite3.Connection, now: float, force: bool = False) -> None:
-        """Time out and mark unresponsive the latest attempts of running rollouts, debounced."""
-        if not force and now - self._last_scan < self.scan_debounce:
+    def scan(
+        self,
+        conn: sqlite3.Connection,
+        now: float,
+        force: bool = False,
+        rollout_ids: Sequence[str] = (),
+    ) -> None:
+        """Time out and mark unresponsive the latest attempts of running rollouts: all of them
+        once per ``scan_debounce``, and always those of ``rollout_ids``, the rollouts a query
+        is about, so it never answers with an attempt past its deadline."""
+        if force or now - self._last_scan >= self.scan_debounce:
+            self._last_scan = now
+            rows = self._overdue(conn, now, None)
+        elif rollout_ids:
+            rows = self._overdue(conn, now, rollout_ids)
+        else:
             return
-        self._last_scan = now
-        rows = conn.execute(
-            "SELECT r.rollout_id, r.config, a.attempt_id, a.start_time, a.last_heartbeat_time"
-            " FROM rollouts r JOIN attempts a ON a.rollout_id = r.rollout_id"
-            " AND a.sequence_id = (SELECT MAX(sequence_id) FROM attempts"
-            "   WHERE rollout_id = r.rollout_id)"
-            " WHERE r.status IN ('preparing', 'running')"
-        ).fetchall()
         for rollout_id, config_text, attempt_id, start, heartbeat in rows:
             config = json_or_none(config_text) or {}
             timeout = config.get("timeout_seconds")
@@ -768,6 +804,21 @@ class SQLiteLightningStore:
                 status = "unresponsive"
             if status is not None:
                 self._update_attempt(conn, rollout_id, attempt_id, {"status": status}, now)
+
+    def _overdue(
+        self, conn: sqlite3.Connection, now: float, rollout_ids: Sequence[str] | None
+    ) -> list[Any]:
+        """The latest attempts of running rollouts (of ``rollout_ids``; None: all) past a
+        deadline: a scan reads no config it does not act on."""
+        if rollout_ids is None:
+            return conn.execute(_OVERDUE, (now, now)).fetchall()
+        rows: list[Any] = []
+        for chunk in _chunks(list(dict.fromkeys(rollout_ids))):
+            marks = ", ".join("?" * len(chunk))
+            rows += conn.execute(
+                f"{_OVERDUE} AND r.rollout_id IN ({marks})", (now, now, *chunk)
+            ).fetchall()
+        return rows
 
     # -- internals -------------------------------------------------------------------------
 
@@ -1046,18 +1097,34 @@ class SQLiteLightningStore:
         return None if row is None else str(row[0])
 
 
+_OVERDUE: Final = (
+    "SELECT r.rollout_id, r.config, a.attempt_id, a.start_time, a.last_heartbeat_time"
+    " FROM rollouts r JOIN attempts a ON a.rollout_id = r.rollout_id"
+    " AND a.sequence_id = (SELECT MAX(sequence_id) FROM attempts"
+    "   WHERE rollout_id = r.rollout_id)"
+    " WHERE r.status IN ('preparing', 'running')"
+    " AND (? - a.start_time > json_extract(r.config, '$.timeout_seconds')"
+    "  OR ? - COALESCE(a.last_heartbeat_time, a.start_time)"
+    "   > json_extract(r.config, '$.unresponsive_seconds'))"
+)
+
+
 class _Watched:
     """``with store._watched() as conn``: a transaction that starts with the watchdog scan."""
 
-    def __init__(self, owner: SQLiteLightningStore) -> None:
+    def __init__(
+        self, owner: SQLiteLightningStore, rollout_ids: Sequence[str], everything: bool
+    ) -> None:
         self._owner = owner
+        self._rollout_ids = rollout_ids
+        self._everything = everything
         self._context: Any = None
 
     def __enter__(self) -> sqlite3.Connection:
         self._context = self._owner._write_transaction()
         conn: sqlite3.Connection = self._context.__enter__()
         try:
-            self._owner.scan(conn, time.time())
+            self._owner.scan(conn, time.time(), self._everything, self._rollout_ids)
         except BaseException as exc:
             # Inside the transaction: rolled back, the lock let go, and the error mapped as any
             # other (a failing store is 503, not a defect).
@@ -1084,6 +1151,12 @@ def _within(column: str, values: Sequence[str], params: list[Any]) -> str:
         return "0"
     params.extend(values)
     return f"{column} IN ({', '.join('?' * len(values))})"
+
+
+def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+    """``items`` in slices small enough for one statement's parameters."""
+    for start in range(0, len(items), 500):
+        yield items[start : start + 500]
 
 
 def _span_rows(conn: sqlite3.Connection, columns: str, rowids: list[int]) -> dict[int, Any]:

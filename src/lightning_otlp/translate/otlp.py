@@ -12,8 +12,9 @@ from typing import Any, Final
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue as PB2KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
-from ..otlp import any_value, attributes, events_list, plain_value
+from ..otlp import any_value, events_list, plain_value, span_attributes
 from . import names as n
+from .clock import call_end_ns
 from .dispatch import awaits_logs, translate
 
 # Every model call carries one of these names (see ``dispatch.model_call``).
@@ -60,7 +61,7 @@ def translate_span_bytes(
             return blob
         record["resource"] = resource()
     extra = joined(span.trace_id, span.span_id) if joined is not None else []
-    original = attributes(span.attributes)
+    original = span_attributes(blob)
     record["attributes"] = original
     record["events"] = [*events_list(span.events), *extra]
     translated = translate(record)
@@ -76,6 +77,7 @@ def translate_span_bytes(
         PB2KeyValue(key=k, value=any_value(v)) for k, v in attrs.items() if k not in kept_keys
     )
     span.name = translated["name"]
+    span.end_time_unix_nano = call_end_ns(span.start_time_unix_nano, span.end_time_unix_nano)
     for event in extra:
         added = span.events.add()
         added.name = event["name"]

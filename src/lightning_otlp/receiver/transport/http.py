@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Final
 
 from ...asgi import Message, Receive, Scope, Send
@@ -127,12 +128,14 @@ async def read_body(
     limit: int,
     budget: MemoryBudget,
     timeout: float,
+    each: Callable[[bytes], None] | None = None,
 ) -> bytes:
     """Read a request body within the limits, for OTLP and the LightningStore API alike: all of
     a declared Content-Length is reserved from ``budget`` before a byte is read (refused at once
     when it does not fit), a chunked body chunk by chunk, and the whole body must arrive within
     ``timeout`` seconds. ``held[0]`` is the reservation, for the caller to release when the
-    request is done with its body."""
+    request is done with its body. ``each`` sees every chunk as it arrives and may refuse the
+    body by raising, before the rest is read."""
     declared = headers.get("content-length")
     if declared is not None:
         try:
@@ -163,6 +166,8 @@ async def read_body(
                 if not budget.reserve(total - held[0]):
                     raise Overloaded(_NO_ROOM)
                 held[0] = total
+            if each is not None:
+                each(chunk)
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
