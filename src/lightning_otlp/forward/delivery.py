@@ -129,9 +129,9 @@ class Delivery:
             self.after if in_flight is not None else 0,
             self.limit,
             DEFAULT_BATCH_BYTES,
-            {r[0] for r in in_flight[1]} if in_flight is not None and self.outbox.held() else (),
+            {r.rowid for r in in_flight[1]} if in_flight is not None and self.outbox.held() else (),
         )
-        locals_ = sorted({(r[1], r[2]) for r in rows})
+        locals_ = sorted({(r.rollout_id, r.attempt_id) for r in rows})
         if self.in_flight is not None and any(t not in self.targets for t in locals_):
             if not self._settle(None):
                 return True
@@ -173,7 +173,7 @@ class Delivery:
                 self._refused(sent, str(exc))
                 return False
             if exc.status >= 500:
-                if self._forget_lost({self.targets[(r[1], r[2])][0] for r in sent}):
+                if self._forget_lost({self.targets[(r.rollout_id, r.attempt_id)][0] for r in sent}):
                     return False
             raise
         except ConnectionError:
@@ -206,7 +206,9 @@ class Delivery:
             return
         self.limit = self.batch_spans
         (row,) = sent
-        log.error("the server refused span rowid %d for good (%s); kept as rejected", row[0], error)
+        log.error(
+            "the server refused span rowid %d for good (%s); kept as rejected", row.rowid, error
+        )
         self.outbox.reject(row, error)
 
     # -- ids: local -> server --------------------------------------------------------------

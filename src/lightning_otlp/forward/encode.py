@@ -70,7 +70,7 @@ def _seq_attr(seq: int) -> bytes:
 
 
 def _by_attempt_and_sequence(row: Row) -> tuple[str, str, int]:
-    return row[1], row[2], row[3]
+    return row.rollout_id, row.attempt_id, row.sequence_id
 
 
 class Encoder:

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as PB2LogRecord
 
@@ -214,8 +214,17 @@ def _log_status(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
-# A pending span: (rowid, rollout_id, attempt_id, sequence_id, resource_id, span bytes)
-Row = tuple[int, str, str, int, str, bytes]
+class Row(NamedTuple):
+    """A span pending in the outbox, as the delivery thread sends it."""
+
+    rowid: int
+    rollout_id: str
+    attempt_id: str
+    sequence_id: int
+    resource_id: str
+    span: bytes  # the OTLP Span message as received
+
+
 # Where a local attempt goes on the server: (server rollout, server attempt)
 Target = tuple[str, str]
 
@@ -449,8 +458,10 @@ class Outbox:
         with self.store.locked() as conn:
             try:
                 with transaction(conn):
-                    late = _sent_waits(conn, {(r[0], r[1]) for r in rows})
-                    kept = [r for r in rows if (r[0], r[1]) not in late] if late else rows
+                    late = _sent_waits(conn, {(r.trace_id, r.span_id) for r in rows})
+                    kept = (
+                        [r for r in rows if (r.trace_id, r.span_id) not in late] if late else rows
+                    )
                     inserted = 0
                     if kept:
                         cursor = conn.executemany(
@@ -462,13 +473,17 @@ class Outbox:
                         conn.executemany(
                             "INSERT OR IGNORE INTO forward_log_arrivals (trace_id, span_id, time)"
                             " VALUES (?, ?, ?)",
-                            [(t, s, now) for t, s in {(r[0], r[1]) for r in kept}],
+                            [(t, s, now) for t, s in {(r.trace_id, r.span_id) for r in kept}],
                         )
                     if self._waits:
                         conn.executemany(
                             "UPDATE forward_log_waits SET until = 0"
                             " WHERE trace_id = ? AND span_id = ? AND until > 0",
-                            {(r[0], r[1]) for r in kept if answers_call(_record(r[4]))},
+                            {
+                                (r.trace_id, r.span_id)
+                                for r in kept
+                                if answers_call(_record(r.record))
+                            },
                         )
                     if late or not self._seen:
                         conn.execute(
@@ -480,7 +495,7 @@ class Outbox:
                 raise StoreUnavailable(f"store busy or failing: {exc}") from exc
             self._logs += inserted
             if inserted == len(kept):
-                self._log_bytes += sum(len(r[4]) for r in kept)
+                self._log_bytes += sum(len(r.record) for r in kept)
             else:  # some were there already: count again
                 self._log_bytes = conn.execute(
                     "SELECT COALESCE(SUM(length(record)), 0) FROM span_logs"
@@ -600,28 +615,36 @@ class Outbox:
             if waits:
                 released = [
                     row
-                    for row in conn.execute(
-                        f"SELECT {columns} FROM forward_log_waits w"
-                        f" JOIN spans s ON s.rowid = w.span_rowid{joins}"
-                        f" WHERE w.until <= ?{where} ORDER BY w.span_rowid LIMIT ?",
-                        (now, *params[1:], limit + len(busy)),
+                    for row in map(
+                        Row._make,
+                        conn.execute(
+                            f"SELECT {columns} FROM forward_log_waits w"
+                            f" JOIN spans s ON s.rowid = w.span_rowid{joins}"
+                            f" WHERE w.until <= ?{where} ORDER BY w.span_rowid LIMIT ?",
+                            (now, *params[1:], limit + len(busy)),
+                        ),
                     )
-                    if row[0] not in busy
+                    if row.rowid not in busy
                 ][:limit]
                 where += (
                     " AND NOT EXISTS (SELECT 1 FROM forward_log_waits w"
                     " WHERE w.span_rowid = s.rowid)"
                 )
-            rows = conn.execute(
-                f"SELECT {columns} FROM spans s{joins} WHERE s.rowid > ?{where}"
-                " ORDER BY s.rowid LIMIT ?",
-                (*params, limit),
-            ).fetchall()
+            rows = list(
+                map(
+                    Row._make,
+                    conn.execute(
+                        f"SELECT {columns} FROM spans s{joins} WHERE s.rowid > ?{where}"
+                        " ORDER BY s.rowid LIMIT ?",
+                        (*params, limit),
+                    ),
+                )
+            )
             if released:
                 rows = sorted(rows + released)[:limit]
             size = 0
             for i, row in enumerate(rows):
-                size += len(row[5])
+                size += len(row.span)
                 if size > max_bytes and i:
                     rows = rows[:i]
                     break
@@ -630,10 +653,10 @@ class Outbox:
             elif self._events:
                 self._events, self._joined = {}, {}
         if released:
-            kept = {r[0] for r in released}
-            after = max((r[0] for r in rows if r[0] not in kept), default=after)
+            kept = {r.rowid for r in released}
+            after = max((r.rowid for r in rows if r.rowid not in kept), default=after)
         elif rows:
-            after = rows[-1][0]
+            after = rows[-1].rowid
         return rows, after
 
     def _join_logs(self, conn: sqlite3.Connection, rows: list[Row]) -> None:
@@ -641,12 +664,12 @@ class Outbox:
         events: dict[tuple[bytes, bytes], list[dict[str, Any]]] = {}
         joined = self._joined
         for row in rows:
-            joined.pop(row[0], None)
+            joined.pop(row.rowid, None)
         for rowid, trace_id, span_id, blob in conn.execute(
             "SELECT s.rowid, l.trace_id, l.span_id, l.record FROM spans s"
             " JOIN span_logs l ON l.trace_id = s.trace_id AND l.span_id = s.span_id"
             " WHERE s.rowid IN (SELECT value FROM json_each(?)) ORDER BY l.time, l.rowid",
-            (json.dumps([r[0] for r in rows]),),
+            (json.dumps([r.rowid for r in rows]),),
         ):
             events.setdefault((trace_id, span_id), []).append(log_event(_record(blob)))
             joined[rowid] = joined.get(rowid, 0) + 1
@@ -655,13 +678,13 @@ class Outbox:
     def delivered(self, rows: list[Row]) -> None:
         """The server has these spans: count them and take them out, with their log records
         and holds, in one transaction."""
-        size = sum(len(r[5]) for r in rows)
+        size = sum(len(r.span) for r in rows)
         now = time.time()
-        rowids = json.dumps([r[0] for r in rows])
+        rowids = json.dumps([r.rowid for r in rows])
         late = waits = logs = log_bytes = 0
         with self.store.locked() as conn:
             with transaction(conn):
-                first, last = rows[0][0], rows[-1][0]
+                first, last = rows[0].rowid, rows[-1].rowid
                 conn.execute(
                     "INSERT OR IGNORE INTO forward_traces (trace_id, rollout_id, attempt_id, time)"
                     " SELECT s.trace_id, s.rollout_id, s.attempt_id, ? FROM spans s"
@@ -686,7 +709,7 @@ class Outbox:
                     logs = len(sent)
                     log_bytes = sum(n for (n,) in sent)
                     # Records that came while their span was on its way: sent without them.
-                    late = max(0, logs - sum(self._joined.get(r[0], 0) for r in rows))
+                    late = max(0, logs - sum(self._joined.get(r.rowid, 0) for r in rows))
                     if late:
                         conn.execute(
                             "UPDATE forward_log_state SET late_logs = late_logs + ? WHERE id = 1",
@@ -709,7 +732,9 @@ class Outbox:
                 if last - first + 1 == len(rows):  # the usual case: one contiguous range
                     conn.execute("DELETE FROM spans WHERE rowid BETWEEN ? AND ?", (first, last))
                 else:
-                    conn.executemany("DELETE FROM spans WHERE rowid = ?", ((r[0],) for r in rows))
+                    conn.executemany(
+                        "DELETE FROM spans WHERE rowid = ?", ((r.rowid,) for r in rows)
+                    )
                 conn.execute(
                     "DELETE FROM forward_marks WHERE max_rowid <"
                     " COALESCE((SELECT MIN(rowid) FROM spans), 9223372036854775807)"
@@ -727,7 +752,7 @@ class Outbox:
             self._log_bytes -= log_bytes
             if self._joined:
                 for r in rows:
-                    self._joined.pop(r[0], None)
+                    self._joined.pop(r.rowid, None)
             if late:
                 self.late_logs += late
                 log.warning(
@@ -744,20 +769,20 @@ class Outbox:
                     " span_id, span, resource_id, error, time) SELECT rollout_id, attempt_id,"
                     " sequence_id, trace_id, span_id, span, resource_id, ?, ? FROM spans"
                     " WHERE rowid = ?",
-                    (error[:500], time.time(), row[0]),
+                    (error[:500], time.time(), row.rowid),
                 )
-                conn.execute("DELETE FROM spans WHERE rowid = ?", (row[0],))
+                conn.execute("DELETE FROM spans WHERE rowid = ?", (row.rowid,))
                 waits = conn.execute(
-                    "DELETE FROM forward_log_waits WHERE span_rowid = ?", (row[0],)
+                    "DELETE FROM forward_log_waits WHERE span_rowid = ?", (row.rowid,)
                 ).rowcount
                 conn.execute(
                     "UPDATE forward_state SET last_error = ?, last_error_time = ? WHERE id = 1",
                     (f"refused for good, kept as rejected: {error}"[:500], time.time()),
                 )
             self._pending[0] -= 1
-            self._pending[1] -= len(row[5])
+            self._pending[1] -= len(row.span)
             self._waits -= waits
-            self._joined.pop(row[0], None)
+            self._joined.pop(row.rowid, None)
 
     def record_error(self, message: str) -> None:
         """The last delivery error, for ``status``; never raises (it is said while failing)."""

@@ -27,6 +27,7 @@ from ..defaults import (
 from ..errors import StoreUnavailable
 from ..store.affinity import TraceAffinity
 from ..store.base import Metric, WriteResult
+from ..store.logs import LogRows
 from ..store.url import StoreURL
 from .client import HTTPLightningClient, LightningClient
 from .delivery import Delivery
@@ -244,7 +245,7 @@ class ForwardingStore:
         """One outbox transaction each: the outbox's marks and held calls are per request."""
         return [self.write(batch) for batch in batches]
 
-    def write_logs(self, rows: list[tuple[bytes, bytes, bytes, float | None, bytes]]) -> int:
+    def write_logs(self, rows: LogRows) -> int:
         """GenAI log records go in the outbox beside the spans they belong to (see
         ``Outbox.write_logs``); a span they release is sent at once."""
         spans, size = self.outbox.pending()

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal, NamedTuple, TypeVar
 
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -73,6 +73,14 @@ Transport = Literal["grpc", "http"]
 Kind = Literal["otlp", "api"]
 
 
+class _Queued(NamedTuple):
+    """A decoded batch waiting for the store thread, and where its answer goes."""
+
+    batch: SpanBatch
+    transport: str
+    done: Future[PB2ExportTraceServiceResponse]
+
+
 class Pipeline:
     """Runs trace commits on a single store thread, so batches waiting for it share one
     transaction; log records and reads reach the store from other threads, so it locks itself.
@@ -115,7 +123,7 @@ class Pipeline:
         self._in_flight = 0  # of every kind
         self._in_flight_of: dict[Kind, int] = {"otlp": 0, "api": 0}
         # Batches decoded and waiting for the store thread (``_commit_queued``).
-        self._commits: deque[tuple[SpanBatch, str, Future[PB2ExportTraceServiceResponse]]] = deque()
+        self._commits: deque[_Queued] = deque()
         self._last_request = time.monotonic()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-store")
@@ -178,13 +186,13 @@ class Pipeline:
         one transaction, so requests that arrive while a commit syncs to disk share the next
         sync instead of waiting for one each. Every request queues one such job and its batch
         first, so a job finds its batch committed by an earlier job or takes it itself."""
-        group: list[tuple[SpanBatch, str, Future[PB2ExportTraceServiceResponse]]] = []
+        group: list[_Queued] = []
         spans = 0
         commits = self._commits
         while commits and len(group) < MAX_GROUP_REQUESTS and spans < MAX_GROUP_SPANS:
             entry = commits.popleft()
             group.append(entry)
-            spans += entry[0].accepted
+            spans += entry.batch.accepted
         if not group:
             return
         try:
@@ -194,14 +202,12 @@ class Pipeline:
                 if not done.done():
                     done.set_exception(RuntimeError("the commit ended without an answer"))
 
-    def _commit_group(
-        self, group: list[tuple[SpanBatch, str, Future[PB2ExportTraceServiceResponse]]]
-    ) -> None:
+    def _commit_group(self, group: list[_Queued]) -> None:
         try:
-            self._write([batch for batch, _, _ in group], group[0][1])
+            self._write([batch for batch, _, _ in group], group[0].transport)
         except Exception as exc:
             if len(group) == 1:
-                group[0][2].set_exception(exc)
+                group[0].done.set_exception(exc)
                 return
             for batch, transport, done in group:  # one at a time: the failure is that one's
                 try:
@@ -328,7 +334,7 @@ class Pipeline:
             )
             try:
                 done: Future[PB2ExportTraceServiceResponse] = Future()
-                self._commits.append((batch, transport, done))
+                self._commits.append(_Queued(batch, transport, done))
                 await loop.run_in_executor(self._executor, self._commit_queued)
                 response = await asyncio.wrap_future(done)
                 if batch.outcomes or batch.root_outcomes:  # what can finish a rollout

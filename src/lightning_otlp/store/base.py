@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
 from ..batch import SpanBatch
+from .logs import LogRows
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,7 @@ class Ingest(Protocol):
         (a span is stored once per rollout)."""
         ...
 
-    def write_logs(self, rows: list[tuple[bytes, bytes, bytes, float | None, bytes]]) -> int:
+    def write_logs(self, rows: LogRows) -> int:
         """Commit GenAI log records, keyed by their span (``store.logs``), in one transaction."""
         ...
 

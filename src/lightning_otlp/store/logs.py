@@ -11,7 +11,7 @@ import hashlib
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest as PB2ExportLogsServiceRequest,
@@ -20,8 +20,18 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as PB2LogRecord
 
 from ..translate import is_genai_event, log_event
 
-# (trace_id, span_id, digest, time, record bytes)
-LogRows = list[tuple[bytes, bytes, bytes, float | None, bytes]]
+
+class LogRow(NamedTuple):
+    """One GenAI log record as stored, keyed by the span it belongs to."""
+
+    trace_id: bytes
+    span_id: bytes
+    digest: bytes  # of ``record``: a retried record is stored once
+    time: float | None
+    record: bytes  # the OTLP LogRecord message as received
+
+
+LogRows = list[LogRow]
 _CHUNK: Final = 500
 
 
@@ -46,7 +56,7 @@ def log_rows(request: PB2ExportLogsServiceRequest) -> LogBatch:
                 blob = record.SerializeToString()
                 stamp = record.time_unix_nano or record.observed_time_unix_nano
                 batch.rows.append(
-                    (
+                    LogRow(
                         record.trace_id,
                         record.span_id,
                         hashlib.blake2b(blob, digest_size=16).digest(),
