@@ -8,8 +8,12 @@ are spans already in Agent Lightning's shape (its tracer's ``openai.chat.complet
 proxy's spans, told by their resource, not their name).
 
 A span is a call by what it is, not by what was written onto it: the rollout span never is
-(LiteLLM writes each call's summary onto the current span), and a span that carries neither a
-prompt nor a response (nor token ids) is not either: it would be an empty triplet. A failed call
+(LiteLLM writes each call's summary onto the current span), nor is any span that encloses model
+calls (a user's "step" span around LiteLLM calls gets the same summary; its per-call children are
+the calls). Whether a span encloses calls depends on other spans, which may arrive in later
+requests: the store records it as they arrive (``encloses_call``) and every reader passes it in.
+A span that carries neither a prompt nor a response (nor token ids) is not a call either: it
+would be an empty triplet. A failed call
 with a prompt stays a call, as Agent Lightning's own tracer records one: the prompt, no
 response, the span's ERROR status kept, so a reward given after it lands on it and not on the
 call before, and a trainer can drop it by its status.
@@ -30,9 +34,11 @@ _AGL_MATCH: Final = re.compile(r"openai\.chat\.completion")
 _PREFIX_KEYS: Final = (n.AGL_PROMPT, n.AGL_COMPLETION, n.AGL_REQUEST, n.AGL_RESPONSE)
 
 
-def model_call(record: dict[str, Any]) -> LlmCall | None:
-    """The model call a span record describes, or None when it is not one (or needs nothing)."""
-    if not is_candidate(record):
+def model_call(record: dict[str, Any], encloses_calls: bool = False) -> LlmCall | None:
+    """The model call a span record describes, or None when it is not one (or needs nothing).
+
+    ``encloses_calls``: the span has model-call children, so it is not one itself."""
+    if encloses_calls or not is_candidate(record):
         return None
     attrs: dict[str, Any] = record.get("attributes") or {}
     call = _parse(attrs, record.get("events") or [])
@@ -141,14 +147,24 @@ def raw_token_ids(attrs: dict[str, Any]) -> tuple[list[int] | None, list[int] | 
     return prompt, response
 
 
-def translate(record: dict[str, Any]) -> dict[str, Any]:
+def encloses_call(record: dict[str, Any]) -> bool:
+    """Whether a span makes its parent a span around model calls: it is a model call, or its
+    messages are still to come as log records, or it is one already in Agent Lightning's shape
+    (its tracer's, its LLM proxy's, LiteLLM's summary span)."""
+    name = record.get("name") or ""
+    if _AGL_MATCH.search(name) or name in n.AGL_PROXY_SPANS:
+        return True
+    return model_call(record) is not None or awaits_logs(record)
+
+
+def translate(record: dict[str, Any], encloses_calls: bool = False) -> dict[str, Any]:
     """The record in Agent Lightning's shape if it is a model call; otherwise the record itself.
 
     Only adds: the original name goes to ``lightning_otlp.original_name``, every original
     attribute stays (the few whose key equals an adapter prefix move under
     ``lightning_otlp.original.``), and Agent Lightning's attributes are written over them.
     """
-    call = model_call(record)
+    call = model_call(record, encloses_calls)
     if call is None:
         return record
     attrs: dict[str, Any] = record.get("attributes") or {}
