@@ -205,3 +205,19 @@ def test_a_step_forwarded_before_its_call_arrived_was_sent_as_known_then(outbox:
     outbox.write(route(make_request([step.call]), RoutingConfig()))
     later, _ = _forwarded(outbox, after)
     assert later == {step.call.span_id: CALL}
+
+
+def test_a_child_call_without_captured_content_still_encloses(
+    pipeline: Pipeline, store: SQLiteStore
+) -> None:
+    """A call is one by its kind: its content may be off, or still to come as log records."""
+    step = Step()
+    child = make_span(
+        "chat fake-model",
+        trace_id=step.step.trace_id,
+        parent_id=step.step.span_id,
+        attributes={**IDS, "gen_ai.operation.name": "chat", "gen_ai.request.model": "m"},
+    )
+    send(pipeline, [step.step, child])
+    names = {r["span_id"]: r["name"] for r in store.spans(RID)}
+    assert names == {step.step.span_id.hex(): "step", child.span_id.hex(): "chat fake-model"}

@@ -75,15 +75,16 @@ def is_proxy_resource(resource: Any) -> bool:
     return isinstance(attrs, dict) and n.AGL_PROXY_RESOURCE_MARK in attrs
 
 
-def _parse(attrs: dict[str, Any], events: list[dict[str, Any]]) -> LlmCall | None:
-    prefix = litellm.provider(attrs)
-    if prefix is not None:
-        return litellm.parse(attrs, prefix)
+def _convention(attrs: dict[str, Any], events: list[dict[str, Any]]) -> str | None:
+    """The convention a span describes a model call in, by its kind alone (not its content),
+    or None when it describes none."""
+    if litellm.provider(attrs) is not None:
+        return "litellm"
     if vercel.is_vercel(attrs):
-        return vercel.parse(attrs) if vercel.is_model_call(attrs) else None
+        return "vercel" if vercel.is_model_call(attrs) else None
     kind = attrs.get(n.OI_SPAN_KIND)
     if kind is not None:
-        return openinference.parse(attrs) if kind == n.OI_LLM_KIND else None
+        return "openinference" if kind == n.OI_LLM_KIND else None
     operation = attrs.get(n.GENAI_OPERATION)
     request_type = attrs.get(n.LLM_REQUEST_TYPE)
     if operation is not None:
@@ -95,8 +96,23 @@ def _parse(attrs: dict[str, Any], events: list[dict[str, Any]]) -> LlmCall | Non
     if not chat:
         return None
     if openllmetry.has_indexed_content(attrs) and n.GENAI_INPUT_MESSAGES not in attrs:
+        return "openllmetry_indexed"
+    return "openllmetry" if request_type is not None else "otel_genai"
+
+
+def _parse(attrs: dict[str, Any], events: list[dict[str, Any]]) -> LlmCall | None:
+    convention = _convention(attrs, events)
+    if convention == "litellm":
+        prefix = litellm.provider(attrs)
+        return litellm.parse(attrs, prefix) if prefix is not None else None
+    if convention == "vercel":
+        return vercel.parse(attrs)
+    if convention == "openinference":
+        return openinference.parse(attrs)
+    if convention == "openllmetry_indexed":
         return openllmetry.parse(attrs)
-    convention = "openllmetry" if request_type is not None else "otel_genai"
+    if convention is None:
+        return None
     return otel_genai.parse(attrs, events, convention)
 
 
@@ -148,13 +164,16 @@ def raw_token_ids(attrs: dict[str, Any]) -> tuple[list[int] | None, list[int] | 
 
 
 def encloses_call(record: dict[str, Any]) -> bool:
-    """Whether a span makes its parent a span around model calls: it is a model call, or its
-    messages are still to come as log records, or it is one already in Agent Lightning's shape
-    (its tracer's, its LLM proxy's, LiteLLM's summary span)."""
+    """Whether a span makes its parent a span around model calls: it is a model call by its
+    kind, whatever content it captured, or one already in Agent Lightning's shape (its
+    tracer's, its LLM proxy's, LiteLLM's summary span). Its messages are not parsed: the store
+    asks this of every span with a parent as it arrives."""
     name = record.get("name") or ""
     if _AGL_MATCH.search(name) or name in n.AGL_PROXY_SPANS:
         return True
-    return model_call(record) is not None or awaits_logs(record)
+    if name == n.AGL_ROLLOUT_SPAN:
+        return False
+    return _convention(record.get("attributes") or {}, record.get("events") or []) is not None
 
 
 def translate(record: dict[str, Any], encloses_calls: bool = False) -> dict[str, Any]:

@@ -106,9 +106,14 @@ def span_encloses_call(name: str, blob: bytes) -> bool:
         return True
     if not any(needle in blob for needle in _NEEDLES):
         return False
-    span = PB2Span.FromString(blob)
-    record = {"name": name, "attributes": span_attributes(blob), "events": events_list(span.events)}
-    return encloses_call(record)
+    attrs = span_attributes(blob)
+    if encloses_call({"name": name, "attributes": attrs}):
+        return True
+    if any(key in attrs for key in _CALL_KEYS):
+        return False  # told by its attributes: events cannot change it
+    # A call whose messages are span events only: the events are read.
+    events = events_list(PB2Span.FromString(blob).events)
+    return bool(events) and encloses_call({"name": name, "attributes": attrs, "events": events})
 
 
 def span_awaits_logs(blob: bytes) -> bool:
