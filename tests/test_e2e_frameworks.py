@@ -107,3 +107,28 @@ def test_litellm_default_reads_the_per_call_spans_and_leaves_the_rollout_span_al
         a["choices"][0]["token_ids"] for a in answers
     ]
     assert [t["reward"] for t in triplets] == [0.1, 0.2, 0.3]
+
+
+def test_litellm_calls_inside_a_users_step_spans_are_the_calls_and_the_steps_are_not(
+    model: FakeModelServer, start_receiver: Callable[..., ReceiverProcess]
+) -> None:
+    """Each call and its reward inside the agent's own ``step`` span: LiteLLM writes the call
+    onto the step too, but the step has the call as its child, so it is not one."""
+    receiver = start_receiver()
+    before = len(model.model.answers)
+    rollout_id = run_framework_agent("litellm-step", model.base_url, receiver.http_url)
+    answers = model.model.answers[before:]
+    records = cli_spans(receiver)[rollout_id]
+    steps = [r for r in records if r["name"] == "step"]
+    assert len(steps) == 3
+    # LiteLLM did write each step's call onto it: that is what must not become a call.
+    assert [s["attributes"]["gen_ai.response.id"] for s in steps] == [a["id"] for a in answers]
+    calls = [r for r in records if r["name"] == "openai.chat.completion"]
+    assert [c["attributes"]["lightning_otlp.original_name"] for c in calls] == [
+        "raw_gen_ai_request"
+    ] * 3
+    assert [c["parent_id"] for c in calls] == [s["span_id"] for s in steps]
+
+    triplets = adapt_from_server(receiver.http_url, [rollout_id])[rollout_id]["triplets"]
+    check_framework_triplets("litellm-step", triplets, token_ids=True)
+    assert [t["response_id"] for t in triplets] == [a["id"] for a in answers]

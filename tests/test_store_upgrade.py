@@ -78,7 +78,7 @@ def test_a_released_store_records_its_migrations_by_name(tmp_path: Path) -> None
     path = _copy(tmp_path)
     with sqlite3.connect(path) as conn:
         counted = conn.execute("PRAGMA user_version").fetchone()[0]
-        assert counted == len(INGEST)
+        assert 0 < counted <= len(INGEST)
         assert not conn.execute(
             "SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations'"
         ).fetchone()
@@ -87,7 +87,10 @@ def test_a_released_store_records_its_migrations_by_name(tmp_path: Path) -> None
         store.open()
         store.close()
     with sqlite3.connect(path) as conn:
-        assert applied(conn) == [m.name for m in SQLITE]
+        names = applied(conn)
+    # What the release had comes first (adopted), then what it lacked, each once.
+    assert names[:counted] == [m.name for m in INGEST[:counted]]
+    assert sorted(names) == sorted(m.name for m in SQLITE)
 
 
 def test_a_released_outbox_gets_the_outbox_migration(tmp_path: Path) -> None:
@@ -103,5 +106,7 @@ def test_a_released_outbox_gets_the_outbox_migration(tmp_path: Path) -> None:
     finally:
         outbox.store.close()
     with sqlite3.connect(path) as conn:
-        assert applied(conn) == [m.name for m in SQLITE + OUTBOX]
+        names = applied(conn)
+        assert sorted(names) == sorted(m.name for m in SQLITE + OUTBOX)
+        assert names[-1] == OUTBOX[-1].name
         assert conn.execute("SELECT COUNT(*) FROM forward_state").fetchone() == (1,)

@@ -49,6 +49,7 @@ FRAMEWORKS = {"litellm", "pydantic_ai", "openlit"}
 WITH_TOKEN_IDS = {
     "openinference/openai_vllm_token_ids",
     "litellm/callbacks_otel",
+    "litellm/step_spans",
     "litellm/request_span",
 }
 _AGL_KEYS = {
@@ -242,7 +243,7 @@ def test_forwarded_bytes_carry_the_same_view(path: Path) -> None:
 
     from lightning_otlp.otlp import attributes
     from lightning_otlp.store.logs import span_events
-    from lightning_otlp.store.records import resource_bodies
+    from lightning_otlp.store.records import enclosing_spans, resource_bodies
     from lightning_otlp.translate.otlp import translate_span_bytes
 
     traces, logs = load_case(path)
@@ -261,6 +262,7 @@ def test_forwarded_bytes_carry_the_same_view(path: Path) -> None:
                     blob,
                     lambda t, s: span_events(conn, t, s),
                     lambda rid=resource_id: resource_bodies(conn, [rid])[rid],
+                    lambda t, s: (t, s) in enclosing_spans(conn, [t]),
                 )
             )
             record = records[sent.span_id.hex()]

@@ -7,7 +7,9 @@ third is a plain follow-up; a reward after each (0.1, 0.2, 0.3). Prints the roll
     python framework_agent.py FRAMEWORK --model-url URL (--endpoint URL | --record FILE)
 
 FRAMEWORK: ``litellm`` (``litellm.callbacks=["otel"]``, defaults), ``litellm-request-span``
-(the same with ``USE_OTEL_LITELLM_REQUEST_SPAN=true``), ``litellm-semconv``
+(the same with ``USE_OTEL_LITELLM_REQUEST_SPAN=true``), ``litellm-step`` (defaults, each call
+and its reward inside a user's own ``step`` span, which LiteLLM writes the call onto),
+``litellm-semconv``
 (``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental``, with the request span),
 ``pydantic-ai-v2`` ... ``pydantic-ai-v6`` (its built-in instrumentation in that data format),
 ``openlit``.
@@ -43,6 +45,7 @@ WEATHER_TOOL = {
 
 _ENV: dict[str, dict[str, str]] = {
     "litellm": {},
+    "litellm-step": {},
     "litellm-request-span": {"USE_OTEL_LITELLM_REQUEST_SPAN": "true"},
     "litellm-semconv": {
         "OTEL_SEMCONV_STABILITY_OPT_IN": "gen_ai_latest_experimental",
@@ -53,10 +56,14 @@ _ENV: dict[str, dict[str, str]] = {
 }
 
 
-def run_litellm(model_url: str, tracer_provider: Any) -> None:
+def run_litellm(model_url: str, tracer_provider: Any, steps: bool = False) -> None:
+    import contextlib
+
     import litellm
 
     from lightning_otlp.sdk import emit_reward
+
+    tracer = tracer_provider.get_tracer("framework-agent")
 
     litellm.callbacks = ["otel"]
     messages: list[dict[str, Any]] = [
@@ -73,9 +80,14 @@ def run_litellm(model_url: str, tracer_provider: Any) -> None:
             **extra,
         )
 
-    first = complete(tools=[WEATHER_TOOL])
-    _settle()
-    emit_reward(REWARDS[0])
+    def step() -> Any:
+        """The user's own span around one call and its reward, as an agent loop opens."""
+        return tracer.start_as_current_span("step") if steps else contextlib.nullcontext()
+
+    with step():
+        first = complete(tools=[WEATHER_TOOL])
+        _settle()
+        emit_reward(REWARDS[0])
     call = first.choices[0].message.tool_calls[0]
     messages.append(
         {
@@ -91,14 +103,16 @@ def run_litellm(model_url: str, tracer_provider: Any) -> None:
         }
     )
     messages.append({"role": "tool", "tool_call_id": call.id, "content": TOOL_RESULT})
-    second = complete(tools=[WEATHER_TOOL])
-    _settle()
-    emit_reward(REWARDS[1])
+    with step():
+        second = complete(tools=[WEATHER_TOOL])
+        _settle()
+        emit_reward(REWARDS[1])
     messages.append({"role": "assistant", "content": second.choices[0].message.content})
     messages.append({"role": "user", "content": FOLLOW_UP})
-    complete()
-    _settle()
-    emit_reward(REWARDS[2])
+    with step():
+        complete()
+        _settle()
+        emit_reward(REWARDS[2])
 
 
 def _settle() -> None:
@@ -230,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with rollout(input={"question": QUESTION}, mode="train") as ids:
         if args.framework.startswith("litellm"):
-            run_litellm(args.model_url, tracer_provider)
+            run_litellm(args.model_url, tracer_provider, steps=args.framework == "litellm-step")
         elif args.framework.startswith("pydantic-ai-v"):
             run_pydantic_ai(args.model_url, tracer_provider, int(args.framework.rsplit("v", 1)[1]))
         else:

@@ -39,6 +39,7 @@ PYTHON_CASES = [
 # Agent frameworks, each in its own env (tests/genai/framework_agent.py): three calls each.
 FRAMEWORK_CASES = [
     ("litellm", "callbacks_otel", "litellm"),
+    ("litellm", "step_spans", "litellm-step"),
     ("litellm", "request_span", "litellm-request-span"),
     ("litellm", "semconv_latest", "litellm-semconv"),
     *[("pydantic_ai", f"format_{v}", f"pydantic-ai-v{v}") for v in range(2, 7)],

@@ -28,6 +28,7 @@ from ..store.base import WriteResult
 from ..store.db import transaction
 from ..store.logs import LogRows
 from ..store.migrations import SQLITE, Migration
+from ..store.records import enclosing_rows
 from ..store.sqlite import SQLiteStore
 from ..translate import answers_call, log_event
 from ..translate.otlp import span_awaits_logs, translate_span_bytes
@@ -319,6 +320,8 @@ class Outbox:
         self._next_prune = 0.0
         # Log records joined onto the spans of the last batch read, and how many each got.
         self._events: dict[tuple[bytes, bytes], list[dict[str, Any]]] = {}
+        # Spans of the last batch read that have model-call children (``mark_enclosing``).
+        self._enclosing: set[tuple[bytes, bytes]] = set()
         self._joined: dict[int, int] = {}
 
     @property
@@ -652,6 +655,8 @@ class Outbox:
                 self._join_logs(conn, rows)
             elif self._events:
                 self._events, self._joined = {}, {}
+            if self.store.translate:
+                self._enclosing = enclosing_rows(conn, [row.rowid for row in rows])
         if released:
             kept = {r.rowid for r in released}
             after = max((r.rowid for r in rows if r.rowid not in kept), default=after)
@@ -802,7 +807,12 @@ class Outbox:
 
     def translated(self, span: bytes, resource_id: str) -> bytes:
         """A pending span's bytes as the records show it (``translate.otlp``)."""
-        return translate_span_bytes(span, self._span_events, lambda: self.resource(resource_id))
+        return translate_span_bytes(
+            span, self._span_events, lambda: self.resource(resource_id), self._encloses
+        )
+
+    def _encloses(self, trace_id: bytes, span_id: bytes) -> bool:
+        return (trace_id, span_id) in self._enclosing
 
     def _span_events(self, trace_id: bytes, span_id: bytes) -> list[dict[str, Any]]:
         """Read with the batch (``pending_batch``): no query per span."""

@@ -17,6 +17,7 @@ from typing import Final, NamedTuple
 
 from .api_schema import API_MIGRATIONS
 from .db import transaction
+from .records import ENCLOSING_MIGRATION
 
 
 class Migration(NamedTuple):
@@ -125,6 +126,8 @@ INGEST: Final[tuple[Migration, ...]] = (
         ) WITHOUT ROWID
         """,
     ),
+    # Spans with model-call children, which are never calls themselves (``store.records``).
+    Migration("span-encloses-calls", ENCLOSING_MIGRATION),
 )
 # The LightningStore API's tables; ``agl_api_schema`` counted these before.
 API: Final[tuple[Migration, ...]] = tuple(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from typing import Any, Final
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
@@ -12,6 +12,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 from ..otlp import events_list, links_list, parse_trace_state, span_attributes
 from ..translate import translate
 from ..translate.clock import call_end_ns
+from ..translate.otlp import span_encloses_call
 
 DEFAULT_ROLLOUT_CONFIG: Final[dict[str, Any]] = {
     "timeout_seconds": None,
@@ -139,12 +140,16 @@ def span_record(row: Sequence[Any], resource: dict[str, Any], span: PB2Span) -> 
 
 
 def span_records(
-    row: Any, resources: dict[str, Any], logs: dict[Any, list[dict[str, Any]]] | None
+    row: Any,
+    resources: dict[str, Any],
+    logs: dict[Any, list[dict[str, Any]]] | None,
+    enclosing: Container[tuple[bytes, bytes]] = (),
 ) -> dict[str, Any]:
     """A spans row (``SPAN_COLUMNS``, then ``record``) as an agentlightning ``Span`` dict.
 
     A span added through the LightningStore API is its record as given; an OTLP span is built
-    from its protobuf and, with ``logs`` (translating), joined with its GenAI log records.
+    from its protobuf and, with ``logs`` (translating), joined with its GenAI log records and
+    translated unless it is in ``enclosing`` (it has model-call children, ``mark_enclosing``).
     """
     if row[12] is not None:
         record: dict[str, Any] = json.loads(row[12])
@@ -154,17 +159,20 @@ def span_records(
     built = span_record(row[:12], resources[row[11]], span)
     if logs is None:
         return built
-    out = _translated(built, logs.get((row[3], row[4])))
+    key = (row[3], row[4])
+    out = _translated(built, logs.get(key), key in enclosing)
     if out is not built and span.end_time_unix_nano:  # a model call
         out["end_time"] = call_end_ns(span.start_time_unix_nano, span.end_time_unix_nano) / 1e9
     return out
 
 
-def _translated(record: dict[str, Any], events: list[dict[str, Any]] | None) -> dict[str, Any]:
+def _translated(
+    record: dict[str, Any], events: list[dict[str, Any]] | None, encloses_calls: bool
+) -> dict[str, Any]:
     """A span record with its GenAI log records as events, translated (``translate``)."""
     if events:
         record["events"] = [*record["events"], *events]
-    return translate(record)
+    return translate(record, encloses_calls)
 
 
 def resource_bodies(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, Any]:
@@ -177,3 +185,61 @@ def resource_bodies(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, A
         f"SELECT resource_id, body FROM resources WHERE resource_id IN ({marks})", wanted
     )
     return {key: json.loads(body) for key, body in found}
+
+
+# -- spans that enclose model calls, recorded as their children arrive ---------------------
+#
+# A span with model-call children is never a call itself (``translate.encloses_call``), whatever
+# was written onto it. Its children may come in the same request or in any later one, before or
+# after it, so the store keeps the fact beside the spans, keyed by the parent's (trace_id,
+# span_id), and every reader (the store's own, the API's pages, its prepared views, the forwarder)
+# looks it up for the spans it translates. A prepared view of a span so marked is never used: it
+# was built before the mark, and such spans are built at read time, as few as there are steps.
+
+_TRACE_CHUNK: Final = 500
+# The migration that adds the table (an entry of ``store.migrations.INGEST``).
+ENCLOSING_MIGRATION: Final = """
+    CREATE TABLE span_encloses_calls (
+        trace_id BLOB NOT NULL,
+        span_id  BLOB NOT NULL,
+        PRIMARY KEY (trace_id, span_id)
+    ) WITHOUT ROWID
+"""
+
+
+def mark_enclosing(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    """Mark the parents of the model calls among these spans rows (``SPAN_COLUMNS``)."""
+    parents = {(row[3], row[5]) for row in rows if row[5] and span_encloses_call(row[6], row[10])}
+    conn.executemany(
+        "INSERT OR IGNORE INTO span_encloses_calls (trace_id, span_id) VALUES (?, ?)", parents
+    )
+
+
+def enclosing_spans(
+    conn: sqlite3.Connection, trace_ids: Iterable[bytes]
+) -> set[tuple[bytes, bytes]]:
+    """The (trace_id, span_id) of the spans of these traces that enclose model calls."""
+    out: set[tuple[bytes, bytes]] = set()
+    ids = list(set(trace_ids))
+    for start in range(0, len(ids), _TRACE_CHUNK):
+        chunk = ids[start : start + _TRACE_CHUNK]
+        out.update(
+            conn.execute(
+                "SELECT trace_id, span_id FROM span_encloses_calls"
+                f" WHERE trace_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+        )
+    return out
+
+
+def enclosing_rows(conn: sqlite3.Connection, rowids: Iterable[int]) -> set[tuple[bytes, bytes]]:
+    """``enclosing_spans`` for spans given by rowid."""
+    return set(
+        conn.execute(
+            "SELECT s.trace_id, s.span_id FROM spans s JOIN span_encloses_calls e"
+            " ON e.trace_id = s.trace_id AND e.span_id = s.span_id"
+            " WHERE s.rowid IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(rowids)),),
+        ).fetchall()
+    )

@@ -31,6 +31,8 @@ from .records import (
     ROLLOUT_COLUMNS,
     SPAN_COLUMNS,
     attempted_rollout_record,
+    enclosing_spans,
+    mark_enclosing,
     resource_bodies,
     span_records,
 )
@@ -314,6 +316,7 @@ class SQLiteStore:
             )
         cursor = conn.executemany(_INSERT_SPAN, rows)
         stored = cursor.rowcount if cursor.rowcount >= 0 else len(rows)
+        mark_enclosing(conn, rows)
         self._span_top = self._top_rowid(conn)
         if moves:
             self._finish_moves(conn, updates, changes)
@@ -658,9 +661,12 @@ class SQLiteStore:
                     resources.update(
                         resource_bodies(conn, {row[11] for row in rows} - resources.keys())
                     )
-                    logs = joined_events(conn, {row[3] for row in rows}) if translating else {}
+                    traces = {row[3] for row in rows}
+                    logs = joined_events(conn, traces) if translating else {}
+                    parents = enclosing_spans(conn, traces) if translating else set()
                 records = [
-                    span_records(row, resources, logs if translating else None) for row in rows
+                    span_records(row, resources, logs if translating else None, parents)
+                    for row in rows
                 ]
             except (sqlite3.DatabaseError, ValueError, KeyError, DecodeError) as exc:
                 self._damaged(f"the spans of rollout {rid}", exc)

@@ -37,6 +37,7 @@ from .records import (
     ROLLOUT_COLUMNS,
     SPAN_COLUMNS,
     attempt_record,
+    enclosing_spans,
     json_or_none,
     resource_bodies,
     resources_record,
@@ -727,8 +728,11 @@ class SQLiteLightningStore:
         ``encoded``, a span with a current view is its JSON (``store.views``), ready to send.
         Only spans without one are read whole and built."""
         logs = None
+        enclosing: set[tuple[bytes, bytes]] = set()
         if self.store.translate:
-            logs = joined_events(conn, {lead[4] for lead in leads if not lead[6]})
+            traces = {lead[4] for lead in leads if not lead[6]}
+            logs = joined_events(conn, traces)
+            enclosing = enclosing_spans(conn, traces)
         bodies: dict[int, bytes] = {}
         if encoded and logs is not None:
             bodies = current(
@@ -736,7 +740,9 @@ class SQLiteLightningStore:
                 {
                     lead[0]: lead[5]
                     for lead in leads
-                    if not lead[6] and (lead[4], lead[5]) not in logs
+                    if not lead[6]
+                    and (lead[4], lead[5]) not in logs
+                    and (lead[4], lead[5]) not in enclosing
                 },
             )
         out: list[Record | bytes | None] = []
@@ -759,7 +765,7 @@ class SQLiteLightningStore:
                 wanted = {row[11] for row in rows.values() if row[12] is None}
                 resources = resource_bodies(conn, wanted)
                 for i, rowid in chunk:
-                    out[i] = span_records(rows[rowid], resources, logs)
+                    out[i] = span_records(rows[rowid], resources, logs, enclosing)
         return cast(list[Record | bytes], out)
 
     @staticmethod

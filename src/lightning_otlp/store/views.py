@@ -10,7 +10,8 @@ as they are.
 A view is only a cache: it is used when its version matches this code (any change to the
 record or translation code makes another version), when its span id matches the span it is
 keyed by, and when the span has no GenAI log records (those are joined at read time, whichever
-arrives first). Anything else is built at read time as before, so a view can never be wrong,
+arrives first) and no model-call children (``records.mark_enclosing``: they may arrive after its
+view was built). Anything else is built at read time as before, so a view can never be wrong,
 only missing.
 """
 
@@ -31,7 +32,7 @@ from .. import otlp
 from .. import translate as translate_package
 from . import records
 from .logs import joined_events
-from .records import SPAN_COLUMNS, resource_bodies, span_records
+from .records import SPAN_COLUMNS, enclosing_spans, resource_bodies, span_records
 
 _IDS: Final = ("rollout_id", "attempt_id", "sequence_id")
 
@@ -101,11 +102,13 @@ def build(conn: sqlite3.Connection, after: int, *, window: int, limit: int) -> t
     if not rows:
         return reached, 0
     resources = resource_bodies(conn, {row[12] for row in rows})
-    logs = joined_events(conn, {row[4] for row in rows})
+    traces = {row[4] for row in rows}
+    logs = joined_events(conn, traces)
+    enclosing = enclosing_spans(conn, traces)
     built = []
     for row in rows:
-        if (row[4], row[5]) in logs:
-            continue  # its log records are joined at read time, and more may come
+        if (row[4], row[5]) in logs or (row[4], row[5]) in enclosing:
+            continue  # built at read time: log records joined, or never a model call
         record = span_records(row[1:], resources, {})
         for key in _IDS:
             del record[key]

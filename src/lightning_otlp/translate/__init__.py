@@ -9,12 +9,13 @@ record on every receiver.
 
 from __future__ import annotations
 
-from .dispatch import awaits_logs, model_call, translate
+from .dispatch import awaits_logs, encloses_call, model_call, translate
 from .logs import answers_call, is_genai_event, log_event
 
 __all__ = [
     "answers_call",
     "awaits_logs",
+    "encloses_call",
     "is_genai_event",
     "log_event",
     "model_call",

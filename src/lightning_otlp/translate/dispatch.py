@@ -8,8 +8,12 @@ are spans already in Agent Lightning's shape (its tracer's ``openai.chat.complet
 proxy's spans, told by their resource, not their name).
 
 A span is a call by what it is, not by what was written onto it: the rollout span never is
-(LiteLLM writes each call's summary onto the current span), and a span that carries neither a
-prompt nor a response (nor token ids) is not either: it would be an empty triplet. A failed call
+(LiteLLM writes each call's summary onto the current span), nor is any span that encloses model
+calls (a user's "step" span around LiteLLM calls gets the same summary; its per-call children are
+the calls). Whether a span encloses calls depends on other spans, which may arrive in later
+requests: the store records it as they arrive (``encloses_call``) and every reader passes it in.
+A span that carries neither a prompt nor a response (nor token ids) is not a call either: it
+would be an empty triplet. A failed call
 with a prompt stays a call, as Agent Lightning's own tracer records one: the prompt, no
 response, the span's ERROR status kept, so a reward given after it lands on it and not on the
 call before, and a trainer can drop it by its status.
@@ -30,9 +34,11 @@ _AGL_MATCH: Final = re.compile(r"openai\.chat\.completion")
 _PREFIX_KEYS: Final = (n.AGL_PROMPT, n.AGL_COMPLETION, n.AGL_REQUEST, n.AGL_RESPONSE)
 
 
-def model_call(record: dict[str, Any]) -> LlmCall | None:
-    """The model call a span record describes, or None when it is not one (or needs nothing)."""
-    if not is_candidate(record):
+def model_call(record: dict[str, Any], encloses_calls: bool = False) -> LlmCall | None:
+    """The model call a span record describes, or None when it is not one (or needs nothing).
+
+    ``encloses_calls``: the span has model-call children, so it is not one itself."""
+    if encloses_calls or not is_candidate(record):
         return None
     attrs: dict[str, Any] = record.get("attributes") or {}
     call = _parse(attrs, record.get("events") or [])
@@ -69,15 +75,16 @@ def is_proxy_resource(resource: Any) -> bool:
     return isinstance(attrs, dict) and n.AGL_PROXY_RESOURCE_MARK in attrs
 
 
-def _parse(attrs: dict[str, Any], events: list[dict[str, Any]]) -> LlmCall | None:
-    prefix = litellm.provider(attrs)
-    if prefix is not None:
-        return litellm.parse(attrs, prefix)
+def _convention(attrs: dict[str, Any], events: list[dict[str, Any]]) -> str | None:
+    """The convention a span describes a model call in, by its kind alone (not its content),
+    or None when it describes none."""
+    if litellm.provider(attrs) is not None:
+        return "litellm"
     if vercel.is_vercel(attrs):
-        return vercel.parse(attrs) if vercel.is_model_call(attrs) else None
+        return "vercel" if vercel.is_model_call(attrs) else None
     kind = attrs.get(n.OI_SPAN_KIND)
     if kind is not None:
-        return openinference.parse(attrs) if kind == n.OI_LLM_KIND else None
+        return "openinference" if kind == n.OI_LLM_KIND else None
     operation = attrs.get(n.GENAI_OPERATION)
     request_type = attrs.get(n.LLM_REQUEST_TYPE)
     if operation is not None:
@@ -89,8 +96,23 @@ def _parse(attrs: dict[str, Any], events: list[dict[str, Any]]) -> LlmCall | Non
     if not chat:
         return None
     if openllmetry.has_indexed_content(attrs) and n.GENAI_INPUT_MESSAGES not in attrs:
+        return "openllmetry_indexed"
+    return "openllmetry" if request_type is not None else "otel_genai"
+
+
+def _parse(attrs: dict[str, Any], events: list[dict[str, Any]]) -> LlmCall | None:
+    convention = _convention(attrs, events)
+    if convention == "litellm":
+        prefix = litellm.provider(attrs)
+        return litellm.parse(attrs, prefix) if prefix is not None else None
+    if convention == "vercel":
+        return vercel.parse(attrs)
+    if convention == "openinference":
+        return openinference.parse(attrs)
+    if convention == "openllmetry_indexed":
         return openllmetry.parse(attrs)
-    convention = "openllmetry" if request_type is not None else "otel_genai"
+    if convention is None:
+        return None
     return otel_genai.parse(attrs, events, convention)
 
 
@@ -141,14 +163,27 @@ def raw_token_ids(attrs: dict[str, Any]) -> tuple[list[int] | None, list[int] | 
     return prompt, response
 
 
-def translate(record: dict[str, Any]) -> dict[str, Any]:
+def encloses_call(record: dict[str, Any]) -> bool:
+    """Whether a span makes its parent a span around model calls: it is a model call by its
+    kind, whatever content it captured, or one already in Agent Lightning's shape (its
+    tracer's, its LLM proxy's, LiteLLM's summary span). Its messages are not parsed: the store
+    asks this of every span with a parent as it arrives."""
+    name = record.get("name") or ""
+    if _AGL_MATCH.search(name) or name in n.AGL_PROXY_SPANS:
+        return True
+    if name == n.AGL_ROLLOUT_SPAN:
+        return False
+    return _convention(record.get("attributes") or {}, record.get("events") or []) is not None
+
+
+def translate(record: dict[str, Any], encloses_calls: bool = False) -> dict[str, Any]:
     """The record in Agent Lightning's shape if it is a model call; otherwise the record itself.
 
     Only adds: the original name goes to ``lightning_otlp.original_name``, every original
     attribute stays (the few whose key equals an adapter prefix move under
     ``lightning_otlp.original.``), and Agent Lightning's attributes are written over them.
     """
-    call = model_call(record)
+    call = model_call(record, encloses_calls)
     if call is None:
         return record
     attrs: dict[str, Any] = record.get("attributes") or {}

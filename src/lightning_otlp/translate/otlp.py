@@ -15,7 +15,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 from ..otlp import any_value, events_list, plain_value, span_attributes
 from . import names as n
 from .clock import call_end_ns
-from .dispatch import awaits_logs, translate
+from .dispatch import awaits_logs, encloses_call, translate
 
 # Every model call carries one of these names (see ``dispatch.model_call``).
 _NEEDLES: Final = (
@@ -43,10 +43,15 @@ EventLookup = Callable[[bytes, bytes], list[dict[str, Any]]]
 # The span's stored resource (``attributes``, ``schema_url``), asked for only when its name alone
 # cannot tell (Agent Lightning's LLM proxy and LiteLLM share span names).
 ResourceLookup = Callable[[], dict[str, Any]]
+# (trace_id, span_id) -> whether that span has model-call children (``dispatch.encloses_call``).
+EnclosesLookup = Callable[[bytes, bytes], bool]
 
 
 def translate_span_bytes(
-    blob: bytes, joined: EventLookup | None = None, resource: ResourceLookup | None = None
+    blob: bytes,
+    joined: EventLookup | None = None,
+    resource: ResourceLookup | None = None,
+    encloses: EnclosesLookup | None = None,
 ) -> bytes:
     """The span's bytes in Agent Lightning's shape if it is a model call, else ``blob`` itself.
 
@@ -55,6 +60,8 @@ def translate_span_bytes(
     if not any(needle in blob for needle in _NEEDLES):
         return blob
     span = PB2Span.FromString(blob)
+    if encloses is not None and encloses(span.trace_id, span.span_id):
+        return blob
     record: dict[str, Any] = {"name": span.name}
     if span.name in n.AGL_PROXY_SPANS:
         if resource is None:
@@ -90,6 +97,23 @@ def translate_span_bytes(
 
 
 _GONE: Final = object()
+
+
+def span_encloses_call(name: str, blob: bytes) -> bool:
+    """``dispatch.encloses_call`` for a span's name and bytes, as stored: most spans are told
+    by their bytes alone, undecoded."""
+    if n.AGL_LLM_CALL_NAME in name or name in n.AGL_PROXY_SPANS:
+        return True
+    if not any(needle in blob for needle in _NEEDLES):
+        return False
+    attrs = span_attributes(blob)
+    if encloses_call({"name": name, "attributes": attrs}):
+        return True
+    if any(key in attrs for key in _CALL_KEYS):
+        return False  # told by its attributes: events cannot change it
+    # A call whose messages are span events only: the events are read.
+    events = events_list(PB2Span.FromString(blob).events)
+    return bool(events) and encloses_call({"name": name, "attributes": attrs, "events": events})
 
 
 def span_awaits_logs(blob: bytes) -> bool:
