@@ -190,7 +190,8 @@ def span_attribute(key: str, value: Any) -> bytes:
     """A Span's attribute field (``attributes``, 9) encoded as ``any_value`` and protobuf would
     encode it; appended to a Span's bytes, it comes after the attributes already there."""
     if isinstance(value, str):
-        encoded = length_field(1, value.encode())
+        data = value.encode()
+        encoded = b"\x0a" + varint(len(data)) + data
     elif isinstance(value, bool):
         encoded = b"\x10" + varint(int(value))
     elif isinstance(value, int) and -(1 << 63) <= value < 1 << 63:
@@ -204,7 +205,8 @@ def span_attribute(key: str, value: Any) -> bytes:
         if len(_key_fields) >= _CACHED_ATTRIBUTES:
             _key_fields.clear()
         field = _key_fields[key] = length_field(1, key.encode())
-    return length_field(9, field + length_field(2, encoded))
+    pair = field + b"\x12" + varint(len(encoded)) + encoded  # KeyValue: key, value
+    return b"\x4a" + varint(len(pair)) + pair  # Span.attributes
 
 
 _key_fields: dict[str, bytes] = {}  # attribute keys repeat: each encoded once
