@@ -1,13 +1,17 @@
 """Forwarding throughput: client -> receiver -> LightningStore server, against the server alone.
 
-The same kind of spans (chat-completion spans of about 300 bytes, 500 per request, ids in
-resource attributes of rollouts a runner created on the server) go:
+The same kind of spans (chat-completion spans of about 450 bytes with a prompt and a response, so
+every span is a model call the receiver translates; 500 per request, ids in resource attributes
+of rollouts a runner created on the server) go:
 
 - straight to the server's ``POST /v1/traces`` (its own rate: the ceiling);
 - to a receiver whose store is ``agl+http://…``, timed until the server holds every span;
 - one span per ``POST /v1/agl/spans`` (the REST alternative to the batch OTLP path).
 
-Runs alternate so neither side gets a warmer (or fuller) server; the best of each is reported.
+Runs alternate so neither side gets a warmer (or fuller) server; the best of each is reported,
+with the spread (worst/best) and the CPU time each process spent per span: on a shared machine
+rates move with the load, CPU per span much less, and the server's CPU per span for forwarded
+requests against direct ones says whether the server itself is what limits forwarding.
 """
 
 from __future__ import annotations
@@ -23,18 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import agl_store, say
+from common import agl_store_process, cpu_seconds, load, say
 
 from lightning_otlp.forward.status import store_status
-from tests.payloads import GENAI_ATTRIBUTES, make_request, make_span
+from tests.payloads import GENAI_ATTRIBUTES, GENAI_CONTENT, make_request, make_span
 
 SPANS_PER_REQUEST = 500
 REQUESTS = 40  # 20,000 spans per run
 ROLLOUTS = 8
-ROUNDS = 3
+ROUNDS = int(os.environ.get("BENCH_FORWARD_ROUNDS", "4"))
 REST_SPANS = 1000
 # Spans per forwarded request: the default, and the clients' own request size for comparison.
-FORWARD_BATCHES = (1000, 500)
+FORWARD_BATCHES = tuple(
+    int(b) for b in os.environ.get("BENCH_FORWARD_BATCHES", "1000,500").split(",")
+)
 PROTOBUF = {"content-type": "application/x-protobuf"}
 _LISTEN = re.compile(r"OTLP/HTTP listening on (http://[^\s/]+)")
 
@@ -53,7 +59,11 @@ def payloads(server: httpx.Client, seed: int) -> tuple[list[bytes], list[str]]:
         spans = [
             make_span(
                 "chat gpt-4o-mini",
-                attributes={**GENAI_ATTRIBUTES, "gen_ai.response.id": f"chatcmpl-{seed}-{n}-{i}"},
+                attributes={
+                    **GENAI_ATTRIBUTES,
+                    **GENAI_CONTENT,
+                    "gen_ai.response.id": f"chatcmpl-{seed}-{n}-{i}",
+                },
                 start_ns=base + (n * SPANS_PER_REQUEST + i) * 1000,
             )
             for i in range(SPANS_PER_REQUEST)
@@ -173,11 +183,33 @@ def rest_rate(server: httpx.Client) -> float:
     return REST_SPANS / (time.perf_counter() - started)
 
 
+class Cpu:
+    """CPU seconds per span of each process, over one run; the lowest run is kept."""
+
+    def __init__(self) -> None:
+        self.best: dict[str, float] = {}
+
+    def start(self, pids: dict[str, int]) -> dict[str, tuple[int, float]]:
+        return {name: (pid, cpu_seconds(pid)) for name, pid in pids.items()}
+
+    def stop(self, started: dict[str, tuple[int, float]], spans: int) -> None:
+        for name, (pid, before) in started.items():
+            used = (cpu_seconds(pid) - before) / spans
+            self.best[name] = min(self.best.get(name, used), used)
+
+    def us(self, name: str) -> str:
+        return f"{self.best[name] * 1e6:6.1f} us/span"
+
+
+def spread(rates: list[float]) -> str:
+    return f"spread {min(rates) / max(rates):.2f} (worst/best of {len(rates)})"
+
+
 def main() -> None:
     total = REQUESTS * SPANS_PER_REQUEST
     with (
         tempfile.TemporaryDirectory(prefix="bench-forward-") as tmp,
-        agl_store(Path(tmp) / "agl.log") as server_url,
+        agl_store_process(Path(tmp) / "agl.log") as (server_url, server_proc),
     ):
         server = httpx.Client(base_url=server_url, timeout=60)
         port = server_url.rsplit(":", 1)[1]
@@ -186,6 +218,8 @@ def main() -> None:
             outbox = Path(tmp) / f"outbox-{batch}.db"
             url = f"agl+http://127.0.0.1:{port}?outbox={outbox}&max_backoff=0.2&batch_spans={batch}"
             receivers[batch] = (url, *start_receiver(url, Path(tmp) / f"receiver-{batch}.log"))
+        cpu = Cpu()
+        client_pid = os.getpid()
         try:
             direct_rates: list[float] = []
             forward_rates: dict[int, list[float]] = {b: [] for b in FORWARD_BATCHES}
@@ -193,12 +227,22 @@ def main() -> None:
             seed = 0
             for _ in range(ROUNDS):
                 bodies, ids = payloads(server, seed := seed + 1)
+                started = cpu.start({"server, direct": server_proc.pid})
                 seconds = direct(server, bodies)
+                cpu.stop(started, total)
                 assert held(server, ids) == total
                 direct_rates.append(total / seconds)
-                for batch, (store_url, _, receiver_url) in receivers.items():
+                for batch, (store_url, proc, receiver_url) in receivers.items():
                     bodies, ids = payloads(server, seed := seed + 1)
+                    started = cpu.start(
+                        {
+                            f"receiver, {batch}": proc.pid,
+                            f"server, forwarded {batch}": server_proc.pid,
+                            f"client, {batch}": client_pid,
+                        }
+                    )
                     acked, seconds = forwarded(receiver_url, store_url, bodies)
+                    cpu.stop(started, total)
                     assert held(server, ids) == total, "the server does not hold every span"
                     forward_rates[batch].append(total / seconds)
                     ack_rates.append(total / acked)
@@ -209,12 +253,32 @@ def main() -> None:
                 proc.wait(30)
         best_direct = max(direct_rates)
         say(f"{total:,} spans per run, {SPANS_PER_REQUEST} per client request, best of {ROUNDS}")
-        say(f"server alone, POST /v1/traces:                  {best_direct:>9,.0f} spans/s")
+        say(f"({load()}; CPU per span is each process's lowest over the runs)")
+        say(
+            f"server alone, POST /v1/traces:                  {best_direct:>9,.0f} spans/s"
+            f"   {spread(direct_rates)}   server {cpu.us('server, direct')}"
+        )
         for batch, rates in forward_rates.items():
             best = max(rates)
             say(
                 f"client -> receiver -> server, {batch:>4} per forward: {best:>9,.0f} spans/s"
-                f"   ratio {best / best_direct:.2f}"
+                f"   ratio {best / best_direct:.2f}   {spread(rates)}"
+            )
+            say(
+                f"    receiver {cpu.us(f'receiver, {batch}')}"
+                f"   server {cpu.us(f'server, forwarded {batch}')}"
+                f"   client {cpu.us(f'client, {batch}')}"
+            )
+            # What the figures above would be with no spare core (every process's CPU time in
+            # turn, as on a busy machine) and with a core each for receiver and server (a quiet
+            # 2-core machine: the slower of the two sets the pace); the client is left out.
+            alone = cpu.best["server, direct"]
+            receiver = cpu.best[f"receiver, {batch}"]
+            relayed = cpu.best[f"server, forwarded {batch}"]
+            say(
+                f"    by CPU per span: ratio {alone / (receiver + relayed):.2f} with no spare core,"
+                f" {min(1.0, alone / max(receiver, relayed)):.2f} with a core each;"
+                f" the server alone would forward at {alone / relayed:.2f} of its direct rate"
             )
         say(f"client -> receiver only (until acknowledged):   {max(ack_rates):>9,.0f} spans/s")
         say(f"server alone, POST /v1/agl/spans one per span:  {rest:>9,.0f} spans/s")

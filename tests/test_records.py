@@ -82,3 +82,40 @@ def test_span_attributes_from_bytes_match_the_decoded_span() -> None:
     first["gen_ai.response.finish_reasons"].append("changed")
     again = span_attributes(blob)  # now from decoded attributes kept by their bytes
     assert again == decoded and list(again) == list(decoded)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "text",
+        "",
+        "ünïcode ✓",
+        True,
+        False,
+        0,
+        812,
+        -3,
+        -(1 << 63),
+        (1 << 63) - 1,
+        0.5,
+        -0.0,
+        float("inf"),
+        ["stop"],
+        [1, 2],
+        {"a": "b"},
+        None,
+    ],
+)
+def test_a_span_attribute_encoded_by_hand_is_what_protobuf_encodes(value: object) -> None:
+    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
+
+    from lightning_otlp.otlp import any_value, span_attribute
+
+    expected = PB2Span(attributes=[KeyValue(key="k.é", value=any_value(value))])
+    assert span_attribute("k.é", value) == expected.SerializeToString()
+    # Appended to a span's bytes, it follows the attributes already there.
+    span = make_span("chat", attributes={"first": 1})
+    appended = PB2Span.FromString(span.SerializeToString() + span_attribute("k.é", value))
+    assert [kv.key for kv in appended.attributes] == ["first", "k.é"]
+    assert appended.attributes[1].value == any_value(value)

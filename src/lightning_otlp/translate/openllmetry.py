@@ -8,15 +8,18 @@ so the call still gets its Agent Lightning name, tools and response id.
 
 from __future__ import annotations
 
-from typing import Any
+from operator import methodcaller
+from typing import Any, Final
 
 from . import names as n
 from .call import LlmCall, Message, ToolCall, arguments_text, as_str, as_text, indexed
 from .otel_genai import indexed_tools
 
+_INDEXED: Final = methodcaller("startswith", (n.AGL_PROMPT + ".", n.AGL_COMPLETION + "."))
+
 
 def has_indexed_content(attrs: dict[str, Any]) -> bool:
-    return any(k.startswith((n.AGL_PROMPT + ".", n.AGL_COMPLETION + ".")) for k in attrs)
+    return any(map(_INDEXED, attrs))  # no Python frame per key: every model call asks
 
 
 def parse(attrs: dict[str, Any]) -> LlmCall:

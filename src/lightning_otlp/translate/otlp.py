@@ -12,7 +12,7 @@ from typing import Any, Final
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue as PB2KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
-from ..otlp import any_value, events_list, plain_value, span_attributes
+from ..otlp import any_value, events_list, plain_value, span_attribute, span_attributes
 from . import names as n
 from .clock import call_end_ns
 from .dispatch import awaits_logs, encloses_call, translate
@@ -75,14 +75,14 @@ def translate_span_bytes(
     if translated is record:
         return blob
     attrs: dict[str, Any] = translated["attributes"]
-    # Keep the original attribute order and encoding where the value did not change.
-    kept = [kv for kv in span.attributes if attrs.get(kv.key, _GONE) == original.get(kv.key)]
-    kept_keys = {kv.key for kv in kept}
-    del span.attributes[:]
-    span.attributes.extend(kept)
-    span.attributes.extend(
-        PB2KeyValue(key=k, value=any_value(v)) for k, v in attrs.items() if k not in kept_keys
-    )
+    # Keep the original attribute order and encoding where the value did not change (usually
+    # all of them: translation adds), and append the others' bytes to the span's.
+    kept_keys = {k for k, v in original.items() if attrs.get(k, _GONE) == v}
+    if len(kept_keys) < len(original):
+        kept = [kv for kv in span.attributes if kv.key in kept_keys]
+        del span.attributes[:]
+        span.attributes.extend(kept)
+    appended = b"".join(span_attribute(k, v) for k, v in attrs.items() if k not in kept_keys)
     span.name = translated["name"]
     span.end_time_unix_nano = call_end_ns(span.start_time_unix_nano, span.end_time_unix_nano)
     for event in extra:
@@ -92,7 +92,7 @@ def translate_span_bytes(
         added.attributes.extend(
             PB2KeyValue(key=k, value=any_value(v)) for k, v in event["attributes"].items()
         )
-    out: bytes = span.SerializeToString()
+    out: bytes = span.SerializeToString() + appended
     return out
 
 
