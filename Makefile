@@ -54,6 +54,11 @@ WHY_JAVA := the OpenTelemetry Java agent and the Java examples: Java exporters
 WHY_BROWSER := Debian chromium: the dashboard test
 # The one-time builds are independent of each other: make test runs up to BUILD_JOBS at once.
 BUILD_JOBS ?= 4
+# Most of the suite waits on subprocesses (receivers, Collectors, agents, agl store): make test
+# runs TEST_JOBS test files side by side (pytest-xdist), each file whole on one worker so a
+# module's shared receiver is started once. TEST_JOBS=1 runs them one after another.
+TEST_JOBS ?= 4
+XDIST := $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
 
 .PHONY: install install-test docs run test test-deps test-fast test-pythons bench lint agl-env genai-env framework-envs golden node-deps collector go-agent java-deps browser clean
 
@@ -181,7 +186,7 @@ test:
 	@$(MAKE) --no-print-directory -j$(BUILD_JOBS) test-deps
 	@echo "==> the test suite"
 	AGL_PYTHON=$(abspath $(AGL_VENV))/bin/python GENAI_PYTHON=$(abspath $(GENAI_VENV))/bin/python \
-		$(BIN)/pytest
+		$(BIN)/pytest $(XDIST)
 
 test-fast: install-test
 	$(BIN)/pytest -m "$(FAST)"
@@ -191,7 +196,7 @@ test-fast: install-test
 PYENV_ALL := $(shell command -v pyenv >/dev/null 2>&1 && { pyenv global; pyenv versions --bare; } | paste -sd: -)
 
 test-pythons: install-test
-	$(if $(PYENV_ALL),PYENV_VERSION=$(PYENV_ALL)) $(BIN)/nox
+	$(if $(PYENV_ALL),PYENV_VERSION=$(PYENV_ALL)) $(BIN)/nox $(if $(XDIST),-- $(XDIST))
 
 $(VENV)/.bench: $(VENV)/.test
 	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test,docs,bench]'

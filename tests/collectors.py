@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 import yaml
 
-from .support import ROOT
+from .support import ROOT, free_port
 
 CACHE = ROOT / ".cache"
 OTELCOL_VERSION = "0.136.0"
@@ -39,12 +38,6 @@ def built(path: Path, target: str) -> Path:
     if not path.exists():
         raise RuntimeError(f"{path} is missing: run `make {target}`")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(condition: Any, what: str, timeout: float = 60.0, interval: float = 0.1) -> Any:

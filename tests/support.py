@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +20,21 @@ from lightning_otlp.store import SQLiteStore
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "node"
 _LISTEN = re.compile(r"(OTLP/gRPC|OTLP/HTTP|health) listening on (?:(https?)://)?([^\s/]+)")
+# Below Linux's ephemeral range (32768-60999): no outgoing connection of a test running beside
+# this one takes a port between its choice here and its server's bind.
+_PORTS = range(20000, 32768)
+
+
+def free_port() -> int:
+    """A loopback port free now, for a server that cannot bind port 0 and report what it got."""
+    while True:
+        port = random.choice(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 class ReceiverProcess:
@@ -248,11 +265,7 @@ class AglStore:
     """Upstream's ``agl store`` (in-memory LightningStore server) on a free loopback port."""
 
     def __init__(self, log_path: Path) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None

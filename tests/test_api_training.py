@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import NODE_DIR, ROOT, ReceiverProcess, agl_python, node_script
+from tests.support import NODE_DIR, ROOT, ReceiverProcess, agl_python, free_port, node_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.agl, pytest.mark.node, pytest.mark.api]
 
@@ -32,12 +31,6 @@ ROLLOUTS = 30
 # Each agent, Python or TypeScript, makes these spans once per rollout.
 SPANS = Counter(["openai.chat.completion", "agent.run", "agentlightning.annotation"])
 UNFINISHED = ["queuing", "preparing", "running", "requeuing"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_for(path: Path, at_least: int, proc: subprocess.Popen[str], timeout: float) -> int:
@@ -53,7 +46,7 @@ def _wait_for(path: Path, at_least: int, proc: subprocess.Popen[str], timeout: f
 
 
 def test_training_run_survives_kill_9(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     flags = ("--http", f"127.0.0.1:{port}", "--watchdog-interval", "1")
     receiver = ReceiverProcess(tmp_path / "store.db", *flags).start()

@@ -125,7 +125,7 @@ def test_gzip_and_deflate_round_trip() -> None:
 
 @pytest.mark.parametrize(
     ("body", "encoding"),
-    [(b"not gzip", "gzip"), (gzip.compress(b"x" * 1000)[:-12], "gzip"), (b"x", "br")],
+    [(b"not gzip", "gzip"), (gzip.compress(b"x" * 1000, mtime=0)[:-12], "gzip"), (b"x", "br")],
 )
 def test_bad_encodings_are_invalid_request(body: bytes, encoding: str) -> None:
     with pytest.raises(InvalidRequest):

@@ -25,8 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .collectors import free_port, wait_until
-from .support import ROOT
+from .collectors import wait_until
+from .support import ROOT, free_port
 from .test_collector_config import dockerfile
 
 pytestmark = [pytest.mark.e2e]

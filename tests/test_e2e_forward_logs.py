@@ -9,7 +9,6 @@ records. A trainer reading the server with agentlightning's own ``LightningStore
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pytest
 
 from .genai.fake_model import FakeModelServer
 from .genai.triplets import adapt_from_server
-from .support import ReceiverProcess
+from .support import ReceiverProcess, free_port
 from .test_e2e_genai import AGENT, check_rollout, genai_python
 
 pytestmark = [pytest.mark.e2e, pytest.mark.genai, pytest.mark.agl]
@@ -32,20 +31,13 @@ def model() -> Iterator[FakeModelServer]:
         yield server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_log_records_exported_after_their_spans_reach_the_server(
     model: FakeModelServer, tmp_path: Path
 ) -> None:
     from bench.common import agl_store
     from lightning_otlp.forward.status import store_status
 
-    http = _free_port()
+    http = free_port()
     with agl_store(tmp_path / "agl.log") as base, httpx.Client(base_url=base, timeout=30) as agl:
         url = f"agl+{base}?outbox={tmp_path / 'outbox.db'}&max_backoff=0.5"
         # Long enough to outlast the restart below: the response record ends the wait.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from lightning_otlp import ids
 
 from .genai.fake_model import FakeModelServer
 from .genai.triplets import adapt
-from .support import ROOT, ReceiverProcess, node_script
+from .support import ROOT, ReceiverProcess, free_port, node_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.genai, pytest.mark.agl]
 
@@ -177,19 +176,12 @@ def test_vercel_streamed_calls_give_one_triplet_each_with_the_whole_text(
     assert [t["reward"] for t in triplets] == [None, 1.0]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_content_in_log_records_survives_order_and_restart(
     model: FakeModelServer, tmp_path: Path
 ) -> None:
     """openai-v2's default mode: message content only in log records, over both transports,
     logs before or after their spans, and the receiver killed (-9) in between."""
-    grpc, http = _free_port(), _free_port()
+    grpc, http = free_port(), free_port()
     flags = ("--grpc", f"127.0.0.1:{grpc}", "--http", f"127.0.0.1:{http}")
     receiver = ReceiverProcess(tmp_path / "receiver.db", *flags).start()
     rollouts = []

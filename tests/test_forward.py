@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,17 +33,11 @@ from lightning_otlp.forward.store import ForwardingStore
 from lightning_otlp.receiver.route import RoutingConfig, route
 
 from .payloads import GENAI_CONTENT, genai_request, make_request, make_span
-from .support import ReceiverProcess, agl_python, node_script, validate_with_agl
+from .support import ReceiverProcess, agl_python, free_port, node_script, validate_with_agl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.agl]
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class AglServer:
