@@ -56,8 +56,8 @@ WHY_BROWSER := Debian chromium: the dashboard test
 BUILD_JOBS ?= 4
 # Most of the suite waits on subprocesses (receivers, Collectors, agents, agl store): make test
 # runs TEST_JOBS test files side by side (pytest-xdist), each file whole on one worker so a
-# module's shared receiver is started once. One at a time by default: two end-to-end tests that
-# compare watchdog timings still depend on the machine not being overloaded.
+# module's shared receiver is started once. One at a time by default: under heavy load, two
+# end-to-end tests (watchdog timings, forwarded status mirrored) can run out of time side by side.
 TEST_JOBS ?= 1
 XDIST := $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
 
