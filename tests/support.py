@@ -23,17 +23,27 @@ _LISTEN = re.compile(r"(OTLP/gRPC|OTLP/HTTP|health) listening on (?:(https?)://)
 # Below Linux's ephemeral range (32768-60999): no outgoing connection of a test running beside
 # this one takes a port between its choice here and its server's bind.
 _PORTS = range(20000, 32768)
+_GIVEN: set[int] = set()
+# The number of pytest-xdist workers; each takes every _WORKERS-th port of the range.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
 
 
 def free_port() -> int:
-    """A loopback port free now, for a server that cannot bind port 0 and report what it got."""
+    """A loopback port free now, for a server that cannot bind port 0 and report what it got;
+    never the same one twice in a run, and each pytest-xdist worker picks from its own share."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index, count = (int(worker) if worker.isdigit() else 0), _WORKERS
+    share = _PORTS[index % count :: count]
     while True:
-        port = random.choice(_PORTS)
+        port = random.choice(share)
+        if port in _GIVEN:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        _GIVEN.add(port)
         return port
 
 
