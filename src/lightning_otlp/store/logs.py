@@ -8,7 +8,6 @@ yet, and become events of their span's record when it is read.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
@@ -19,6 +18,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as PB2LogRecord
 
 from ..translate import is_genai_event, log_event
+from .dialect import Conn
 
 
 class LogRow(NamedTuple):
@@ -67,7 +67,7 @@ def log_rows(request: PB2ExportLogsServiceRequest) -> LogBatch:
     return batch
 
 
-def span_events(conn: sqlite3.Connection, trace_id: bytes, span_id: bytes) -> list[dict[str, Any]]:
+def span_events(conn: Conn, trace_id: bytes, span_id: bytes) -> list[dict[str, Any]]:
     """The stored GenAI log records of one span as span events, oldest first."""
     rows = conn.execute(
         "SELECT record FROM span_logs WHERE trace_id = ? AND span_id = ? ORDER BY time, rowid",
@@ -77,7 +77,7 @@ def span_events(conn: sqlite3.Connection, trace_id: bytes, span_id: bytes) -> li
 
 
 def joined_events(
-    conn: sqlite3.Connection, trace_ids: Iterable[bytes]
+    conn: Conn, trace_ids: Iterable[bytes]
 ) -> dict[tuple[bytes, bytes], list[dict[str, Any]]]:
     """The stored GenAI log records of these traces as span events, by (trace_id, span_id)."""
     out: dict[tuple[bytes, bytes], list[dict[str, Any]]] = {}

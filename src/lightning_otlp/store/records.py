@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Container, Iterable, Sequence
 from typing import Any, Final
 
@@ -13,6 +12,7 @@ from ..otlp import events_list, links_list, parse_trace_state, span_attributes
 from ..translate import translate
 from ..translate.clock import call_end_ns
 from ..translate.otlp import span_encloses_call
+from .dialect import Conn, chunks
 
 DEFAULT_ROLLOUT_CONFIG: Final[dict[str, Any]] = {
     "timeout_seconds": None,
@@ -175,7 +175,7 @@ def _translated(
     return translate(record, encloses_calls)
 
 
-def resource_bodies(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, Any]:
+def resource_bodies(conn: Conn, ids: Iterable[str]) -> dict[str, Any]:
     """Resource records by id, for the span rows that name them."""
     wanted = tuple(ids)
     if not wanted:
@@ -207,17 +207,16 @@ ENCLOSING_MIGRATION: Final = """
 """
 
 
-def mark_enclosing(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+def mark_enclosing(conn: Conn, rows: Iterable[tuple[Any, ...]]) -> None:
     """Mark the parents of the model calls among these spans rows (``SPAN_COLUMNS``)."""
     parents = {(row[3], row[5]) for row in rows if row[5] and span_encloses_call(row[6], row[10])}
     conn.executemany(
-        "INSERT OR IGNORE INTO span_encloses_calls (trace_id, span_id) VALUES (?, ?)", parents
+        "INSERT INTO span_encloses_calls (trace_id, span_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        parents,
     )
 
 
-def enclosing_spans(
-    conn: sqlite3.Connection, trace_ids: Iterable[bytes]
-) -> set[tuple[bytes, bytes]]:
+def enclosing_spans(conn: Conn, trace_ids: Iterable[bytes]) -> set[tuple[bytes, bytes]]:
     """The (trace_id, span_id) of the spans of these traces that enclose model calls."""
     out: set[tuple[bytes, bytes]] = set()
     ids = list(set(trace_ids))
@@ -233,13 +232,16 @@ def enclosing_spans(
     return out
 
 
-def enclosing_rows(conn: sqlite3.Connection, rowids: Iterable[int]) -> set[tuple[bytes, bytes]]:
+def enclosing_rows(conn: Conn, rowids: Iterable[int]) -> set[tuple[bytes, bytes]]:
     """``enclosing_spans`` for spans given by rowid."""
-    return set(
-        conn.execute(
-            "SELECT s.trace_id, s.span_id FROM spans s JOIN span_encloses_calls e"
-            " ON e.trace_id = s.trace_id AND e.span_id = s.span_id"
-            " WHERE s.rowid IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(rowids)),),
-        ).fetchall()
-    )
+    out: set[tuple[bytes, bytes]] = set()
+    for chunk in chunks(list(rowids)):
+        out.update(
+            conn.execute(
+                "SELECT s.trace_id, s.span_id FROM spans s JOIN span_encloses_calls e"
+                " ON e.trace_id = s.trace_id AND e.span_id = s.span_id"
+                f" WHERE s.rowid IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+        )
+    return out

@@ -1,5 +1,7 @@
 """The embedded store: one SQLite file in WAL mode, one transaction per request or group of
-requests committed together."""
+requests committed together. The storage primitives of ``store.sql_store`` and
+``store.api_base.SQLBackend`` for SQLite: one writer, so trace affinity lives in memory and no
+transaction ever conflicts with another."""
 
 from __future__ import annotations
 
@@ -11,56 +13,32 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, TypeVar
+from urllib.parse import quote
 
 from google.protobuf.message import DecodeError
 
-from ..batch import MAX_SEQUENCE_ID, Destination, RolloutInfo, SpanBatch
+from ..batch import SpanBatch
 from ..defaults import DEFAULT_AFFINITY_WINDOW, SEQUENCE_IDS, SYNCHRONOUS
 from ..errors import StoreDamaged, StoreUnavailable
-from ..ids import attempt_id_for, rollout_id_for_trace
 from . import views
 from .affinity import Changes, TraceAffinity
 from .base import Metric, WriteResult
 from .db import transaction
-from .logs import LogRows, joined_events
-from .migrations import SQLITE, Migration, migrate
-from .records import (
-    ATTEMPT_COLUMNS,
-    DEFAULT_ROLLOUT_CONFIG,
-    ROLLOUT_COLUMNS,
-    SPAN_COLUMNS,
-    attempted_rollout_record,
-    enclosing_spans,
-    mark_enclosing,
-    resource_bodies,
-    span_records,
-)
-
-if TYPE_CHECKING:
-    pass
+from .dialect import SQLITE, Conn, Dialect
+from .logs import LogRows
+from .migrations import SQLITE as SQLITE_MIGRATIONS
+from .migrations import Migration, migrate
+from .records import ATTEMPT_COLUMNS, ROLLOUT_COLUMNS, SPAN_COLUMNS, resource_bodies, span_records
+from .sql_store import NO_SUCH_ATTEMPT, SQLStore, insert_logs
 
 log = logging.getLogger("lightning_otlp.store")
+T = TypeVar("T")
 
-# (conn, rollout_id, attempt_id, status, end_time, now)
-OutcomeHook = Callable[[sqlite3.Connection, str, str, str, float, float], None]
-
-_INSERT_SPAN: Final = f"INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)})"
-_DEFAULT_CONFIG_JSON: Final = json.dumps(DEFAULT_ROLLOUT_CONFIG)
-_STARTED: Final = ("queuing", "preparing", "requeuing")
 # Salvage reads by rowid this many rows at a time; without a highest rowid, it stops after
 # this many rowids in a row that hold nothing.
 _SALVAGE_STEP: Final = 256
 _SALVAGE_GAP: Final = 65_536
-_FINISHED_ATTEMPT: Final = ("succeeded", "failed", "timeout")
-_FINISHED_ROLLOUT: Final = ("succeeded", "failed", "cancelled")
-NO_SUCH_ATTEMPT: Final = (
-    "not stored: they name an attempt that does not exist on a rollout the LightningStore API"
-    " manages (its attempts start through the API: dequeue or start_attempt)"
-)
-# An attempt's span counter above this was left by an unbounded explicit sequence id (before
-# they were bounded): it is rebuilt from the attempt's spans, so it can never overflow SQLite.
-_COUNTER_CEILING: Final = 2**62
 _WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 _CACHE_KIB: Final = 64 * 1024
 # One idle step builds at most this many span views (about 15 ms), scanning at most the window.
@@ -68,7 +46,13 @@ _VIEW_BATCH: Final = 128
 _VIEW_WINDOW: Final = 4096
 
 
-class SQLiteStore:
+class SQLiteConnection(sqlite3.Connection):
+    """SQLite's own connection, saying which SQL it speaks (``store.dialect``)."""
+
+    dialect: Dialect = SQLITE
+
+
+class SQLiteStore(SQLStore):
     """SQLite-backed store; ``path`` may be ``:memory:`` for tests.
 
     Args:
@@ -102,8 +86,8 @@ class SQLiteStore:
         salvage: bool = False,
         translate: bool = True,
         prepare_reads: bool = True,
-        sequence_ids: str = "start-time",
-        migrations: Sequence[Migration] = SQLITE,
+        sequence_ids: str = SEQUENCE_IDS[0],
+        migrations: Sequence[Migration] = SQLITE_MIGRATIONS,
     ) -> None:
         if sequence_ids not in SEQUENCE_IDS:
             raise ValueError(f"sequence_ids must be one of {SEQUENCE_IDS}, not {sequence_ids!r}")
@@ -113,7 +97,7 @@ class SQLiteStore:
         self.url = url or f"sqlite:///{path}"
         self._synchronous = synchronous.upper()
         self._busy_timeout = busy_timeout
-        self._conn: sqlite3.Connection | None = None
+        self._conn: SQLiteConnection | None = None
         self._lock = threading.Lock()
         self.affinity = TraceAffinity(affinity_window)
         self.create = create
@@ -122,9 +106,11 @@ class SQLiteStore:
         self.prepare_reads = prepare_reads
         self.sequence_ids = sequence_ids
         self.migrations = migrations
-        # Set by the LightningStore API over this store: an attempt's outcome carried by OTLP
-        # spans then goes through the API's lifecycle (retries, workers) in the same transaction.
-        self.on_outcome: OutcomeHook | None = None
+        # Reads of the LightningStore API's read threads: each thread its own read-only
+        # connection (``snapshot``).
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         self._views_at = 0  # span rowid up to which views were built this run
         # Newest spans first: rowid up to which the newest window was looked at.
         self._newest_at = 0
@@ -151,6 +137,7 @@ class SQLiteStore:
                 timeout=self._busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
+                factory=SQLiteConnection,
             )
             conn.execute("PRAGMA journal_mode=WAL")
             # After a checkpoint the WAL file is cut back to this size, so one long read (or a
@@ -196,7 +183,7 @@ class SQLiteStore:
     def ready(self) -> bool:
         return self._conn is not None
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> SQLiteConnection:
         if self._conn is None:
             raise StoreUnavailable(f"{self.url} is not open")
         return self._conn
@@ -239,258 +226,98 @@ class SQLiteStore:
         ]
 
     @contextmanager
-    def locked(self) -> Iterator[sqlite3.Connection]:
+    def locked(self) -> Iterator[SQLiteConnection]:
         """The store's connection under its lock, for a table owner sharing the file (the
         forwarder's outbox keeps its own tables beside these)."""
         with self._lock:
             yield self._connection()
 
     @contextmanager
-    def write_transaction(self) -> Iterator[tuple[sqlite3.Connection, Changes]]:
-        """One write transaction under the lock; trace-affinity changes made in it apply once it
-        commits, and a failing database becomes ``StoreUnavailable`` (retryable)."""
-        changes = Changes()
+    def transaction(self) -> Iterator[SQLiteConnection]:
+        """One write transaction under the lock; a failing database becomes
+        ``StoreUnavailable`` (retryable)."""
         with self.locked() as conn:
             try:
                 with transaction(conn):
-                    yield conn, changes
+                    yield conn
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"store busy or failing: {exc}") from exc
             except sqlite3.DatabaseError as exc:
                 raise StoreUnavailable(f"store failing: {exc}") from exc
-            self.affinity.apply(changes, time.time())
 
-    def write_in(self, conn: sqlite3.Connection, batch: SpanBatch, changes: Changes) -> int:
-        """A request's records, inside the caller's transaction; the number of spans stored."""
-        now = time.time()
-        groups = batch.groups
-        retarget: dict[Destination, Destination] = {}
-        if batch.bindings or self.affinity.bindings:
-            groups, retarget = self._follow_bindings(batch)
-        conn.executemany(
-            "INSERT OR IGNORE INTO resources (resource_id, body) VALUES (?, ?)",
-            batch.resources.items(),
-        )
-        batch.refused = {}
-        used = {rollout_id for rollout_id, _ in groups}
-        managed = _managed(conn, used)
-        if managed:
-            groups = _refuse_unknown_attempts(conn, batch, groups, managed)
-            used = {rollout_id for rollout_id, _ in groups}
-        for rollout_id, info in batch.rollouts.items():
-            if rollout_id not in used:
-                continue
-            if rollout_id in managed:
-                # The API's: spans change only what upstream's add_span changes.
-                conn.execute(
-                    "UPDATE rollouts SET status = 'running'"
-                    " WHERE rollout_id = ? AND status = 'preparing'",
-                    (rollout_id,),
-                )
-            elif self._ensure_rollout(conn, rollout_id, info, now):
-                if info.origin == "trace" and info.trace_id is not None:
-                    changes.autos.append((info.trace_id, rollout_id, now))
-        # Spans of per-trace rollouts that this request's bindings claim, by destination.
-        moves = self._claim_moves(conn, batch, groups, now, changes)
-        resolved: dict[Destination, str] = {}
-        rows: list[tuple[Any, ...]] = []
-        updates: list[tuple[Any, ...]] = []
-        for dest, group in groups.items():
-            rollout_id = dest[0]
-            attempt_id, next_seq = self._ensure_attempt(conn, rollout_id, dest[1], group, now)
-            resolved[dest] = attempt_id
-            # Spans moving here arrived before this request's spans.
-            entries: list[Any] = [*moves[dest], *group] if dest in moves else group
-            seqs = self._sequence_ids(conn, rollout_id, attempt_id, entries, next_seq)
-            for (_, _, row), seq in zip(entries, seqs, strict=True):
-                if isinstance(row, int):  # a stored span's rowid: it moves here
-                    updates.append((rollout_id, attempt_id, seq, row))
-                else:
-                    rows.append((rollout_id, attempt_id, seq, *row))
-            next_seq = max(next_seq, max(seqs) + 1)
-            conn.execute(
-                "UPDATE attempts SET next_span_seq = ?, last_heartbeat_time = ?,"
-                " status = CASE status WHEN 'preparing' THEN 'running' ELSE status END"
-                " WHERE rollout_id = ? AND attempt_id = ?",
-                (next_seq, now, rollout_id, attempt_id),
-            )
-        cursor = conn.executemany(_INSERT_SPAN, rows)
-        stored = cursor.rowcount if cursor.rowcount >= 0 else len(rows)
-        mark_enclosing(conn, rows)
+    @contextmanager
+    def write_transaction(self) -> Iterator[tuple[SQLiteConnection, Changes]]:
+        """``transaction`` whose trace-affinity changes apply once it commits."""
+        changes = Changes()
+        with self.transaction() as conn:
+            yield conn, changes
+        self.affinity.apply(changes, time.time())
+
+    def write_in(self, conn: Conn, batch: SpanBatch, changes: Changes) -> int:
+        stored = super().write_in(conn, batch, changes)
         self._span_top = self._top_rowid(conn)
-        if moves:
-            self._finish_moves(conn, updates, changes)
-        for trace_id, dest in batch.bindings.items():
-            bound_attempt = resolved.get(dest)
-            if bound_attempt is not None:
-                changes.bound.append((trace_id, (dest[0], bound_attempt)))
-        self._record_outcomes(conn, batch, retarget, resolved, now, changes)
         return stored
 
-    def _sequence_ids(
-        self,
-        conn: sqlite3.Connection,
-        rollout_id: str,
-        attempt_id: str,
-        entries: list[tuple[float, int | None, Any]],
-        next_seq: int,
-    ) -> list[int]:
-        """Each entry's sequence id: an explicit one as given; otherwise the attempt's counter
-        in arrival order, or (``start-time``) the span's start in microseconds, so a span that
-        arrives late (an exporter's batch delay) still sorts where it started, stepped past
-        every id already taken in the attempt so none repeats."""
-        out: list[int | None] = [explicit for _, explicit, _ in entries]
-        if self.sequence_ids == "counter":
-            for i, seq in enumerate(out):
-                if seq is None:
-                    out[i] = next_seq
-                    next_seq += 1
-            return cast(list[int], out)
-        # Timed spans in start order, then any without a start time after them.
-        order = sorted(
-            (i for i, seq in enumerate(out) if seq is None),
-            key=lambda i: (entries[i][0] <= 0, entries[i][0]),
-        )
-        wanted = []
-        previous = 0
-        for i in order:
-            start = entries[i][0]
-            value = max(round(start * 1_000_000) if start > 0 else next_seq, previous)
-            wanted.append(value)
-            previous = value
-        explicit = {seq for seq in out if seq is not None}
-        issued = free_sequence_ids(conn, rollout_id, attempt_id, wanted, explicit)
-        for i, seq in zip(order, issued, strict=True):
-            out[i] = seq
-        return cast(list[int], out)
+    @contextmanager
+    def reader(self) -> Iterator[SQLiteConnection]:
+        with self.locked() as conn:
+            yield conn
 
-    def _follow_bindings(
-        self, batch: SpanBatch
-    ) -> tuple[dict[Destination, list[Any]], dict[Destination, Destination]]:
-        """Send spans without explicit ids to the rollout their trace is bound to."""
-        known = self.affinity.bindings
-        fresh = batch.bindings
-        rollouts = batch.rollouts
-        groups: dict[Destination, list[Any]] = {}
-        retarget: dict[Destination, Destination] = {}
-        for dest, group in batch.groups.items():
-            info = rollouts.get(dest[0])
-            if info is None or info.origin == "explicit":
-                groups.setdefault(dest, []).extend(group)
-                continue
-            stay = []
-            for item in group:
-                trace_id = item[2][0]
-                target = known.get(trace_id) or fresh.get(trace_id)
-                if target is None:
-                    stay.append(item)
-                else:
-                    groups.setdefault(target, []).append(item)
-                    retarget[dest] = target
-            if stay:
-                groups.setdefault(dest, []).extend(stay)
-        return groups, retarget
+    def retrying(self, call: Callable[[], T]) -> T:
+        return call()  # one writer: no transaction ever conflicts with another
 
-    def _claim_moves(
-        self,
-        conn: sqlite3.Connection,
-        batch: SpanBatch,
-        groups: dict[Destination, list[Any]],
-        now: float,
-        changes: Changes,
-    ) -> dict[Destination, list[tuple[float, None, int]]]:
-        moves: dict[Destination, list[tuple[float, None, int]]] = {}
-        affinity = self.affinity
-        if not affinity.autos:
-            return moves
-        for trace_id, dest in batch.bindings.items():
-            if trace_id in affinity.bindings or dest not in groups:
-                # bound before: its per-trace rollout, if any, was dealt with then; or its
-                # destination refused these spans: the trace's spans stay where they are
-                continue
-            auto = affinity.movable(trace_id, now, changes)
-            if auto is None or auto == dest[0]:
-                continue
-            stored = conn.execute(
-                "SELECT start_time, rowid FROM spans WHERE rollout_id = ?", (auto,)
-            ).fetchall()
-            moves.setdefault(dest, []).extend(
-                (start or 0.0, None, rowid) for start, rowid in stored
+    def claim(self, conn: Conn, work: str, every: float, now: float) -> bool:
+        return True  # one process holds the file
+
+    def reads_apart(self) -> bool:
+        return self.path != ":memory:"
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SQLiteConnection]:
+        """A read transaction on this thread's read-only connection: one consistent view,
+        beside the writer (SQLite's WAL lets readers and the writer work at once)."""
+        if not self.reads_apart():
+            with self.transaction() as conn:
+                yield conn
+            return
+        try:
+            conn = self._reader()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"store busy or failing: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(f"store failing: {exc}") from exc
+
+    def _reader(self) -> SQLiteConnection:
+        conn: SQLiteConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # Read-only: a read thread can never write, whatever a query does.
+            uri = "file:" + quote(os.path.abspath(self.path)) + "?mode=ro"
+            conn = sqlite3.connect(
+                uri,
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=SQLiteConnection,
             )
-            changes.moved.append(trace_id)
-            changes.moved_spans += len(stored)
-        return moves
+            conn.execute("PRAGMA busy_timeout = 2000")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
 
-    @staticmethod
-    def _finish_moves(
-        conn: sqlite3.Connection, updates: list[tuple[Any, ...]], changes: Changes
-    ) -> None:
-        conn.executemany(
-            "UPDATE OR IGNORE spans SET rollout_id = ?, attempt_id = ?, sequence_id = ?"
-            " WHERE rowid = ?",
-            updates,
-        )
-        emptied = [(rollout_id_for_trace(t.hex()),) for t in changes.moved]
-        # Whatever could not move was already in the target (a duplicate): drop it with its
-        # emptied per-trace rollout.
-        conn.executemany(
-            "DELETE FROM span_views"
-            " WHERE span_rowid IN (SELECT rowid FROM spans WHERE rollout_id = ?)",
-            emptied,
-        )
-        conn.executemany("DELETE FROM spans WHERE rollout_id = ?", emptied)
-        conn.executemany("DELETE FROM attempts WHERE rollout_id = ?", emptied)
-        conn.executemany("DELETE FROM rollouts WHERE rollout_id = ?", emptied)
+    def close_readers(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
 
-    def _record_outcomes(
-        self,
-        conn: sqlite3.Connection,
-        batch: SpanBatch,
-        retarget: dict[Destination, Destination],
-        resolved: dict[Destination, str],
-        now: float,
-        changes: Changes,
-    ) -> None:
-        for dest, value in batch.rewards.items():
-            target = retarget.get(dest, dest)
-            attempt_id = resolved.get(target)
-            if attempt_id is not None:
-                conn.execute(
-                    "UPDATE attempts SET reward = ? WHERE rollout_id = ? AND attempt_id = ?",
-                    (value, target[0], attempt_id),
-                )
-        outcomes = dict(batch.outcomes)
-        for dest, outcome in batch.root_outcomes.items():
-            if dest not in retarget:
-                outcomes.setdefault(dest, outcome)
-        for dest, (status, end) in outcomes.items():
-            target = retarget.get(dest, dest)
-            attempt_id = resolved.get(target)
-            if attempt_id is None:
-                continue
-            rollout_id = target[0]
-            if _finished(conn, rollout_id, attempt_id):
-                # Finished stays finished: a late span is stored, its claim ignored (counted).
-                changes.ignored_outcomes += 1
-                continue
-            end_time = end if end is not None else now
-            if self.on_outcome is not None:
-                self.on_outcome(conn, rollout_id, attempt_id, status, end_time, now)
-                continue
-            conn.execute(
-                "UPDATE attempts SET status = ?, end_time = ?"
-                " WHERE rollout_id = ? AND attempt_id = ?",
-                (status, end_time, rollout_id, attempt_id),
-            )
-            # A rollout follows its latest attempt.
-            conn.execute(
-                "UPDATE rollouts SET status = ?, end_time = ? WHERE rollout_id = ? AND ? = ("
-                " SELECT attempt_id FROM attempts WHERE rollout_id = ?"
-                " ORDER BY sequence_id DESC LIMIT 1)",
-                (status, end_time, rollout_id, attempt_id, rollout_id),
-            )
-
-    def _load_affinity(self, conn: sqlite3.Connection) -> None:
+    def _load_affinity(self, conn: Conn) -> None:
         """Rebuild trace affinity from the newest spans and per-trace rollouts on disk."""
         affinity = self.affinity
         limit = affinity.max_traces
@@ -515,168 +342,29 @@ class SQLiteStore:
                 changes.autos.append((bytes.fromhex(trace_hex), rollout_id, start))
         affinity.apply(changes, now)
 
-    @staticmethod
-    def _ensure_rollout(
-        conn: sqlite3.Connection, rollout_id: str, info: RolloutInfo, now: float
-    ) -> bool:
-        """Create the rollout unless it exists; True when it was created."""
-        start = info.first_start or now
-        cursor = conn.execute(
-            "INSERT OR IGNORE INTO rollouts (rollout_id, input, start_time, mode, status, config,"
-            " metadata, origin, created_at) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-            (
-                rollout_id,
-                json.dumps(info.input) if info.has_input else None,
-                min(start, now),
-                info.mode,
-                _DEFAULT_CONFIG_JSON,
-                json.dumps(info.metadata) if info.metadata is not None else None,
-                info.origin,
-                now,
-            ),
-        )
-        if cursor.rowcount == 1:
-            return True
-        conn.execute(
-            "UPDATE rollouts SET status = 'running' WHERE rollout_id = ? AND status IN (?, ?, ?)",
-            (rollout_id, *_STARTED),
-        )
-        if info.has_input:
-            conn.execute(
-                "UPDATE rollouts SET input = ? WHERE rollout_id = ?",
-                (json.dumps(info.input), rollout_id),
-            )
-        if info.mode is not None:
-            conn.execute(
-                "UPDATE rollouts SET mode = ? WHERE rollout_id = ?", (info.mode, rollout_id)
-            )
-        return False
-
-    @staticmethod
-    def _ensure_attempt(
-        conn: sqlite3.Connection,
-        rollout_id: str,
-        attempt_id: str | None,
-        group: list[tuple[float, int | None, tuple[Any, ...]]],
-        now: float,
-    ) -> tuple[str, int]:
-        if attempt_id is None:
-            found = conn.execute(
-                "SELECT attempt_id, next_span_seq FROM attempts WHERE rollout_id = ?"
-                " ORDER BY sequence_id DESC LIMIT 1",
-                (rollout_id,),
-            ).fetchone()
-            if found is not None:
-                return found[0], _counter(conn, rollout_id, found[0], found[1])
-            attempt_id = attempt_id_for(rollout_id, 1)
-        else:
-            found = conn.execute(
-                "SELECT next_span_seq FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
-                (rollout_id, attempt_id),
-            ).fetchone()
-            if found is not None:
-                return attempt_id, _counter(conn, rollout_id, attempt_id, found[0])
-        starts = [g[0] for g in group if g[0]]
-        start = min(min(starts), now) if starts else now
-        conn.execute(
-            "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"
-            " last_heartbeat_time, next_span_seq) VALUES (?, ?,"
-            " (SELECT COALESCE(MAX(sequence_id), 0) + 1 FROM attempts WHERE rollout_id = ?),"
-            " ?, 'running', ?, 1)",
-            (rollout_id, attempt_id, rollout_id, start, now),
-        )
-        # The rollout follows its newest attempt: running again, whatever the last one ended as.
-        conn.execute(
-            "UPDATE rollouts SET status = 'running', end_time = NULL WHERE rollout_id = ?",
-            (rollout_id,),
-        )
-        return attempt_id, 1
-
     # -- reads -----------------------------------------------------------------------------
 
-    def rollouts(self) -> Iterator[dict[str, Any]]:
-        try:
-            with self._lock:
-                conn = self._connection()
-                rollouts = conn.execute(
-                    f"SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY start_time, rowid"
-                ).fetchall()
-                latest = {
-                    row[0]: row
-                    for row in conn.execute(
-                        f"SELECT {ATTEMPT_COLUMNS} FROM attempts ORDER BY rollout_id, sequence_id"
-                    )
-                }
-        except sqlite3.DatabaseError as exc:
-            self._damaged("the rollouts and attempts tables", exc)
-            rollouts = sorted(
-                self._salvage_rows("rollouts", ROLLOUT_COLUMNS), key=lambda r: r[2] or 0.0
-            )
-            latest = {}
-            for row in sorted(self._salvage_rows("attempts", ATTEMPT_COLUMNS), key=_by_sequence):
-                latest[row[0]] = row
-        for rollout in rollouts:
-            attempt = latest.get(rollout[0])
-            if attempt is not None:
-                yield attempted_rollout_record(rollout, attempt)
+    read_errors = (sqlite3.DatabaseError, ValueError, KeyError, DecodeError)
 
-    def spans(
-        self, rollout_id: str | None = None, attempt_id: str | None = None, *, raw: bool = False
-    ) -> Iterator[dict[str, Any]]:
-        """Streamed one rollout at a time, each read its own short statement: memory stays at
-        one rollout's spans, and a checkpoint can reset the WAL between rollouts while a
-        reader goes through millions of spans. Model calls read in Agent Lightning's shape
-        (GenAI log records joined onto their span) unless ``raw`` or not translating."""
-        translating = self.translate and not raw
-        if rollout_id is not None:
-            ids: list[str] = [rollout_id]
-        else:
-            try:
-                with self._lock:
-                    ids = [
-                        row[0]
-                        for row in self._connection().execute(
-                            "SELECT rollout_id FROM rollouts ORDER BY start_time, rollout_id"
-                        )
-                    ]
-            except sqlite3.DatabaseError as exc:
-                self._damaged("the list of rollouts", exc)
-                yield from self._salvage_spans(None, attempt_id)
-                return
-        where = "s.rollout_id = ?" + (" AND s.attempt_id = ?" if attempt_id is not None else "")
-        query = (
-            f"SELECT {', '.join('s.' + c.strip() for c in SPAN_COLUMNS.split(','))}, s.record"
-            f" FROM spans s LEFT JOIN attempts a"
-            f" ON a.rollout_id = s.rollout_id AND a.attempt_id = s.attempt_id"
-            f" WHERE {where} ORDER BY a.sequence_id, s.sequence_id"
+    def read_failed(self, what: str, exc: Exception) -> None:
+        """Skip ``what`` when salvaging; otherwise fail with what to do about it."""
+        if not self.salvage:
+            raise StoreDamaged(
+                f"{self.url} is damaged ({exc}) reading {what}: run `lightning-otlp check-store`;"
+                " `--salvage` reads whatever is still readable"
+            ) from exc
+        log.warning("skipped %s: %s", what, exc)
+
+    def salvaged_rollouts(self) -> tuple[list[Any], dict[str, Any]]:
+        rollouts = sorted(
+            self._salvage_rows("rollouts", ROLLOUT_COLUMNS), key=lambda r: r[2] or 0.0
         )
-        resources: dict[str, Any] = {}
-        skipped: set[str] = set()
-        for rid in ids:
-            params = (rid,) if attempt_id is None else (rid, attempt_id)
-            try:
-                with self._lock:
-                    conn = self._connection()
-                    rows = conn.execute(query, params).fetchall()
-                    resources.update(
-                        resource_bodies(conn, {row[11] for row in rows} - resources.keys())
-                    )
-                    traces = {row[3] for row in rows}
-                    logs = joined_events(conn, traces) if translating else {}
-                    parents = enclosing_spans(conn, traces) if translating else set()
-                records = [
-                    span_records(row, resources, logs if translating else None, parents)
-                    for row in rows
-                ]
-            except (sqlite3.DatabaseError, ValueError, KeyError, DecodeError) as exc:
-                self._damaged(f"the spans of rollout {rid}", exc)
-                skipped.add(rid)
-                continue
-            yield from records
-        if skipped:
-            yield from self._salvage_spans(skipped, attempt_id)
+        latest = {}
+        for row in sorted(self._salvage_rows("attempts", ATTEMPT_COLUMNS), key=_by_sequence):
+            latest[row[0]] = row
+        return rollouts, latest
 
-    def _salvage_spans(
+    def salvaged_spans(
         self, rollout_ids: set[str] | None, attempt_id: str | None
     ) -> Iterator[dict[str, Any]]:
         """The spans still readable row by row, of these rollouts (all when None), in the order
@@ -733,17 +421,8 @@ class SQLiteStore:
         """Commit GenAI log records (``store.logs``) in one transaction; return how many are new."""
         if not rows:
             return 0
-        with self.locked() as conn:
-            try:
-                with transaction(conn):
-                    cursor = conn.executemany(
-                        "INSERT OR IGNORE INTO span_logs (trace_id, span_id, digest, time, record)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        rows,
-                    )
-            except sqlite3.DatabaseError as exc:
-                raise StoreUnavailable(f"store busy or failing: {exc}") from exc
-        return cursor.rowcount if cursor.rowcount >= 0 else len(rows)
+        with self.transaction() as conn:
+            return insert_logs(conn, rows)
 
     def idle_work(self) -> bool:
         """One short step of background work, run while no batch waits for the store thread:
@@ -770,7 +449,7 @@ class SQLiteStore:
             self.prepare_reads = False
             return False
 
-    def _build_views_step(self, conn: sqlite3.Connection) -> None:
+    def _build_views_step(self, conn: Conn) -> None:
         """Spans stored since the last step first, from the newest window on: a rollout that
         just finished is what a trainer reads next. Older spans (a backlog, or spans the
         newest window slid past) follow in rowid order; views built twice never are, the
@@ -789,17 +468,8 @@ class SQLiteStore:
         )
 
     @staticmethod
-    def _top_rowid(conn: sqlite3.Connection) -> int:
+    def _top_rowid(conn: Conn) -> int:
         return int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM spans").fetchone()[0])
-
-    def _damaged(self, what: str, exc: Exception) -> None:
-        """Skip ``what`` when salvaging; otherwise fail with what to do about it."""
-        if not self.salvage:
-            raise StoreDamaged(
-                f"{self.url} is damaged ({exc}) reading {what}: run `lightning-otlp check-store`;"
-                " `--salvage` reads whatever is still readable"
-            ) from exc
-        log.warning("skipped %s: %s", what, exc)
 
     def check(self, full: bool = False) -> list[str]:
         """SQLite's own check of every page: ``quick_check``, or ``integrity_check`` (slower,
@@ -813,41 +483,7 @@ class SQLiteStore:
         problems = [str(row[0]) for row in rows]
         return [] if problems == ["ok"] else problems
 
-    def summaries(self) -> list[dict[str, Any]]:
-        """One line of figures per rollout, for people: status, attempts, spans, time, reward."""
-        with self._lock:
-            rows = (
-                self._connection()
-                .execute(
-                    "SELECT r.rollout_id, r.status, r.mode, r.origin, r.start_time, r.end_time,"
-                    " (SELECT COUNT(*) FROM attempts a WHERE a.rollout_id = r.rollout_id),"
-                    " (SELECT COUNT(*) FROM spans s WHERE s.rollout_id = r.rollout_id),"
-                    " (SELECT MAX(end_time) FROM spans s WHERE s.rollout_id = r.rollout_id),"
-                    " (SELECT reward FROM attempts a WHERE a.rollout_id = r.rollout_id"
-                    "  ORDER BY sequence_id DESC LIMIT 1)"
-                    " FROM rollouts r ORDER BY r.start_time, r.rowid"
-                )
-                .fetchall()
-            )
-        out = []
-        for rid, status, mode, origin, start, end, attempts, spans, last, reward in rows:
-            finish = end if end is not None else last
-            out.append(
-                {
-                    "rollout_id": rid,
-                    "status": status,
-                    "mode": mode,
-                    "origin": origin,
-                    "attempts": attempts,
-                    "spans": spans,
-                    "duration": (finish - start) if finish is not None else None,
-                    "reward": reward,
-                }
-            )
-        return out
-
     def metrics(self) -> list[Metric]:
-        moved = self.affinity.counters
         # Never under the lock: a scrape must not wait behind a commit that waits for the disk.
         behind = max(0, self._span_top - self._views_at)
         return [
@@ -858,118 +494,15 @@ class SQLiteStore:
                 "gauge",
                 behind if self.prepare_reads and self.translate else 0,
             ),
-            Metric(
-                "lightning_otlp_affinity_moved_spans",
-                "Spans moved from a per-trace rollout to the rollout their trace was bound to.",
-                "counter",
-                moved.moved_spans,
-            ),
-            Metric(
-                "lightning_otlp_affinity_moved_traces",
-                "Traces whose per-trace rollout was emptied into a bound rollout.",
-                "counter",
-                moved.moved_traces,
-            ),
-            Metric(
-                "lightning_otlp_affinity_late_bindings",
-                "Bindings that arrived after the affinity window: their trace's earlier spans"
-                " stayed where they were.",
-                "counter",
-                moved.late_bindings,
-            ),
-            Metric(
-                "lightning_otlp_ignored_outcomes",
-                "Attempt outcomes spans claimed for attempts or rollouts already finished:"
-                " the spans were stored, the claims ignored.",
-                "counter",
-                moved.ignored_outcomes,
-            ),
+            *self.affinity_metrics(),
         ]
-
-    def status(self) -> dict[str, Any]:
-        with self._lock:
-            conn = self._connection()
-            rollouts = conn.execute("SELECT COUNT(*) FROM rollouts").fetchone()[0]
-            spans = conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
-        return {"store": self.url, "rollouts": rollouts, "spans": spans}
-
-    def count_spans(self) -> int:
-        with self._lock:
-            return int(self._connection().execute("SELECT COUNT(*) FROM spans").fetchone()[0])
-
-
-def _counter(conn: sqlite3.Connection, rollout_id: str, attempt_id: str, stored: int) -> int:
-    """An attempt's next sequence id; a counter out of bounds is rebuilt from its spans."""
-    if 1 <= stored <= _COUNTER_CEILING:
-        return stored
-    row = conn.execute(
-        "SELECT COALESCE(MAX(sequence_id), 0) + 1 FROM spans"
-        " WHERE rollout_id = ? AND attempt_id = ? AND sequence_id BETWEEN 0 AND ?",
-        (rollout_id, attempt_id, MAX_SEQUENCE_ID),
-    ).fetchone()
-    return int(row[0])
-
-
-def _managed(conn: sqlite3.Connection, rollout_ids: set[str]) -> set[str]:
-    """Which of these rollouts the LightningStore API created (or queued)."""
-    found: set[str] = set()
-    ids = list(rollout_ids)
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        found.update(
-            row[0]
-            for row in conn.execute(
-                "SELECT rollout_id FROM rollouts WHERE (managed = 1 OR status IN"
-                f" ('queuing', 'requeuing')) AND rollout_id IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            )
-        )
-    return found
-
-
-def _refuse_unknown_attempts(
-    conn: sqlite3.Connection,
-    batch: SpanBatch,
-    groups: dict[Destination, list[Any]],
-    managed: set[str],
-) -> dict[Destination, list[Any]]:
-    """The groups whose attempt exists; spans for an API-managed rollout's missing attempt are
-    refused (upstream refuses a span for an unknown attempt too): an OTLP span must not start
-    an attempt, which would take a queued rollout off the queue or reopen a finished one."""
-    kept: dict[Destination, list[Any]] = {}
-    for dest, group in groups.items():
-        rollout_id, attempt_id = dest
-        if rollout_id in managed:
-            if attempt_id is None:
-                found = conn.execute(
-                    "SELECT 1 FROM attempts WHERE rollout_id = ? LIMIT 1", (rollout_id,)
-                ).fetchone()
-            else:
-                found = conn.execute(
-                    "SELECT 1 FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
-                    (rollout_id, attempt_id),
-                ).fetchone()
-            if found is None:
-                batch.refused[NO_SUCH_ATTEMPT] = batch.refused.get(NO_SUCH_ATTEMPT, 0) + len(group)
-                continue
-        kept[dest] = group
-    return kept
-
-
-def _finished(conn: sqlite3.Connection, rollout_id: str, attempt_id: str) -> bool:
-    row = conn.execute(
-        "SELECT a.status, r.status FROM attempts a JOIN rollouts r ON r.rollout_id = a.rollout_id"
-        " WHERE a.rollout_id = ? AND a.attempt_id = ?",
-        (rollout_id, attempt_id),
-    ).fetchone()
-    return row is not None and (row[0] in _FINISHED_ATTEMPT or row[1] in _FINISHED_ROLLOUT)
 
 
 def _by_sequence(row: tuple[Any, ...]) -> int:
     return int(row[2] or 0)
 
 
-def _can_write(conn: sqlite3.Connection, url: str) -> None:
+def _can_write(conn: Conn, url: str) -> None:
     """Refuse at start a store that cannot be written (a read-only file, directory or file
     system): serving it would answer every export with a retryable 503 for ever."""
     try:
@@ -987,46 +520,4 @@ def _can_write(conn: sqlite3.Connection, url: str) -> None:
         ) from None
 
 
-def free_sequence_ids(
-    conn: sqlite3.Connection,
-    rollout_id: str,
-    attempt_id: str,
-    wanted: list[int],
-    taken: set[int] | None = None,
-) -> list[int]:
-    """For ``wanted`` (in order, not decreasing), the least ids at or above each, rising, that
-    no stored span of the attempt has and ``spans/next`` has not issued (nor ``taken``)."""
-    if not wanted:
-        return []
-    taken = set(taken or ())
-    low = wanted[0]
-    high = low - 1
-
-    def fetch(upper: int) -> None:
-        nonlocal high
-        taken.update(
-            row[0]
-            for row in conn.execute(
-                "SELECT sequence_id FROM spans WHERE rollout_id = ? AND attempt_id = ?"
-                " AND sequence_id BETWEEN ? AND ? UNION ALL"
-                " SELECT sequence_id FROM span_issued WHERE rollout_id = ? AND attempt_id = ?"
-                " AND sequence_id BETWEEN ? AND ?",
-                (rollout_id, attempt_id, high + 1, upper) * 2,
-            )
-        )
-        high = upper
-
-    fetch(wanted[-1] + len(wanted))
-    out = []
-    previous = low - 1
-    for value in wanted:
-        seq = max(value, previous + 1)
-        while True:
-            if seq > high:
-                fetch(seq + len(wanted))
-            if seq not in taken:
-                break
-            seq += 1
-        out.append(seq)
-        previous = seq
-    return out
+__all__ = ["NO_SUCH_ATTEMPT", "SQLiteConnection", "SQLiteStore"]

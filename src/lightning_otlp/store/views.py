@@ -18,7 +18,6 @@ only missing.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ import orjson
 from .. import otlp
 from .. import translate as translate_package
 from . import records
+from .dialect import Conn
 from .logs import joined_events
 from .records import SPAN_COLUMNS, enclosing_spans, resource_bodies, span_records
 
@@ -56,7 +56,7 @@ def encode(record: dict[str, Any]) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)
 
 
-def current(conn: sqlite3.Connection, spans: dict[int, bytes]) -> dict[int, bytes]:
+def current(conn: Conn, spans: dict[int, bytes]) -> dict[int, bytes]:
     """The current views of these spans (rowid: span id), by rowid; a view of another version
     or span id (a rowid reused) is not one."""
     out: dict[int, bytes] = {}
@@ -83,7 +83,7 @@ def spliced(rollout_id: str, attempt_id: str, sequence_id: int, body: bytes) -> 
     )
 
 
-def build(conn: sqlite3.Connection, after: int, *, window: int, limit: int) -> tuple[int, int]:
+def build(conn: Conn, after: int, *, window: int, limit: int) -> tuple[int, int]:
     """Build the missing views of spans with rowids in ``(after, after + window]``, at most
     ``limit`` of them, in the caller's transaction; return the rowid reached and how many were
     built. The window bounds the rows one step scans, whatever is already built."""
@@ -118,8 +118,9 @@ def build(conn: sqlite3.Connection, after: int, *, window: int, limit: int) -> t
             continue  # an integer past 64 bits: read time writes it with the stdlib
         built.append((row[0], VERSION, row[5], body))
     conn.executemany(
-        "INSERT OR REPLACE INTO span_views (span_rowid, version, span_id, body)"
-        " VALUES (?, ?, ?, ?)",
+        "INSERT INTO span_views (span_rowid, version, span_id, body) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (span_rowid) DO UPDATE SET version = excluded.version,"
+        " span_id = excluded.span_id, body = excluded.body",
         built,
     )
     return reached, len(built)

@@ -1,0 +1,275 @@
+"""The LightningStore API's span calls over any SQL store: spans added through the API (kept
+as given, JSON) beside OTLP spans (kept as received, protobuf), read back as agentlightning
+``Span`` records, model calls translated, from prepared views where they exist
+(``store.views``).
+
+With start-time sequence ids, ``spans/next`` issues at least the current time in microseconds,
+the sequence ids the OTLP path gives spans from their start times.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Final, cast
+
+from . import lifecycle as life
+from . import views
+from .api_base import SQLBackend, combine, limit_sql, page_of, paginate, retried
+from .api_schema import API_RESOURCE_ID
+from .dialect import Conn, chunks
+from .lightning import FilterLogic, NotFound, Page, Query, Record
+from .logs import joined_events
+from .records import SPAN_COLUMNS, enclosing_spans, resource_bodies, span_records
+from .sequence import free_sequence_ids
+from .views import current, spliced
+
+_LIGHT_SPAN_FIELDS: Final = frozenset(
+    ("rollout_id", "attempt_id", "sequence_id", "trace_id", "span_id", "parent_id", "name")
+    + ("start_time", "end_time")
+)
+# What a read needs of a span first: where it is and whether it was added through the API (its
+# record kept as given); then its view, or, without one, the whole row.
+_SPAN_ROW: Final = ", ".join("s." + c.strip() for c in SPAN_COLUMNS.split(",")) + ", s.record"
+_SPAN_LEAD: Final = (
+    "s.rowid, s.rollout_id, s.attempt_id, s.sequence_id, s.trace_id, s.span_id,"
+    " s.record IS NOT NULL"
+)
+_INSERT_API_SPAN: Final = (
+    f"INSERT INTO spans ({SPAN_COLUMNS}, record) VALUES ({', '.join('?' * 13)})"
+    " ON CONFLICT DO NOTHING"
+)
+
+
+class SpansAPI:
+    """The span calls; the rest of the API (``store.api_store``) supplies its transactions."""
+
+    store: SQLBackend
+
+    def _reading(self) -> bool:
+        raise NotImplementedError
+
+    def _transaction(self) -> AbstractContextManager[Conn]:
+        raise NotImplementedError
+
+    def _watched(self, *rollout_ids: str, everything: bool = False) -> AbstractContextManager[Conn]:
+        raise NotImplementedError
+
+    @retried
+    def add_span(self, span: Record) -> Record | None:
+        rollout_id = span["rollout_id"]
+        attempt_id = span["attempt_id"]
+        sequence_id = int(span["sequence_id"])
+        with self._transaction() as conn:
+            now = time.time()
+            life.raise_counter(conn, rollout_id, attempt_id, sequence_id + 1)
+            if life.rollout_row(conn, rollout_id) is None:
+                raise NotFound(f"Rollout {rollout_id} not found")
+            if life.attempt(conn, rollout_id, attempt_id) is None:
+                raise NotFound(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+            status = span.get("status") or {}
+            cursor = conn.execute(
+                _INSERT_API_SPAN,
+                (
+                    rollout_id,
+                    attempt_id,
+                    sequence_id,
+                    conn.dialect.id_key(span.get("trace_id")),
+                    conn.dialect.id_key(span.get("span_id")),
+                    conn.dialect.id_key(span.get("parent_id")),
+                    span.get("name", ""),
+                    span.get("start_time"),
+                    span.get("end_time"),
+                    status.get("status_code", "UNSET"),
+                    b"",
+                    API_RESOURCE_ID,
+                    json.dumps(span),
+                ),
+            )
+            if cursor.rowcount != 1:
+                return None  # a duplicate: upstream logs it and returns None
+            life.heartbeat(conn, rollout_id, attempt_id, now)
+            return span
+
+    @retried
+    def next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
+        """The rollout's counter; with start-time sequence ids, now in microseconds if later
+        (OTLP spans get their start, so spans asked for here, the LLM proxy's, sort among them
+        by time whatever order they arrive in), kept as issued so no OTLP span takes it."""
+        with self._transaction() as conn:
+            value = life.rollout_counter(conn, rollout_id)
+            if self.store.sequence_ids == "start-time":
+                wanted = [max(value, int(time.time() * 1e6))]
+                value = free_sequence_ids(conn, rollout_id, attempt_id, wanted)[0]
+                conn.execute(
+                    "INSERT INTO span_issued (rollout_id, attempt_id, sequence_id)"
+                    " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    (rollout_id, attempt_id, value),
+                )
+            life.raise_counter(conn, rollout_id, attempt_id, value + 1)
+            return value
+
+    @retried
+    def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None,
+        *,
+        filters: dict[str, dict[str, str]],
+        filter_logic: FilterLogic,
+        query: Query,
+        encoded: bool = False,
+    ) -> Page:
+        with self._watched(rollout_id) as conn:
+            if attempt_id == "latest":
+                latest = life.latest_attempt(conn, rollout_id)
+                if latest is None:
+                    return Page([], query.limit, query.offset, 0)
+                attempt_id = latest["attempt_id"]
+            sql = (
+                "SELECT rowid, attempt_id, sequence_id, trace_id, span_id, parent_id, name,"
+                " start_time, end_time FROM spans WHERE rollout_id = ?"
+            )
+            params: list[Any] = [rollout_id]
+            if attempt_id is not None:
+                sql += " AND attempt_id = ?"
+                params.append(attempt_id)
+            values: list[Any] = []
+            tests = _span_tests(conn, filters, values)
+            if query.sort_by in (None, "sequence_id") and not tests:
+                return self._spans_by_sequence(conn, params, query, encoded)
+            if tests:  # SQLite filters: only the matching spans are read and built
+                sql += f" AND ({combine(tests, filter_logic)})"
+                params.extend(values)
+            light = [
+                {
+                    "rowid": r[0],
+                    "rollout_id": rollout_id,
+                    "attempt_id": r[1],
+                    "sequence_id": r[2],
+                    "trace_id": _id_text(r[3]),
+                    "span_id": _id_text(r[4]),
+                    "parent_id": _id_text(r[5]),
+                    "name": r[6],
+                    "start_time": r[7],
+                    "end_time": r[8],
+                }
+                for r in conn.execute(sql + " ORDER BY rowid", params)
+            ]
+            if query.sort_by and query.sort_by not in _LIGHT_SPAN_FIELDS:
+                # Sorting on a field only the full record has: decode everything first.
+                rowids = [r["rowid"] for r in light]
+                full = cast(list[Record], self._decode_spans(conn, rowids, False))
+                return paginate(full, query)
+            page = page_of(light, query)
+            items = self._decode_spans(conn, [r["rowid"] for r in page], encoded)
+        return Page(items, query.limit, query.offset, len(light))
+
+    def _spans_by_sequence(
+        self, conn: Conn, params: list[Any], query: Query, encoded: bool
+    ) -> Page:
+        """The common query (one rollout or attempt, in sequence order), paged by SQLite."""
+        where = "s.rollout_id = ?" + (" AND s.attempt_id = ?" if len(params) > 1 else "")
+        total = int(
+            conn.execute(f"SELECT COUNT(*) FROM spans s WHERE {where}", params).fetchone()[0]
+        )
+        # Ties keep insertion order either way, as upstream's stable sort keeps them.
+        order = "s.rowid"
+        if query.sort_by:
+            order = f"s.sequence_id {'DESC' if query.sort_order == 'desc' else 'ASC'}, s.rowid"
+        page = limit_sql(conn, query)
+        leads = conn.execute(
+            f"SELECT {_SPAN_LEAD} FROM spans s WHERE {where} ORDER BY {order}{page}",
+            params,
+        ).fetchall()
+        return Page(self._records(conn, leads, encoded), query.limit, query.offset, total)
+
+    def _records(self, conn: Conn, leads: list[Any], encoded: bool) -> list[Record | bytes]:
+        """Spans (rows of ``_SPAN_LEAD``) as agentlightning ``Span`` dicts, model calls
+        translated as the store's own reader gives them (``lightning-otlp spans``); with
+        ``encoded``, a span with a current view is its JSON (``store.views``), ready to send.
+        Only spans without one are read whole and built."""
+        logs = None
+        enclosing: set[tuple[bytes, bytes]] = set()
+        if self.store.translate:
+            traces = {lead[4] for lead in leads if not lead[6]}
+            logs = joined_events(conn, traces)
+            enclosing = enclosing_spans(conn, traces)
+        bodies: dict[int, bytes] = {}
+        if encoded and logs is not None:
+            bodies = current(
+                conn,
+                {
+                    lead[0]: lead[5]
+                    for lead in leads
+                    if not lead[6]
+                    and (lead[4], lead[5]) not in logs
+                    and (lead[4], lead[5]) not in enclosing
+                },
+            )
+        out: list[Record | bytes | None] = []
+        build: dict[int, int] = {}  # position in ``out``: rowid
+        for lead in leads:
+            body = bodies.get(lead[0])
+            if body is not None:
+                out.append(spliced(lead[1], lead[2], lead[3], body))
+            else:
+                build[len(out)] = lead[0]
+                out.append(None)
+        # On a read thread, building is paced (``store.views``): a read of a whole rollout
+        # cannot take the interpreter from ingest. The store thread never waits.
+        paced = self._reading()
+        todo = list(build.items())
+        for start in range(0, len(todo), views.BUILD_CHUNK):
+            with views.READ_PACE.turn() if paced else nullcontext():
+                chunk = todo[start : start + views.BUILD_CHUNK]
+                rows = self._full_rows(conn, [rowid for _, rowid in chunk])
+                wanted = {row[11] for row in rows.values() if row[12] is None}
+                resources = resource_bodies(conn, wanted)
+                for i, rowid in chunk:
+                    out[i] = span_records(rows[rowid], resources, logs, enclosing)
+        return cast(list[Record | bytes], out)
+
+    @staticmethod
+    def _full_rows(conn: Conn, rowids: list[int]) -> dict[int, Any]:
+        """Spans rows (``SPAN_COLUMNS`` then ``record``) by rowid."""
+        rows = _span_rows(conn, f"s.rowid, {_SPAN_ROW}", rowids)
+        return {rowid: row[1:] for rowid, row in rows.items()}
+
+    def _decode_spans(self, conn: Conn, rowids: list[int], encoded: bool) -> list[Record | bytes]:
+        leads = _span_rows(conn, _SPAN_LEAD, rowids)
+        return self._records(conn, [leads[rowid] for rowid in rowids], encoded)
+
+
+def _id_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.hex() if isinstance(value, bytes) else str(value)
+
+
+def _span_rows(conn: Conn, columns: str, rowids: list[int]) -> dict[int, Any]:
+    """``columns`` (the first one ``s.rowid``) of these spans, by rowid."""
+    rows: dict[int, Any] = {}
+    for chunk in chunks(rowids):
+        for row in conn.execute(
+            f"SELECT {columns} FROM spans s WHERE s.rowid IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        ):
+            rows[row[0]] = row
+    return rows
+
+
+def _span_tests(conn: Conn, filters: dict[str, dict[str, str]], params: list[Any]) -> list[str]:
+    """Upstream's span filters (exact and contains per field) as SQL conditions; their
+    values are added to ``params``."""
+    tests: list[str] = []
+    dialect = conn.dialect
+    for field, ops in filters.items():
+        column = field if field == "name" else dialect.id_text(field)
+        for op, expected in ops.items():
+            if expected is None:
+                continue
+            tests.append(f"{column} = ?" if op == "exact" else dialect.contains(column))
+            params.append(expected)
+    return tests

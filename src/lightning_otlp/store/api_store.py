@@ -1,0 +1,466 @@
+"""The LightningStore API over any SQL store: upstream's calls as transactions of the lifecycle
+(``store.lifecycle``), the same for every backend.
+
+A backend supplies storage, not policy (``SQLBackend``): write transactions, read snapshots apart
+from the writer, retries of a transaction another one conflicted with, and a claim on work that
+runs once for all the processes sharing the store (the watchdog). Spans are
+``store.api_spans``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Final
+
+from ..ids import new_resources_id, new_rollout_id
+from . import lifecycle as life
+from .api_base import SQLBackend, combine, limit_sql, paginate, retried
+from .api_spans import SpansAPI
+from .dialect import Conn, within
+from .lightning import UNSET, FilterLogic, NotFound, Page, Query, Record, ScanNeeded, Unset
+from .records import (
+    ATTEMPT_COLUMNS,
+    ROLLOUT_COLUMNS,
+    attempt_record,
+    resources_record,
+    worker_record,
+)
+from .records import rollout_record as rollout_record
+
+DEFAULT_SCAN_DEBOUNCE: Final = 10.0
+_RESOURCE_COLUMNS: Final = "resources_id, resources, create_time, update_time, version"
+_ROLLOUT_SORT: Final = {
+    "rollout_id": "str",
+    "input": "raw",
+    "start_time": "time",
+    "end_time": "time",
+    "mode": "str",
+    "resources_id": "str",
+    "status": "str",
+    "config": "raw",
+    "metadata": "raw",
+}
+
+
+def _order_sql(field: str, order: str) -> str:
+    kind = _ROLLOUT_SORT[field]
+    direction = "DESC" if order == "desc" else "ASC"
+    if kind == "time":
+        # NULL times sort as +infinity, as upstream's in-memory collections do.
+        return f"({field} IS NULL) {direction}, {field} {direction}, rowid"
+    if kind == "str":
+        return f"COALESCE({field}, '') {direction}, rowid"
+    return f"{field} {direction}, rowid"
+
+
+class SQLLightningStore(SpansAPI):
+    """agentlightning's LightningStore semantics over an opened SQL store.
+
+    Args:
+        store: the receiver's store; its transactions are the API's.
+        scan_debounce: seconds between watchdog scans (upstream's default is 10).
+    """
+
+    name = "SQLiteLightningStore"
+
+    def __init__(self, store: SQLBackend, *, scan_debounce: float = DEFAULT_SCAN_DEBOUNCE) -> None:
+        self.store = store
+        self.scan_debounce = scan_debounce
+        self._launch_time = time.time()
+        self._last_scan = self._launch_time - scan_debounce
+        self._local = threading.local()
+
+    def open(self) -> None:
+        """Nothing to take over: the store applies OTLP-carried outcomes by the same rule."""
+
+    # -- reads apart ------------------------------------------------------------------------
+
+    def reads_apart(self) -> bool:
+        return self.store.reads_apart()
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        self._local.reading = True
+        try:
+            yield
+        finally:
+            self._local.reading = False
+
+    def _reading(self) -> bool:
+        return bool(getattr(self._local, "reading", False))
+
+    def scan_due(self) -> bool:
+        return time.time() - self._last_scan >= self.scan_debounce
+
+    @retried
+    def watch(self) -> None:
+        with self._watched():
+            pass
+
+    def close_readers(self) -> None:
+        self.store.close_readers()
+
+    def _transaction(self) -> AbstractContextManager[Conn]:
+        """One committed transaction, or nothing; on a read thread (``reading``), a read-only
+        snapshot apart from the writer."""
+        return self.store.snapshot() if self._reading() else self.store.transaction()
+
+    @contextmanager
+    def _watched(self, *rollout_ids: str, everything: bool = False) -> Iterator[Conn]:
+        """A transaction that first runs the watchdog scan, as upstream's ``healthcheck_before``;
+        ``rollout_ids``: the rollouts the query is about, checked whatever the debounce (every
+        rollout with ``everything``). On a read thread, a read that first makes sure none of
+        them is past a deadline (else ``ScanNeeded``: the call goes to the store thread)."""
+        if self._reading():
+            with self.store.snapshot() as conn:
+                if (everything or rollout_ids) and life.overdue(
+                    conn, time.time(), None if everything else rollout_ids
+                ):
+                    raise ScanNeeded("an attempt the read is about is past its deadline")
+                yield conn
+            return
+        with self.store.transaction() as conn:
+            self.scan(conn, time.time(), everything, rollout_ids)
+            yield conn
+
+    def scan(
+        self, conn: Conn, now: float, force: bool = False, rollout_ids: Sequence[str] = ()
+    ) -> None:
+        """Time out and mark unresponsive the latest attempts of running rollouts: all of them
+        once per ``scan_debounce`` (for all receivers sharing the store), and always those of
+        ``rollout_ids``, the rollouts a query is about, so it never answers with an attempt
+        past its deadline."""
+        rows = None
+        if force or now - self._last_scan >= self.scan_debounce:
+            self._last_scan = now
+            if force or self.store.claim(conn, "watchdog", self.scan_debounce, now):
+                rows = life.overdue(conn, now, None)
+        if rows is None and rollout_ids:
+            rows = life.overdue(conn, now, rollout_ids)
+        if rows:
+            life.time_out(conn, rows, now)
+
+    # -- statistics ------------------------------------------------------------------------
+
+    @retried
+    def statistics(self) -> Record:
+        with self._transaction() as conn:
+
+            def count(table: str) -> int:
+                return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+            return {
+                "name": self.name,
+                "total_rollouts": count("rollouts"),
+                "total_attempts": count("attempts"),
+                "total_spans": count("spans"),
+                "total_resources": count("agl_resources"),
+                "total_workers": count("agl_workers"),
+                "uptime": time.time() - self._launch_time,
+            }
+
+    # -- rollouts --------------------------------------------------------------------------
+
+    @retried
+    def start_rollout(
+        self,
+        input: Any,
+        mode: str | None,
+        resources_id: str | None,
+        config: Record | None,
+        metadata: Record | None,
+        worker_id: str | None,
+    ) -> Record:
+        with self._watched() as conn:
+            now = time.time()
+            if resources_id is None:
+                resources_id = _latest_resources_id(conn)
+            rollout_id = new_rollout_id()
+            life.insert_rollout(
+                conn, rollout_id, input, mode, resources_id, config, metadata, "preparing", now
+            )
+            attempt = life.new_attempt(conn, rollout_id, worker_id, now)
+            if worker_id is not None:
+                life.sync_worker(conn, attempt, dequeue=False, now=now)
+            return {**life.rollout(conn, rollout_id), "attempt": attempt}
+
+    @retried
+    def enqueue_rollouts(self, requests: Sequence[Record]) -> list[Record]:
+        with self._watched() as conn:
+            latest = _latest_resources_id(conn)
+            out = []
+            for request in requests:
+                rollout_id = new_rollout_id()
+                resources_id = request.get("resources_id")
+                life.insert_rollout(
+                    conn,
+                    rollout_id,
+                    request.get("input"),
+                    request.get("mode"),
+                    resources_id if resources_id is not None else latest,
+                    request.get("config"),
+                    request.get("metadata"),
+                    "queuing",
+                    time.time(),  # each its own, as upstream: sorting by start time is stable
+                )
+                out.append(life.rollout(conn, rollout_id))
+            return out
+
+    @retried
+    def dequeue_rollouts(self, limit: int, worker_id: str | None) -> list[Record]:
+        with self._watched() as conn:
+            now = time.time()
+            out: list[Record] = []
+            while len(out) < limit:
+                rollout_id = life.take_from_queue(conn)
+                if rollout_id is None:
+                    break
+                attempt = life.new_attempt(conn, rollout_id, worker_id, now)
+                out.append({**life.rollout(conn, rollout_id), "attempt": attempt})
+            if worker_id is not None:
+                if out:
+                    life.sync_worker(conn, out[-1]["attempt"], dequeue=True, now=now)
+                else:
+                    life.mark_idle(conn, worker_id, now)
+            return out
+
+    @retried
+    def start_attempt(self, rollout_id: str, worker_id: str | None) -> Record:
+        with self._watched(rollout_id) as conn:
+            now = time.time()
+            if life.rollout_row(conn, rollout_id) is None:
+                raise NotFound(f"Rollout {rollout_id} not found")
+            attempt = life.new_attempt(conn, rollout_id, worker_id, now)
+            if worker_id is not None:
+                life.sync_worker(conn, attempt, dequeue=False, now=now)
+            return {**life.rollout(conn, rollout_id), "attempt": attempt}
+
+    @retried
+    def query_rollouts(
+        self,
+        *,
+        status_in: Sequence[str] | None,
+        rollout_id_in: Sequence[str] | None,
+        rollout_id_contains: str | None,
+        filter_logic: FilterLogic,
+        query: Query,
+    ) -> Page:
+        # A list by status must not show an attempt past its deadline as running: every
+        # rollout is checked unless the query names its rollouts.
+        with self._watched(*(rollout_id_in or ()), everything=rollout_id_in is None) as conn:
+            conditions: list[str] = []
+            params: list[Any] = []
+            if status_in is not None:
+                conditions.append(within("status", status_in, params))
+            if rollout_id_in is not None:
+                conditions.append(within("rollout_id", rollout_id_in, params))
+            if rollout_id_contains is not None:
+                conditions.append(conn.dialect.contains("rollout_id"))
+                params.append(rollout_id_contains)
+            where = ""
+            if conditions:
+                where = "WHERE " + f" {'OR' if filter_logic == 'or' else 'AND'} ".join(
+                    f"({c})" for c in conditions
+                )
+            order = _order_sql(query.sort_by, query.sort_order) if query.sort_by else "rowid"
+            total = int(
+                conn.execute(f"SELECT COUNT(*) FROM rollouts {where}", params).fetchone()[0]
+            )
+            rows = conn.execute(
+                f"SELECT {ROLLOUT_COLUMNS} FROM rollouts {where} ORDER BY {order}"
+                + limit_sql(conn, query),
+                params,
+            ).fetchall()
+            latest = life.latest_attempts(conn, [row[0] for row in rows])
+        items = []
+        for row in rows:
+            record = rollout_record(row)
+            attempt = latest.get(row[0])
+            if attempt is not None:
+                record["attempt"] = attempt
+            items.append(record)
+        return Page(items, query.limit, query.offset, total)
+
+    @retried
+    def get_rollout(self, rollout_id: str) -> Record | None:
+        with self._watched(rollout_id) as conn:
+            if life.rollout_row(conn, rollout_id) is None:
+                return None
+            return life.rollout(conn, rollout_id)
+
+    @retried
+    def update_rollout(self, rollout_id: str, fields: Record) -> Record:
+        with self._watched(rollout_id) as conn:
+            if life.rollout_row(conn, rollout_id) is None:
+                raise NotFound(f"Rollout {rollout_id} not found")
+            now = time.time()
+            for name in ("input", "config", "metadata"):
+                if name in fields:
+                    conn.execute(
+                        f"UPDATE rollouts SET {name} = ? WHERE rollout_id = ?",
+                        (
+                            life.dump(fields[name])
+                            if name != "input"
+                            else json.dumps(fields[name]),
+                            rollout_id,
+                        ),
+                    )
+            for name in ("mode", "resources_id"):
+                if name in fields:
+                    conn.execute(
+                        f"UPDATE rollouts SET {name} = ? WHERE rollout_id = ?",
+                        (fields[name], rollout_id),
+                    )
+            if "status" in fields:
+                life.set_rollout_status(conn, rollout_id, fields["status"], now)
+            return rollout_record(life.rollout_row(conn, rollout_id) or ())
+
+    @retried
+    def finished_rollouts(self, rollout_ids: Sequence[str]) -> list[Record]:
+        if not rollout_ids:
+            return []
+        with self._watched(*rollout_ids) as conn:
+            params: list[Any] = []
+            test = within("rollout_id", rollout_ids, params)
+            rows = conn.execute(
+                f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE {test}"
+                " AND status IN ('failed', 'succeeded', 'cancelled')",
+                params,
+            ).fetchall()
+        found = {row[0]: rollout_record(row) for row in rows}
+        return [found[r] for r in rollout_ids if r in found]
+
+    # -- attempts --------------------------------------------------------------------------
+
+    @retried
+    def query_attempts(self, rollout_id: str, query: Query) -> Page:
+        with self._watched(rollout_id) as conn:
+            rows = conn.execute(
+                f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? ORDER BY rowid",
+                (rollout_id,),
+            ).fetchall()
+        return paginate([attempt_record(row) for row in rows], query)
+
+    @retried
+    def get_latest_attempt(self, rollout_id: str) -> Record | None:
+        with self._watched(rollout_id) as conn:
+            return life.latest_attempt(conn, rollout_id)
+
+    @retried
+    def update_attempt(self, rollout_id: str, attempt_id: str, fields: Record) -> Record:
+        with self._watched(rollout_id) as conn:
+            return life.update_attempt(conn, rollout_id, attempt_id, fields, time.time())
+
+    # -- workers ---------------------------------------------------------------------------
+
+    @retried
+    def query_workers(
+        self,
+        *,
+        status_in: Sequence[str] | None,
+        worker_id_contains: str | None,
+        filter_logic: FilterLogic,
+        query: Query,
+    ) -> Page:
+        with self._watched() as conn:
+            tests: list[str] = []
+            params: list[Any] = []
+            if status_in is not None:
+                tests.append(within("status", status_in, params))
+            if worker_id_contains is not None:
+                tests.append(conn.dialect.contains("worker_id"))
+                params.append(worker_id_contains)
+            where = f" WHERE {combine(tests, filter_logic)}" if tests else ""
+            rows = conn.execute(
+                f"SELECT {life.WORKER_COLUMNS} FROM agl_workers{where} ORDER BY rowid", params
+            )
+            workers = [worker_record(row) for row in rows]
+        return paginate(workers, query)
+
+    @retried
+    def get_worker(self, worker_id: str) -> Record | None:
+        with self._transaction() as conn:
+            return life.worker(conn, worker_id)
+
+    @retried
+    def update_worker(self, worker_id: str, heartbeat_stats: Record | Unset) -> Record:
+        with self._transaction() as conn:
+            values: dict[str, Any] = {"last_heartbeat_time": time.time()}
+            if not isinstance(heartbeat_stats, Unset):
+                values["heartbeat_stats"] = life.dump(dict(heartbeat_stats))
+            life.upsert_worker(conn, worker_id, values)
+            return life.worker(conn, worker_id) or {}
+
+    # -- resources -------------------------------------------------------------------------
+
+    @retried
+    def add_resources(self, resources: Record) -> Record:
+        with self._transaction() as conn:
+            resources_id = new_resources_id()
+            now = time.time()
+            conn.execute(
+                f"INSERT INTO agl_resources ({_RESOURCE_COLUMNS}, touched) VALUES (?, ?, ?, ?, 1,"
+                " (SELECT COALESCE(MAX(touched), 0) + 1 FROM agl_resources))",
+                (resources_id, json.dumps(resources), now, now),
+            )
+            return _resources(conn, resources_id) or {}
+
+    @retried
+    def update_resources(self, resources_id: str, resources: Record) -> Record:
+        with self._watched() as conn:
+            now = time.time()
+            conn.execute(
+                f"INSERT INTO agl_resources ({_RESOURCE_COLUMNS}, touched) VALUES (?, ?, ?, ?, 1,"
+                " (SELECT COALESCE(MAX(touched), 0) + 1 FROM agl_resources))"
+                " ON CONFLICT (resources_id) DO UPDATE SET resources = excluded.resources,"
+                " update_time = excluded.update_time, version = agl_resources.version + 1,"
+                " touched = excluded.touched",
+                (resources_id, json.dumps(resources), now, now),
+            )
+            return _resources(conn, resources_id) or {}
+
+    @retried
+    def get_resources(self, resources_id: str) -> Record | None:
+        with self._transaction() as conn:
+            return _resources(conn, resources_id)
+
+    @retried
+    def get_latest_resources(self) -> Record | None:
+        with self._transaction() as conn:
+            latest = _latest_resources_id(conn)
+            return None if latest is None else _resources(conn, latest)
+
+    @retried
+    def query_resources(
+        self, *, resources_id: str | None, resources_id_contains: str | None, query: Query
+    ) -> Page:
+        with self._transaction() as conn:
+            rows = conn.execute(f"SELECT {_RESOURCE_COLUMNS} FROM agl_resources ORDER BY rowid")
+            items = [resources_record(row) for row in rows]
+        if resources_id is not None:
+            items = [r for r in items if r["resources_id"] == resources_id]
+        if resources_id_contains is not None:
+            items = [r for r in items if resources_id_contains in r["resources_id"]]
+        return paginate(items, query)
+
+
+def _resources(conn: Conn, resources_id: str) -> Record | None:
+    row = conn.execute(
+        f"SELECT {_RESOURCE_COLUMNS} FROM agl_resources WHERE resources_id = ?",
+        (resources_id,),
+    ).fetchone()
+    return None if row is None else resources_record(row)
+
+
+def _latest_resources_id(conn: Conn) -> str | None:
+    row = conn.execute(
+        "SELECT resources_id FROM agl_resources ORDER BY touched DESC LIMIT 1"
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+__all__ = ["UNSET", "SQLBackend", "SQLLightningStore", "retried", "rollout_record"]

@@ -1,0 +1,108 @@
+"""Sequence ids within an attempt, the same on every backend: explicit ones as given, the
+rest from the attempt's counter or from each span's start time, never one already taken."""
+
+from __future__ import annotations
+
+from typing import Any, Final, cast
+
+from ..batch import MAX_SEQUENCE_ID
+from .dialect import Conn
+
+# An attempt's span counter above this was left by an unbounded explicit sequence id (before
+# they were bounded): it is rebuilt from the attempt's spans, so it can never overflow a column.
+_COUNTER_CEILING: Final = 2**62
+
+
+def sequence_ids(
+    mode: str,
+    conn: Conn,
+    rollout_id: str,
+    attempt_id: str,
+    entries: list[tuple[float, int | None, Any]],
+    next_seq: int,
+) -> list[int]:
+    """Each entry's sequence id: an explicit one as given; otherwise the attempt's counter
+    in arrival order, or (``start-time``) the span's start in microseconds, so a span that
+    arrives late (an exporter's batch delay) still sorts where it started, stepped past
+    every id already taken in the attempt so none repeats."""
+    out: list[int | None] = [explicit for _, explicit, _ in entries]
+    if mode == "counter":
+        for i, seq in enumerate(out):
+            if seq is None:
+                out[i] = next_seq
+                next_seq += 1
+        return cast(list[int], out)
+    # Timed spans in start order, then any without a start time after them.
+    order = sorted(
+        (i for i, seq in enumerate(out) if seq is None),
+        key=lambda i: (entries[i][0] <= 0, entries[i][0]),
+    )
+    wanted = []
+    previous = 0
+    for i in order:
+        start = entries[i][0]
+        value = max(round(start * 1_000_000) if start > 0 else next_seq, previous)
+        wanted.append(value)
+        previous = value
+    explicit = {seq for seq in out if seq is not None}
+    issued = free_sequence_ids(conn, rollout_id, attempt_id, wanted, explicit)
+    for i, seq in zip(order, issued, strict=True):
+        out[i] = seq
+    return cast(list[int], out)
+
+
+def attempt_counter(conn: Conn, rollout_id: str, attempt_id: str, stored: int) -> int:
+    """An attempt's next sequence id; a counter out of bounds is rebuilt from its spans."""
+    if 1 <= stored <= _COUNTER_CEILING:
+        return stored
+    row = conn.execute(
+        "SELECT COALESCE(MAX(sequence_id), 0) + 1 FROM spans"
+        " WHERE rollout_id = ? AND attempt_id = ? AND sequence_id BETWEEN 0 AND ?",
+        (rollout_id, attempt_id, MAX_SEQUENCE_ID),
+    ).fetchone()
+    return int(row[0])
+
+
+def free_sequence_ids(
+    conn: Conn,
+    rollout_id: str,
+    attempt_id: str,
+    wanted: list[int],
+    taken: set[int] | None = None,
+) -> list[int]:
+    """For ``wanted`` (in order, not decreasing), the least ids at or above each, rising, that
+    no stored span of the attempt has and ``spans/next`` has not issued (nor ``taken``)."""
+    if not wanted:
+        return []
+    taken = set(taken or ())
+    low = wanted[0]
+    high = low - 1
+
+    def fetch(upper: int) -> None:
+        nonlocal high
+        taken.update(
+            row[0]
+            for row in conn.execute(
+                "SELECT sequence_id FROM spans WHERE rollout_id = ? AND attempt_id = ?"
+                " AND sequence_id BETWEEN ? AND ? UNION ALL"
+                " SELECT sequence_id FROM span_issued WHERE rollout_id = ? AND attempt_id = ?"
+                " AND sequence_id BETWEEN ? AND ?",
+                (rollout_id, attempt_id, high + 1, upper) * 2,
+            )
+        )
+        high = upper
+
+    fetch(wanted[-1] + len(wanted))
+    out = []
+    previous = low - 1
+    for value in wanted:
+        seq = max(value, previous + 1)
+        while True:
+            if seq > high:
+                fetch(seq + len(wanted))
+            if seq not in taken:
+                break
+            seq += 1
+        out.append(seq)
+        previous = seq
+    return out

@@ -1,0 +1,556 @@
+"""The write path every SQL backend shares: a request's spans into rollouts and attempts, in
+the caller's transaction, by one set of rules (routing by trace affinity, per-trace rollouts
+that move when their trace is bound, sequence ids, outcomes by ``store.lifecycle``).
+
+A backend (``store.sqlite``, ``store.postgres``) supplies the transaction, where trace affinity
+lives (``affinity_for``, ``bind``) and how reads reach the database; the rules are here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Final
+
+from ..batch import Destination, RolloutInfo, SpanBatch
+from ..ids import attempt_id_for, rollout_id_for_trace
+from . import lifecycle
+from .affinity import Changes, TraceAffinity
+from .base import Metric, WriteResult
+from .dialect import Conn, chunks
+from .logs import LogRows, joined_events
+from .records import (
+    ATTEMPT_COLUMNS,
+    DEFAULT_ROLLOUT_CONFIG,
+    ROLLOUT_COLUMNS,
+    SPAN_COLUMNS,
+    attempted_rollout_record,
+    enclosing_spans,
+    mark_enclosing,
+    resource_bodies,
+    span_records,
+)
+from .sequence import attempt_counter, sequence_ids
+
+_INSERT_SPAN: Final = (
+    f"INSERT INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)}) ON CONFLICT DO NOTHING"
+)
+_DEFAULT_CONFIG_JSON: Final = json.dumps(DEFAULT_ROLLOUT_CONFIG)
+_STARTED: Final = ("queuing", "preparing", "requeuing")
+NO_SUCH_ATTEMPT: Final = (
+    "not stored: they name an attempt that does not exist on a rollout the LightningStore API"
+    " manages (its attempts start through the API: dequeue or start_attempt)"
+)
+
+
+class SQLStore:
+    """What every SQL store does the same way; subclasses supply the storage primitives.
+
+    Attributes set by a backend: ``url``, ``translate`` (read model-call spans in Agent
+    Lightning's shape), ``sequence_ids`` (``defaults.SEQUENCE_IDS``), ``affinity`` (this
+    process's trace-affinity state and counters).
+    """
+
+    url: str
+    translate: bool
+    sequence_ids: str
+    affinity: TraceAffinity
+
+    # -- storage primitives ----------------------------------------------------------------
+
+    def transaction(self) -> AbstractContextManager[Conn]:
+        """A write transaction (``store.api_base.SQLBackend``)."""
+        raise NotImplementedError
+
+    def reader(self) -> AbstractContextManager[Conn]:
+        """A connection for the read commands, one short statement or transaction at a time."""
+        raise NotImplementedError
+
+    def affinity_for(self, conn: Conn, batch: SpanBatch) -> TraceAffinity:
+        """The trace affinity a request is routed by: this process's own (one writer), or
+        what the database holds of its traces (several)."""
+        return self.affinity
+
+    def bind(self, conn: Conn, changes: Changes) -> None:
+        """Record the request's new bindings in its transaction, where the database holds them."""
+
+    def read_failed(self, what: str, exc: Exception) -> None:
+        """A read command's statement failed: raise, or (salvaging) log and go on."""
+        raise exc
+
+    def salvaged_spans(
+        self, rollout_ids: set[str] | None, attempt_id: str | None
+    ) -> Iterator[dict[str, Any]]:
+        """The spans still readable of rollouts a read had to skip (none by default)."""
+        return iter(())
+
+    def salvaged_rollouts(self) -> tuple[list[Any], dict[str, Any]]:
+        """Rollout rows and latest attempt rows still readable when the tables are not."""
+        return [], {}
+
+    read_errors: tuple[type[Exception], ...] = ()
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def write(self, batch: SpanBatch) -> WriteResult:
+        return self.write_many([batch])[0]
+
+    def write_many(self, batches: Sequence[SpanBatch]) -> list[WriteResult]:
+        raise NotImplementedError
+
+    def write_in(self, conn: Conn, batch: SpanBatch, changes: Changes) -> int:
+        """A request's records, inside the caller's transaction; the number of spans stored."""
+        now = time.time()
+        groups = batch.groups
+        retarget: dict[Destination, Destination] = {}
+        affinity = self.affinity_for(conn, batch)
+        if batch.bindings or affinity.bindings:
+            groups, retarget = _follow_bindings(affinity, batch)
+        conn.executemany(
+            "INSERT INTO resources (resource_id, body) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            batch.resources.items(),
+        )
+        batch.refused = {}
+        used = {rollout_id for rollout_id, _ in groups}
+        managed = _managed(conn, used)
+        if managed:
+            groups = _refuse_unknown_attempts(conn, batch, groups, managed)
+            used = {rollout_id for rollout_id, _ in groups}
+        for rollout_id, info in batch.rollouts.items():
+            if rollout_id not in used:
+                continue
+            if rollout_id in managed:
+                # The API's: spans change only what upstream's add_span changes.
+                conn.execute(
+                    "UPDATE rollouts SET status = 'running'"
+                    " WHERE rollout_id = ? AND status = 'preparing'",
+                    (rollout_id,),
+                )
+            elif _ensure_rollout(conn, rollout_id, info, now):
+                if info.origin == "trace" and info.trace_id is not None:
+                    changes.autos.append((info.trace_id, rollout_id, now))
+        # Spans of per-trace rollouts that this request's bindings claim, by destination.
+        moves = _claim_moves(conn, affinity, batch, groups, now, changes)
+        resolved: dict[Destination, str] = {}
+        rows: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
+        for dest, group in groups.items():
+            rollout_id = dest[0]
+            attempt_id, next_seq = _ensure_attempt(conn, rollout_id, dest[1], group, now)
+            resolved[dest] = attempt_id
+            # Spans moving here arrived before this request's spans.
+            entries: list[Any] = [*moves[dest], *group] if dest in moves else group
+            seqs = sequence_ids(self.sequence_ids, conn, rollout_id, attempt_id, entries, next_seq)
+            for (_, _, row), seq in zip(entries, seqs, strict=True):
+                if isinstance(row, int):  # a stored span's rowid: it moves here
+                    updates.append((rollout_id, attempt_id, seq, row))
+                else:
+                    rows.append((rollout_id, attempt_id, seq, *row))
+            next_seq = max(next_seq, max(seqs) + 1)
+            conn.execute(
+                "UPDATE attempts SET next_span_seq = ?, last_heartbeat_time = ?,"
+                " status = CASE status WHEN 'preparing' THEN 'running' ELSE status END"
+                " WHERE rollout_id = ? AND attempt_id = ?",
+                (next_seq, now, rollout_id, attempt_id),
+            )
+        cursor = conn.executemany(_INSERT_SPAN, rows)
+        stored = cursor.rowcount if cursor.rowcount >= 0 else len(rows)
+        mark_enclosing(conn, rows)
+        if moves:
+            _finish_moves(conn, updates, changes)
+        for trace_id, dest in batch.bindings.items():
+            bound_attempt = resolved.get(dest)
+            if bound_attempt is not None:
+                changes.bound.append((trace_id, (dest[0], bound_attempt)))
+        _record_outcomes(conn, batch, retarget, resolved, now, changes)
+        self.bind(conn, changes)
+        return stored
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def rollouts(self) -> Iterator[dict[str, Any]]:
+        try:
+            with self.reader() as conn:
+                rollouts = conn.execute(
+                    f"SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY start_time, rowid"
+                ).fetchall()
+                latest = {
+                    row[0]: row
+                    for row in conn.execute(
+                        f"SELECT {ATTEMPT_COLUMNS} FROM attempts ORDER BY rollout_id, sequence_id"
+                    )
+                }
+        except self.read_errors as exc:
+            self.read_failed("the rollouts and attempts tables", exc)
+            rollouts, latest = self.salvaged_rollouts()
+        for rollout in rollouts:
+            attempt = latest.get(rollout[0])
+            if attempt is not None:
+                yield attempted_rollout_record(rollout, attempt)
+
+    def spans(
+        self, rollout_id: str | None = None, attempt_id: str | None = None, *, raw: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Streamed one rollout at a time, each read its own short statement: memory stays at
+        one rollout's spans, and the writer is never held up for long while a reader goes
+        through millions of spans. Model calls read in Agent Lightning's shape (GenAI log
+        records joined onto their span) unless ``raw`` or not translating."""
+        translating = self.translate and not raw
+        if rollout_id is not None:
+            ids: list[str] = [rollout_id]
+        else:
+            try:
+                with self.reader() as conn:
+                    ids = [
+                        row[0]
+                        for row in conn.execute(
+                            "SELECT rollout_id FROM rollouts ORDER BY start_time, rollout_id"
+                        )
+                    ]
+            except self.read_errors as exc:
+                self.read_failed("the list of rollouts", exc)
+                yield from self.salvaged_spans(None, attempt_id)
+                return
+        where = "s.rollout_id = ?" + (" AND s.attempt_id = ?" if attempt_id is not None else "")
+        query = (
+            f"SELECT {', '.join('s.' + c.strip() for c in SPAN_COLUMNS.split(','))}, s.record"
+            f" FROM spans s LEFT JOIN attempts a"
+            f" ON a.rollout_id = s.rollout_id AND a.attempt_id = s.attempt_id"
+            f" WHERE {where} ORDER BY a.sequence_id, s.sequence_id"
+        )
+        resources: dict[str, Any] = {}
+        skipped: set[str] = set()
+        for rid in ids:
+            params = (rid,) if attempt_id is None else (rid, attempt_id)
+            try:
+                with self.reader() as conn:
+                    rows = conn.execute(query, params).fetchall()
+                    resources.update(
+                        resource_bodies(conn, {row[11] for row in rows} - resources.keys())
+                    )
+                    traces = {row[3] for row in rows}
+                    logs = joined_events(conn, traces) if translating else {}
+                    parents = enclosing_spans(conn, traces) if translating else set()
+                records = [
+                    span_records(row, resources, logs if translating else None, parents)
+                    for row in rows
+                ]
+            except self.read_errors as exc:
+                self.read_failed(f"the spans of rollout {rid}", exc)
+                skipped.add(rid)
+                continue
+            yield from records
+        if skipped:
+            yield from self.salvaged_spans(skipped, attempt_id)
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """One line of figures per rollout, for people: status, attempts, spans, time, reward."""
+        with self.reader() as conn:
+            rows = conn.execute(
+                "SELECT r.rollout_id, r.status, r.mode, r.origin, r.start_time, r.end_time,"
+                " (SELECT COUNT(*) FROM attempts a WHERE a.rollout_id = r.rollout_id),"
+                " (SELECT COUNT(*) FROM spans s WHERE s.rollout_id = r.rollout_id),"
+                " (SELECT MAX(end_time) FROM spans s WHERE s.rollout_id = r.rollout_id),"
+                " (SELECT reward FROM attempts a WHERE a.rollout_id = r.rollout_id"
+                "  ORDER BY sequence_id DESC LIMIT 1)"
+                " FROM rollouts r ORDER BY r.start_time, r.rowid"
+            ).fetchall()
+        out = []
+        for rid, status, mode, origin, start, end, attempts, spans, last, reward in rows:
+            finish = end if end is not None else last
+            out.append(
+                {
+                    "rollout_id": rid,
+                    "status": status,
+                    "mode": mode,
+                    "origin": origin,
+                    "attempts": attempts,
+                    "spans": spans,
+                    "duration": (finish - start) if finish is not None else None,
+                    "reward": reward,
+                }
+            )
+        return out
+
+    def status(self) -> dict[str, Any]:
+        with self.reader() as conn:
+            rollouts = conn.execute("SELECT COUNT(*) FROM rollouts").fetchone()[0]
+            spans = conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
+        return {"store": self.url, "rollouts": rollouts, "spans": spans}
+
+    def count_spans(self) -> int:
+        with self.reader() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0])
+
+    # -- figures ---------------------------------------------------------------------------
+
+    def affinity_metrics(self) -> list[Metric]:
+        moved = self.affinity.counters
+        return [
+            Metric(
+                "lightning_otlp_affinity_moved_spans",
+                "Spans moved from a per-trace rollout to the rollout their trace was bound to.",
+                "counter",
+                moved.moved_spans,
+            ),
+            Metric(
+                "lightning_otlp_affinity_moved_traces",
+                "Traces whose per-trace rollout was emptied into a bound rollout.",
+                "counter",
+                moved.moved_traces,
+            ),
+            Metric(
+                "lightning_otlp_affinity_late_bindings",
+                "Bindings that arrived after the affinity window: their trace's earlier spans"
+                " stayed where they were.",
+                "counter",
+                moved.late_bindings,
+            ),
+            Metric(
+                "lightning_otlp_ignored_outcomes",
+                "Attempt outcomes spans claimed for attempts or rollouts already finished:"
+                " the spans were stored, the claims ignored.",
+                "counter",
+                moved.ignored_outcomes,
+            ),
+        ]
+
+
+def insert_logs(conn: Conn, rows: LogRows) -> int:
+    """GenAI log records (``store.logs``) in the caller's transaction; how many are new."""
+    cursor = conn.executemany(
+        "INSERT INTO span_logs (trace_id, span_id, digest, time, record)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        rows,
+    )
+    return cursor.rowcount if cursor.rowcount >= 0 else len(rows)
+
+
+def _follow_bindings(
+    affinity: TraceAffinity, batch: SpanBatch
+) -> tuple[dict[Destination, list[Any]], dict[Destination, Destination]]:
+    """Send spans without explicit ids to the rollout their trace is bound to."""
+    known = affinity.bindings
+    fresh = batch.bindings
+    rollouts = batch.rollouts
+    groups: dict[Destination, list[Any]] = {}
+    retarget: dict[Destination, Destination] = {}
+    for dest, group in batch.groups.items():
+        info = rollouts.get(dest[0])
+        if info is None or info.origin == "explicit":
+            groups.setdefault(dest, []).extend(group)
+            continue
+        stay = []
+        for item in group:
+            trace_id = item[2][0]
+            target = known.get(trace_id) or fresh.get(trace_id)
+            if target is None:
+                stay.append(item)
+            else:
+                groups.setdefault(target, []).append(item)
+                retarget[dest] = target
+        if stay:
+            groups.setdefault(dest, []).extend(stay)
+    return groups, retarget
+
+
+def _claim_moves(
+    conn: Conn,
+    affinity: TraceAffinity,
+    batch: SpanBatch,
+    groups: dict[Destination, list[Any]],
+    now: float,
+    changes: Changes,
+) -> dict[Destination, list[tuple[float, None, int]]]:
+    moves: dict[Destination, list[tuple[float, None, int]]] = {}
+    if not affinity.autos:
+        return moves
+    for trace_id, dest in batch.bindings.items():
+        if trace_id in affinity.bindings or dest not in groups:
+            # bound before: its per-trace rollout, if any, was dealt with then; or its
+            # destination refused these spans: the trace's spans stay where they are
+            continue
+        auto = affinity.movable(trace_id, now, changes)
+        if auto is None or auto == dest[0]:
+            continue
+        stored = conn.execute(
+            "SELECT start_time, rowid FROM spans WHERE rollout_id = ?", (auto,)
+        ).fetchall()
+        moves.setdefault(dest, []).extend((start or 0.0, None, rowid) for start, rowid in stored)
+        changes.moved.append(trace_id)
+        changes.moved_spans += len(stored)
+    return moves
+
+
+def _finish_moves(conn: Conn, updates: list[tuple[Any, ...]], changes: Changes) -> None:
+    # A span already in the target (sent twice) stays behind, and goes with its rollout.
+    conn.executemany(
+        "UPDATE spans SET rollout_id = ?, attempt_id = ?, sequence_id = ? WHERE rowid = ?"
+        " AND NOT EXISTS (SELECT 1 FROM spans t WHERE t.rollout_id = ?"
+        " AND t.trace_id = spans.trace_id AND t.span_id = spans.span_id)",
+        [(*update, update[0]) for update in updates],
+    )
+    emptied = [(rollout_id_for_trace(t.hex()),) for t in changes.moved]
+    # Whatever could not move was already in the target (a duplicate): drop it with its
+    # emptied per-trace rollout.
+    conn.executemany(
+        "DELETE FROM span_views WHERE span_rowid IN (SELECT rowid FROM spans WHERE rollout_id = ?)",
+        emptied,
+    )
+    conn.executemany("DELETE FROM spans WHERE rollout_id = ?", emptied)
+    conn.executemany("DELETE FROM attempts WHERE rollout_id = ?", emptied)
+    conn.executemany("DELETE FROM rollouts WHERE rollout_id = ?", emptied)
+
+
+def _record_outcomes(
+    conn: Conn,
+    batch: SpanBatch,
+    retarget: dict[Destination, Destination],
+    resolved: dict[Destination, str],
+    now: float,
+    changes: Changes,
+) -> None:
+    for dest, value in batch.rewards.items():
+        target = retarget.get(dest, dest)
+        attempt_id = resolved.get(target)
+        if attempt_id is not None:
+            conn.execute(
+                "UPDATE attempts SET reward = ? WHERE rollout_id = ? AND attempt_id = ?",
+                (value, target[0], attempt_id),
+            )
+    outcomes = dict(batch.outcomes)
+    for dest, outcome in batch.root_outcomes.items():
+        if dest not in retarget:
+            outcomes.setdefault(dest, outcome)
+    for dest, (status, end) in outcomes.items():
+        target = retarget.get(dest, dest)
+        attempt_id = resolved.get(target)
+        if attempt_id is None:
+            continue
+        rollout_id = target[0]
+        if lifecycle.finished(conn, rollout_id, attempt_id):
+            # Finished stays finished: a late span is stored, its claim ignored (counted).
+            changes.ignored_outcomes += 1
+            continue
+        end_time = end if end is not None else now
+        lifecycle.span_outcome(conn, rollout_id, attempt_id, status, end_time, now)
+
+
+def _ensure_rollout(conn: Conn, rollout_id: str, info: RolloutInfo, now: float) -> bool:
+    """Create the rollout unless it exists; True when it was created."""
+    start = info.first_start or now
+    cursor = conn.execute(
+        "INSERT INTO rollouts (rollout_id, input, start_time, mode, status, config,"
+        " metadata, origin, created_at) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        (
+            rollout_id,
+            json.dumps(info.input) if info.has_input else None,
+            min(start, now),
+            info.mode,
+            _DEFAULT_CONFIG_JSON,
+            json.dumps(info.metadata) if info.metadata is not None else None,
+            info.origin,
+            now,
+        ),
+    )
+    if cursor.rowcount == 1:
+        return True
+    conn.execute(
+        "UPDATE rollouts SET status = 'running' WHERE rollout_id = ? AND status IN (?, ?, ?)",
+        (rollout_id, *_STARTED),
+    )
+    if info.has_input:
+        conn.execute(
+            "UPDATE rollouts SET input = ? WHERE rollout_id = ?",
+            (json.dumps(info.input), rollout_id),
+        )
+    if info.mode is not None:
+        conn.execute("UPDATE rollouts SET mode = ? WHERE rollout_id = ?", (info.mode, rollout_id))
+    return False
+
+
+def _ensure_attempt(
+    conn: Conn,
+    rollout_id: str,
+    attempt_id: str | None,
+    group: list[tuple[float, int | None, tuple[Any, ...]]],
+    now: float,
+) -> tuple[str, int]:
+    if attempt_id is None:
+        found = conn.execute(
+            "SELECT attempt_id, next_span_seq FROM attempts WHERE rollout_id = ?"
+            " ORDER BY sequence_id DESC LIMIT 1",
+            (rollout_id,),
+        ).fetchone()
+        if found is not None:
+            return found[0], attempt_counter(conn, rollout_id, found[0], found[1])
+        attempt_id = attempt_id_for(rollout_id, 1)
+    else:
+        found = conn.execute(
+            "SELECT next_span_seq FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
+            (rollout_id, attempt_id),
+        ).fetchone()
+        if found is not None:
+            return attempt_id, attempt_counter(conn, rollout_id, attempt_id, found[0])
+    starts = [g[0] for g in group if g[0]]
+    start = min(min(starts), now) if starts else now
+    conn.execute(
+        "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"
+        " last_heartbeat_time, next_span_seq) VALUES (?, ?,"
+        " (SELECT COALESCE(MAX(sequence_id), 0) + 1 FROM attempts WHERE rollout_id = ?),"
+        " ?, 'running', ?, 1)",
+        (rollout_id, attempt_id, rollout_id, start, now),
+    )
+    # The rollout follows its newest attempt: running again, whatever the last one ended as.
+    conn.execute(
+        "UPDATE rollouts SET status = 'running', end_time = NULL WHERE rollout_id = ?",
+        (rollout_id,),
+    )
+    return attempt_id, 1
+
+
+def _managed(conn: Conn, rollout_ids: set[str]) -> set[str]:
+    """Which of these rollouts the LightningStore API created (or queued)."""
+    found: set[str] = set()
+    for chunk in chunks(list(rollout_ids)):
+        found.update(
+            row[0]
+            for row in conn.execute(
+                "SELECT rollout_id FROM rollouts WHERE (managed = 1 OR status IN"
+                f" ('queuing', 'requeuing')) AND rollout_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+        )
+    return found
+
+
+def _refuse_unknown_attempts(
+    conn: Conn,
+    batch: SpanBatch,
+    groups: dict[Destination, list[Any]],
+    managed: set[str],
+) -> dict[Destination, list[Any]]:
+    """The groups whose attempt exists; spans for an API-managed rollout's missing attempt are
+    refused (upstream refuses a span for an unknown attempt too): an OTLP span must not start
+    an attempt, which would take a queued rollout off the queue or reopen a finished one."""
+    kept: dict[Destination, list[Any]] = {}
+    for dest, group in groups.items():
+        rollout_id, attempt_id = dest
+        if rollout_id in managed:
+            if attempt_id is None:
+                found = conn.execute(
+                    "SELECT 1 FROM attempts WHERE rollout_id = ? LIMIT 1", (rollout_id,)
+                ).fetchone()
+            else:
+                found = conn.execute(
+                    "SELECT 1 FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
+                    (rollout_id, attempt_id),
+                ).fetchone()
+            if found is None:
+                batch.refused[NO_SUCH_ATTEMPT] = batch.refused.get(NO_SUCH_ATTEMPT, 0) + len(group)
+                continue
+        kept[dest] = group
+    return kept
