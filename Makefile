@@ -75,10 +75,11 @@ $(VENV)/.server: pyproject.toml
 
 install-test: $(VENV)/.test
 
-# The docs extra too: the suite builds the site (tests/test_docs.py).
+# The docs extra too: the suite builds the site (tests/test_docs.py); and the postgres extra, for
+# the store shared by many receivers (make run's serving venv stays without it).
 $(VENV)/.test: $(VENV)/.server
 	$(call step,$(WHY_VENV))
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test,docs]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test,docs,postgres]'
 	touch $@
 	$(call step_done,$(WHY_VENV))
 
@@ -200,7 +201,7 @@ test-pythons: install-test
 	$(if $(PYENV_ALL),PYENV_VERSION=$(PYENV_ALL)) $(BIN)/nox $(if $(XDIST),-- $(XDIST))
 
 $(VENV)/.bench: $(VENV)/.test
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test,docs,bench]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test,docs,postgres,bench]'
 	touch $@
 
 # BENCH names benchmarks (default: all); BENCH_CHARTS=DIR draws their charts there.
