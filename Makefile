@@ -20,7 +20,7 @@ FRAMEWORK_PACKAGES_openlit := openlit==1.45.0 openai==2.54.0
 NODE_DIR := tests/node
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 # Tests that need nothing beyond the project's own venv.
-FAST := not e2e and not agl and not node and not slow
+FAST := not e2e and not agl and not node and not slow and not postgres
 
 # Go, the Collector and Maven keep everything under .cache/ too, so CI can cache that one folder.
 CACHE := $(abspath .cache)
