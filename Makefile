@@ -20,7 +20,7 @@ FRAMEWORK_PACKAGES_openlit := openlit==1.45.0 openai==2.54.0
 NODE_DIR := tests/node
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 # Tests that need nothing beyond the project's own venv.
-FAST := not e2e and not agl and not node and not slow
+FAST := not e2e and not agl and not node and not slow and not postgres
 
 # Go, the Collector and Maven keep everything under .cache/ too, so CI can cache that one folder.
 CACHE := $(abspath .cache)
@@ -75,10 +75,11 @@ $(VENV)/.server: pyproject.toml
 
 install-test: $(VENV)/.test
 
-# The docs extra too: the suite builds the site (tests/test_docs.py).
+# The docs extra too: the suite builds the site (tests/test_docs.py); and the postgres extra, for
+# the store shared by many receivers (make run's serving venv stays without it).
 $(VENV)/.test: $(VENV)/.server
 	$(call step,$(WHY_VENV))
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test,docs]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test,docs,postgres]'
 	touch $@
 	$(call step_done,$(WHY_VENV))
 
@@ -200,7 +201,7 @@ test-pythons: install-test
 	$(if $(PYENV_ALL),PYENV_VERSION=$(PYENV_ALL)) $(BIN)/nox $(if $(XDIST),-- $(XDIST))
 
 $(VENV)/.bench: $(VENV)/.test
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test,docs,bench]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,test,docs,postgres,bench]'
 	touch $@
 
 # BENCH names benchmarks (default: all); BENCH_CHARTS=DIR draws their charts there.

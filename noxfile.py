@@ -13,7 +13,7 @@ nox.options.error_on_missing_interpreters = True
 
 # 3.11 is the project venv's own and runs the whole suite there (make test).
 PYTHONS = ["3.10", "3.12", "3.13"]
-FAST = "not e2e and not agl and not node and not slow"
+FAST = "not e2e and not agl and not node and not slow and not postgres"
 # Real OpenTelemetry exporters (HTTP and gRPC), the SDK processor and the CLI, end to end.
 SMOKE = ["tests/test_e2e_python.py", "tests/test_e2e_sdk.py", "tests/test_readme.py"]
 SMOKE_MARKS = "e2e and not agl and not node and not slow"

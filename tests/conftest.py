@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -10,6 +11,9 @@ from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore
 
 from .support import ReceiverProcess
+
+if TYPE_CHECKING:
+    from .postgres import PostgresServer
 
 
 @pytest.fixture
@@ -42,3 +46,47 @@ def start_receiver(tmp_path: Path) -> Iterator[Callable[..., ReceiverProcess]]:
     yield start
     for proc in started:
         proc.stop()
+
+
+# -- PostgreSQL (tests/postgres.py imports psycopg, from the postgres extra: imported on use) --
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server per test process (per pytest-xdist worker)."""
+    from .postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> str:
+    """A fresh, empty database on the shared server: its libpq URL."""
+    if not pg_server.running():  # a test that stopped it and failed before starting it again
+        pg_server.start()
+    return pg_server.create_database()
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PostgresServer]:
+    """A server of the test's own, for a test that stops or crashes it."""
+    from .postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that used a PostgreSQL server gets the end of the server's log."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed:
+        return
+    for name in ("own_pg", "pg_server"):
+        server = getattr(item, "funcargs", {}).get(name)
+        if server is not None:
+            report.sections.append((f"PostgreSQL log ({name})", server.log_tail()))

@@ -56,10 +56,11 @@ class ReceiverProcess:
         *flags: str,
         env: dict[str, str] | None = None,
         python: str = sys.executable,
+        store: str | None = None,
     ) -> None:
         self.python = python  # another environment's, to run an installed release
-        self.db_path = db_path
-        self.store_url = f"sqlite:///{db_path}"
+        self.db_path = db_path  # the SQLite file, unless ``store`` names another store
+        self.store_url = store or f"sqlite:///{db_path}"
         self.flags = flags
         self.env = env
         self.proc: subprocess.Popen[str] | None = None
@@ -67,8 +68,13 @@ class ReceiverProcess:
         self.http_url = ""
         self.health_url = ""
         self.log_path = db_path.with_suffix(".log")
+        self._offset = 0
 
     def start(self, timeout: float = 20.0) -> ReceiverProcess:
+        return self.launch().wait_started(timeout)
+
+    def launch(self) -> ReceiverProcess:
+        """Start the process without waiting, so several can start side by side."""
         args = [self.python, "-m", "lightning_otlp", "serve", "--store", self.store_url]
         if "--grpc" not in self.flags:
             args += ["--grpc", "127.0.0.1:0"]
@@ -78,12 +84,17 @@ class ReceiverProcess:
             args += ["--health", "127.0.0.1:0"]
         args += list(self.flags)
         env = {**os.environ, **(self.env or {})}
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "a")  # kept open for the process's life
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, text=True, env=env)
+        return self
+
+    def wait_started(self, timeout: float = 20.0) -> ReceiverProcess:
+        """Wait until the receiver says it listens and has opened its store."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = self.log()[offset:]  # this run's lines only, if the log is reused
+            text = self.log()[self._offset :]  # this run's lines only, if the log is reused
             found = {m.group(1): m for m in _LISTEN.finditer(text)}
             if "OTLP/gRPC" in found and "OTLP/HTTP" in found and "store:" in text:
                 self.grpc_target = found["OTLP/gRPC"].group(3)
@@ -101,6 +112,15 @@ class ReceiverProcess:
     @property
     def traces_url(self) -> str:
         return self.http_url + "/v1/traces"
+
+    def ready(self) -> bool:
+        """Whether ``/health/ready`` on the health port answers 200 now."""
+        import httpx
+
+        try:
+            return httpx.get(self.health_url + "/health/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def kill(self) -> None:
         """SIGKILL: no chance to flush anything."""

@@ -53,8 +53,9 @@ def port(endpoint: str) -> int:
 
 
 def collector_configs() -> dict[str, dict[str, Any]]:
-    """Every Collector config: the two files and the one inside the Operator resource."""
-    configs = {name: load(name)[0] for name in ("sidecar.yaml", "gateway.yaml")}
+    """Every Collector config: the three files and the one inside the Operator resource."""
+    names = ("sidecar.yaml", "gateway.yaml", "gateway-rollout.yaml")
+    configs = {name: load(name)[0] for name in names}
     for doc in load("kubernetes/operator-sidecar.yaml"):
         if doc["kind"] == "OpenTelemetryCollector":
             configs["kubernetes/operator-sidecar.yaml"] = doc["spec"]["config"]
@@ -69,6 +70,7 @@ def test_every_yaml_file_parses() -> None:
     files = sorted(CONFIG_DIR.rglob("*.yaml"))
     assert [f.relative_to(CONFIG_DIR).as_posix() for f in files] == [
         "builder-config.yaml",
+        "gateway-rollout.yaml",
         "gateway.yaml",
         "kubernetes/operator-sidecar.yaml",
         "kubernetes/plain-sidecar.yaml",
@@ -153,8 +155,24 @@ def test_sidecar_exports_to_the_receivers_default_port() -> None:
     assert defaults.health.port == 13133
 
 
-def test_gateway_balances_by_rollout_id_then_trace_id_over_receivers() -> None:
+def test_shared_store_gateway_balances_by_trace_id_alone() -> None:
+    """Receivers on one shared store: any receiver takes any span, so no rollout routing."""
     config = collector_configs()["gateway.yaml"]
+    assert "connectors" not in config
+    (balancer,) = config["exporters"].values()
+    assert balancer["routing_key"] == "traceID"
+    assert config["service"]["pipelines"]["traces"]["exporters"] == ["loadbalancing"]
+    otlp = balancer["protocol"]["otlp"]
+    assert "endpoint" not in otlp  # filled in per backend
+    assert otlp["retry_on_failure"]["enabled"] is True
+    assert otlp["sending_queue"]["enabled"] is True
+    # the same receivers, named the same way, as the rollout-keyed gateway
+    rollout = collector_configs()["gateway-rollout.yaml"]["exporters"]["loadbalancing/rollout"]
+    assert balancer["resolver"] == rollout["resolver"]
+
+
+def test_gateway_balances_by_rollout_id_then_trace_id_over_receivers() -> None:
+    config = collector_configs()["gateway-rollout.yaml"]
     (route,) = config["connectors"]["routing/rollout"]["table"]
     assert route["context"] == "span" and "agentlightning.rollout_id" in route["condition"]
     by_rollout = config["exporters"]["loadbalancing/rollout"]

@@ -228,7 +228,7 @@ def test_two_collectors_on_one_host_need_their_own_metrics_ports(user: User) -> 
     # The same metrics port (8888 when neither sets it) keeps the second Collector from starting.
     overlay = user.overlay("clash")
     clash = user.start(
-        f"otelcol-contrib --config collector-config/gateway.yaml --config {overlay}",
+        f"otelcol-contrib --config collector-config/gateway-rollout.yaml --config {overlay}",
         {"OTELCOL_METRICS_PORT": first},
     )
     assert clash.wait(60) != 0

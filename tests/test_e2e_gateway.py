@@ -1,11 +1,13 @@
-"""The gateway config, run: agents → gateway Collector (gateway.yaml) → three receivers, each
-forwarding into one real LightningStore server (``agl store`` 0.3.0).
+"""The gateway configs, run. The rollout-keyed one: agents → gateway Collector
+(gateway-rollout.yaml) → three receivers, each forwarding into one real LightningStore server
+(``agl store`` 0.3.0).
 
 Python and TypeScript runners start rollouts; each rollout makes two traces (a runner's trace
 and a second one it starts later), and in each a Go agent service is called over HTTP with the
 rollout ids in W3C Baggage. Every rollout must come out as exactly one server rollout holding all
 of its spans: the gateway routes by rollout id, so no rollout is split across receivers. Figures
-are printed (run with ``-s`` to see them).
+are printed (run with ``-s`` to see them). The one for a shared store (gateway.yaml) balances by
+trace id alone; the last test shows where it sends spans.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from lightning_otlp.forward.status import store_status
 
@@ -35,6 +41,7 @@ from .collectors import (
     stop_service,
     wait_until,
 )
+from .fleet import Fleet
 from .support import NODE_DIR, ROOT, ReceiverProcess, node_script
 from .test_forward import AglServer
 
@@ -72,7 +79,7 @@ def forwarded(urls: list[str]) -> int | None:
     return sum(int(r["forwarded_spans"]) for r in reports)
 
 
-# gateway.yaml as it is, and, for contrast, with the rollout route sent by trace id too.
+# gateway-rollout.yaml as it is, and, for contrast, with the rollout route sent by trace id too.
 TRACE_ID_ONLY = {
     "service": {"pipelines": {"traces/by_rollout": {"exporters": ["loadbalancing/trace"]}}}
 }
@@ -93,7 +100,7 @@ def test_gateway_keeps_every_rollout_whole_in_one_server_rollout(
         for i, (port, url) in enumerate(zip(ports, urls, strict=True))
     ]
     gateway = CollectorProcess(
-        "gateway.yaml",
+        "gateway-rollout.yaml",
         tmp_path,
         {} if routing == "rollout id" else TRACE_ID_ONLY,
         {f"LIGHTNING_OTLP_{i}": f"127.0.0.1:{port}" for i, port in enumerate(ports)},
@@ -221,3 +228,44 @@ def test_gateway_keeps_every_rollout_whole_in_one_server_rollout(
         gateway.close()
         for receiver in receivers:
             receiver.stop()
+
+
+def test_shared_store_gateway_spreads_traces_over_every_receiver(tmp_path: Path) -> None:
+    """gateway.yaml (by trace id alone) in front of three receivers: every span delivered once,
+    each trace on one receiver, every receiver used. A SQLite file each here, to see where each
+    span went; test_e2e_fleet.py runs it on one shared PostgreSQL."""
+    traces, per_trace = 60, 3
+    with Fleet([f"sqlite:///{tmp_path / f'receiver-{i}.db'}" for i in range(3)], tmp_path) as fleet:
+        gateway = CollectorProcess(
+            "gateway.yaml",
+            tmp_path,
+            {},
+            {f"LIGHTNING_OTLP_{i}": target for i, target in enumerate(fleet.grpc_targets)},
+        )
+        try:
+            gateway.start()
+            provider = TracerProvider(resource=Resource.create({"service.name": "gateway-agent"}))
+            exporter = OTLPSpanExporter(endpoint=gateway.grpc_endpoint, insecure=True)
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+            tracer = provider.get_tracer("gateway-test")
+            for n in range(traces):
+                with tracer.start_as_current_span(f"root {n}"):
+                    for k in range(per_trace - 1):
+                        with tracer.start_as_current_span(f"child {n}.{k}"):
+                            pass
+            assert provider.force_flush(30_000)
+            provider.shutdown()
+            total = traces * per_trace
+            wait_until(lambda: sum(len(r.spans()) for r in fleet) >= total, f"{total} spans", 120)
+            stored = [r.spans() for r in fleet]
+        finally:
+            gateway.close()
+    keys = [(s["trace_id"], s["span_id"]) for spans in stored for s in spans]
+    assert len(keys) == len(set(keys)) == total
+    receivers_per_trace = Counter(
+        len({i for i, spans in enumerate(stored) for s in spans if s["trace_id"] == trace})
+        for trace in {s["trace_id"] for spans in stored for s in spans}
+    )
+    assert receivers_per_trace == Counter({1: traces})
+    assert all(stored), [len(spans) for spans in stored]
+    assert fleet.tracebacks() == []

@@ -4,4 +4,4 @@ lightning-otlp serve --grpc 127.0.0.1:24317 --http 127.0.0.1:24318 --health 127.
 lightning-otlp serve --grpc 127.0.0.1:34317 --http 127.0.0.1:34318 --health 127.0.0.1:13136 --store sqlite:///r2.db
 # the gateway in front of them
 LIGHTNING_OTLP_0=127.0.0.1:14317 LIGHTNING_OTLP_1=127.0.0.1:24317 LIGHTNING_OTLP_2=127.0.0.1:34317 \
-  otelcol-contrib --config collector-config/gateway.yaml
+  otelcol-contrib --config collector-config/gateway-rollout.yaml
