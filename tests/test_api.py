@@ -17,6 +17,7 @@ from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.transport.http import HTTPReceiver
 from lightning_otlp.store import SQLiteStore
+from lightning_otlp.wiring import open_store
 
 from .payloads import make_request, make_span
 from .support import ReceiverProcess
@@ -27,8 +28,8 @@ pytestmark = pytest.mark.api
 class API:
     """The OTLP/HTTP port's app in process, driven through httpx's ASGI transport."""
 
-    def __init__(self, path: str = ":memory:") -> None:
-        self.store = SQLiteStore(path, synchronous="OFF")
+    def __init__(self, url: str = "memory://") -> None:
+        self.store = open_store(url)
         self.store.open()
         self.pipeline = Pipeline(self.store)
         app = build_http_app(HTTPReceiver(self.pipeline), self.pipeline, watchdog_interval=0)
@@ -65,9 +66,11 @@ class API:
         self.store.close()
 
 
-@pytest.fixture
-def api() -> Iterator[API]:
-    client = API()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def api(request: pytest.FixtureRequest) -> Iterator[API]:
+    """The same suite on every backend: the embedded store and a real PostgreSQL server."""
+    url = "memory://" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    client = API(url)
     yield client
     client.close()
 

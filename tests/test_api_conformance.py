@@ -54,11 +54,17 @@ class Normalizer:
         return self.ids.setdefault(match.group(0), f"<id{len(self.ids) + 1}>")
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: Any) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """Both scenarios against both servers, in one agentlightning process (its import is slow)."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def results(
+    request: pytest.FixtureRequest, tmp_path_factory: Any
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Both scenarios against both servers, in one agentlightning process (its import is slow),
+    on every backend: the embedded store and a real PostgreSQL server."""
     tmp = tmp_path_factory.mktemp("conformance")
-    ours = ReceiverProcess(tmp / "receiver.db").start()
+    store = None
+    if request.param == "postgresql":
+        store = request.getfixturevalue("pg_server").create_database()
+    ours = ReceiverProcess(tmp / "receiver.db", store=store).start()
     upstream = AglStore(tmp / "agl.log").start()
     try:
         yield ours.http_url, upstream.url, run_agl_script(SCRIPT, ours.http_url, upstream.url)

@@ -80,7 +80,7 @@ def test_store_from_environment(db: Path) -> None:
 
 
 def test_bad_store_url_is_a_clean_error() -> None:
-    result = cli("rollouts", "--store", "postgres://nowhere")
+    result = cli("rollouts", "--store", "mysql://nowhere")
     assert result.returncode == 2
     assert "unknown store URL" in result.stderr and "Traceback" not in result.stderr
 

@@ -6,13 +6,16 @@ store imports another kind of store, and a backend joins by adding its branch he
 
 from __future__ import annotations
 
-from .defaults import DEFAULT_AFFINITY_WINDOW
+from .defaults import DEFAULT_AFFINITY_WINDOW, SEQUENCE_IDS
 from .forward.store import ForwardingStore
 from .receiver.pipeline import Pipeline
 from .receiver.route import RoutingConfig
 from .settings import Settings
+from .store.api_store import SQLLightningStore
 from .store.base import Served, Store
 from .store.lightning import LightningStoreBackend
+from .store.postgres import PostgresStore
+from .store.postgres_api import PostgresLightningStore
 from .store.sqlite import SQLiteStore
 from .store.sqlite_api import SQLiteLightningStore
 from .store.url import parse_store_url
@@ -28,14 +31,15 @@ def open_store(
     translate: bool = True,
     prepare_reads: bool = True,
     forward_log_wait: float | None = None,
-    sequence_ids: str = "start-time",
+    sequence_ids: str = SEQUENCE_IDS[0],
 ) -> Store:
     """Make (not yet open) the store a URL names; with ``create`` off, opening a store that
     does not exist yet is an error (read commands create nothing); with ``salvage``, reads skip
     what a damaged file cannot give back (logging each skip) instead of failing.
 
     ``sqlite:///relative.db``, ``sqlite:////absolute.db`` (``?synchronous=normal`` to trade
-    power-loss safety for speed), ``memory://`` for tests, and ``agl+http://HOST:PORT`` to
+    power-loss safety for speed), ``memory://`` for tests, ``postgresql://USER@HOST:PORT/DB``
+    for a store many receivers share, and ``agl+http://HOST:PORT`` to
     forward into a LightningStore server through a local outbox (``?outbox=path.db``);
     ``forward_log_wait`` (seconds, default the forwarder's) is how long a forwarded model call
     waits for its GenAI log records. ``sequence_ids`` (``start-time`` or ``counter``) is how
@@ -58,6 +62,16 @@ def open_store(
             **options,
         )
         return forwarder
+    if parsed.scheme == "postgresql":
+        return PostgresStore(
+            url,
+            affinity_window=affinity_window,
+            create=create,
+            salvage=salvage,
+            translate=translate,
+            prepare_reads=prepare_reads,
+            sequence_ids=sequence_ids,
+        )
     default = "OFF" if parsed.scheme == "memory" else "FULL"
     return SQLiteStore(
         parsed.path,
@@ -77,9 +91,13 @@ def lightning_api(
 ) -> LightningStoreBackend | None:
     """Agent Lightning's LightningStore API over an opened store (served at ``/v1/agl``), opened;
     None when the LightningStore is elsewhere (a forwarder's is the server it feeds)."""
-    if not isinstance(store, SQLiteStore):
+    backend: SQLLightningStore
+    if isinstance(store, SQLiteStore):
+        backend = SQLiteLightningStore(store, scan_debounce=watchdog_interval)
+    elif isinstance(store, PostgresStore):
+        backend = PostgresLightningStore(store, scan_debounce=watchdog_interval)
+    else:
         return None
-    backend = SQLiteLightningStore(store, scan_debounce=watchdog_interval)
     backend.open()
     return backend
 

@@ -98,11 +98,15 @@ class TraceAffinity:
             self.autos[trace_id] = (rollout_id, created)
         for trace_id in changes.moved:
             self.autos.pop(trace_id, None)
+        self.count(changes)
+        self._trim(now)
+
+    def count(self, changes: Changes) -> None:
+        """Add a committed transaction's moves and ignored claims to the counters."""
         self.counters.moved_traces += len(changes.moved)
         self.counters.moved_spans += changes.moved_spans
         self.counters.late_bindings += changes.late
         self.counters.ignored_outcomes += changes.ignored_outcomes
-        self._trim(now)
 
     def _trim(self, now: float) -> None:
         bindings = self.bindings

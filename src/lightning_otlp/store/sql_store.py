@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from ..batch import Destination, RolloutInfo, SpanBatch
 from ..ids import attempt_id_for, rollout_id_for_trace
-from . import lifecycle
+from . import lifecycle, views
 from .affinity import Changes, TraceAffinity
 from .base import Metric, WriteResult
 from .dialect import Conn, chunks
@@ -33,6 +33,10 @@ from .records import (
     span_records,
 )
 from .sequence import attempt_counter, sequence_ids
+
+# One idle step builds at most this many span views (about 15 ms), scanning at most the window.
+_VIEW_BATCH: Final = 128
+_VIEW_WINDOW: Final = 4096
 
 _INSERT_SPAN: Final = (
     f"INSERT INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)}) ON CONFLICT DO NOTHING"
@@ -55,6 +59,7 @@ class SQLStore:
 
     url: str
     translate: bool
+    prepare_reads: bool
     sequence_ids: str
     affinity: TraceAffinity
 
@@ -91,6 +96,11 @@ class SQLStore:
         return [], {}
 
     read_errors: tuple[type[Exception], ...] = ()
+    # Prepared views (``store.views``): how far this process has built them.
+    _views_at = 0  # span rowid up to which views were built this run
+    _newest_at = 0  # newest spans first: rowid up to which the newest window was looked at
+    _newest_from = 0  # where the current run of newest steps began
+    _span_top = 0  # the highest span rowid written, as last seen
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -167,6 +177,28 @@ class SQLStore:
         _record_outcomes(conn, batch, retarget, resolved, now, changes)
         self.bind(conn, changes)
         return stored
+
+    def _build_views_step(self, conn: Conn) -> None:
+        """Spans stored since the last step first, from the newest window on: a rollout that
+        just finished is what a trainer reads next. Older spans (a backlog, or spans the
+        newest window slid past) follow in rowid order; views built twice never are, the
+        build skips spans that have one."""
+        top = self._span_top
+        if self._newest_at < top:
+            start = max(self._newest_at, self._views_at, top - _VIEW_WINDOW)
+            if start != self._newest_at:  # a new run of newest steps: spans were skipped
+                self._newest_from = start
+            self._newest_at, _ = views.build(conn, start, window=top - start, limit=_VIEW_BATCH)
+            if self._newest_from <= self._views_at:  # the run began where the backlog ends
+                self._views_at = max(self._views_at, self._newest_at)
+            return
+        self._views_at, _ = views.build(
+            conn, self._views_at, window=_VIEW_WINDOW, limit=_VIEW_BATCH
+        )
+
+    @staticmethod
+    def _top_rowid(conn: Conn) -> int:
+        return int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM spans").fetchone()[0])
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -285,6 +317,20 @@ class SQLStore:
             return int(conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0])
 
     # -- figures ---------------------------------------------------------------------------
+
+    def metrics(self) -> list[Metric]:
+        # Never under the lock: a scrape must not wait behind a commit that waits for the disk.
+        behind = max(0, self._span_top - self._views_at)
+        return [
+            Metric(
+                "lightning_otlp_span_views_behind",
+                "Spans stored since the background step that prepares records for fast reads"
+                " last caught up (0 when idle long enough).",
+                "gauge",
+                behind if self.prepare_reads and self.translate else 0,
+            ),
+            *self.affinity_metrics(),
+        ]
 
     def affinity_metrics(self) -> list[Metric]:
         moved = self.affinity.counters

@@ -21,9 +21,8 @@ from google.protobuf.message import DecodeError
 from ..batch import SpanBatch
 from ..defaults import DEFAULT_AFFINITY_WINDOW, SEQUENCE_IDS, SYNCHRONOUS
 from ..errors import StoreDamaged, StoreUnavailable
-from . import views
 from .affinity import Changes, TraceAffinity
-from .base import Metric, WriteResult
+from .base import WriteResult
 from .db import transaction
 from .dialect import SQLITE, Conn, Dialect
 from .logs import LogRows
@@ -41,9 +40,6 @@ _SALVAGE_STEP: Final = 256
 _SALVAGE_GAP: Final = 65_536
 _WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 _CACHE_KIB: Final = 64 * 1024
-# One idle step builds at most this many span views (about 15 ms), scanning at most the window.
-_VIEW_BATCH: Final = 128
-_VIEW_WINDOW: Final = 4096
 
 
 class SQLiteConnection(sqlite3.Connection):
@@ -449,28 +445,6 @@ class SQLiteStore(SQLStore):
             self.prepare_reads = False
             return False
 
-    def _build_views_step(self, conn: Conn) -> None:
-        """Spans stored since the last step first, from the newest window on: a rollout that
-        just finished is what a trainer reads next. Older spans (a backlog, or spans the
-        newest window slid past) follow in rowid order; views built twice never are, the
-        build skips spans that have one."""
-        top = self._span_top
-        if self._newest_at < top:
-            start = max(self._newest_at, self._views_at, top - _VIEW_WINDOW)
-            if start != self._newest_at:  # a new run of newest steps: spans were skipped
-                self._newest_from = start
-            self._newest_at, _ = views.build(conn, start, window=top - start, limit=_VIEW_BATCH)
-            if self._newest_from <= self._views_at:  # the run began where the backlog ends
-                self._views_at = max(self._views_at, self._newest_at)
-            return
-        self._views_at, _ = views.build(
-            conn, self._views_at, window=_VIEW_WINDOW, limit=_VIEW_BATCH
-        )
-
-    @staticmethod
-    def _top_rowid(conn: Conn) -> int:
-        return int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM spans").fetchone()[0])
-
     def check(self, full: bool = False) -> list[str]:
         """SQLite's own check of every page: ``quick_check``, or ``integrity_check`` (slower,
         also compares each index with its table) with ``full``."""
@@ -482,20 +456,6 @@ class SQLiteStore(SQLStore):
                 return [str(exc)]
         problems = [str(row[0]) for row in rows]
         return [] if problems == ["ok"] else problems
-
-    def metrics(self) -> list[Metric]:
-        # Never under the lock: a scrape must not wait behind a commit that waits for the disk.
-        behind = max(0, self._span_top - self._views_at)
-        return [
-            Metric(
-                "lightning_otlp_span_views_behind",
-                "Spans stored since the background step that prepares records for fast reads"
-                " last caught up (0 when idle long enough).",
-                "gauge",
-                behind if self.prepare_reads and self.translate else 0,
-            ),
-            *self.affinity_metrics(),
-        ]
 
 
 def _by_sequence(row: tuple[Any, ...]) -> int:

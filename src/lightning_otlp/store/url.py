@@ -35,6 +35,9 @@ _OPTIONS: Final[Mapping[str, frozenset[str]]] = {
 }
 
 
+POSTGRESQL_SCHEMES: Final = frozenset({"postgresql", "postgres"})
+
+
 @dataclass(frozen=True, slots=True)
 class StoreURL:
     """A store URL taken apart.
@@ -58,13 +61,18 @@ class StoreURL:
 
 
 def parse_store_url(url: str) -> StoreURL:
-    """``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``memory://`` or
-    ``agl+http://HOST:PORT?outbox=path.db``; raises ``ValueError`` naming the mistake."""
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``memory://``,
+    ``postgresql://USER@HOST:PORT/DB`` or ``agl+http://HOST:PORT?outbox=path.db``; raises
+    ``ValueError`` naming the mistake."""
     parts = urlsplit(url)
+    if parts.scheme in POSTGRESQL_SCHEMES:
+        # libpq's own URL: its query (sslmode=..., options=...) is libpq's to read.
+        return StoreURL(url, "postgresql", "")
     known = _OPTIONS.get(parts.scheme)
     if known is None:
         raise ValueError(
-            f"unknown store URL {url!r}: use sqlite:///path/to/file.db, memory:// or"
+            f"unknown store URL {url!r}: use sqlite:///path/to/file.db, memory://,"
+            " postgresql://USER@HOST:PORT/DB (a store several receivers share) or"
             " agl+http://HOST:PORT (a LightningStore server)"
         )
     options = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
