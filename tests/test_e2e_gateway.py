@@ -24,10 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from lightning_otlp.forward.status import store_status
 
@@ -41,7 +37,7 @@ from .collectors import (
     stop_service,
     wait_until,
 )
-from .fleet import Fleet
+from .fleet import Fleet, gateway_for, grpc_tracer
 from .support import NODE_DIR, ROOT, ReceiverProcess, node_script
 from .test_forward import AglServer
 
@@ -236,18 +232,10 @@ def test_shared_store_gateway_spreads_traces_over_every_receiver(tmp_path: Path)
     span went; test_e2e_fleet.py runs it on one shared PostgreSQL."""
     traces, per_trace = 60, 3
     with Fleet([f"sqlite:///{tmp_path / f'receiver-{i}.db'}" for i in range(3)], tmp_path) as fleet:
-        gateway = CollectorProcess(
-            "gateway.yaml",
-            tmp_path,
-            {},
-            {f"LIGHTNING_OTLP_{i}": target for i, target in enumerate(fleet.grpc_targets)},
-        )
+        gateway = gateway_for(fleet, tmp_path)
         try:
             gateway.start()
-            provider = TracerProvider(resource=Resource.create({"service.name": "gateway-agent"}))
-            exporter = OTLPSpanExporter(endpoint=gateway.grpc_endpoint, insecure=True)
-            provider.add_span_processor(BatchSpanProcessor(exporter))
-            tracer = provider.get_tracer("gateway-test")
+            provider, tracer = grpc_tracer(gateway.grpc_endpoint)
             for n in range(traces):
                 with tracer.start_as_current_span(f"root {n}"):
                     for k in range(per_trace - 1):

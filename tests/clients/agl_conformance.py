@@ -3,11 +3,15 @@
 Run by the agentlightning 0.3.0 interpreter: ``python agl_conformance.py URL [URL ...]``. The
 same script runs against each server in turn; the test compares the answers after replacing
 generated ids and times with placeholders. Output: one JSON object ``{url: [[step, value]]}``.
+A URL may be several, comma-separated, servers of one shared store: requests then alternate
+between them (``requests_per_server`` in the output counts them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import json
 import os
 import sys
@@ -15,11 +19,49 @@ import time
 from typing import Any
 
 import aiohttp
-from agentlightning.store.client_server import LightningStoreClient
+from agentlightning.store.client_server import API_V1_AGL_PREFIX, LightningStoreClient
 from agentlightning.types import LLM, EnqueueRolloutRequest, RolloutConfig, Span
 from opentelemetry.sdk.trace import TracerProvider
 
 RETRY = RolloutConfig(max_attempts=2, retry_condition=["failed", "unresponsive"])
+
+
+class RoundRobinClient(LightningStoreClient):
+    """agentlightning's client, unchanged but for the server each request goes to: the next of
+    several, in turn (it reads its address afresh for every request)."""
+
+    # Requests (and OTLP endpoints) per server, over every client: shown in the output.
+    sent: collections.Counter[str] = collections.Counter()
+
+    def __init__(self, roots: list[str]) -> None:
+        self._next_root = itertools.cycle(roots).__next__
+        super().__init__(roots[0], retry_delays=(), health_retry_delays=())
+
+    @property  # type: ignore[override]
+    def server_address_root(self) -> str:
+        root = self._next_root()
+        self.sent[root] += 1
+        return root
+
+    @server_address_root.setter
+    def server_address_root(self, value: str) -> None:
+        pass  # the cycle decides
+
+    @property  # type: ignore[override]
+    def server_address(self) -> str:
+        return self.server_address_root + API_V1_AGL_PREFIX
+
+    @server_address.setter
+    def server_address(self, value: str) -> None:
+        pass
+
+
+def connect(urls: str) -> LightningStoreClient:
+    """The client for one server, or for several of one shared store (comma-separated)."""
+    roots = [u.rstrip("/") for u in urls.split(",")]
+    if len(roots) == 1:
+        return LightningStoreClient(roots[0], retry_delays=(), health_retry_delays=())
+    return RoundRobinClient(roots)
 
 
 def dump(value: Any) -> Any:
@@ -89,13 +131,13 @@ def span(rollout_id: str, attempt_id: str, seq: int, name: str, n: int) -> Span:
 
 
 async def scenario(url: str) -> list[list[Any]]:
-    client = LightningStoreClient(url, retry_delays=(), health_retry_delays=())
+    client = connect(url)
     rec = Recorder()
     http = aiohttp.ClientSession()
-    base = url + "/v1/agl"
+    next_root = itertools.cycle(url.split(",")).__next__
 
     async def raw(method: str, path: str, **kw: Any) -> Any:
-        async with http.request(method, base + path, **kw) as resp:
+        async with http.request(method, next_root() + "/v1/agl" + path, **kw) as resp:
             body = await resp.json(content_type=None)
             return {"status": resp.status, "body": body}
 
@@ -389,7 +431,7 @@ async def scenario(url: str) -> list[list[Any]]:
 async def watchdog(url: str) -> list[list[Any]]:
     """Timeouts, unresponsive attempts, retries and a lost worker's late span, after the
     watchdog's 10 s debounce has surely passed on both servers."""
-    client = LightningStoreClient(url, retry_delays=(), health_retry_delays=())
+    client = connect(url)
     rec = Recorder()
     try:
         await client.add_resources({"main_llm": LLM(endpoint="http://llm:8000/v1", model="m")})
@@ -436,7 +478,7 @@ async def sequence(url: str) -> list[list[Any]]:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    client = LightningStoreClient(url, retry_delays=(), health_retry_delays=())
+    client = connect(url)
     rec = Recorder()
     try:
         started = await client.start_rollout({"seq": 1})
@@ -467,7 +509,8 @@ async def sequence(url: str) -> list[list[Any]]:
                 {"agentlightning.rollout_id": rollout_id, "agentlightning.attempt_id": attempt_id}
             )
         )
-        provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(url + "/v1/traces")))
+        exporter = OTLPSpanExporter(client.otlp_traces_endpoint())
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
         otlp = provider.get_tracer("conformance")
         early = otlp.start_span("otlp-early", start_time=time.time_ns() - 10**9)
         for name in ("otlp-1", "otlp-2"):
@@ -549,7 +592,7 @@ def main() -> None:
     for url in sys.argv[1:]:
         for name in names:
             out[name][url] = asyncio.run(SCENARIOS[name](url))
-    print(json.dumps(out))
+    print(json.dumps({**out, "requests_per_server": RoundRobinClient.sent}))
 
 
 if __name__ == "__main__":
