@@ -8,6 +8,7 @@ cluster belongs to the ``postgres`` user and every server command runs through `
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import itertools
 import os
@@ -49,6 +50,13 @@ def install_postgresql() -> Path:
             "PostgreSQL is missing: install Debian's `postgresql` package "
             "(apt-get install postgresql), which puts initdb under /usr/lib/postgresql/*/bin"
         )
+    # pytest-xdist workers may all get here at once; apt takes one at a time
+    with open(Path(tempfile.gettempdir()) / "lightning-otlp-postgresql-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _bin_dirs()[0] if _bin_dirs() else _apt_install()
+
+
+def _apt_install() -> Path:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"]
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
