@@ -23,7 +23,7 @@ SMOKE_MARKS = "e2e and not agl and not node and not slow"
 def tests(session: nox.Session) -> None:
     """The fast suite and the end-to-end smoke on one Python; arguments after ``--`` go to pytest
     (``make test-pythons`` passes its ``-n`` there)."""
-    session.install("-e", ".[server,test]")
+    session.install("-e", ".[server,test,postgres]")
     session.run("pytest", "-q", "-p", "no:cacheprovider", "-m", FAST, *session.posargs)
     session.run(
         "pytest", "-q", "-p", "no:cacheprovider", "-m", SMOKE_MARKS, *SMOKE, *session.posargs
