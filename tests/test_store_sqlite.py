@@ -73,7 +73,7 @@ def test_store_urls(tmp_path: Path) -> None:
     assert isinstance(store, SQLiteStore) and store.path == f"{tmp_path}/x.db"
     assert open_store("sqlite:///relative.db").path == "relative.db"  # type: ignore[attr-defined]
     with pytest.raises(ValueError):
-        open_store("postgres://nowhere")
+        open_store("mysql://nowhere")
     with pytest.raises(ValueError):
         SQLiteStore("x.db", synchronous="SOMETIMES")
 
