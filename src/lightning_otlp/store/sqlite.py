@@ -28,8 +28,9 @@ from .dialect import SQLITE, Conn, Dialect
 from .logs import LogRows
 from .migrations import SQLITE as SQLITE_MIGRATIONS
 from .migrations import Migration, migrate
+from .placement import NO_SUCH_ATTEMPT
 from .records import ATTEMPT_COLUMNS, ROLLOUT_COLUMNS, SPAN_COLUMNS, resource_bodies, span_records
-from .sql_store import NO_SUCH_ATTEMPT, SQLStore, insert_logs
+from .sql_store import SQLStore, insert_logs
 
 log = logging.getLogger("lightning_otlp.store")
 T = TypeVar("T")
