@@ -239,3 +239,20 @@ def test_span_bytes_bound_what_a_request_adds(outbox: Outbox) -> None:
     carried = span_bytes(batch)
     outbox.write(batch)
     assert outbox.pending()[1] == carried
+
+
+def test_spans_of_an_unbound_trace_wait_out_the_affinity_window(
+    outbox: Outbox, clock: Clock
+) -> None:
+    """Spans without ids go to their trace's own rollout, which a later binding may still move:
+    they stay in the outbox until the window has passed (or their trace is bound)."""
+    outbox.write(route(make_request([make_span("agent step")]), RoutingConfig()))
+    write(outbox, 2, seed=1)
+    affinity = outbox.local.affinity
+    ((own, created),) = affinity.autos.values()
+    clock.now = created
+    rows, _ = outbox.pending_batch(0, 100, 1 << 30)
+    assert len(rows) == 2 and own not in {r.rollout_id for r in rows}
+    clock.now = created + affinity.window + 0.001
+    rows, _ = outbox.pending_batch(0, 100, 1 << 30)
+    assert len(rows) == 3 and own in {r.rollout_id for r in rows}
