@@ -1,6 +1,6 @@
 """The outbox file's embedded store, and the forwarder's only door to its connection.
 
-The outbox's parts (``queue``, ``mapping``, ``waits``, ``mirror``, ``figures``) keep their own
+The outbox's parts (``queue``, ``mapping``, ``waits``, ``mirror``, ``counters``) keep their own
 tables in the embedded store's SQLite file and share its connection, so a request's spans and
 the outbox's marks commit in one transaction. They reach that connection only through
 ``LocalFile``: its lock (``locked``), a write transaction (``transaction``), and the embedded
@@ -36,6 +36,7 @@ class LocalFile:
     Args:
         path: the outbox's SQLite file.
         migrations: the file's recorded schema list (every SQLite store's, then the outbox's).
+        delivered: reads where delivered traces went, to rebuild trace affinity (``queue``).
         synchronous, url, affinity_window, translate, create, salvage, sequence_ids: as
             ``SQLiteStore``'s.
     """
