@@ -9,7 +9,7 @@ from typing import Any
 from ..store.sqlite import SQLiteStore
 from ..store.url import parse_store_url
 from .client import HTTPLightningClient
-from .outbox import read_status
+from .figures import read_status
 
 
 def store_status(url: str, *, probe: bool = True) -> dict[str, Any]:

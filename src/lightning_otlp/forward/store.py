@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
@@ -32,6 +33,7 @@ from ..store.url import StoreURL
 from .client import HTTPLightningClient, LightningClient
 from .delivery import Delivery
 from .outbox import Outbox
+from .queue import span_bytes
 
 log = logging.getLogger("lightning_otlp.forward")
 
@@ -62,6 +64,7 @@ class ForwardingStore:
         sequence_ids: how spans without a sequence id get one (``defaults.SEQUENCE_IDS``).
         log_wait: seconds a model call whose messages come as GenAI log records is held for
             them, unless they are already here; 0 forwards every span at once.
+        clock: the wall clock of the outbox's own times (tests move it by hand).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class ForwardingStore:
         create: bool = True,
         salvage: bool = False,
         sequence_ids: str = "start-time",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         for name, value in (
             ("max_outbox_spans", max_outbox_spans),
@@ -105,6 +109,7 @@ class ForwardingStore:
             create=create,
             salvage=salvage,
             sequence_ids=sequence_ids,
+            clock=clock,
         )
         self.url = self.outbox.store.url
         self.max_outbox_spans = max_outbox_spans
@@ -160,12 +165,12 @@ class ForwardingStore:
     @property
     def affinity(self) -> TraceAffinity:
         """The outbox's trace affinity (the receiver sets its window)."""
-        return self.outbox.store.affinity
+        return self.outbox.local.affinity
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
-        if self.outbox.store.ready():
+        if self.outbox.local.ready():
             return
         self.outbox.open()
         if logging.getLogger("httpx").level == logging.NOTSET:
@@ -217,7 +222,7 @@ class ForwardingStore:
             self._lock_file = None
 
     def ready(self) -> bool:
-        return self.outbox.store.ready()
+        return self.outbox.local.ready()
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -242,8 +247,25 @@ class ForwardingStore:
         )
 
     def write_many(self, batches: Sequence[SpanBatch]) -> list[WriteResult]:
-        """One outbox transaction each: the outbox's marks and held calls are per request."""
-        return [self.write(batch) for batch in batches]
+        """One outbox transaction for the group (one sync to disk), all or none.
+
+        A group that might not fit the outbox whole is refused whole, before any work: the
+        pipeline then writes its requests one at a time, and each is let in or refused exactly
+        as it would have been alone. The group fits when the pending spans plus all it accepts
+        stay within the span limit and the pending bytes plus every span byte it carries stay
+        under the byte limit (an upper bound: duplicates are not stored).
+        """
+        if len(batches) == 1:
+            return [self.write(batches[0])]
+        spans, size = self.outbox.pending()
+        size += self.outbox.log_bytes()
+        accepted = sum(batch.accepted for batch in batches if batch.groups)
+        carried = sum(span_bytes(batch) for batch in batches)
+        if spans + accepted > self.max_outbox_spans or size + carried >= self.max_outbox_bytes:
+            raise self._full(spans, size)
+        results = self.outbox.write_many(batches)
+        self._wake.set()
+        return results
 
     def write_logs(self, rows: LogRows) -> int:
         """GenAI log records go in the outbox beside the spans they belong to (see
