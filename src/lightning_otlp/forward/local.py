@@ -21,13 +21,13 @@ from ..errors import StoreUnavailable
 from ..store.affinity import Changes, TraceAffinity
 from ..store.db import transaction
 from ..store.migrations import Migration
-from ..store.sqlite import SQLiteStore
+from ..store.sqlite import SQLiteConnection, SQLiteStore
 
 # What runs inside a group's transaction after each request's records are written: given the
 # connection, the request's index in the group and the highest span rowid before it.
-AfterWrite = Callable[[sqlite3.Connection, int, int], None]
+AfterWrite = Callable[[SQLiteConnection, int, int], None]
 # The bindings of traces whose spans already left the file, newest last (``queue``).
-Delivered = Callable[[sqlite3.Connection, int], list[tuple[bytes, Destination]]]
+Delivered = Callable[[SQLiteConnection, int], list[tuple[bytes, Destination]]]
 
 
 class LocalFile:
@@ -87,19 +87,19 @@ class LocalFile:
         return self.store.ready()
 
     @contextmanager
-    def locked(self) -> Iterator[sqlite3.Connection]:
+    def locked(self) -> Iterator[SQLiteConnection]:
         """The connection under the store's lock (autocommit: each statement commits alone)."""
         with self.store.locked() as conn:
             yield conn
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[SQLiteConnection]:
         """The connection under the lock, in one write transaction (rolled back on error)."""
         with self.store.locked() as conn, transaction(conn):
             yield conn
 
     @staticmethod
-    def begin(conn: sqlite3.Connection) -> AbstractContextManager[sqlite3.Connection]:
+    def begin(conn: SQLiteConnection) -> AbstractContextManager[SQLiteConnection]:
         """A write transaction on the connection ``locked`` gave, for work that must follow
         its commit under the same lock."""
         return transaction(conn)
@@ -147,16 +147,16 @@ class LocalFile:
                 raise
         return counts
 
-    def _reload_affinity(self, conn: sqlite3.Connection) -> None:
+    def _reload_affinity(self, conn: SQLiteConnection) -> None:
         """Trace affinity as the file has it: the embedded store's, then the delivered traces'."""
         old = self.store.affinity
         fresh = TraceAffinity(old.window, old.max_traces)
         fresh.counters = old.counters
         self.store.affinity = fresh
-        self.store._load_affinity(conn)  # the embedded store's own rebuild, as on open
+        self.store.load_affinity(conn)  # the embedded store's own rebuild, as on open
         self.bind_delivered(conn)
 
-    def bind_delivered(self, conn: sqlite3.Connection) -> None:
+    def bind_delivered(self, conn: SQLiteConnection) -> None:
         """Trace affinity for traces whose spans already left the outbox; the pending spans'
         bindings, loaded on open and newer, win."""
         affinity = self.store.affinity
@@ -169,6 +169,6 @@ class LocalFile:
             affinity.bindings.setdefault(trace_id, dest)
 
 
-def _top_span(conn: sqlite3.Connection) -> int:
+def _top_span(conn: SQLiteConnection) -> int:
     top: int = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM spans").fetchone()[0]
     return top

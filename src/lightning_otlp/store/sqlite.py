@@ -148,7 +148,7 @@ class SQLiteStore(SQLStore):
             migrate(conn, self.migrations)
             if self.create:  # a read-only tool routes nothing: it needs no trace affinity
                 _can_write(conn, self.url)
-                self._load_affinity(conn)
+                self.load_affinity(conn)
             self._span_top = self._top_rowid(conn)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.url}: {exc}") from exc
@@ -214,7 +214,7 @@ class SQLiteStore(SQLStore):
                     counters = self.affinity.counters
                     self.affinity = TraceAffinity(self.affinity.window, self.affinity.max_traces)
                     self.affinity.counters = counters
-                    self._load_affinity(conn)
+                    self.load_affinity(conn)
                 if isinstance(exc, sqlite3.DatabaseError):
                     raise StoreUnavailable(f"store busy or failing: {exc}") from exc
                 raise
@@ -314,7 +314,7 @@ class SQLiteStore(SQLStore):
         for conn in readers:
             conn.close()
 
-    def _load_affinity(self, conn: Conn) -> None:
+    def load_affinity(self, conn: Conn) -> None:
         """Rebuild trace affinity from the newest spans and per-trace rollouts on disk."""
         affinity = self.affinity
         limit = affinity.max_traces
