@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,10 +26,10 @@ from ..defaults import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MAX_WAIT,
 )
-from ..errors import Overloaded, PayloadTooLarge, ReceiverError
+from ..errors import BadRequest, Overloaded, PayloadTooLarge
 from ..receiver.budget import MemoryBudget
 from ..receiver.changes import Changes
-from ..receiver.status import answer
+from ..receiver.status import api_answer
 from ..receiver.transport.http import (
     close_if_unread,
     headers_of,
@@ -43,15 +42,13 @@ from ..store.lightning import (
     UNSET,
     WORKER_STATUSES,
     LightningStoreBackend,
-    NotFound,
     Page,
     Record,
     ScanNeeded,
 )
 from . import wire
-from .wire import BadRequest, Fields, Invalid
+from .wire import Fields
 
-log = logging.getLogger("lightning_otlp.api")
 # Deeper request bodies are refused (422): stored records are encoded again, within this depth.
 MAX_JSON_DEPTH: Final = 100
 _TOO_DEEP: Final = object()
@@ -750,26 +747,12 @@ def _deeper_than(document: Any, limit: int) -> bool:
 
 
 async def guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
-    """Upstream's error answers: 422 and 400 for the caller's mistakes, 404 for a rollout or
-    attempt that does not exist (upstream answers its ``ValueError`` with 500, which its client
-    retries after 1, 2 and 5 s before raising; the caller's mistake is not retried here), the
-    receiver's own errors through the one error map (``receiver.status.answer``), and anything
-    else, a defect, a logged 500 with upstream's body."""
+    """The handler's answer, or its error's as the one error map decides (``api_answer``)."""
     try:
         return await handler()
-    except Invalid as exc:
-        return json_response({"detail": exc.errors}, 422)
-    except BadRequest as exc:
-        return json_response({"detail": str(exc)}, 400)
-    except ReceiverError as exc:
-        result = answer(exc)
-        response = json_response({"detail": str(exc)}, result.http_status)
+    except Exception as exc:
+        result = api_answer(exc)
+        response = json_response(result.body, result.http_status)
         for name, value in result.http_headers:
             response.headers[name.decode()] = value.decode()
         return response
-    except NotFound as exc:
-        log.info("answering %s: %s", type(exc).__name__, exc)
-        return json_response({"detail": str(exc), "error_type": "ValueError"}, 404)
-    except Exception as exc:  # a defect here, not the request: upstream's 500 body
-        log.exception("the LightningStore API failed")
-        return json_response({"detail": str(exc), "error_type": type(exc).__name__}, 500)
