@@ -228,6 +228,25 @@ def _assert_retry_hint(error: grpc.aio.AioRpcError, seconds: int) -> None:
     assert hint.retry_delay.seconds == seconds
 
 
+@pytest.mark.parametrize("defect", [ValueError("bad row"), KeyError("status"), TypeError("None")])
+def test_a_store_defect_is_internal_never_invalid_argument(
+    pipeline: Pipeline,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    defect: Exception,
+) -> None:
+    def broken(batches: object) -> None:
+        raise defect
+
+    monkeypatch.setattr(pipeline.store, "write_many", broken)
+    error = refused(pipeline, make_request([make_span("x", attributes=IDS)]).SerializeToString())
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert error.details() == f"{type(defect).__name__}: {defect}"
+    assert status_details(error).code == code_pb2.INTERNAL
+    assert "google.rpc.retryinfo-bin" not in trailers(error)
+    assert "the OTLP export failed" in caplog.text
+
+
 def test_a_bearer_token_is_required_before_the_message_is_read(
     pipeline: Pipeline, store: SQLiteStore
 ) -> None:

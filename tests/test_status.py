@@ -122,6 +122,24 @@ def test_anything_else_is_a_logged_defect_never_the_callers_mistake(
     assert record.message == "the LightningStore API failed" and record.exc_info is not None
 
 
+@pytest.mark.parametrize("exc", [ValueError("v"), KeyError("k"), TypeError("t")])
+def test_an_otlp_defect_is_a_logged_500_internal(
+    exc: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, "lightning_otlp.receiver"):
+        result = answer(exc)
+    assert (result.http_status, result.grpc_code, result.http_headers) == (
+        500,
+        grpc.StatusCode.INTERNAL,
+        [],
+    )
+    assert result.status.code == code_pb2.INTERNAL
+    assert result.status.message == f"{type(exc).__name__}: {exc}"
+    assert dict(result.grpc_trailers).keys() == {"grpc-status-details-bin"}
+    [record] = caplog.records
+    assert record.message == "the OTLP export failed" and record.exc_info is not None
+
+
 def test_not_found_is_no_value_error() -> None:
     """Code that catches ``ValueError`` never takes a missing rollout for a defect, nor back."""
     assert not issubclass(NotFound, ValueError)

@@ -2,9 +2,10 @@
 
 OTLP (``answer``): retryable (``Unavailable``) becomes 503 + ``Retry-After`` / UNAVAILABLE +
 RetryInfo; a client's mistake becomes 400 / INVALID_ARGUMENT with a ``google.rpc.Status`` body;
-nothing a client sends becomes a 5xx other than 503. The LightningStore API (``api_answer``):
-the same statuses for the same errors, its own (``APIError``) as upstream answers them, and
-anything else a defect: a logged 500 with upstream's body, never the caller's mistake.
+nothing a client sends becomes a 5xx other than 503; a defect is a logged 500 / INTERNAL. The
+LightningStore API (``api_answer``): the same statuses for the same errors, its own
+(``APIError``) as upstream answers them, and anything else a defect: a logged 500 with
+upstream's body, never the caller's mistake.
 """
 
 from __future__ import annotations
@@ -67,9 +68,14 @@ class Answer:
         return tuple(trailers)
 
 
-def answer(exc: ReceiverError) -> Answer:
+def answer(exc: Exception) -> Answer:
     """The answer for ``exc``, logged here (retryable at WARNING, a client's fault at INFO), a
-    few lines per kind a minute."""
+    few lines per kind a minute; anything not a ``ReceiverError`` is a defect: logged with its
+    traceback, 500 / INTERNAL, never the client's fault."""
+    if not isinstance(exc, ReceiverError):
+        log.error("the OTLP export failed", exc_info=exc)
+        status = status_pb2.Status(code=code_pb2.INTERNAL, message=f"{type(exc).__name__}: {exc}")
+        return Answer(500, grpc.StatusCode.INTERNAL, status, None)
     retry_after = None
     if isinstance(exc, Unavailable):
         http, code, rpc = 503, grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE
