@@ -169,16 +169,9 @@ def test_a_store_defect_is_a_logged_500_never_the_clients_400(
         raise defect
 
     monkeypatch.setattr(app.pipeline.store, "write_many", broken)
-    for media, encode in [("application/x-protobuf", body()), ("application/json", None)]:
-        content = encode if encode is not None else json.dumps({"resourceSpans": []}).encode()
-        if encode is None:  # a JSON request with spans: answered in JSON
-            content = (
-                b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"'
-                + b"ab" * 16
-                + b'","spanId":"'
-                + b"cd" * 8
-                + b'","name":"j"}]}]}]}'
-            )
+    span = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "j"}
+    as_json = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+    for media, content in [("application/x-protobuf", body()), ("application/json", as_json)]:
         response = post(app, content=content, headers={"content-type": media})
         assert response.status_code == 500, response.text
         assert "retry-after" not in response.headers
