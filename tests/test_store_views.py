@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from lightning_otlp.api.routes import json_response, large_page_response
+from lightning_otlp.api.bodies import json_response, large_page_response
 from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
