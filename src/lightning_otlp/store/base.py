@@ -45,11 +45,10 @@ class Ingest(Protocol):
     def write(self, batch: SpanBatch) -> WriteResult: ...
 
     def write_many(self, batches: Sequence[SpanBatch]) -> list[WriteResult]:
-        """Commit several requests' batches as if written one after the other, each all or
-        nothing: the embedded store in one transaction (one sync to disk), all or none; the
-        forwarder's outbox one transaction each, so after an error some of the first may be
-        committed, and the retry the client is told to make stores none of their spans twice
-        (a span is stored once per rollout)."""
+        """Commit several requests' batches in one transaction, all or none, as if written one
+        after the other (one sync to disk instead of one each): after an error nothing of them
+        is committed, and the pipeline writes them again one at a time, so the failure is that
+        request's alone."""
         ...
 
     def write_logs(self, rows: LogRows) -> int:

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-
 C = TypeVar("C", bound=sqlite3.Connection)
 
 
