@@ -226,8 +226,18 @@ def _check_store(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from .forward.status import store_status
+    from .store.url import parse_store_url
 
-    report = store_status(_settings(args).store)
+    url = _settings(args).store
+    if parse_store_url(url).forwards:
+        report = store_status(url)
+    else:  # any other store reports itself, read only
+        store = open_store(url, forward=False, create=False)
+        store.open()
+        try:
+            report = store.status()
+        finally:
+            store.close()
     if args.json:
         print(json.dumps(report))
     else:
