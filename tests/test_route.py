@@ -18,6 +18,7 @@ from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore
+from lightning_otlp.store.base import StoreOptions
 from lightning_otlp.wiring import lightning_api
 
 from .payloads import length_delimited, make_request, make_span
@@ -198,7 +199,7 @@ def test_start_time_ids_never_repeat_in_an_attempt(pipeline: Pipeline, store: SQ
 
 
 def test_counter_ids_count_arrivals_and_keep_explicit_ones() -> None:
-    store = SQLiteStore(":memory:", synchronous="OFF", sequence_ids="counter")
+    store = SQLiteStore(":memory:", StoreOptions(sequence_ids="counter"), synchronous="OFF")
     store.open()
     pipeline = Pipeline(store, RoutingConfig())
     try:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from lightning_otlp.store import SQLiteStore
+from lightning_otlp.store.base import StoreOptions
 from lightning_otlp.store.migrations import SQLITE, applied
 from lightning_otlp.wiring import open_store
 
@@ -137,7 +138,7 @@ def test_reading_all_spans_streams_one_rollout_at_a_time(tmp_path: Path) -> None
 
     path = tmp_path / "big.db"
     _filled(path)
-    reader = SQLiteStore(str(path), create=False)
+    reader = SQLiteStore(str(path), StoreOptions(create=False))
     reader.open()
     try:
         tracemalloc.start()

@@ -10,6 +10,7 @@ store's write path for requests (``write_group``). Nothing else in ``forward/`` 
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 from ..batch import Destination, SpanBatch
 from ..errors import StoreUnavailable
 from ..store.affinity import Changes, TraceAffinity
+from ..store.base import StoreOptions
 from ..store.db import transaction
 from ..store.migrations import Migration
 from ..store.sqlite import SQLiteConnection, SQLiteStore
@@ -37,8 +39,7 @@ class LocalFile:
         path: the outbox's SQLite file.
         migrations: the file's recorded schema list (every SQLite store's, then the outbox's).
         delivered: reads where delivered traces went, to rebuild trace affinity (``queue``).
-        synchronous, url, affinity_window, translate, create, salvage, sequence_ids: as
-            ``SQLiteStore``'s.
+        synchronous, url, options: as ``SQLiteStore``'s.
     """
 
     def __init__(
@@ -49,23 +50,15 @@ class LocalFile:
         delivered: Delivered,
         synchronous: str,
         url: str | None,
-        affinity_window: float,
-        translate: bool,
-        create: bool,
-        salvage: bool,
-        sequence_ids: str,
+        options: StoreOptions,
     ) -> None:
         self.store = SQLiteStore(
             path,
+            # its spans leave for the server: nothing reads them back
+            dataclasses.replace(options, prepare_reads=False),
             synchronous=synchronous,
             url=url,
-            affinity_window=affinity_window,
-            translate=translate,
-            prepare_reads=False,  # its spans leave for the server: nothing reads them back
             migrations=migrations,
-            create=create,
-            salvage=salvage,
-            sequence_ids=sequence_ids,
         )
         self._delivered = delivered
 

@@ -18,9 +18,9 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final
 
 from ..batch import SpanBatch
-from ..defaults import DEFAULT_AFFINITY_WINDOW, DEFAULT_LOG_WAIT
+from ..defaults import DEFAULT_LOG_WAIT
 from ..errors import StoreUnavailable
-from ..store.base import WriteResult
+from ..store.base import DEFAULT_OPTIONS, StoreOptions, WriteResult
 from ..store.logs import LogRows
 from ..store.migrations import SQLITE, Migration
 from ..store.records import enclosing_rows
@@ -51,11 +51,10 @@ class Outbox:
         server_url: the server it forwards to, recorded for ``lightning-otlp status``.
         synchronous: SQLite's ``synchronous`` pragma for the file.
         url: the store URL, for messages.
-        affinity_window: the embedded store's trace-affinity window, in seconds.
-        translate: read and forward model calls in Agent Lightning's shape.
+        options: the outbox file's ``StoreOptions`` (``translate``: read and forward model
+            calls in Agent Lightning's shape).
         log_wait: seconds a model call whose messages come as GenAI log records is held for
             them (``translate.awaits_logs``); 0 sends every span at once.
-        create, salvage, sequence_ids: as ``SQLiteStore``'s, for the outbox file.
         clock: the wall clock the outbox's own times come from (tests move it by hand).
     """
 
@@ -66,12 +65,8 @@ class Outbox:
         *,
         synchronous: str = "FULL",
         url: str | None = None,
-        affinity_window: float = DEFAULT_AFFINITY_WINDOW,
-        translate: bool = True,
+        options: StoreOptions = DEFAULT_OPTIONS,
         log_wait: float = DEFAULT_LOG_WAIT,
-        create: bool = True,
-        salvage: bool = False,
-        sequence_ids: str = "start-time",
         clock: Callable[[], float] = time.time,
     ) -> None:
         if log_wait < 0:
@@ -84,11 +79,7 @@ class Outbox:
             delivered=queue.delivered_bindings,
             synchronous=synchronous,
             url=url,
-            affinity_window=affinity_window,
-            translate=translate,
-            create=create,
-            salvage=salvage,
-            sequence_ids=sequence_ids,
+            options=options,
         )
         self.store = self.local.store  # for reads of what is pending
         self.server_url = server_url

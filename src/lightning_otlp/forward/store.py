@@ -17,7 +17,6 @@ from typing import Any, Final
 
 from ..batch import SpanBatch
 from ..defaults import (
-    DEFAULT_AFFINITY_WINDOW,
     DEFAULT_BATCH_SPANS,
     DEFAULT_LOG_WAIT,
     DEFAULT_MAX_BACKOFF,
@@ -27,7 +26,7 @@ from ..defaults import (
 )
 from ..errors import StoreUnavailable
 from ..store.affinity import TraceAffinity
-from ..store.base import Metric, WriteResult
+from ..store.base import DEFAULT_OPTIONS, Metric, StoreOptions, WriteResult
 from ..store.logs import LogRows
 from ..store.url import StoreURL
 from .client import HTTPLightningClient, LightningClient
@@ -55,13 +54,11 @@ class ForwardingStore:
         synchronous: SQLite's ``synchronous`` pragma for the outbox.
         forward: start the delivery thread on ``open`` (off for read-only tools).
         url: the store URL, for messages.
-        affinity_window: seconds a span of a trace not yet bound waits in the outbox, in case
-            its trace is bound to another rollout (see ``TraceAffinity``).
+        options: what every store takes (``StoreOptions``), for the outbox: its affinity window
+            is also how long a span of a trace not yet bound waits there, in case its trace is
+            bound to another rollout; ``translate`` forwards model calls in Agent Lightning's
+            shape.
         client: makes the server's client (default: HTTP to ``server_url``); tests pass a fake.
-        translate: forward model calls in Agent Lightning's shape.
-        create: create the outbox when it does not exist (off for read-only tools).
-        salvage: reads of the outbox skip what a damaged file cannot give back.
-        sequence_ids: how spans without a sequence id get one (``defaults.SEQUENCE_IDS``).
         log_wait: seconds a model call whose messages come as GenAI log records is held for
             them, unless they are already here; 0 forwards every span at once.
         clock: the wall clock of the outbox's own times (tests move it by hand).
@@ -79,13 +76,9 @@ class ForwardingStore:
         synchronous: str = "FULL",
         forward: bool = True,
         url: str | None = None,
-        affinity_window: float = DEFAULT_AFFINITY_WINDOW,
+        options: StoreOptions = DEFAULT_OPTIONS,
         client: Callable[[], LightningClient] | None = None,
-        translate: bool = True,
         log_wait: float = DEFAULT_LOG_WAIT,
-        create: bool = True,
-        salvage: bool = False,
-        sequence_ids: str = "start-time",
         clock: Callable[[], float] = time.time,
     ) -> None:
         for name, value in (
@@ -103,12 +96,8 @@ class ForwardingStore:
             self.server_url,
             synchronous=synchronous,
             url=url,
-            affinity_window=affinity_window,
-            translate=translate,
+            options=options,
             log_wait=log_wait,
-            create=create,
-            salvage=salvage,
-            sequence_ids=sequence_ids,
             clock=clock,
         )
         self.url = self.outbox.store.url
@@ -127,14 +116,10 @@ class ForwardingStore:
     def from_url(
         cls,
         url: StoreURL,
+        options: StoreOptions = DEFAULT_OPTIONS,
         *,
         forward: bool = True,
-        affinity_window: float = DEFAULT_AFFINITY_WINDOW,
-        translate: bool = True,
         log_wait: float = DEFAULT_LOG_WAIT,
-        create: bool = True,
-        salvage: bool = False,
-        sequence_ids: str = "start-time",
     ) -> ForwardingStore:
         """The store an ``agl+http://HOST:PORT?outbox=…&max_outbox_spans=…`` URL names."""
         if url.server is None:
@@ -150,12 +135,8 @@ class ForwardingStore:
             synchronous=values.get("synchronous", "FULL"),
             forward=forward,
             url=url.url,
-            affinity_window=affinity_window,
-            translate=translate,
+            options=options,
             log_wait=log_wait,
-            create=create,
-            salvage=salvage,
-            sequence_ids=sequence_ids,
         )
 
     @property

@@ -26,11 +26,10 @@ from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..batch import SpanBatch
-from ..defaults import DEFAULT_AFFINITY_WINDOW, SEQUENCE_IDS
 from ..errors import StoreDamaged, StoreUnavailable
 from ..ids import rollout_id_for_trace
 from .affinity import Changes, TraceAffinity
-from .base import WriteResult
+from .base import DEFAULT_OPTIONS, StoreOptions, WriteResult
 from .dialect import POSTGRESQL, Conn, Dialect, chunks
 from .logs import LogRows
 from .migrations import Migration
@@ -104,31 +103,19 @@ class PostgresStore(SQLStore):
     Args:
         url: a libpq URL (``postgresql://USER[:PASSWORD]@HOST:PORT/DB?sslmode=...``); libpq's
             own ``PGPASSWORD`` and ``PGPASSFILE`` give the password too.
-        affinity_window, create, translate, prepare_reads, sequence_ids: as ``SQLiteStore``'s.
+        options: what every store takes (``store.base.StoreOptions``).
     """
 
     def __init__(
         self,
         url: str,
+        options: StoreOptions = DEFAULT_OPTIONS,
         *,
-        affinity_window: float = DEFAULT_AFFINITY_WINDOW,
-        create: bool = True,
-        salvage: bool = False,
-        translate: bool = True,
-        prepare_reads: bool = True,
-        sequence_ids: str = SEQUENCE_IDS[0],
         migrations: Sequence[Migration] = POSTGRESQL_MIGRATIONS,
     ) -> None:
-        if sequence_ids not in SEQUENCE_IDS:
-            raise ValueError(f"sequence_ids must be one of {SEQUENCE_IDS}, not {sequence_ids!r}")
         self._conninfo = url
         self.url = redact(url)
-        self.affinity = TraceAffinity(affinity_window)
-        self.create = create
-        self.salvage = salvage
-        self.translate = translate
-        self.prepare_reads = prepare_reads
-        self.sequence_ids = sequence_ids
+        self.adopt(options)
         self.migrations = migrations
         self._pool: Any = None
         self._down = False

@@ -16,7 +16,7 @@ from typing import Any, Final
 from ..batch import Destination, SpanBatch
 from . import placement, views
 from .affinity import Changes, TraceAffinity
-from .base import Metric, WriteResult
+from .base import Metric, StoreOptions, WriteResult
 from .dialect import Conn
 from .logs import LogRows, joined_events
 from .records import (
@@ -49,10 +49,22 @@ class SQLStore:
     """
 
     url: str
+    create: bool
+    salvage: bool
     translate: bool
     prepare_reads: bool
     sequence_ids: str
     affinity: TraceAffinity
+
+    def adopt(self, options: StoreOptions) -> None:
+        """Take the options every store has (``StoreOptions``)."""
+        self.options = options
+        self.affinity = TraceAffinity(options.affinity_window)
+        self.create = options.create
+        self.salvage = options.salvage
+        self.translate = options.translate
+        self.prepare_reads = options.prepare_reads
+        self.sequence_ids = options.sequence_ids
 
     # -- storage primitives ----------------------------------------------------------------
 
