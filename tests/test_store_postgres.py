@@ -4,11 +4,13 @@ newer schema refused in one line; its password never shown."""
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +188,43 @@ def test_the_password_is_never_shown(tmp_path: Path, own_pg: PostgresServer) -> 
         "status", "--store", url.replace("postgres@", "agent@"), env={"PGPASSWORD": secret}
     )
     assert by_env.returncode == 0, by_env.stderr
+
+
+def test_spans_are_kept_by_month_so_old_ones_leave_with_their_partition(pg_url: str) -> None:
+    from lightning_otlp.receiver.pipeline import Pipeline
+
+    store = open_store(pg_url)
+    store.open()
+    pipeline = Pipeline(store)
+    now = time.time()
+    old = now - 400 * 86400  # before every month made: the default partition
+    try:
+        for start, rollout in ((now, "ro-now"), (old, "ro-old")):
+            ids = {"agentlightning.rollout_id": rollout}
+            spans = [
+                make_span(f"s{i}", attributes=ids, start_ns=int(start * 1e9)) for i in range(3)
+            ]
+            body = make_request(spans).SerializeToString()
+            for _ in range(2):  # sent twice, stored once
+                answer = pipeline.export_traces(body, None, PROTOBUF)
+                assert answer.partial_success.rejected_spans == 0
+    finally:
+        pipeline.close()
+        store.close()
+    month = f"spans_y{time.strftime('%Ym%m', time.gmtime(now))}"
+    counts = dict(query(pg_url, "SELECT tableoid::regclass::text, COUNT(*) FROM spans GROUP BY 1"))
+    assert counts == {month: 3, "spans_default": 3}
+    execute(pg_url, f"ALTER TABLE spans DETACH PARTITION {month}")
+    execute(pg_url, f"DROP TABLE {month}")
+    left = read(pg_url)
+    assert {s["rollout_id"] for s in left["spans"]} == {"ro-old"} and len(left["spans"]) == 3
+
+
+def test_month_partitions_cross_the_year() -> None:
+    from lightning_otlp.store.postgres_schema import month_partitions
+
+    december = calendar.timegm((2026, 12, 5, 12, 0, 0))
+    made = month_partitions(december)
+    assert [m.split()[5] for m in made] == ["spans_y2026m12", "spans_y2027m01", "spans_y2027m02"]
+    assert f"FROM ({calendar.timegm((2027, 1, 1, 0, 0, 0))})" in made[1]
+    assert f"TO ({calendar.timegm((2027, 2, 1, 0, 0, 0))})" in made[1]
