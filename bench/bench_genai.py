@@ -18,6 +18,7 @@ import httpx
 
 from bench.common import Run, say, timed
 from lightning_otlp.store import SQLiteStore
+from lightning_otlp.store.base import StoreOptions
 from tests.payloads import make_request, make_span
 from tests.support import ReceiverProcess
 
@@ -96,7 +97,7 @@ def _ingest(tmpdir: Path, label: str, body: list[bytes], translate: str) -> tupl
 
 
 def _read(db: Path, translate: bool) -> float:
-    store = SQLiteStore(str(db), translate=translate)
+    store = SQLiteStore(str(db), StoreOptions(translate=translate))
     store.open()
     try:
         started = time.perf_counter()

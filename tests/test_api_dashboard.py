@@ -116,15 +116,21 @@ def populate(base: str, headers: dict[str, str] | None = None) -> tuple[str, str
     return rollout_id, attempt_id
 
 
-def test_dashboard_shows_rollouts_attempts_and_spans(tmp_path: Path) -> None:
-    receiver = ReceiverProcess(tmp_path / "store.db", "--dashboard", str(dashboard_dir())).start()
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_dashboard_shows_rollouts_attempts_and_spans(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    store = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    receiver = ReceiverProcess(
+        tmp_path / "store.db", "--dashboard", str(dashboard_dir()), store=store
+    ).start()
     try:
         rollout_id, attempt_id = populate(receiver.http_url)
         report = open_dashboard(receiver, rollout_id, attempt_id, tmp_path)
     finally:
         assert receiver.stop() == 0
     check_pages(report, rollout_id, attempt_id)
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1" and backend == "sqlite":
         docs = ROOT / "docs"
         docs.mkdir(exist_ok=True)
         shutil.copyfile(report["screenshots"][1], docs / "dashboard.png")

@@ -24,8 +24,8 @@ from lightning_otlp.api import (
     Dashboard,
     LightningAPI,
     ReceiverApp,
+    bodies,
     build_http_app,
-    routes,
 )
 from lightning_otlp.errors import Overloaded, PayloadTooLarge
 from lightning_otlp.receiver.pipeline import Pipeline
@@ -150,14 +150,14 @@ def test_json_bombs_are_refused_before_parsing(receiver: ReceiverProcess) -> Non
 
 def test_json_values_are_counted_across_slices_and_only_until_past_the_limit() -> None:
     """The count before parsing sees every slice of a body, and stops once past the limit."""
-    n = routes.COUNT_SLICE  # "[]," per array: three slices' worth and more
+    n = bodies.COUNT_SLICE  # "[]," per array: three slices' worth and more
     body = b"[" + b"[]," * n + b"[]]"
     values = 2 * n + 2  # each "[" and ","
-    assert routes._count_values(body, 10**9) == values
-    assert routes.parse_json(body, values) == [[]] * (n + 1)
+    assert bodies.count_values(body, 10**9) == values
+    assert bodies.parse_json(body, values) == [[]] * (n + 1)
     with pytest.raises(PayloadTooLarge):
-        routes.parse_json(body, values - 1)
-    stopped = routes._count_values(body, 1000)
+        bodies.parse_json(body, values - 1)
+    stopped = bodies.count_values(body, 1000)
     assert 1000 < stopped < values // 2  # after the first slice, not the whole body
 
 

@@ -7,7 +7,6 @@ record for long. The outbox's clock is a test clock, so no test waits for real t
 from __future__ import annotations
 
 import os
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,10 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 )
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as PB2LogRecord
 
-from lightning_otlp.forward import outbox as outbox_module
 from lightning_otlp.forward.delivery import Delivery
-from lightning_otlp.forward.outbox import LOG_MEMORY, PRUNE_INTERVAL, Outbox
+from lightning_otlp.forward.outbox import Outbox
 from lightning_otlp.forward.store import ForwardingStore
+from lightning_otlp.forward.waits import LOG_MEMORY, PRUNE_INTERVAL
 from lightning_otlp.receiver.route import RoutingConfig, route
 from lightning_otlp.store.logs import log_rows
 from lightning_otlp.translate.otlp import span_awaits_logs
@@ -41,7 +40,7 @@ CHAT = {
 
 
 class Clock:
-    """The outbox's ``time.time``, moved by hand."""
+    """The outbox's wall clock, moved by hand."""
 
     def __init__(self) -> None:
         self.now = 1_800_000_000.0
@@ -51,10 +50,8 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(outbox_module, "time", types.SimpleNamespace(time=clock.time))
-    return clock
+def clock() -> Clock:
+    return Clock()
 
 
 @pytest.fixture
@@ -66,7 +63,9 @@ def server() -> FakeServer:
 
 @pytest.fixture
 def outbox(tmp_path: Path, clock: Clock) -> Iterator[Outbox]:
-    box = Outbox(str(tmp_path / "outbox.db"), SERVER, synchronous="OFF", log_wait=WAIT)
+    box = Outbox(
+        str(tmp_path / "outbox.db"), SERVER, synchronous="OFF", log_wait=WAIT, clock=clock.time
+    )
     box.open()
     yield box
     box.close()
@@ -185,7 +184,7 @@ def test_a_held_call_survives_a_restart(
     write(outbox, call.span())
     drain(Delivery(outbox, _client(server)))
     outbox.close()  # what a kill -9 leaves: the committed outbox file
-    again = Outbox(outbox.path, SERVER, synchronous="OFF", log_wait=WAIT)
+    again = Outbox(outbox.path, SERVER, synchronous="OFF", log_wait=WAIT, clock=clock.time)
     again.open()
     try:
         delivery = Delivery(again, _client(server))
@@ -202,7 +201,12 @@ def test_records_after_the_wait_are_counted_and_dropped(tmp_path: Path, clock: C
     server = FakeServer()
     server.add_rollout(ROLLOUT, ATTEMPT)
     store = ForwardingStore(
-        SERVER, str(tmp_path / "store.db"), forward=False, log_wait=WAIT, client=lambda: server
+        SERVER,
+        str(tmp_path / "store.db"),
+        forward=False,
+        log_wait=WAIT,
+        client=lambda: server,
+        clock=clock.time,
     )
     store.open()
     try:
@@ -372,6 +376,7 @@ def test_log_records_count_against_the_outbox_byte_limit(tmp_path: Path, clock: 
         log_wait=WAIT,
         client=lambda: server,
         max_outbox_bytes=4096,
+        clock=clock.time,
     )
     store.open()
     try:

@@ -5,10 +5,12 @@ fails alone."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from lightning_otlp.batch import SpanBatch
 from lightning_otlp.errors import StoreUnavailable
+from lightning_otlp.forward.store import ForwardingStore
 from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
@@ -132,3 +134,31 @@ def test_a_failing_request_fails_alone_and_affinity_stays_true() -> None:
 def _trace_of(store: SQLiteStore, name: str) -> bytes:
     (trace_hex,) = {s["trace_id"] for s in store.spans() if s["name"] == name}
     return bytes.fromhex(trace_hex)
+
+
+def test_the_forwarders_outbox_commits_groups_as_if_one_after_the_other(tmp_path: Path) -> None:
+    """The outbox too takes a group in one transaction, all or none, with the same records,
+    marks and trace affinity as the requests written alone."""
+    bodies = _requests()
+    stores = [
+        ForwardingStore("http://127.0.0.1:9", str(tmp_path / f"{name}.db"), forward=False)
+        for name in ("one", "grouped")
+    ]
+    for store in stores:
+        store.open()
+    sequential, grouped = (Pipeline(store, RoutingConfig()) for store in stores)
+    try:
+        for body in bodies:
+            sequential.export_traces(body, None, PROTOBUF)
+        answers = _concurrently(grouped, bodies)
+        assert not [a for a in answers if isinstance(a, BaseException)]
+        one, together = (list(s.spans()) for s in stores)
+        key = ("rollout_id", "attempt_id", "sequence_id", "name", "span_id")
+        assert [[s[k] for k in key] for s in together] == [[s[k] for k in key] for s in one]
+        assert grouped.commit_seconds.count < len(bodies)
+        assert stores[1].outbox.pending() == stores[0].outbox.pending()
+        assert stores[1].affinity.bindings == stores[0].affinity.bindings
+    finally:
+        for p in (sequential, grouped):
+            p.close()
+            p.store.close()

@@ -158,6 +158,34 @@ def test_store_failure_is_retryable_503_with_retry_after(
     assert info.retry_delay.seconds == 7
 
 
+@pytest.mark.parametrize("defect", [ValueError("bad row"), KeyError("status"), TypeError("None")])
+def test_a_store_defect_is_a_logged_500_never_the_clients_400(
+    app: HTTPReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    defect: Exception,
+) -> None:
+    def broken(batches: object) -> None:
+        raise defect
+
+    monkeypatch.setattr(app.pipeline.store, "write_many", broken)
+    span = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "j"}
+    as_json = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+    for media, content in [("application/x-protobuf", body()), ("application/json", as_json)]:
+        response = post(app, content=content, headers={"content-type": media})
+        assert response.status_code == 500, response.text
+        assert "retry-after" not in response.headers
+        assert response.headers["content-type"] == media
+        if media == "application/json":
+            status = response.json()
+            assert status["code"] == code_pb2.INTERNAL
+            assert status["message"] == f"{type(defect).__name__}: {defect}"
+        else:
+            parsed = status_pb2.Status.FromString(response.content)
+            assert parsed.code == code_pb2.INTERNAL and not parsed.details
+    assert "the OTLP export failed" in caplog.text
+
+
 def test_logs_are_answered_with_partial_success(app: HTTPReceiver) -> None:
     request = PB2ExportLogsServiceRequest()
     request.resource_logs.add().scope_logs.add().log_records.add().body.string_value = "hi"

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse as PB2ExportTraceServiceResponse,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
 from lightning_otlp import ids
-from lightning_otlp.batch import MAX_SEQUENCE_ID
+from lightning_otlp.batch import MAX_SEQUENCE_ID, Outcome, RoutedSpan, SpanRow
+from lightning_otlp.receiver import route as route_module
 from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore
+from lightning_otlp.store.base import StoreOptions
 from lightning_otlp.wiring import lightning_api
 
 from .payloads import length_delimited, make_request, make_span
@@ -195,7 +199,7 @@ def test_start_time_ids_never_repeat_in_an_attempt(pipeline: Pipeline, store: SQ
 
 
 def test_counter_ids_count_arrivals_and_keep_explicit_ones() -> None:
-    store = SQLiteStore(":memory:", synchronous="OFF", sequence_ids="counter")
+    store = SQLiteStore(":memory:", StoreOptions(sequence_ids="counter"), synchronous="OFF")
     store.open()
     pipeline = Pipeline(store, RoutingConfig())
     try:
@@ -371,7 +375,6 @@ def test_attributes_read_as_maps_route_as_the_attribute_scan(
 ) -> None:
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-    from lightning_otlp.receiver import route as route_module
     from lightning_otlp.receiver.decode import decode_traces
 
     field = length_delimited
@@ -403,7 +406,7 @@ def test_attributes_read_as_maps_route_as_the_attribute_scan(
     monkeypatch.setattr(route_module, "attribute_maps", lambda data: None)
     scanned = route_module.route(request, config, data)
     assert as_maps == scanned
-    routed = {row[3]: dest for dest, rows in as_maps.groups.items() for _, _, row in rows}
+    routed = {e.row.name: dest for dest, entries in as_maps.groups.items() for e in entries}
     assert routed["merged"][0] == "ro-first0000000"
     assert routed["replaced"][0] == "7"
     assert routed["twice"][0] == RID
@@ -428,3 +431,32 @@ def test_json_export_routes_by_span_attributes(pipeline: Pipeline, store: SQLite
     pipeline.export_traces(json.dumps(doc).encode(), None, JSON)
     (stored,) = store.spans()
     assert (stored["rollout_id"], stored["attempt_id"]) == (RID, AID)
+
+
+def test_routed_spans_are_named_rows() -> None:
+    """What crosses to a store reads by name, and is still the plain tuple a store splices."""
+    parent = os.urandom(8)
+    span = make_span(
+        "named",
+        parent_id=parent,
+        start_ns=1_700_000_000_000_000_000,
+        attributes={
+            "agentlightning.rollout_id": RID,
+            "agentlightning.attempt_id": AID,
+            "agentlightning.span_sequence_id": 3,
+            "agentlightning.attempt.status": "failed",
+        },
+    )
+    span.status.code = 2
+    request = make_request([span])
+    batch = route_module.route(request, RoutingConfig())
+    [(dest, [entry])] = batch.groups.items()
+    assert dest == (RID, AID)
+    assert isinstance(entry, RoutedSpan) and isinstance(entry.row, SpanRow)
+    assert (entry.start, entry.sequence_id) == (1_700_000_000.0, 3)
+    row = entry.row
+    assert (row.trace_id, row.span_id, row.parent_id) == (span.trace_id, span.span_id, parent)
+    assert (row.name, row.start_time, row.status_code) == ("named", 1_700_000_000.0, "ERROR")
+    assert PB2Span.FromString(row.span) == span
+    assert (*row,) == tuple(row) and len(row) == 9
+    assert batch.outcomes[dest] == Outcome("failed", row.end_time)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from lightning_otlp.store import SQLiteStore
+from lightning_otlp.store.base import StoreOptions
 from lightning_otlp.store.migrations import SQLITE, applied
 from lightning_otlp.wiring import open_store
 
@@ -73,7 +74,7 @@ def test_store_urls(tmp_path: Path) -> None:
     assert isinstance(store, SQLiteStore) and store.path == f"{tmp_path}/x.db"
     assert open_store("sqlite:///relative.db").path == "relative.db"  # type: ignore[attr-defined]
     with pytest.raises(ValueError):
-        open_store("postgres://nowhere")
+        open_store("mysql://nowhere")
     with pytest.raises(ValueError):
         SQLiteStore("x.db", synchronous="SOMETIMES")
 
@@ -137,7 +138,7 @@ def test_reading_all_spans_streams_one_rollout_at_a_time(tmp_path: Path) -> None
 
     path = tmp_path / "big.db"
     _filled(path)
-    reader = SQLiteStore(str(path), create=False)
+    reader = SQLiteStore(str(path), StoreOptions(create=False))
     reader.open()
     try:
         tracemalloc.start()

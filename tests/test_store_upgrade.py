@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from lightning_otlp.cli import READ_ONLY
 from lightning_otlp.forward.outbox import OUTBOX, Outbox
 from lightning_otlp.store import SQLiteStore
 from lightning_otlp.store.migrations import INGEST, SQLITE, applied
@@ -43,7 +44,7 @@ def test_a_released_store_reads_back_the_same(tmp_path: Path) -> None:
     expected: dict[str, Any] = json.loads((GOLDEN / "expected.json").read_text())
     expected.pop("made")
     expected.pop("outbox")
-    store = SQLiteStore(str(_copy(tmp_path)), create=False)
+    store = SQLiteStore(str(_copy(tmp_path)), READ_ONLY)
     store.open()
     try:
         api = lightning_api(store)
@@ -58,7 +59,7 @@ def test_a_released_store_takes_new_writes(tmp_path: Path) -> None:
     """After the upgrade the API works on the old rows: the queued rollout is handed out."""
     made = json.loads((GOLDEN / "expected.json").read_text())["made"]
     path = _copy(tmp_path)
-    store = SQLiteStore(str(path), create=False)
+    store = SQLiteStore(str(path), READ_ONLY)
     store.open()
     try:
         api = lightning_api(store)
@@ -83,7 +84,7 @@ def test_a_released_store_records_its_migrations_by_name(tmp_path: Path) -> None
             "SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations'"
         ).fetchone()
     for _ in range(2):
-        store = SQLiteStore(str(path), create=False)
+        store = SQLiteStore(str(path), READ_ONLY)
         store.open()
         store.close()
     with sqlite3.connect(path) as conn:

@@ -7,6 +7,7 @@ import pytest
 from lightning_otlp.defaults import DEFAULT_OUTBOX
 from lightning_otlp.settings import Settings
 from lightning_otlp.store import SQLiteStore
+from lightning_otlp.store.postgres import PostgresStore
 from lightning_otlp.store.url import parse_store_url
 from lightning_otlp.wiring import open_store
 
@@ -39,12 +40,21 @@ def test_options_last_value_wins() -> None:
         ("sqlite://", "names no file"),
         ("sqlite://dir/x.db", "sqlite:///dir/x.db"),  # a host part: three slashes were meant
         ("agl+http:///path", "names no server"),
-        ("postgres://db", "unknown store URL"),
+        ("mysql://db", "unknown store URL"),
     ],
 )
 def test_mistakes_are_named(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_store_url(url)
+
+
+def test_postgresql_urls_are_libpq_s_own() -> None:
+    """Both schemes libpq takes; the query (sslmode=...) is libpq's, passed through as it is."""
+    for url in ("postgresql://u@h:5432/db?sslmode=require", "postgres://u:pw@h/db"):
+        parsed = parse_store_url(url)
+        assert parsed.scheme == "postgresql" and parsed.url == url and not parsed.forwards
+        store = open_store(url)
+        assert isinstance(store, PostgresStore) and "pw" not in store.url
 
 
 def test_open_store_goes_through_the_parser() -> None:

@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from lightning_otlp.api.routes import json_response, large_page_response
+from lightning_otlp.api.bodies import json_response, large_page_response
 from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore, views
+from lightning_otlp.store.base import StoreOptions
 from lightning_otlp.store.lightning import LightningStoreBackend, Page, Query
 from lightning_otlp.wiring import lightning_api
 
@@ -163,8 +164,8 @@ def test_stale_or_mismatched_views_are_never_read(pipeline: Pipeline, store: SQL
 
 
 def test_nothing_is_prepared_without_prepare_reads_or_translation() -> None:
-    for options in ({"prepare_reads": False}, {"translate": False}):
-        store = SQLiteStore(":memory:", **options)  # type: ignore[arg-type]
+    for options in (StoreOptions(prepare_reads=False), StoreOptions(translate=False)):
+        store = SQLiteStore(":memory:", options)
         store.open()
         pipeline = Pipeline(store)
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 # Where a rollout came from: explicit ids, a rollout-key attribute, or the per-trace fallback.
 Origin = Literal["explicit", "key", "trace"]
@@ -11,10 +11,36 @@ Origin = Literal["explicit", "key", "trace"]
 # (rollout_id, attempt_id or None for "the latest attempt")
 Destination = tuple[str, "str | None"]
 
-# A span row without its destination and sequence id:
-# (trace_id, span_id, parent_id (bytes or None), name, start_time, end_time, status_code,
-#  span (the OTLP Span message's own bytes), resource_id)
-SpanRow = tuple[Any, ...]
+
+class SpanRow(NamedTuple):
+    """A span as a store writes it, less its destination and sequence id (a tuple, so a store
+    can splice it into its own row)."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_id: bytes | None
+    name: str
+    start_time: float | None
+    end_time: float | None
+    status_code: str  # UNSET, OK or ERROR
+    span: bytes  # the OTLP Span message's own bytes
+    resource_id: str
+
+
+class RoutedSpan(NamedTuple):
+    """A span in its destination's group: the order and sequence id it is stored with."""
+
+    start: float  # start time, 0.0 when the span has none: spans are numbered in this order
+    sequence_id: int | None  # an explicit ``agentlightning.span_sequence_id``, kept as sent
+    row: SpanRow
+
+
+class Outcome(NamedTuple):
+    """An attempt's outcome a span reports."""
+
+    status: str
+    end_time: float | None
+
 
 # The largest ``agentlightning.span_sequence_id`` kept as sent: every JSON reader holds it
 # exactly, and an attempt's counter starting there stays far from SQLite's 64-bit limit.
@@ -38,16 +64,19 @@ class RolloutInfo:
 class SpanBatch:
     """One request, routed: spans grouped by destination, ready for one store transaction."""
 
-    groups: dict[Destination, list[tuple[float, int | None, SpanRow]]] = field(default_factory=dict)
+    # Each destination's spans, as ``RoutedSpan`` entries.
+    groups: dict[Destination, list[tuple[float, int | None, tuple[Any, ...]]]] = field(
+        default_factory=dict
+    )
     resources: dict[str, str] = field(default_factory=dict)
     rollouts: dict[str, RolloutInfo] = field(default_factory=dict)
     # Trace affinity: the first destination explicit ids give each trace in this request.
     bindings: dict[bytes, Destination] = field(default_factory=dict)
-    # Attempt outcomes the spans report: destination -> (status, end_time).
-    outcomes: dict[Destination, tuple[str, float | None]] = field(default_factory=dict)
+    # Attempt outcomes the spans report.
+    outcomes: dict[Destination, Outcome] = field(default_factory=dict)
     # Outcomes of per-trace rollouts from their root spans (``finalize_on_root``): these only
     # apply while the rollout stays per-trace, not once its trace is bound elsewhere.
-    root_outcomes: dict[Destination, tuple[str, float | None]] = field(default_factory=dict)
+    root_outcomes: dict[Destination, Outcome] = field(default_factory=dict)
     # Primary rewards (``agentlightning.reward.0.value``) by destination, latest wins.
     rewards: dict[Destination, float] = field(default_factory=dict)
     received: int = 0

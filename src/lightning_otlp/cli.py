@@ -15,7 +15,11 @@ from .configfile import check_config, load
 from .defaults import DEFAULT_STORE_URL
 from .errors import ReceiverError, StoreDamaged
 from .settings import CONFIG_ENV, DEFAULTS, ENV_PREFIX, SPECS, Settings, flag_of
+from .store.base import StoreOptions
 from .wiring import open_store
+
+# Read commands open a store without ever creating one.
+READ_ONLY = StoreOptions(create=False)
 
 EXAMPLES = {
     "serve": "example: lightning-otlp serve --store sqlite:///runs.db --rollout-key session.id",
@@ -186,7 +190,9 @@ def _read(args: argparse.Namespace) -> int:
     translate = settings.translate and not getattr(args, "raw", False)
     # Reading an outbox must not start delivering it; reading a store must not create one.
     store = open_store(
-        settings.store, forward=False, create=False, salvage=args.salvage, translate=translate
+        settings.store,
+        StoreOptions(create=False, salvage=args.salvage, translate=translate),
+        forward=False,
     )
     store.open()
     try:
@@ -204,7 +210,7 @@ def _read(args: argparse.Namespace) -> int:
 
 
 def _check_store(args: argparse.Namespace) -> int:
-    store = open_store(_settings(args).store, forward=False, create=False)
+    store = open_store(_settings(args).store, READ_ONLY, forward=False)
     store.open()
     try:
         problems = store.check(full=args.full)
@@ -226,8 +232,18 @@ def _check_store(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from .forward.status import store_status
+    from .store.url import parse_store_url
 
-    report = store_status(_settings(args).store)
+    url = _settings(args).store
+    if parse_store_url(url).forwards:
+        report = store_status(url)
+    else:  # any other store reports itself, read only
+        store = open_store(url, READ_ONLY, forward=False)
+        store.open()
+        try:
+            report = store.status()
+        finally:
+            store.close()
     if args.json:
         print(json.dumps(report))
     else:

@@ -6,13 +6,12 @@ store imports another kind of store, and a backend joins by adding its branch he
 
 from __future__ import annotations
 
-from .defaults import DEFAULT_AFFINITY_WINDOW, SEQUENCE_IDS
 from .forward.store import ForwardingStore
 from .receiver.pipeline import Pipeline
 from .receiver.route import RoutingConfig
 from .settings import Settings
 from .store.api_store import SQLLightningStore
-from .store.base import Served, Store
+from .store.base import DEFAULT_OPTIONS, Served, Store, StoreOptions
 from .store.lightning import LightningStoreBackend
 from .store.postgres import PostgresStore
 from .store.postgres_api import PostgresLightningStore
@@ -23,66 +22,35 @@ from .store.url import parse_store_url
 
 def open_store(
     url: str,
+    options: StoreOptions = DEFAULT_OPTIONS,
     *,
     forward: bool = True,
-    affinity_window: float = DEFAULT_AFFINITY_WINDOW,
-    create: bool = True,
-    salvage: bool = False,
-    translate: bool = True,
-    prepare_reads: bool = True,
     forward_log_wait: float | None = None,
-    sequence_ids: str = SEQUENCE_IDS[0],
 ) -> Store:
-    """Make (not yet open) the store a URL names; with ``create`` off, opening a store that
-    does not exist yet is an error (read commands create nothing); with ``salvage``, reads skip
-    what a damaged file cannot give back (logging each skip) instead of failing.
+    """Make (not yet open) the store a URL names, with the options every store takes
+    (``StoreOptions``: with ``create`` off, opening a store that does not exist yet is an error,
+    as read commands create nothing; with ``salvage``, reads skip what a damaged store cannot
+    give back, logging each skip, instead of failing).
 
     ``sqlite:///relative.db``, ``sqlite:////absolute.db`` (``?synchronous=normal`` to trade
     power-loss safety for speed), ``memory://`` for tests, ``postgresql://USER@HOST:PORT/DB``
-    for a store many receivers share, and ``agl+http://HOST:PORT`` to
-    forward into a LightningStore server through a local outbox (``?outbox=path.db``);
-    ``forward_log_wait`` (seconds, default the forwarder's) is how long a forwarded model call
-    waits for its GenAI log records. ``sequence_ids`` (``start-time`` or ``counter``) is how
-    spans without an explicit sequence id get one (``defaults.SEQUENCE_IDS``).
+    for a store many receivers share, and ``agl+http://HOST:PORT`` to forward into a
+    LightningStore server through a local outbox (``?outbox=path.db``); ``forward`` off opens a
+    forwarder's outbox without delivering it; ``forward_log_wait`` (seconds, default the
+    forwarder's) is how long a forwarded model call waits for its GenAI log records.
     """
     parsed = parse_store_url(url)
     if parsed.forwards:
-        options: dict[str, float] = {}
+        extra: dict[str, float] = {}
         if forward_log_wait is not None:
-            options["log_wait"] = forward_log_wait
-        forwarder = ForwardingStore.from_url(
-            parsed,
-            forward=forward,
-            affinity_window=affinity_window,
-            translate=translate,
-            # Its outbox is a SQLite store like any other: read commands create nothing there.
-            create=create,
-            salvage=salvage,
-            sequence_ids=sequence_ids,
-            **options,
-        )
-        return forwarder
+            extra["log_wait"] = forward_log_wait
+        # Its outbox is a SQLite store like any other: read commands create nothing there.
+        return ForwardingStore.from_url(parsed, options, forward=forward, **extra)
     if parsed.scheme == "postgresql":
-        return PostgresStore(
-            url,
-            affinity_window=affinity_window,
-            create=create,
-            salvage=salvage,
-            translate=translate,
-            prepare_reads=prepare_reads,
-            sequence_ids=sequence_ids,
-        )
+        return PostgresStore(url, options)
     default = "OFF" if parsed.scheme == "memory" else "FULL"
     return SQLiteStore(
-        parsed.path,
-        url=url,
-        synchronous=parsed.values.get("synchronous", default),
-        affinity_window=affinity_window,
-        create=create,
-        salvage=salvage,
-        translate=translate,
-        prepare_reads=prepare_reads,
-        sequence_ids=sequence_ids,
+        parsed.path, options, url=url, synchronous=parsed.values.get("synchronous", default)
     )
 
 
@@ -103,14 +71,13 @@ def lightning_api(
 
 
 def build_pipeline(settings: Settings, store: Store | None = None) -> Pipeline:
-    store = store or open_store(
-        settings.store,
+    options = StoreOptions(
         affinity_window=settings.affinity_window,
         translate=settings.translate,
         prepare_reads=settings.prepare_reads,
-        forward_log_wait=settings.forward_log_wait,
         sequence_ids=settings.sequence_ids,
     )
+    store = store or open_store(settings.store, options, forward_log_wait=settings.forward_log_wait)
     store.open()
     routing = RoutingConfig(
         rollout_keys=settings.rollout_keys,

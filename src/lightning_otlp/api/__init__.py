@@ -9,7 +9,8 @@ from ..receiver.auth import BearerAuth
 from ..receiver.pipeline import Pipeline
 from ..wiring import lightning_api
 from .app import Dashboard, ReceiverApp, find_dashboard
-from .routes import PREFIX, APILimits, LightningAPI
+from .calls import APILimits
+from .routes import PREFIX, LightningAPI
 
 __all__ = [
     "PREFIX",

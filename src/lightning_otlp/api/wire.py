@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from ..batch import MAX_SEQUENCE_ID
+from ..errors import BadRequest, Invalid
 from ..store.lightning import (
     ATTEMPT_STATUSES,
     MODES,
@@ -76,18 +77,6 @@ SPAN_FILTERS: Final = ("trace_id", "span_id", "parent_id", "name")
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
-
-
-class Invalid(Exception):
-    """422: the request does not match the model (FastAPI's ``RequestValidationError``)."""
-
-    def __init__(self, errors: list[Record]) -> None:
-        super().__init__(errors)
-        self.errors = errors
-
-
-class BadRequest(Exception):
-    """400 with ``{"detail": message}`` (upstream's ``HTTPException(status_code=400)``)."""
 
 
 def error(kind: str, loc: Sequence[Any], msg: str, value: Any) -> Invalid:

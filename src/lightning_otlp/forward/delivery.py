@@ -24,7 +24,9 @@ from ..defaults import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_SPANS, DEFAULT_MAX_BAC
 from ..errors import StoreUnavailable
 from .client import LightningClient, ServerError
 from .encode import Encoder
-from .outbox import Outbox, Row, Target
+from .mapping import Target
+from .outbox import Outbox
+from .queue import Row
 
 log = logging.getLogger("lightning_otlp.forward")
 
@@ -173,7 +175,9 @@ class Delivery:
                 self._refused(sent, str(exc))
                 return False
             if exc.status >= 500:
-                if self._forget_lost({self.targets[(r.rollout_id, r.attempt_id)][0] for r in sent}):
+                if self._forget_lost(
+                    {self.targets[(r.rollout_id, r.attempt_id)].server_rollout_id for r in sent}
+                ):
                     return False
             raise
         except ConnectionError:
@@ -214,14 +218,14 @@ class Delivery:
     # -- ids: local -> server --------------------------------------------------------------
 
     def _resolve(self, rollout_id: str, attempt_id: str) -> Target:
-        found = self.outbox.target(rollout_id, attempt_id)
+        found = self.outbox.ids.target(rollout_id, attempt_id)
         if found is not None:
             return found
         server_rollout = self._resolve_rollout(rollout_id)
-        return server_rollout, self._resolve_attempt(rollout_id, attempt_id, server_rollout)
+        return Target(server_rollout, self._resolve_attempt(rollout_id, attempt_id, server_rollout))
 
     def _resolve_rollout(self, rollout_id: str) -> str:
-        mapping = self.outbox.rollout_mapping(rollout_id)
+        mapping = self.outbox.ids.rollout(rollout_id)
         if mapping is not None and mapping.server_rollout_id is not None:
             return mapping.server_rollout_id
         if mapping is not None:
@@ -236,7 +240,7 @@ class Delivery:
         return self._create_rollout(rollout_id)
 
     def _create_rollout(self, rollout_id: str) -> str:
-        local = self.outbox.local_rollout(rollout_id)
+        local = self.outbox.ids.local_rollout(rollout_id)
         link = uuid.uuid4().hex
         metadata = local.metadata if local.metadata is not None else {}
         if not isinstance(metadata, dict):
@@ -244,7 +248,7 @@ class Delivery:
         ours = dict(metadata.get("lightning_otlp") or {})
         ours.update({"rollout_id": rollout_id, "link": link})
         metadata["lightning_otlp"] = ours
-        self.outbox.rollout_requested(rollout_id, link)
+        self.outbox.ids.rollout_requested(rollout_id, link)
         created = self.client.create_rollout(
             {"input": local.input, "mode": local.mode, "metadata": metadata}
         )
@@ -253,7 +257,7 @@ class Delivery:
     def _adopt(self, rollout_id: str, record: dict[str, Any], *, created: bool) -> str:
         server_rollout = str(record["rollout_id"])
         attempt = record.get("attempt") or {}
-        self.outbox.rollout_mapped(
+        self.outbox.ids.rollout_mapped(
             rollout_id,
             server_rollout,
             spare_attempt_id=attempt.get("attempt_id") if created else None,
@@ -276,11 +280,11 @@ class Delivery:
             offset += page
 
     def _resolve_attempt(self, rollout_id: str, attempt_id: str, server_rollout: str) -> str:
-        mapping = self.outbox.attempt_mapping(rollout_id, attempt_id)
+        mapping = self.outbox.ids.attempt(rollout_id, attempt_id)
         if mapping is not None and mapping.server_attempt_id is not None:
             return mapping.server_attempt_id
         in_doubt = mapping.known_attempts if mapping is not None else None
-        rollout = self.outbox.rollout_mapping(rollout_id)
+        rollout = self.outbox.ids.rollout(rollout_id)
         spare = rollout.spare_attempt_id if rollout is not None else None
         if in_doubt is None and spare is not None:
             # The first attempt of a rollout created here goes to the first local attempt seen.
@@ -293,7 +297,7 @@ class Delivery:
         same = next((a for a in attempts if a["attempt_id"] == attempt_id), None)
         if same is not None and server_rollout == rollout_id:
             return self._bind(rollout_id, attempt_id, attempt_id, same["status"])
-        self.outbox.attempt_requested(rollout_id, attempt_id, len(attempts))
+        self.outbox.ids.attempt_requested(rollout_id, attempt_id, len(attempts))
         made = self.client.create_attempt(server_rollout)["attempt"]
         return self._bind(rollout_id, attempt_id, made["attempt_id"], made["status"])
 
@@ -306,7 +310,7 @@ class Delivery:
         *,
         spare_used: bool = False,
     ) -> str:
-        self.outbox.attempt_mapped(
+        self.outbox.ids.attempt_mapped(
             rollout_id, attempt_id, str(server_attempt), settled(status), spare_used=spare_used
         )
         return str(server_attempt)
@@ -317,8 +321,8 @@ class Delivery:
         lost = server_rollouts - known.keys()
         if not lost:
             return False
-        self.outbox.forget_server_rollouts(lost)
-        self.targets = {k: v for k, v in self.targets.items() if v[0] not in lost}
+        self.outbox.ids.forget_server_rollouts(lost)
+        self.targets = {k: v for k, v in self.targets.items() if v.server_rollout_id not in lost}
         self.encoder.forget(lost)
         log.warning("server forgot %d rollout(s); re-creating them", len(lost))
         return True
@@ -327,20 +331,19 @@ class Delivery:
 
     def _mirror(self) -> None:
         self.next_mirror = time.monotonic() + MIRROR_INTERVAL
-        outbox = self.outbox
-        outbox.tend()
-        for (
-            rollout_id,
-            attempt_id,
-            status,
-            server_rollout,
-            server_attempt,
-        ) in outbox.unmirrored_attempts():
-            _update(self.client.update_attempt, server_rollout, server_attempt, status)
-            outbox.attempt_mirrored(rollout_id, attempt_id, status)
-        for rollout_id, status, server_rollout in outbox.unmirrored_rollouts():
-            _update(self.client.update_rollout, server_rollout, status)
-            outbox.rollout_mirrored(rollout_id, status)
+        self.outbox.tend()
+        statuses = self.outbox.statuses
+        for attempt in statuses.attempts():
+            _update(
+                self.client.update_attempt,
+                attempt.server_rollout_id,
+                attempt.server_attempt_id,
+                attempt.status,
+            )
+            statuses.attempt_mirrored(attempt)
+        for rollout in statuses.rollouts():
+            _update(self.client.update_rollout, rollout.server_rollout_id, rollout.status)
+            statuses.rollout_mirrored(rollout)
 
 
 def _update(call: Callable[..., None], *args: str) -> None:

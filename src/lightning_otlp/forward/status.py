@@ -6,27 +6,21 @@ import os
 import sqlite3
 from typing import Any
 
-from ..store.sqlite import SQLiteStore
 from ..store.url import parse_store_url
 from .client import HTTPLightningClient
-from .outbox import read_status
+from .figures import read_status
 
 
 def store_status(url: str, *, probe: bool = True) -> dict[str, Any]:
     """A forwarder's outbox depth, oldest pending age, counts and errors, plus a server health
-    probe; for any other store, its span count.
+    probe.
 
     Reads the outbox file without taking its write lock and never forwards anything, so it is
     safe (and cheap) beside a running receiver.
     """
     parsed = parse_store_url(url)
     if parsed.server is None:
-        plain = SQLiteStore(parsed.path, url=url, create=False)
-        plain.open()
-        try:
-            return plain.status()
-        finally:
-            plain.close()
+        raise ValueError(f"{url} is no forwarder's store URL")
     from .store import ForwardingStore
 
     ForwardingStore.from_url(parsed, forward=False)  # the same checks of its options

@@ -11,12 +11,12 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from ..batch import SpanBatch
 from ..defaults import (
-    DEFAULT_AFFINITY_WINDOW,
     DEFAULT_BATCH_SPANS,
     DEFAULT_LOG_WAIT,
     DEFAULT_MAX_BACKOFF,
@@ -26,12 +26,13 @@ from ..defaults import (
 )
 from ..errors import StoreUnavailable
 from ..store.affinity import TraceAffinity
-from ..store.base import Metric, WriteResult
+from ..store.base import DEFAULT_OPTIONS, Metric, StoreOptions, WriteResult
 from ..store.logs import LogRows
 from ..store.url import StoreURL
 from .client import HTTPLightningClient, LightningClient
 from .delivery import Delivery
 from .outbox import Outbox
+from .queue import span_bytes
 
 log = logging.getLogger("lightning_otlp.forward")
 
@@ -53,15 +54,14 @@ class ForwardingStore:
         synchronous: SQLite's ``synchronous`` pragma for the outbox.
         forward: start the delivery thread on ``open`` (off for read-only tools).
         url: the store URL, for messages.
-        affinity_window: seconds a span of a trace not yet bound waits in the outbox, in case
-            its trace is bound to another rollout (see ``TraceAffinity``).
+        options: what every store takes (``StoreOptions``), for the outbox: its affinity window
+            is also how long a span of a trace not yet bound waits there, in case its trace is
+            bound to another rollout; ``translate`` forwards model calls in Agent Lightning's
+            shape.
         client: makes the server's client (default: HTTP to ``server_url``); tests pass a fake.
-        translate: forward model calls in Agent Lightning's shape.
-        create: create the outbox when it does not exist (off for read-only tools).
-        salvage: reads of the outbox skip what a damaged file cannot give back.
-        sequence_ids: how spans without a sequence id get one (``defaults.SEQUENCE_IDS``).
         log_wait: seconds a model call whose messages come as GenAI log records is held for
             them, unless they are already here; 0 forwards every span at once.
+        clock: the wall clock of the outbox's own times (tests move it by hand).
     """
 
     def __init__(
@@ -76,13 +76,10 @@ class ForwardingStore:
         synchronous: str = "FULL",
         forward: bool = True,
         url: str | None = None,
-        affinity_window: float = DEFAULT_AFFINITY_WINDOW,
+        options: StoreOptions = DEFAULT_OPTIONS,
         client: Callable[[], LightningClient] | None = None,
-        translate: bool = True,
         log_wait: float = DEFAULT_LOG_WAIT,
-        create: bool = True,
-        salvage: bool = False,
-        sequence_ids: str = "start-time",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         for name, value in (
             ("max_outbox_spans", max_outbox_spans),
@@ -99,12 +96,9 @@ class ForwardingStore:
             self.server_url,
             synchronous=synchronous,
             url=url,
-            affinity_window=affinity_window,
-            translate=translate,
+            options=options,
             log_wait=log_wait,
-            create=create,
-            salvage=salvage,
-            sequence_ids=sequence_ids,
+            clock=clock,
         )
         self.url = self.outbox.store.url
         self.max_outbox_spans = max_outbox_spans
@@ -122,14 +116,10 @@ class ForwardingStore:
     def from_url(
         cls,
         url: StoreURL,
+        options: StoreOptions = DEFAULT_OPTIONS,
         *,
         forward: bool = True,
-        affinity_window: float = DEFAULT_AFFINITY_WINDOW,
-        translate: bool = True,
         log_wait: float = DEFAULT_LOG_WAIT,
-        create: bool = True,
-        salvage: bool = False,
-        sequence_ids: str = "start-time",
     ) -> ForwardingStore:
         """The store an ``agl+http://HOST:PORT?outbox=…&max_outbox_spans=…`` URL names."""
         if url.server is None:
@@ -145,12 +135,8 @@ class ForwardingStore:
             synchronous=values.get("synchronous", "FULL"),
             forward=forward,
             url=url.url,
-            affinity_window=affinity_window,
-            translate=translate,
+            options=options,
             log_wait=log_wait,
-            create=create,
-            salvage=salvage,
-            sequence_ids=sequence_ids,
         )
 
     @property
@@ -160,12 +146,12 @@ class ForwardingStore:
     @property
     def affinity(self) -> TraceAffinity:
         """The outbox's trace affinity (the receiver sets its window)."""
-        return self.outbox.store.affinity
+        return self.outbox.local.affinity
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
-        if self.outbox.store.ready():
+        if self.outbox.local.ready():
             return
         self.outbox.open()
         if logging.getLogger("httpx").level == logging.NOTSET:
@@ -217,7 +203,7 @@ class ForwardingStore:
             self._lock_file = None
 
     def ready(self) -> bool:
-        return self.outbox.store.ready()
+        return self.outbox.local.ready()
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -242,8 +228,25 @@ class ForwardingStore:
         )
 
     def write_many(self, batches: Sequence[SpanBatch]) -> list[WriteResult]:
-        """One outbox transaction each: the outbox's marks and held calls are per request."""
-        return [self.write(batch) for batch in batches]
+        """One outbox transaction for the group (one sync to disk), all or none.
+
+        A group that might not fit the outbox whole is refused whole, before any work: the
+        pipeline then writes its requests one at a time, and each is let in or refused exactly
+        as it would have been alone. The group fits when the pending spans plus all it accepts
+        stay within the span limit and the pending bytes plus every span byte it carries stay
+        under the byte limit (an upper bound: duplicates are not stored).
+        """
+        if len(batches) == 1:
+            return [self.write(batches[0])]
+        spans, size = self.outbox.pending()
+        size += self.outbox.log_bytes()
+        accepted = sum(batch.accepted for batch in batches if batch.groups)
+        carried = sum(span_bytes(batch) for batch in batches)
+        if spans + accepted > self.max_outbox_spans or size + carried >= self.max_outbox_bytes:
+            raise self._full(spans, size)
+        results = self.outbox.write_many(batches)
+        self._wake.set()
+        return results
 
     def write_logs(self, rows: LogRows) -> int:
         """GenAI log records go in the outbox beside the spans they belong to (see

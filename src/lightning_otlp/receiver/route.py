@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from .. import ids, semconv
-from ..batch import MAX_SEQUENCE_ID, Origin, RolloutInfo, SpanBatch
+from ..batch import MAX_SEQUENCE_ID, Origin, Outcome, RolloutInfo, RoutedSpan, SpanBatch, SpanRow
 from ..defaults import FALLBACKS
 from ..errors import InvalidRequest
 from ..otlp import attributes, plain_value
@@ -203,14 +203,14 @@ def route(
                     if tid not in bindings:
                         bindings[tid] = dest
                 elif finalize_on_root and origin == "trace" and not pid:
-                    batch.root_outcomes[dest] = ("failed" if code == 2 else "succeeded", end)
+                    batch.root_outcomes[dest] = Outcome("failed" if code == 2 else "succeeded", end)
                 if name == rollout_span:
                     _rollout_hints(info, attributes(span.attributes), batch)
-                    batch.outcomes[dest] = ("failed" if code == 2 else "succeeded", end)
+                    batch.outcomes[dest] = Outcome("failed" if code == 2 else "succeeded", end)
                 if attrs:
                     reported = attrs.get(semconv.ATTEMPT_STATUS)
                     if reported in _OUTCOMES:
-                        batch.outcomes[dest] = (reported, end)
+                        batch.outcomes[dest] = Outcome(reported, end)
                     reward = attrs.get(semconv.PRIMARY_REWARD_VALUE)
                     if isinstance(reward, (int, float)) and not isinstance(reward, bool):
                         if math.isfinite(reward):
@@ -223,7 +223,7 @@ def route(
                     explicit_seq = _sequence_id(seq)
                     if explicit_seq is None:
                         batch.drop(_BAD_SEQUENCE)
-                row = (
+                row = SpanRow(
                     tid,
                     sid,
                     pid or None,
@@ -237,7 +237,7 @@ def route(
                 group = groups.get(dest)
                 if group is None:
                     group = groups[dest] = []
-                group.append((start or 0.0, explicit_seq, row))
+                group.append(RoutedSpan(start or 0.0, explicit_seq, row))
     batch.accepted = batch.received - batch.rejected
     return batch
 

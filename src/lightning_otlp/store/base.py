@@ -6,10 +6,46 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 from ..batch import SpanBatch
+from ..defaults import DEFAULT_AFFINITY_WINDOW, SEQUENCE_IDS
 from .logs import LogRows
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """What every store takes, whatever its backend, in one record (``wiring.open_store``).
+
+    Attributes:
+        affinity_window: seconds during which spans that went to a per-trace rollout move to
+            the rollout their trace is later bound to.
+        create: create the store when it does not exist (off for read-only tools).
+        salvage: reads skip what a damaged store cannot give back, logging it, instead of
+            failing.
+        translate: read model-call spans of the GenAI conventions in Agent Lightning's shape
+            (``lightning_otlp.translate``); False reads every span exactly as received.
+        prepare_reads: build each span's record in the background (``idle_work``), so reading a
+            rollout's spans back through the API is fast.
+        sequence_ids: ``start-time`` or ``counter`` (``defaults.SEQUENCE_IDS``): how spans
+            without an explicit sequence id get one.
+    """
+
+    affinity_window: float = DEFAULT_AFFINITY_WINDOW
+    create: bool = True
+    salvage: bool = False
+    translate: bool = True
+    prepare_reads: bool = True
+    sequence_ids: str = SEQUENCE_IDS[0]
+
+    def __post_init__(self) -> None:
+        if self.sequence_ids not in SEQUENCE_IDS:
+            raise ValueError(
+                f"sequence_ids must be one of {SEQUENCE_IDS}, not {self.sequence_ids!r}"
+            )
+
+
+DEFAULT_OPTIONS: Final = StoreOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +81,10 @@ class Ingest(Protocol):
     def write(self, batch: SpanBatch) -> WriteResult: ...
 
     def write_many(self, batches: Sequence[SpanBatch]) -> list[WriteResult]:
-        """Commit several requests' batches as if written one after the other, each all or
-        nothing: the embedded store in one transaction (one sync to disk), all or none; the
-        forwarder's outbox one transaction each, so after an error some of the first may be
-        committed, and the retry the client is told to make stores none of their spans twice
-        (a span is stored once per rollout)."""
+        """Commit several requests' batches in one transaction, all or none, as if written one
+        after the other (one sync to disk instead of one each): after an error nothing of them
+        is committed, and the pipeline writes them again one at a time, so the failure is that
+        request's alone."""
         ...
 
     def write_logs(self, rows: LogRows) -> int:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+C = TypeVar("C", bound=sqlite3.Connection)
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(conn: C) -> Iterator[C]:
     """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any exception (the connection must be in
     autocommit mode, ``isolation_level=None``, so that SQLite's own implicit transactions never
     start one behind our back). Taking the write lock at BEGIN makes a busy database fail here,

@@ -3,8 +3,8 @@
 Records go in and out as plain dicts with agentlightning's field names, so the API layer never
 imports agentlightning and a second backend (PostgreSQL, say) only has to implement this.
 Methods are synchronous: the receiver runs them on its one store thread, beside OTLP writes.
-Errors follow upstream's types: ``ValueError`` for what the call names wrongly, ``NotFound`` (a
-``ValueError``) for a rollout or attempt that does not exist.
+Errors: ``NotFound`` (``errors.py``) for a rollout or attempt that does not exist; anything else
+a backend raises is a defect, answered 500.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
+
+from ..errors import NotFound as NotFound  # the class lives in the one error tree
 
 Record = dict[str, Any]
 SortOrder = Literal["asc", "desc"]
@@ -30,10 +32,6 @@ ROLLOUT_STATUSES: Final = (
 ATTEMPT_STATUSES: Final = ("preparing", "running", "failed", "succeeded", "unresponsive", "timeout")
 WORKER_STATUSES: Final = ("idle", "busy", "unknown")
 MODES: Final = ("train", "val", "test")
-
-
-class NotFound(ValueError):
-    """A rollout or attempt the call names does not exist (upstream raises ``ValueError``)."""
 
 
 class ScanNeeded(Exception):

@@ -2,7 +2,8 @@
 
 Each ``Migration`` is applied once, in its own transaction, and recorded by name in
 ``schema_migrations``; a table's DDL is written once, in the migration that creates it, by the
-module that owns the table (the outbox's are ``forward/outbox.py``'s, passed in by the outbox).
+module that owns the table (the outbox's are ``forward/``'s, each part's own, passed in by
+``forward/outbox.py``).
 Stores written before the list was recorded counted their steps in ``PRAGMA user_version``
 (the receiver's tables) and ``agl_api_schema`` (the LightningStore API's): those counts are
 read once, and the steps they cover recorded as applied.

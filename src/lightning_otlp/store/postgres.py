@@ -26,15 +26,15 @@ from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..batch import SpanBatch
-from ..defaults import DEFAULT_AFFINITY_WINDOW, SEQUENCE_IDS
 from ..errors import StoreDamaged, StoreUnavailable
 from ..ids import rollout_id_for_trace
 from .affinity import Changes, TraceAffinity
-from .base import WriteResult
+from .base import DEFAULT_OPTIONS, StoreOptions, WriteResult
 from .dialect import POSTGRESQL, Conn, Dialect, chunks
 from .logs import LogRows
 from .migrations import Migration
 from .postgres_schema import POSTGRESQL as POSTGRESQL_MIGRATIONS
+from .postgres_schema import month_partitions
 from .sql_store import SQLStore, insert_logs
 
 try:
@@ -56,8 +56,13 @@ _PROBE_EVERY: Final = 1.0
 # Bindings older than this are forgotten (as the embedded store forgets its oldest).
 _BINDING_HORIZON: Final = 24 * 3600.0
 # The advisory-lock keys of work done once for all receivers (any 64-bit number, fixed).
-_LOCK_KEYS: Final = {"migrate": 0x4C4F_544C_0001, "watchdog": 0x4C4F_544C_0002}
-_LOCK_KEYS_VIEWS: Final = 0x4C4F_544C_0003
+_LOCK_KEYS: Final = {
+    "migrate": 0x4C4F_544C_0001,
+    "watchdog": 0x4C4F_544C_0002,
+    "views": 0x4C4F_544C_0003,
+    "partitions": 0x4C4F_544C_0004,
+}
+_PARTITIONS_EVERY: Final = 3600.0
 
 
 class Conflict(Exception):
@@ -104,33 +109,22 @@ class PostgresStore(SQLStore):
     Args:
         url: a libpq URL (``postgresql://USER[:PASSWORD]@HOST:PORT/DB?sslmode=...``); libpq's
             own ``PGPASSWORD`` and ``PGPASSFILE`` give the password too.
-        affinity_window, create, translate, prepare_reads, sequence_ids: as ``SQLiteStore``'s.
+        options: what every store takes (``store.base.StoreOptions``).
     """
 
     def __init__(
         self,
         url: str,
+        options: StoreOptions = DEFAULT_OPTIONS,
         *,
-        affinity_window: float = DEFAULT_AFFINITY_WINDOW,
-        create: bool = True,
-        salvage: bool = False,
-        translate: bool = True,
-        prepare_reads: bool = True,
-        sequence_ids: str = SEQUENCE_IDS[0],
         migrations: Sequence[Migration] = POSTGRESQL_MIGRATIONS,
     ) -> None:
-        if sequence_ids not in SEQUENCE_IDS:
-            raise ValueError(f"sequence_ids must be one of {SEQUENCE_IDS}, not {sequence_ids!r}")
         self._conninfo = url
         self.url = redact(url)
-        self.affinity = TraceAffinity(affinity_window)
-        self.create = create
-        self.salvage = salvage
-        self.translate = translate
-        self.prepare_reads = prepare_reads
-        self.sequence_ids = sequence_ids
+        self.adopt(options)
         self.migrations = migrations
         self._pool: Any = None
+        self._partitions_due = 0.0
         self._down = False
         self._stop = threading.Event()
         self._probe: threading.Thread | None = None
@@ -209,6 +203,9 @@ class PostgresStore(SQLStore):
                     "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
                     (migration.name, time.time()),
                 )
+            if self.create:
+                for statement in month_partitions(time.time()):
+                    raw.execute(statement)
 
     def close(self) -> None:
         self._stop.set()
@@ -278,7 +275,7 @@ class PostgresStore(SQLStore):
         raise StoreUnavailable("too many concurrent writes conflicted: retry")
 
     def claim(self, conn: Conn, work: str, every: float, now: float) -> bool:
-        key = _LOCK_KEYS.get(work, _LOCK_KEYS_VIEWS)
+        key = _LOCK_KEYS[work]
         if not conn.execute("SELECT pg_try_advisory_xact_lock(?)", (key,)).fetchone()[0]:
             return False  # another receiver is doing it right now
         if every > 0:
@@ -370,8 +367,12 @@ class PostgresStore(SQLStore):
     # -- upkeep ----------------------------------------------------------------------------
 
     def idle_work(self) -> bool:
-        """Prepare span views (one receiver at a time) and forget old trace bindings."""
-        if not (self.prepare_reads and self.translate) or self._down:
+        """Make the coming months' span partitions (hourly, one receiver), prepare span views
+        (one receiver at a time) and forget old trace bindings."""
+        if self._down:
+            return False
+        self._make_partitions()
+        if not (self.prepare_reads and self.translate):
             return False
         try:
             with self.transaction() as conn:
@@ -388,6 +389,21 @@ class PostgresStore(SQLStore):
                 return bool(self._views_at < self._span_top)
         except (Conflict, StoreUnavailable):
             return False
+
+    def _make_partitions(self) -> None:
+        now = time.time()
+        if now < self._partitions_due:
+            return
+        self._partitions_due = now + _PARTITIONS_EVERY
+        try:
+            with self.transaction() as conn:
+                if self.claim(conn, "partitions", _PARTITIONS_EVERY, now):
+                    for statement in month_partitions(now):
+                        conn.execute(statement)
+        except (Conflict, StoreUnavailable) as exc:
+            # e.g. a month whose spans already went to the default partition (a clock far
+            # ahead): they stay there, readable; the month is tried again in an hour
+            log.warning("could not make the coming months' span partitions: %s", exc)
 
     def check(self, full: bool = False) -> list[str]:
         """PostgreSQL checks its own pages; what is checked here is that it answers and that

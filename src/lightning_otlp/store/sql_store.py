@@ -8,22 +8,19 @@ lives (``affinity_for``, ``bind``) and how reads reach the database; the rules a
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Final
 
-from ..batch import Destination, RolloutInfo, SpanBatch
-from ..ids import attempt_id_for, rollout_id_for_trace
-from . import lifecycle, views
+from ..batch import Destination, SpanBatch
+from . import placement, views
 from .affinity import Changes, TraceAffinity
-from .base import Metric, WriteResult
-from .dialect import Conn, chunks
+from .base import Metric, StoreOptions, WriteResult
+from .dialect import Conn
 from .logs import LogRows, joined_events
 from .records import (
     ATTEMPT_COLUMNS,
-    DEFAULT_ROLLOUT_CONFIG,
     ROLLOUT_COLUMNS,
     SPAN_COLUMNS,
     attempted_rollout_record,
@@ -32,7 +29,7 @@ from .records import (
     resource_bodies,
     span_records,
 )
-from .sequence import attempt_counter, sequence_ids
+from .sequence import sequence_ids
 
 # One idle step builds at most this many span views (about 15 ms), scanning at most the window.
 _VIEW_BATCH: Final = 128
@@ -40,12 +37,6 @@ _VIEW_WINDOW: Final = 4096
 
 _INSERT_SPAN: Final = (
     f"INSERT INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)}) ON CONFLICT DO NOTHING"
-)
-_DEFAULT_CONFIG_JSON: Final = json.dumps(DEFAULT_ROLLOUT_CONFIG)
-_STARTED: Final = ("queuing", "preparing", "requeuing")
-NO_SUCH_ATTEMPT: Final = (
-    "not stored: they name an attempt that does not exist on a rollout the LightningStore API"
-    " manages (its attempts start through the API: dequeue or start_attempt)"
 )
 
 
@@ -58,10 +49,22 @@ class SQLStore:
     """
 
     url: str
+    create: bool
+    salvage: bool
     translate: bool
     prepare_reads: bool
     sequence_ids: str
     affinity: TraceAffinity
+
+    def adopt(self, options: StoreOptions) -> None:
+        """Take the options every store has (``StoreOptions``)."""
+        self.options = options
+        self.affinity = TraceAffinity(options.affinity_window)
+        self.create = options.create
+        self.salvage = options.salvage
+        self.translate = options.translate
+        self.prepare_reads = options.prepare_reads
+        self.sequence_ids = options.sequence_ids
 
     # -- storage primitives ----------------------------------------------------------------
 
@@ -117,16 +120,16 @@ class SQLStore:
         retarget: dict[Destination, Destination] = {}
         affinity = self.affinity_for(conn, batch)
         if batch.bindings or affinity.bindings:
-            groups, retarget = _follow_bindings(affinity, batch)
+            groups, retarget = placement.follow_bindings(affinity, batch)
         conn.executemany(
             "INSERT INTO resources (resource_id, body) VALUES (?, ?) ON CONFLICT DO NOTHING",
             batch.resources.items(),
         )
         batch.refused = {}
         used = {rollout_id for rollout_id, _ in groups}
-        managed = _managed(conn, used)
+        managed = placement.managed(conn, used)
         if managed:
-            groups = _refuse_unknown_attempts(conn, batch, groups, managed)
+            groups = placement.refuse_unknown_attempts(conn, batch, groups, managed)
             used = {rollout_id for rollout_id, _ in groups}
         for rollout_id, info in batch.rollouts.items():
             if rollout_id not in used:
@@ -138,17 +141,17 @@ class SQLStore:
                     " WHERE rollout_id = ? AND status = 'preparing'",
                     (rollout_id,),
                 )
-            elif _ensure_rollout(conn, rollout_id, info, now):
+            elif placement.ensure_rollout(conn, rollout_id, info, now):
                 if info.origin == "trace" and info.trace_id is not None:
                     changes.autos.append((info.trace_id, rollout_id, now))
         # Spans of per-trace rollouts that this request's bindings claim, by destination.
-        moves = _claim_moves(conn, affinity, batch, groups, now, changes)
+        moves = placement.claim_moves(conn, affinity, batch, groups, now, changes)
         resolved: dict[Destination, str] = {}
         rows: list[tuple[Any, ...]] = []
         updates: list[tuple[Any, ...]] = []
         for dest, group in groups.items():
             rollout_id = dest[0]
-            attempt_id, next_seq = _ensure_attempt(conn, rollout_id, dest[1], group, now)
+            attempt_id, next_seq = placement.ensure_attempt(conn, rollout_id, dest[1], group, now)
             resolved[dest] = attempt_id
             # Spans moving here arrived before this request's spans.
             entries: list[Any] = [*moves[dest], *group] if dest in moves else group
@@ -169,12 +172,12 @@ class SQLStore:
         stored = cursor.rowcount if cursor.rowcount >= 0 else len(rows)
         mark_enclosing(conn, rows)
         if moves:
-            _finish_moves(conn, updates, changes)
+            placement.finish_moves(conn, updates, changes)
         for trace_id, dest in batch.bindings.items():
             bound_attempt = resolved.get(dest)
             if bound_attempt is not None:
                 changes.bound.append((trace_id, (dest[0], bound_attempt)))
-        _record_outcomes(conn, batch, retarget, resolved, now, changes)
+        placement.record_outcomes(conn, batch, retarget, resolved, now, changes)
         self.bind(conn, changes)
         return stored
 
@@ -372,231 +375,3 @@ def insert_logs(conn: Conn, rows: LogRows) -> int:
         rows,
     )
     return cursor.rowcount if cursor.rowcount >= 0 else len(rows)
-
-
-def _follow_bindings(
-    affinity: TraceAffinity, batch: SpanBatch
-) -> tuple[dict[Destination, list[Any]], dict[Destination, Destination]]:
-    """Send spans without explicit ids to the rollout their trace is bound to."""
-    known = affinity.bindings
-    fresh = batch.bindings
-    rollouts = batch.rollouts
-    groups: dict[Destination, list[Any]] = {}
-    retarget: dict[Destination, Destination] = {}
-    for dest, group in batch.groups.items():
-        info = rollouts.get(dest[0])
-        if info is None or info.origin == "explicit":
-            groups.setdefault(dest, []).extend(group)
-            continue
-        stay = []
-        for item in group:
-            trace_id = item[2][0]
-            target = known.get(trace_id) or fresh.get(trace_id)
-            if target is None:
-                stay.append(item)
-            else:
-                groups.setdefault(target, []).append(item)
-                retarget[dest] = target
-        if stay:
-            groups.setdefault(dest, []).extend(stay)
-    return groups, retarget
-
-
-def _claim_moves(
-    conn: Conn,
-    affinity: TraceAffinity,
-    batch: SpanBatch,
-    groups: dict[Destination, list[Any]],
-    now: float,
-    changes: Changes,
-) -> dict[Destination, list[tuple[float, None, int]]]:
-    moves: dict[Destination, list[tuple[float, None, int]]] = {}
-    if not affinity.autos:
-        return moves
-    for trace_id, dest in batch.bindings.items():
-        if trace_id in affinity.bindings or dest not in groups:
-            # bound before: its per-trace rollout, if any, was dealt with then; or its
-            # destination refused these spans: the trace's spans stay where they are
-            continue
-        auto = affinity.movable(trace_id, now, changes)
-        if auto is None or auto == dest[0]:
-            continue
-        stored = conn.execute(
-            "SELECT start_time, rowid FROM spans WHERE rollout_id = ?", (auto,)
-        ).fetchall()
-        moves.setdefault(dest, []).extend((start or 0.0, None, rowid) for start, rowid in stored)
-        changes.moved.append(trace_id)
-        changes.moved_spans += len(stored)
-    return moves
-
-
-def _finish_moves(conn: Conn, updates: list[tuple[Any, ...]], changes: Changes) -> None:
-    # A span already in the target (sent twice) stays behind, and goes with its rollout.
-    conn.executemany(
-        "UPDATE spans SET rollout_id = ?, attempt_id = ?, sequence_id = ? WHERE rowid = ?"
-        " AND NOT EXISTS (SELECT 1 FROM spans t WHERE t.rollout_id = ?"
-        " AND t.trace_id = spans.trace_id AND t.span_id = spans.span_id)",
-        [(*update, update[0]) for update in updates],
-    )
-    emptied = [(rollout_id_for_trace(t.hex()),) for t in changes.moved]
-    # Whatever could not move was already in the target (a duplicate): drop it with its
-    # emptied per-trace rollout.
-    conn.executemany(
-        "DELETE FROM span_views WHERE span_rowid IN (SELECT rowid FROM spans WHERE rollout_id = ?)",
-        emptied,
-    )
-    conn.executemany("DELETE FROM spans WHERE rollout_id = ?", emptied)
-    conn.executemany("DELETE FROM attempts WHERE rollout_id = ?", emptied)
-    conn.executemany("DELETE FROM rollouts WHERE rollout_id = ?", emptied)
-
-
-def _record_outcomes(
-    conn: Conn,
-    batch: SpanBatch,
-    retarget: dict[Destination, Destination],
-    resolved: dict[Destination, str],
-    now: float,
-    changes: Changes,
-) -> None:
-    for dest, value in batch.rewards.items():
-        target = retarget.get(dest, dest)
-        attempt_id = resolved.get(target)
-        if attempt_id is not None:
-            conn.execute(
-                "UPDATE attempts SET reward = ? WHERE rollout_id = ? AND attempt_id = ?",
-                (value, target[0], attempt_id),
-            )
-    outcomes = dict(batch.outcomes)
-    for dest, outcome in batch.root_outcomes.items():
-        if dest not in retarget:
-            outcomes.setdefault(dest, outcome)
-    for dest, (status, end) in outcomes.items():
-        target = retarget.get(dest, dest)
-        attempt_id = resolved.get(target)
-        if attempt_id is None:
-            continue
-        rollout_id = target[0]
-        if lifecycle.finished(conn, rollout_id, attempt_id):
-            # Finished stays finished: a late span is stored, its claim ignored (counted).
-            changes.ignored_outcomes += 1
-            continue
-        end_time = end if end is not None else now
-        lifecycle.span_outcome(conn, rollout_id, attempt_id, status, end_time, now)
-
-
-def _ensure_rollout(conn: Conn, rollout_id: str, info: RolloutInfo, now: float) -> bool:
-    """Create the rollout unless it exists; True when it was created."""
-    start = info.first_start or now
-    cursor = conn.execute(
-        "INSERT INTO rollouts (rollout_id, input, start_time, mode, status, config,"
-        " metadata, origin, created_at) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)"
-        " ON CONFLICT DO NOTHING",
-        (
-            rollout_id,
-            json.dumps(info.input) if info.has_input else None,
-            min(start, now),
-            info.mode,
-            _DEFAULT_CONFIG_JSON,
-            json.dumps(info.metadata) if info.metadata is not None else None,
-            info.origin,
-            now,
-        ),
-    )
-    if cursor.rowcount == 1:
-        return True
-    conn.execute(
-        "UPDATE rollouts SET status = 'running' WHERE rollout_id = ? AND status IN (?, ?, ?)",
-        (rollout_id, *_STARTED),
-    )
-    if info.has_input:
-        conn.execute(
-            "UPDATE rollouts SET input = ? WHERE rollout_id = ?",
-            (json.dumps(info.input), rollout_id),
-        )
-    if info.mode is not None:
-        conn.execute("UPDATE rollouts SET mode = ? WHERE rollout_id = ?", (info.mode, rollout_id))
-    return False
-
-
-def _ensure_attempt(
-    conn: Conn,
-    rollout_id: str,
-    attempt_id: str | None,
-    group: list[tuple[float, int | None, tuple[Any, ...]]],
-    now: float,
-) -> tuple[str, int]:
-    if attempt_id is None:
-        found = conn.execute(
-            "SELECT attempt_id, next_span_seq FROM attempts WHERE rollout_id = ?"
-            " ORDER BY sequence_id DESC LIMIT 1",
-            (rollout_id,),
-        ).fetchone()
-        if found is not None:
-            return found[0], attempt_counter(conn, rollout_id, found[0], found[1])
-        attempt_id = attempt_id_for(rollout_id, 1)
-    else:
-        found = conn.execute(
-            "SELECT next_span_seq FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
-            (rollout_id, attempt_id),
-        ).fetchone()
-        if found is not None:
-            return attempt_id, attempt_counter(conn, rollout_id, attempt_id, found[0])
-    starts = [g[0] for g in group if g[0]]
-    start = min(min(starts), now) if starts else now
-    conn.execute(
-        "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"
-        " last_heartbeat_time, next_span_seq) VALUES (?, ?,"
-        " (SELECT COALESCE(MAX(sequence_id), 0) + 1 FROM attempts WHERE rollout_id = ?),"
-        " ?, 'running', ?, 1)",
-        (rollout_id, attempt_id, rollout_id, start, now),
-    )
-    # The rollout follows its newest attempt: running again, whatever the last one ended as.
-    conn.execute(
-        "UPDATE rollouts SET status = 'running', end_time = NULL WHERE rollout_id = ?",
-        (rollout_id,),
-    )
-    return attempt_id, 1
-
-
-def _managed(conn: Conn, rollout_ids: set[str]) -> set[str]:
-    """Which of these rollouts the LightningStore API created (or queued)."""
-    found: set[str] = set()
-    for chunk in chunks(list(rollout_ids)):
-        found.update(
-            row[0]
-            for row in conn.execute(
-                "SELECT rollout_id FROM rollouts WHERE (managed = 1 OR status IN"
-                f" ('queuing', 'requeuing')) AND rollout_id IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            )
-        )
-    return found
-
-
-def _refuse_unknown_attempts(
-    conn: Conn,
-    batch: SpanBatch,
-    groups: dict[Destination, list[Any]],
-    managed: set[str],
-) -> dict[Destination, list[Any]]:
-    """The groups whose attempt exists; spans for an API-managed rollout's missing attempt are
-    refused (upstream refuses a span for an unknown attempt too): an OTLP span must not start
-    an attempt, which would take a queued rollout off the queue or reopen a finished one."""
-    kept: dict[Destination, list[Any]] = {}
-    for dest, group in groups.items():
-        rollout_id, attempt_id = dest
-        if rollout_id in managed:
-            if attempt_id is None:
-                found = conn.execute(
-                    "SELECT 1 FROM attempts WHERE rollout_id = ? LIMIT 1", (rollout_id,)
-                ).fetchone()
-            else:
-                found = conn.execute(
-                    "SELECT 1 FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
-                    (rollout_id, attempt_id),
-                ).fetchone()
-            if found is None:
-                batch.refused[NO_SUCH_ATTEMPT] = batch.refused.get(NO_SUCH_ATTEMPT, 0) + len(group)
-                continue
-        kept[dest] = group
-    return kept

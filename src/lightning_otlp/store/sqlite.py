@@ -19,17 +19,18 @@ from urllib.parse import quote
 from google.protobuf.message import DecodeError
 
 from ..batch import SpanBatch
-from ..defaults import DEFAULT_AFFINITY_WINDOW, SEQUENCE_IDS, SYNCHRONOUS
+from ..defaults import SYNCHRONOUS
 from ..errors import StoreDamaged, StoreUnavailable
 from .affinity import Changes, TraceAffinity
-from .base import WriteResult
+from .base import DEFAULT_OPTIONS, StoreOptions, WriteResult
 from .db import transaction
 from .dialect import SQLITE, Conn, Dialect
 from .logs import LogRows
 from .migrations import SQLITE as SQLITE_MIGRATIONS
 from .migrations import Migration, migrate
+from .placement import NO_SUCH_ATTEMPT
 from .records import ATTEMPT_COLUMNS, ROLLOUT_COLUMNS, SPAN_COLUMNS, resource_bodies, span_records
-from .sql_store import NO_SUCH_ATTEMPT, SQLStore, insert_logs
+from .sql_store import SQLStore, insert_logs
 
 log = logging.getLogger("lightning_otlp.store")
 T = TypeVar("T")
@@ -53,40 +54,23 @@ class SQLiteStore(SQLStore):
 
     Args:
         path: database file, created with its schema on first open.
+        options: what every store takes (``store.base.StoreOptions``).
         synchronous: SQLite's ``synchronous`` pragma; ``FULL`` survives power loss,
             ``NORMAL`` survives a crash of this process only.
         busy_timeout: seconds to wait for a lock before answering "unavailable".
-        affinity_window: seconds during which spans that went to a per-trace rollout move to
-            the rollout their trace is later bound to.
-        create: create the file when it does not exist (off for read-only tools).
-        salvage: reads skip a rollout a damaged file cannot give back, logging it, instead
-            of failing.
-        translate: read model-call spans of the GenAI conventions in Agent Lightning's shape
-            (``lightning_otlp.translate``); False reads every span exactly as received.
-        prepare_reads: build each span's record in the background (``idle_work``), so reading a
-            rollout's spans back through the API is fast; costs about the spans' size on disk.
-        sequence_ids: ``start-time`` or ``counter`` (``batch.SEQUENCE_IDS``): how spans
-            without an explicit sequence id get one.
         migrations: the schema's recorded list (``store.migrations``); an outbox adds its own.
     """
 
     def __init__(
         self,
         path: str,
+        options: StoreOptions = DEFAULT_OPTIONS,
         *,
         synchronous: str = "FULL",
         busy_timeout: float = 2.0,
         url: str | None = None,
-        affinity_window: float = DEFAULT_AFFINITY_WINDOW,
-        create: bool = True,
-        salvage: bool = False,
-        translate: bool = True,
-        prepare_reads: bool = True,
-        sequence_ids: str = SEQUENCE_IDS[0],
         migrations: Sequence[Migration] = SQLITE_MIGRATIONS,
     ) -> None:
-        if sequence_ids not in SEQUENCE_IDS:
-            raise ValueError(f"sequence_ids must be one of {SEQUENCE_IDS}, not {sequence_ids!r}")
         if synchronous.upper() not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = path
@@ -95,23 +79,13 @@ class SQLiteStore(SQLStore):
         self._busy_timeout = busy_timeout
         self._conn: SQLiteConnection | None = None
         self._lock = threading.Lock()
-        self.affinity = TraceAffinity(affinity_window)
-        self.create = create
-        self.salvage = salvage
-        self.translate = translate
-        self.prepare_reads = prepare_reads
-        self.sequence_ids = sequence_ids
+        self.adopt(options)
         self.migrations = migrations
         # Reads of the LightningStore API's read threads: each thread its own read-only
         # connection (``snapshot``).
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._views_at = 0  # span rowid up to which views were built this run
-        # Newest spans first: rowid up to which the newest window was looked at.
-        self._newest_at = 0
-        self._newest_from = 0  # where the current run of newest steps began
-        self._span_top = 0  # the highest span rowid written, as last seen
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -147,7 +121,7 @@ class SQLiteStore(SQLStore):
             migrate(conn, self.migrations)
             if self.create:  # a read-only tool routes nothing: it needs no trace affinity
                 _can_write(conn, self.url)
-                self._load_affinity(conn)
+                self.load_affinity(conn)
             self._span_top = self._top_rowid(conn)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.url}: {exc}") from exc
@@ -213,7 +187,7 @@ class SQLiteStore(SQLStore):
                     counters = self.affinity.counters
                     self.affinity = TraceAffinity(self.affinity.window, self.affinity.max_traces)
                     self.affinity.counters = counters
-                    self._load_affinity(conn)
+                    self.load_affinity(conn)
                 if isinstance(exc, sqlite3.DatabaseError):
                     raise StoreUnavailable(f"store busy or failing: {exc}") from exc
                 raise
@@ -313,7 +287,7 @@ class SQLiteStore(SQLStore):
         for conn in readers:
             conn.close()
 
-    def _load_affinity(self, conn: Conn) -> None:
+    def load_affinity(self, conn: Conn) -> None:
         """Rebuild trace affinity from the newest spans and per-trace rollouts on disk."""
         affinity = self.affinity
         limit = affinity.max_traces

@@ -52,7 +52,7 @@ _CHUNK: Final = 500
 
 
 def encode(record: dict[str, Any]) -> bytes:
-    """A record as the API sends it (orjson, as ``api.routes.json_response``)."""
+    """A record as the API sends it (orjson, as ``api.bodies.json_response``)."""
     return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import names as n
 
@@ -167,16 +167,23 @@ def token_ids(value: Any) -> list[int] | None:
     return None
 
 
-def vllm_token_ids(response: Any) -> tuple[list[int] | None, list[int] | None]:
+class TokenIds(NamedTuple):
+    """A model call's prompt and response token ids, each where known."""
+
+    prompt: list[int] | None
+    response: list[int] | None
+
+
+def vllm_token_ids(response: Any) -> TokenIds:
     """vLLM's ``prompt_token_ids`` (top level) and first choice's ``token_ids`` from a raw body."""
     if not isinstance(response, dict):
-        return None, None
+        return TokenIds(None, None)
     prompt = token_ids(response.get(n.VLLM_PROMPT_TOKEN_IDS))
     choices = response.get("choices")
     completion = None
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         completion = token_ids(choices[0].get(n.VLLM_CHOICE_TOKEN_IDS))
-    return prompt, completion
+    return TokenIds(prompt, completion)
 
 
 def indexed(attrs: dict[str, Any], prefix: str) -> list[dict[str, Any]]:

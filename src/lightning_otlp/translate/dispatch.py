@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from . import litellm, openinference, openllmetry, otel_genai, vercel
 from . import names as n
-from .call import LlmCall, Message, agl_attributes, loads, token_ids, vllm_token_ids
+from .call import LlmCall, Message, TokenIds, agl_attributes, loads, token_ids, vllm_token_ids
 
 # TracerTraceToTriplet's default llm_call_match: spans it already treats as model calls.
 _AGL_MATCH: Final = re.compile(r"openai\.chat\.completion")
@@ -145,13 +145,13 @@ def _has_genai_content(attrs: dict[str, Any], events: list[dict[str, Any]]) -> b
     )
 
 
-def raw_token_ids(attrs: dict[str, Any]) -> tuple[list[int] | None, list[int] | None]:
+def raw_token_ids(attrs: dict[str, Any]) -> TokenIds:
     """Token ids the span already carries, that a raw response attribute kept (vLLM's), or
     that a Vercel agent kept in its provider metadata."""
     prompt = token_ids(attrs.get(n.AGL_PROMPT_TOKEN_IDS))
     response = token_ids(attrs.get(n.AGL_RESPONSE_TOKEN_IDS))
     if prompt and response:
-        return prompt, response
+        return TokenIds(prompt, response)
     prompt, response = vercel.token_ids(attrs, prompt, response)
     for key in n.RAW_RESPONSE_ATTRIBUTES:
         value = attrs.get(key)
@@ -160,7 +160,7 @@ def raw_token_ids(attrs: dict[str, Any]) -> tuple[list[int] | None, list[int] | 
             raw_prompt, raw_response = vllm_token_ids(loads(value))
             prompt = prompt or raw_prompt
             response = response or raw_response
-    return prompt, response
+    return TokenIds(prompt, response)
 
 
 def encloses_call(record: dict[str, Any]) -> bool:

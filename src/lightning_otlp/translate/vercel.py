@@ -20,7 +20,17 @@ from __future__ import annotations
 from typing import Any
 
 from . import names as n
-from .call import LlmCall, Message, ToolCall, arguments_text, as_list, as_str, as_text, loads
+from .call import (
+    LlmCall,
+    Message,
+    TokenIds,
+    ToolCall,
+    arguments_text,
+    as_list,
+    as_str,
+    as_text,
+    loads,
+)
 from .call import token_ids as _token_ids
 from .otel_genai import definitions
 
@@ -61,16 +71,16 @@ def parse(attrs: dict[str, Any]) -> LlmCall:
 
 def token_ids(
     attrs: dict[str, Any], prompt: list[int] | None, response: list[int] | None
-) -> tuple[list[int] | None, list[int] | None]:
+) -> TokenIds:
     """``prompt`` and ``response``, each filled from the provider metadata where missing."""
     metadata = loads(attrs.get(n.AI_RESPONSE_PROVIDER_METADATA))
     if not isinstance(metadata, dict):
-        return prompt, response
+        return TokenIds(prompt, response)
     for entry in metadata.values():
         if isinstance(entry, dict):
             prompt = prompt or _token_ids(entry.get(n.AGL_PROMPT_TOKEN_IDS))
             response = response or _token_ids(entry.get(n.AGL_RESPONSE_TOKEN_IDS))
-    return prompt, response
+    return TokenIds(prompt, response)
 
 
 def _messages(raw: dict[str, Any]) -> list[Message]:

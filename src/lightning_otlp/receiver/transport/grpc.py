@@ -15,7 +15,7 @@ from typing import Final
 import grpc
 
 from ...defaults import DEFAULT_MAX_CONCURRENT_STREAMS
-from ...errors import InvalidRequest, Overloaded, ReceiverError
+from ...errors import InvalidRequest, Overloaded
 from ..auth import BearerAuth
 from ..decode import PROTOBUF
 from ..pipeline import Pipeline, Signal
@@ -46,9 +46,11 @@ def _handler(pipeline: Pipeline, signal: Signal, auth: BearerAuth | None = None)
                 raise Overloaded("requests in flight hold the request memory budget; retry later")
             held = len(request)
             response = await pipeline.export(signal, request, None, PROTOBUF, "grpc")
-        except ReceiverError as exc:
+        except Exception as exc:  # the client's fault, a retry hint or a defect: ``answer`` says
             result = answer(exc)
-            await context.abort(result.grpc_code, str(exc), trailing_metadata=result.grpc_trailers)
+            await context.abort(
+                result.grpc_code, result.status.message, trailing_metadata=result.grpc_trailers
+            )
             raise AssertionError("unreachable") from exc  # abort() raises
         finally:
             pipeline.budget.release(held)

@@ -18,7 +18,6 @@ from ...errors import (
     InvalidRequest,
     Overloaded,
     PayloadTooLarge,
-    ReceiverError,
     RequestTimeout,
     UnsupportedMediaType,
 )
@@ -101,7 +100,7 @@ class HTTPReceiver:
                 response = await self.pipeline.export(signal, body, encoding, media, "http")
             finally:
                 self.pipeline.budget.release(held[0])
-        except ReceiverError as exc:
+        except Exception as exc:  # the client's fault, a retry hint or a defect: ``answer`` says
             result = answer(exc)
             body = codec.encode(result.status, answer_media)
             extra = result.http_headers

@@ -1,0 +1,63 @@
+"""The spans routes: add one, query and search a rollout's, issue the next sequence id."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import wire
+from .bodies import guarded, json_response, large_page_response, query_fields
+from .calls import APICalls
+from .wire import Fields
+
+
+class SpanRoutes(APICalls):
+    """Spans as upstream's API takes and answers them."""
+
+    async def add_span(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await self.read_json(request), required=True) or {}
+            return json_response(await self.call(self.backend.add_span, wire.span(body)), 201)
+
+        return await guarded(go)
+
+    async def query_spans(self, request: Request) -> Response:
+        return await guarded(lambda: self._spans(query_fields(request)))
+
+    async def search_spans(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await self.read_json(request), required=True) or {}
+            return await self._spans(Fields(body, "body"))
+
+        return await guarded(go)
+
+    async def _spans(self, fields: Fields) -> Response:
+        rollout_id = fields.string("rollout_id", required=True)
+        attempt_id = fields.string("attempt_id")
+        filters = {
+            name: {"exact": fields.string(name), "contains": fields.string(name + "_contains")}
+            for name in wire.SPAN_FILTERS
+        }
+        logic = wire.filter_logic(fields)
+        query = wire.query(fields, wire.SPAN_FIELDS, "sequence_id")
+        page = await self.call(
+            self.backend.query_spans,
+            rollout_id,
+            attempt_id,
+            filters=filters,
+            filter_logic=logic,
+            query=query,
+            encoded=True,
+        )
+        return await large_page_response(page)
+
+    async def next_sequence_id(self, request: Request) -> Response:
+        async def go() -> Response:
+            body = wire.body_object(await self.read_json(request), required=True) or {}
+            f = Fields(body, "body")
+            rollout_id = f.string("rollout_id", required=True)
+            attempt_id = f.string("attempt_id", required=True)
+            value = await self.call(self.backend.next_span_sequence_id, rollout_id, attempt_id)
+            return json_response({"sequence_id": value})
+
+        return await guarded(go)

@@ -1,0 +1,253 @@
+"""Where a request's spans go, the same on every backend: spans without explicit ids follow
+their trace's binding, a binding moves its trace's per-trace rollout (inside the affinity
+window), rollouts and attempts are made as spans first name them, spans for attempts the
+LightningStore API never started are refused, and outcomes spans carry go through the one
+lifecycle rule (``store.lifecycle``). Each function runs in the caller's transaction."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from ..batch import Destination, RolloutInfo, SpanBatch
+from ..ids import attempt_id_for, rollout_id_for_trace
+from . import lifecycle
+from .affinity import Changes, TraceAffinity
+from .dialect import Conn, chunks
+from .records import DEFAULT_ROLLOUT_CONFIG
+from .sequence import attempt_counter
+
+_DEFAULT_CONFIG_JSON: Final = json.dumps(DEFAULT_ROLLOUT_CONFIG)
+_STARTED: Final = ("queuing", "preparing", "requeuing")
+NO_SUCH_ATTEMPT: Final = (
+    "not stored: they name an attempt that does not exist on a rollout the LightningStore API"
+    " manages (its attempts start through the API: dequeue or start_attempt)"
+)
+
+
+def follow_bindings(
+    affinity: TraceAffinity, batch: SpanBatch
+) -> tuple[dict[Destination, list[Any]], dict[Destination, Destination]]:
+    """Send spans without explicit ids to the rollout their trace is bound to."""
+    known = affinity.bindings
+    fresh = batch.bindings
+    rollouts = batch.rollouts
+    groups: dict[Destination, list[Any]] = {}
+    retarget: dict[Destination, Destination] = {}
+    for dest, group in batch.groups.items():
+        info = rollouts.get(dest[0])
+        if info is None or info.origin == "explicit":
+            groups.setdefault(dest, []).extend(group)
+            continue
+        stay = []
+        for item in group:
+            trace_id = item[2][0]
+            target = known.get(trace_id) or fresh.get(trace_id)
+            if target is None:
+                stay.append(item)
+            else:
+                groups.setdefault(target, []).append(item)
+                retarget[dest] = target
+        if stay:
+            groups.setdefault(dest, []).extend(stay)
+    return groups, retarget
+
+
+def claim_moves(
+    conn: Conn,
+    affinity: TraceAffinity,
+    batch: SpanBatch,
+    groups: dict[Destination, list[Any]],
+    now: float,
+    changes: Changes,
+) -> dict[Destination, list[tuple[float, None, int]]]:
+    moves: dict[Destination, list[tuple[float, None, int]]] = {}
+    if not affinity.autos:
+        return moves
+    for trace_id, dest in batch.bindings.items():
+        if trace_id in affinity.bindings or dest not in groups:
+            # bound before: its per-trace rollout, if any, was dealt with then; or its
+            # destination refused these spans: the trace's spans stay where they are
+            continue
+        auto = affinity.movable(trace_id, now, changes)
+        if auto is None or auto == dest[0]:
+            continue
+        stored = conn.execute(
+            "SELECT start_time, rowid FROM spans WHERE rollout_id = ?", (auto,)
+        ).fetchall()
+        moves.setdefault(dest, []).extend((start or 0.0, None, rowid) for start, rowid in stored)
+        changes.moved.append(trace_id)
+        changes.moved_spans += len(stored)
+    return moves
+
+
+def finish_moves(conn: Conn, updates: list[tuple[Any, ...]], changes: Changes) -> None:
+    # A span already in the target (sent twice) stays behind, and goes with its rollout.
+    conn.executemany(
+        "UPDATE spans SET rollout_id = ?, attempt_id = ?, sequence_id = ? WHERE rowid = ?"
+        " AND NOT EXISTS (SELECT 1 FROM spans t WHERE t.rollout_id = ?"
+        " AND t.trace_id = spans.trace_id AND t.span_id = spans.span_id)",
+        [(*update, update[0]) for update in updates],
+    )
+    emptied = [(rollout_id_for_trace(t.hex()),) for t in changes.moved]
+    # Whatever could not move was already in the target (a duplicate): drop it with its
+    # emptied per-trace rollout.
+    conn.executemany(
+        "DELETE FROM span_views WHERE span_rowid IN (SELECT rowid FROM spans WHERE rollout_id = ?)",
+        emptied,
+    )
+    conn.executemany("DELETE FROM spans WHERE rollout_id = ?", emptied)
+    conn.executemany("DELETE FROM attempts WHERE rollout_id = ?", emptied)
+    conn.executemany("DELETE FROM rollouts WHERE rollout_id = ?", emptied)
+
+
+def record_outcomes(
+    conn: Conn,
+    batch: SpanBatch,
+    retarget: dict[Destination, Destination],
+    resolved: dict[Destination, str],
+    now: float,
+    changes: Changes,
+) -> None:
+    for dest, value in batch.rewards.items():
+        target = retarget.get(dest, dest)
+        attempt_id = resolved.get(target)
+        if attempt_id is not None:
+            conn.execute(
+                "UPDATE attempts SET reward = ? WHERE rollout_id = ? AND attempt_id = ?",
+                (value, target[0], attempt_id),
+            )
+    outcomes = dict(batch.outcomes)
+    for dest, outcome in batch.root_outcomes.items():
+        if dest not in retarget:
+            outcomes.setdefault(dest, outcome)
+    for dest, (status, end) in outcomes.items():
+        target = retarget.get(dest, dest)
+        attempt_id = resolved.get(target)
+        if attempt_id is None:
+            continue
+        rollout_id = target[0]
+        if lifecycle.finished(conn, rollout_id, attempt_id):
+            # Finished stays finished: a late span is stored, its claim ignored (counted).
+            changes.ignored_outcomes += 1
+            continue
+        end_time = end if end is not None else now
+        lifecycle.span_outcome(conn, rollout_id, attempt_id, status, end_time, now)
+
+
+def ensure_rollout(conn: Conn, rollout_id: str, info: RolloutInfo, now: float) -> bool:
+    """Create the rollout unless it exists; True when it was created."""
+    start = info.first_start or now
+    cursor = conn.execute(
+        "INSERT INTO rollouts (rollout_id, input, start_time, mode, status, config,"
+        " metadata, origin, created_at) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        (
+            rollout_id,
+            json.dumps(info.input) if info.has_input else None,
+            min(start, now),
+            info.mode,
+            _DEFAULT_CONFIG_JSON,
+            json.dumps(info.metadata) if info.metadata is not None else None,
+            info.origin,
+            now,
+        ),
+    )
+    if cursor.rowcount == 1:
+        return True
+    conn.execute(
+        "UPDATE rollouts SET status = 'running' WHERE rollout_id = ? AND status IN (?, ?, ?)",
+        (rollout_id, *_STARTED),
+    )
+    if info.has_input:
+        conn.execute(
+            "UPDATE rollouts SET input = ? WHERE rollout_id = ?",
+            (json.dumps(info.input), rollout_id),
+        )
+    if info.mode is not None:
+        conn.execute("UPDATE rollouts SET mode = ? WHERE rollout_id = ?", (info.mode, rollout_id))
+    return False
+
+
+def ensure_attempt(
+    conn: Conn,
+    rollout_id: str,
+    attempt_id: str | None,
+    group: list[tuple[float, int | None, tuple[Any, ...]]],
+    now: float,
+) -> tuple[str, int]:
+    if attempt_id is None:
+        found = conn.execute(
+            "SELECT attempt_id, next_span_seq FROM attempts WHERE rollout_id = ?"
+            " ORDER BY sequence_id DESC LIMIT 1",
+            (rollout_id,),
+        ).fetchone()
+        if found is not None:
+            return found[0], attempt_counter(conn, rollout_id, found[0], found[1])
+        attempt_id = attempt_id_for(rollout_id, 1)
+    else:
+        found = conn.execute(
+            "SELECT next_span_seq FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
+            (rollout_id, attempt_id),
+        ).fetchone()
+        if found is not None:
+            return attempt_id, attempt_counter(conn, rollout_id, attempt_id, found[0])
+    starts = [g[0] for g in group if g[0]]
+    start = min(min(starts), now) if starts else now
+    conn.execute(
+        "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"
+        " last_heartbeat_time, next_span_seq) VALUES (?, ?,"
+        " (SELECT COALESCE(MAX(sequence_id), 0) + 1 FROM attempts WHERE rollout_id = ?),"
+        " ?, 'running', ?, 1)",
+        (rollout_id, attempt_id, rollout_id, start, now),
+    )
+    # The rollout follows its newest attempt: running again, whatever the last one ended as.
+    conn.execute(
+        "UPDATE rollouts SET status = 'running', end_time = NULL WHERE rollout_id = ?",
+        (rollout_id,),
+    )
+    return attempt_id, 1
+
+
+def managed(conn: Conn, rollout_ids: set[str]) -> set[str]:
+    """Which of these rollouts the LightningStore API created (or queued)."""
+    found: set[str] = set()
+    for chunk in chunks(list(rollout_ids)):
+        found.update(
+            row[0]
+            for row in conn.execute(
+                "SELECT rollout_id FROM rollouts WHERE (managed = 1 OR status IN"
+                f" ('queuing', 'requeuing')) AND rollout_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+        )
+    return found
+
+
+def refuse_unknown_attempts(
+    conn: Conn,
+    batch: SpanBatch,
+    groups: dict[Destination, list[Any]],
+    managed: set[str],
+) -> dict[Destination, list[Any]]:
+    """The groups whose attempt exists; spans for an API-managed rollout's missing attempt are
+    refused (upstream refuses a span for an unknown attempt too): an OTLP span must not start
+    an attempt, which would take a queued rollout off the queue or reopen a finished one."""
+    kept: dict[Destination, list[Any]] = {}
+    for dest, group in groups.items():
+        rollout_id, attempt_id = dest
+        if rollout_id in managed:
+            if attempt_id is None:
+                found = conn.execute(
+                    "SELECT 1 FROM attempts WHERE rollout_id = ? LIMIT 1", (rollout_id,)
+                ).fetchone()
+            else:
+                found = conn.execute(
+                    "SELECT 1 FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
+                    (rollout_id, attempt_id),
+                ).fetchone()
+            if found is None:
+                batch.refused[NO_SUCH_ATTEMPT] = batch.refused.get(NO_SUCH_ATTEMPT, 0) + len(group)
+                continue
+        kept[dest] = group
+    return kept
