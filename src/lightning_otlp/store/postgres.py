@@ -240,6 +240,8 @@ class PostgresStore(SQLStore):
         errors become ``StoreUnavailable``, a serialization conflict ``Conflict``."""
         if self._pool is None:
             raise StoreUnavailable(f"{self.url} is not open")
+        if self._down:  # answer at once: the probe says when the server is back
+            raise StoreUnavailable(f"{self.url} is unreachable")
         try:
             with self._pool.connection() as raw, raw.transaction():
                 if first is not None:
