@@ -18,13 +18,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from .. import ids, semconv
-from ..batch import MAX_SEQUENCE_ID, Origin, Outcome, RolloutInfo, RoutedSpan, SpanBatch, SpanRow
+from ..batch import MAX_SEQUENCE_ID, Origin, Outcome, RolloutInfo, SpanBatch, SpanRow
 from ..defaults import FALLBACKS
 from ..errors import InvalidRequest
 from ..otlp import attributes, plain_value
 from .decode import PROTOBUF, attribute_maps
 
 Fallback = Literal["trace", "reject"]
+
+# A row made without ``SpanRow``'s own ``__new__`` (a Python function call per span).
+_new_row = tuple.__new__
 
 _STATUS: Final[tuple[str, ...]] = ("UNSET", "OK", "ERROR")
 _ZERO_TRACE: Final = bytes(16)
@@ -223,21 +226,24 @@ def route(
                     explicit_seq = _sequence_id(seq)
                     if explicit_seq is None:
                         batch.drop(_BAD_SEQUENCE)
-                row = SpanRow(
-                    tid,
-                    sid,
-                    pid or None,
-                    name,
-                    start,
-                    end,
-                    _STATUS[code] if 0 <= code < 3 else "UNSET",
-                    blob,
-                    resource_id,
+                row = _new_row(
+                    SpanRow,
+                    (
+                        tid,
+                        sid,
+                        pid or None,
+                        name,
+                        start,
+                        end,
+                        _STATUS[code] if 0 <= code < 3 else "UNSET",
+                        blob,
+                        resource_id,
+                    ),
                 )
                 group = groups.get(dest)
                 if group is None:
                     group = groups[dest] = []
-                group.append(RoutedSpan(start or 0.0, explicit_seq, row))
+                group.append((start or 0.0, explicit_seq, row))
     batch.accepted = batch.received - batch.rejected
     return batch
 
