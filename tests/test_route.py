@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
 from lightning_otlp import ids
-from lightning_otlp.batch import MAX_SEQUENCE_ID, Outcome, RoutedSpan, SpanRow
+from lightning_otlp.batch import MAX_SEQUENCE_ID, Outcome, SpanRow
 from lightning_otlp.receiver import route as route_module
 from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
@@ -406,7 +406,7 @@ def test_attributes_read_as_maps_route_as_the_attribute_scan(
     monkeypatch.setattr(route_module, "attribute_maps", lambda data: None)
     scanned = route_module.route(request, config, data)
     assert as_maps == scanned
-    routed = {e.row.name: dest for dest, entries in as_maps.groups.items() for e in entries}
+    routed = {row.name: dest for dest, entries in as_maps.groups.items() for _, _, row in entries}
     assert routed["merged"][0] == "ro-first0000000"
     assert routed["replaced"][0] == "7"
     assert routed["twice"][0] == RID
@@ -452,9 +452,9 @@ def test_routed_spans_are_named_rows() -> None:
     batch = route_module.route(request, RoutingConfig())
     [(dest, [entry])] = batch.groups.items()
     assert dest == (RID, AID)
-    assert isinstance(entry, RoutedSpan) and isinstance(entry.row, SpanRow)
-    assert (entry.start, entry.sequence_id) == (1_700_000_000.0, 3)
-    row = entry.row
+    start, sequence_id, row = entry  # (start, sequence_id, row): batch.RoutedSpan
+    assert isinstance(row, SpanRow)
+    assert (start, sequence_id) == (1_700_000_000.0, 3)
     assert (row.trace_id, row.span_id, row.parent_id) == (span.trace_id, span.span_id, parent)
     assert (row.name, row.start_time, row.status_code) == ("named", 1_700_000_000.0, "ERROR")
     assert PB2Span.FromString(row.span) == span
