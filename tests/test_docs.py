@@ -273,6 +273,7 @@ OTHER_PROGRAMS = {
     "otelcol-contrib": "test_docs_collector.py (the same configs, the Collector built here)",
     "./otelcol-lightning/otelcol-lightning": "test_docs_collector.py",
     "head": "coreutils",
+    "docker": "test_docs_collector.py (a throwaway PostgreSQL server stands in for the container)",
 }
 # Scripts the snippets run, each run by an end-to-end test.
 RUN_BY_TESTS = {

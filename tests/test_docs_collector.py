@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -273,3 +274,89 @@ def test_builder_is_on_path_as_the_page_says(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[0] == str(tmp_path / "go" / "bin" / "builder")
     assert "v0.136.0" in done.stderr  # `builder version` prints there
+
+
+@pytest.mark.postgres
+def test_a_fleet_on_one_postgresql_as_the_page_says(user: User) -> None:
+    """docs/postgresql.md's three commands: a PostgreSQL server, two receivers on it, the gateway
+    (gateway.yaml) in front of them.
+
+    The first command (``docker run ... postgres:16``) cannot run here (no container engine), so
+    a throwaway server of tests/postgres.py stands in for it on the documented URL's port; that
+    server trusts loopback, so ``PGPASSWORD`` is passed as written but not checked. The receivers
+    and the Collector run as written, ports moved to free ones.
+    """
+    from .postgres import PostgresServer
+
+    server_line, *receivers, gateway_line = lines("fleet-one-host.sh")
+    assert server_line.startswith("docker run ") and "127.0.0.1:5432:5432" in server_line
+    assert len(receivers) == 2
+    server = PostgresServer().start()
+    try:
+        user.ports["5432"] = str(server.port)  # the documented port is the stand-in's
+        for line in receivers:
+            env, _, command = line.partition(" ")
+            name, value = env.split("=", 1)
+            assert name == "PGPASSWORD", line
+            proc = user.start(command, {name: value}, as_user=False)
+            url = f"http://127.0.0.1:{user.port(_health_port(command))}/health/ready"
+            wait_until(lambda: healthy(url, proc, user), "a receiver", 60)  # noqa: B023
+        start_collector_as_written(
+            user, gateway_line, "gateway", {"OTELCOL_METRICS_PORT": str(free_port())}
+        )
+        # 40 traces of one rollout: each trace to one receiver by its id, the rollout whole.
+        provider = TracerProvider(resource=Resource.create({"service.name": "fleet-agent"}))
+        endpoint = f"127.0.0.1:{user.ports['gateway-grpc']}"
+        provider.add_span_processor(
+            SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True))
+        )
+        tracer = provider.get_tracer("docs")
+        for i in range(40):
+            span = tracer.start_span(f"step {i}", context=Context())
+            span.set_attribute("agentlightning.rollout_id", "ro-0123456789ab")
+            span.set_attribute("agentlightning.attempt_id", "at-01234567")
+            span.end()
+        provider.shutdown()
+        store = re.search(r"--store (\S+)", receivers[0])
+        assert store
+        store_url = user.moved(store.group(1))
+
+        def names() -> list[str]:
+            done = subprocess.run(
+                [str(BIN / "lightning-otlp"), "spans", "--store", store_url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return [json.loads(line)["name"] for line in done.stdout.splitlines()]
+
+        wait_until(lambda: len(names()) == 40, "40 spans in the shared store", 90)
+        rollouts = {json.loads(line)["rollout_id"] for line in _rollouts(store_url)}
+        assert rollouts == {"ro-0123456789ab"}
+        # both receivers took a share (a trace goes to either with odds 2:1; all 40 to one:
+        # about 1 in 10^7)
+        for line in receivers:
+            port = user.port(_health_port(line))
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            accepted = re.findall(r"^otelcol_receiver_accepted_spans\{.*\} (\S+)$", metrics, re.M)
+            assert sum(float(n) for n in accepted) > 0, metrics[:2000]
+    finally:
+        user.stop()
+        server.close()
+
+
+def _rollouts(store_url: str) -> list[str]:
+    done = subprocess.run(
+        [str(BIN / "lightning-otlp"), "rollouts", "--store", store_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def _health_port(line: str) -> str:
+    health = re.search(r"--health 127\.0\.0\.1:(\d+)", line)
+    assert health, line
+    return health.group(1)
