@@ -375,3 +375,34 @@ def test_gateway_by_trace_id_in_front_of_three_receivers_keeps_rollouts_whole(
         flush=True,
     )
     assert sum(accepted) == 120 and all(accepted), accepted
+
+
+def test_a_wait_on_one_receiver_sees_a_rollout_finished_through_another(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Another receiver's commit wakes nothing here: a wait looks again every half second,
+    not only at the watchdog's interval (a minute here) or its own timeout (40 s)."""
+    with Fleet(pg_url, tmp_path, "--watchdog-interval", "60", count=2) as fleet:
+        first, second = fleet[0].http_url + "/v1/agl", fleet[1].http_url + "/v1/agl"
+        enqueue = {"rollouts": [{"input": 1}]}
+        [queued] = httpx.post(f"{first}/queues/rollouts/enqueue", json=enqueue).json()
+        rollout_id = queued["rollout_id"]
+        [taken] = httpx.post(f"{first}/queues/rollouts/dequeue", json={"limit": 1}).json()
+        answers: list[Any] = []
+
+        def wait() -> None:
+            body = {"rollout_ids": [rollout_id], "timeout": 40}
+            answers.append(httpx.post(f"{second}/waits/rollouts", json=body, timeout=90).json())
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(1.0)  # the wait has looked once and sleeps
+        finished = time.monotonic()
+        attempt_id = taken["attempt"]["attempt_id"]
+        response = httpx.post(
+            f"{first}/rollouts/{rollout_id}/attempts/{attempt_id}", json={"status": "succeeded"}
+        )
+        assert response.status_code == 200, response.text
+        waiter.join(90)
+    assert [[r["rollout_id"] for r in answers[0]]] == [[rollout_id]]
+    assert time.monotonic() - finished < 30  # woken by looking again, not by its 40 s timeout

@@ -69,7 +69,8 @@ async def serve(settings: Settings) -> None:
             max_json_values=settings.max_json_values,
             max_batch=settings.max_api_batch,
             max_wait=settings.max_wait,
-            wait_recheck=max(settings.watchdog_interval, 0.5),
+            # Other receivers' commits wake no wait here: look again every half second.
+            wait_recheck=0.5 if pipeline.store.shared else max(settings.watchdog_interval, 0.5),
         ),
     )
     grpc_server, grpc_port = build_server(

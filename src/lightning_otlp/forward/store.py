@@ -64,6 +64,8 @@ class ForwardingStore:
         clock: the wall clock of the outbox's own times (tests move it by hand).
     """
 
+    shared = False  # its outbox is this process's own
+
     def __init__(
         self,
         server_url: str,

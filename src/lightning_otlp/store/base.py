@@ -119,6 +119,10 @@ class Reader(Protocol):
 class Ops(Protocol):
     """What operators and the store thread's spare time see: figures, state, damage, upkeep."""
 
+    # Whether other processes write this store too (receivers sharing one database): their
+    # commits wake no one here, so whoever waits for a change looks again now and then.
+    shared: bool
+
     def metrics(self) -> list[Metric]:
         """The store's own counters and gauges; read on every ``/metrics`` scrape."""
         ...

@@ -104,6 +104,7 @@ def redact(url: str) -> str:
 
 
 class PostgresStore(SQLStore):
+
     """A store in a PostgreSQL database many receivers share.
 
     Args:
@@ -111,6 +112,8 @@ class PostgresStore(SQLStore):
             own ``PGPASSWORD`` and ``PGPASSFILE`` give the password too.
         options: what every store takes (``store.base.StoreOptions``).
     """
+
+    shared = True
 
     def __init__(
         self,

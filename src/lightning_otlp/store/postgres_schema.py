@@ -1,12 +1,14 @@
 """The PostgreSQL store's schema: its own recorded migration list (``store.migrations``'s
 ``Migration``), the same tables as SQLite's with PostgreSQL's types.
 
-``rowid`` is a column here (an identity), where SQLite has it implicitly, so the shared SQL
-reads insertion order the same way on both. Every table about a rollout has ``rollout_id`` in
-each of its unique keys, so it can be distributed by rollout (Citus-style); the tables keyed by
-trace (bindings, GenAI log records, spans that enclose calls) are distributed by trace id, and
-workers and resources are small tables every node can hold whole. Spans are partitioned by
-month of their start time, for retention.
+``rowid`` is a column here (an identity or sequence), where SQLite has it implicitly, so the
+shared SQL reads insertion order the same way on both. The tables about a rollout (rollouts,
+attempts, spans, issued sequence ids, span counters) have ``rollout_id`` in each of their unique
+keys, so they can be distributed by rollout (Citus-style); the tables keyed by trace (bindings,
+GenAI log records, spans that enclose calls) by trace id; workers and resources are small tables
+every node can hold whole. Not yet so: ``span_views`` is keyed by the span's row alone (prepared
+records, which can be rebuilt), and a group commit or an affinity move writes several rollouts
+in one transaction. Spans are partitioned by month of their start time, for retention.
 """
 
 from __future__ import annotations

@@ -99,6 +99,7 @@ class SQLStore:
         return [], {}
 
     read_errors: tuple[type[Exception], ...] = ()
+    shared = False
     # Prepared views (``store.views``): how far this process has built them.
     _views_at = 0  # span rowid up to which views were built this run
     _newest_at = 0  # newest spans first: rowid up to which the newest window was looked at
