@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore
+from lightning_otlp.wiring import open_store
 
 from .payloads import make_request, make_span
 from .support import validate_with_agl
@@ -23,6 +25,17 @@ MS = 1_000_000
 
 def send(pipeline: Pipeline, spans: list, resource: dict | None = None) -> None:
     pipeline.export_traces(make_request(spans, resource).SerializeToString(), None, PROTOBUF)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest) -> Iterator[SQLiteStore]:
+    """Routing by trace affinity on both backends: in the embedded store's memory, and in a
+    PostgreSQL table shared by every receiver."""
+    url = "memory://" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    opened = open_store(url)
+    opened.open()
+    yield opened  # type: ignore[misc]
+    opened.close()
 
 
 def rollouts(store: SQLiteStore) -> dict[str, dict]:

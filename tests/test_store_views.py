@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from lightning_otlp.api.bodies import json_response, large_page_response
 from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
@@ -16,7 +18,8 @@ from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore, views
 from lightning_otlp.store.base import StoreOptions
 from lightning_otlp.store.lightning import LightningStoreBackend, Page, Query
-from lightning_otlp.wiring import lightning_api
+from lightning_otlp.store.sql_store import SQLStore
+from lightning_otlp.wiring import lightning_api, open_store
 
 from .payloads import genai_request, make_request, make_span
 from .test_affinity import AID, IDS, MS, RID, send
@@ -61,20 +64,38 @@ def _build_all(store: SQLiteStore) -> int:
     return steps
 
 
-def _views(store: SQLiteStore) -> int:
-    with store.locked() as conn:
+def _views(store: SQLStore) -> int:
+    with store.reader() as conn:
         return int(conn.execute("SELECT COUNT(*) FROM span_views").fetchone()[0])
 
 
-def _api(store: SQLiteStore) -> LightningStoreBackend:
-    api = lightning_api(store)
+def _api(store: SQLStore) -> LightningStoreBackend:
+    api = lightning_api(store)  # type: ignore[arg-type]
     assert api is not None
     return api
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def any_store(request: pytest.FixtureRequest) -> Iterator[SQLStore]:
+    """The embedded store and PostgreSQL: records are prepared the same way on both."""
+    url = "memory://" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    store = open_store(url)
+    store.open()
+    yield store  # type: ignore[misc]
+    store.close()
+
+
+@pytest.fixture
+def any_pipeline(any_store: SQLStore) -> Iterator[Pipeline]:
+    pipeline = Pipeline(any_store, RoutingConfig())  # type: ignore[arg-type]
+    yield pipeline
+    pipeline.close()
+
+
 def test_prepared_records_read_as_records_built_at_read_time(
-    pipeline: Pipeline, store: SQLiteStore
+    any_pipeline: Pipeline, any_store: SQLStore
 ) -> None:
+    pipeline, store = any_pipeline, any_store
     request = genai_request(40, ids=[(RID, AID), OTHER], content=True)
     request.resource_spans.extend(make_request([make_span("tool", attributes=IDS)]).resource_spans)
     pipeline.export_traces(request.SerializeToString(), None, PROTOBUF)
@@ -102,8 +123,9 @@ def test_prepared_records_read_as_records_built_at_read_time(
     assert len(calls) == 20 and calls[0]["attributes"]["lightning_otlp.original_name"]
 
 
-def test_log_records_arriving_after_the_view_still_join_their_span(store: SQLiteStore) -> None:
-    pipeline = Pipeline(store, RoutingConfig())
+def test_log_records_arriving_after_the_view_still_join_their_span(any_store: SQLStore) -> None:
+    store = any_store
+    pipeline = Pipeline(store, RoutingConfig())  # type: ignore[arg-type]
     try:
         traces, logs = load_case(CASE)
         assert logs is not None
@@ -122,7 +144,10 @@ def test_log_records_arriving_after_the_view_still_join_their_span(store: SQLite
         pipeline.close()
 
 
-def test_spans_that_move_read_with_their_new_ids(pipeline: Pipeline, store: SQLiteStore) -> None:
+def test_spans_that_move_read_with_their_new_ids(
+    any_pipeline: Pipeline, any_store: SQLStore
+) -> None:
+    pipeline, store = any_pipeline, any_store
     trace = make_span("x").trace_id
     send(
         pipeline, [make_span(f"agent-{i}", trace_id=trace, start_ns=(20 + i) * MS) for i in (0, 1)]
