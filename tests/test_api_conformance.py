@@ -102,14 +102,24 @@ def compare(results: tuple[str, str, dict[str, Any]], scenario: str) -> None:
     assert not mismatches, "\n".join(mismatches)
 
 
-@pytest.fixture(scope="module")
-def sequences(tmp_path_factory: Any) -> Iterator[dict[str, dict[str, Any]]]:
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def sequences(
+    request: pytest.FixtureRequest, tmp_path_factory: Any
+) -> Iterator[dict[str, dict[str, Any]]]:
     """The sequence scenario against ``serve`` in each sequence-id mode and against agl store:
-    each server's answers by step."""
+    each server's answers by step, on each backend."""
     tmp = tmp_path_factory.mktemp("sequences")
+    stores: dict[str, str | None] = {"start-time": None, "counter": None}
+    if request.param == "postgresql":
+        server = request.getfixturevalue("pg_server")
+        stores = {name: server.create_database() for name in stores}
     servers = {
-        "start-time": ReceiverProcess(tmp / "start-time.db").start(),
-        "counter": ReceiverProcess(tmp / "counter.db", "--sequence-ids", "counter").start(),
+        "start-time": ReceiverProcess(tmp / "start-time.db", store=stores["start-time"]).start(),
+        "counter": ReceiverProcess(
+            tmp / "counter.db", "--sequence-ids", "counter", store=stores["counter"]
+        ).start(),
     }
     upstream = AglStore(tmp / "agl.log").start()
     urls = {name: server.http_url for name, server in servers.items()} | {"agl": upstream.url}
