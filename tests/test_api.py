@@ -20,7 +20,7 @@ from lightning_otlp.store import SQLiteStore
 from lightning_otlp.wiring import open_store
 
 from .payloads import make_request, make_span
-from .support import ReceiverProcess
+from .support import Clock, ReceiverProcess
 
 pytestmark = pytest.mark.api
 
@@ -32,7 +32,11 @@ class API:
         self.store = open_store(url)
         self.store.open()
         self.pipeline = Pipeline(self.store)
-        app = build_http_app(HTTPReceiver(self.pipeline), self.pipeline, watchdog_interval=0)
+        # The API's time: a test moves it on (``clock.advance``) instead of waiting.
+        self.clock = Clock()
+        app = build_http_app(
+            HTTPReceiver(self.pipeline), self.pipeline, watchdog_interval=0, clock=self.clock
+        )
         self.loop = asyncio.new_event_loop()
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://test"
@@ -157,7 +161,7 @@ def test_one_span_counter_for_rest_spans_next_and_otlp(api: API) -> None:
     [taken] = api.post("/queues/rollouts/dequeue", {})
     rollout_id, attempt_id = rollout["rollout_id"], taken["attempt"]["attempt_id"]
     ask = {"rollout_id": rollout_id, "attempt_id": attempt_id}
-    before = int(time.time() * 1e6)
+    before = int(api.clock() * 1e6)  # the API's now
     first = api.post("/spans/next", ask)["sequence_id"]
     assert first >= before
     api.post("/spans", span(rollout_id, attempt_id, first, 1), 201)
@@ -199,7 +203,8 @@ def test_watchdog_times_out_and_marks_unresponsive(api: API) -> None:
     [a] = enqueue(api, "a", config=slow)
     [b] = enqueue(api, "b", config=quiet)
     api.post("/queues/rollouts/dequeue", {"limit": 2, "worker_id": "w"})
-    asyncio.run(asyncio.sleep(0.1))
+    assert api.get(f"/rollouts/{a['rollout_id']}")["status"] == "preparing"
+    api.clock.advance(0.1)
     assert api.get(f"/rollouts/{a['rollout_id']}")["status"] == "failed"
     assert api.get(f"/rollouts/{a['rollout_id']}")["attempt"]["status"] == "timeout"
     assert api.get(f"/rollouts/{b['rollout_id']}")["status"] == "requeuing"
