@@ -64,10 +64,8 @@ class RolloutInfo:
 class SpanBatch:
     """One request, routed: spans grouped by destination, ready for one store transaction."""
 
-    # Each destination's spans, as ``RoutedSpan`` entries.
-    groups: dict[Destination, list[tuple[float, int | None, tuple[Any, ...]]]] = field(
-        default_factory=dict
-    )
+    # Each destination's spans.
+    groups: dict[Destination, list[RoutedSpan]] = field(default_factory=dict)
     resources: dict[str, str] = field(default_factory=dict)
     rollouts: dict[str, RolloutInfo] = field(default_factory=dict)
     # Trace affinity: the first destination explicit ids give each trace in this request.
