@@ -70,7 +70,7 @@ class API:
         self.store.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def api(request: pytest.FixtureRequest) -> Iterator[API]:
     """The same suite on every backend: the embedded store and a real PostgreSQL server."""
     url = "memory://" if request.param == "sqlite" else request.getfixturevalue("pg_url")
