@@ -198,17 +198,36 @@ def test_a_rollout_created_by_otlp_is_an_ordinary_rollout(api: API) -> None:
 
 
 def test_watchdog_times_out_and_marks_unresponsive(api: API) -> None:
-    slow = {"timeout_seconds": 0.05}
-    quiet = {"unresponsive_seconds": 0.05, "max_attempts": 2, "retry_condition": ["unresponsive"]}
+    slow = {"timeout_seconds": 60}
+    quiet = {"unresponsive_seconds": 30, "max_attempts": 2, "retry_condition": ["unresponsive"]}
     [a] = enqueue(api, "a", config=slow)
     [b] = enqueue(api, "b", config=quiet)
     api.post("/queues/rollouts/dequeue", {"limit": 2, "worker_id": "w"})
+    api.clock.advance(59)
     assert api.get(f"/rollouts/{a['rollout_id']}")["status"] == "preparing"
-    api.clock.advance(0.1)
+    assert api.get(f"/rollouts/{b['rollout_id']}")["attempt"]["status"] == "unresponsive"
+    api.clock.advance(2)
     assert api.get(f"/rollouts/{a['rollout_id']}")["status"] == "failed"
     assert api.get(f"/rollouts/{a['rollout_id']}")["attempt"]["status"] == "timeout"
     assert api.get(f"/rollouts/{b['rollout_id']}")["status"] == "requeuing"
     assert api.get("/workers/w")["status"] == "unknown"
+
+
+def test_the_api_reads_every_time_from_its_clock(api: API) -> None:
+    t0 = api.clock()  # the API started then
+    api.clock.advance(100)
+    started = api.post("/rollouts", {"input": 1, "worker_id": "w"}, 201)
+    assert started["start_time"] == started["attempt"]["start_time"] == t0 + 100
+    resources = api.post("/resources", {"m": {"x": 1}}, 201)
+    assert resources["create_time"] == resources["update_time"] == t0 + 100
+    api.clock.advance(5)
+    rollout_id, attempt_id = started["rollout_id"], started["attempt"]["attempt_id"]
+    done = api.post(f"/rollouts/{rollout_id}/attempts/{attempt_id}", {"status": "succeeded"})
+    assert done["end_time"] == api.get(f"/rollouts/{rollout_id}")["end_time"] == t0 + 105
+    worker = api.get("/workers/w")
+    assert (worker["last_busy_time"], worker["last_idle_time"]) == (t0 + 100, t0 + 105)
+    assert api.post("/workers/w", {})["last_heartbeat_time"] == t0 + 105
+    assert api.get("/statistics")["uptime"] == 105
 
 
 def test_errors_answer_as_upstream(api: API) -> None:
