@@ -343,3 +343,13 @@ def test_only_one_receiver_holds_the_claim_at_a_time(pg_url: str) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_a_rollout_put_back_in_the_queue_goes_to_the_back(conn: Conn) -> None:
+    """Whether or not its old place was passed over yet (where receivers share the queue, a
+    rollout no longer queuing keeps its old place until someone takes one behind it)."""
+    first, second, third = (queue(conn) for _ in range(3))
+    life.set_rollout_status(conn, first, "cancelled", T0 + 1)
+    assert life.take_from_queue(conn) == second
+    life.set_rollout_status(conn, first, "queuing", T0 + 2)
+    assert [life.take_from_queue(conn) for _ in range(3)] == [third, first, None]
