@@ -9,6 +9,8 @@ import pytest
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
 from lightning_otlp.store import SQLiteStore
+from lightning_otlp.store.dialect import Conn
+from lightning_otlp.store.postgres import PostgresStore
 
 from .support import ReceiverProcess
 
@@ -46,6 +48,30 @@ def start_receiver(tmp_path: Path) -> Iterator[Callable[..., ReceiverProcess]]:
     yield start
     for proc in started:
         proc.stop()
+
+
+# -- the store's policy on every backend ------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def sql_store(request: pytest.FixtureRequest) -> Iterator[SQLiteStore | PostgresStore]:
+    """An opened store on each backend: SQLite in memory, and a fresh database on a real
+    PostgreSQL server. The policy is written once; its tests run unchanged on both."""
+    store: SQLiteStore | PostgresStore
+    if request.param == "sqlite":
+        store = SQLiteStore(":memory:", synchronous="OFF")
+    else:
+        store = PostgresStore(request.getfixturevalue("pg_url"))
+    store.open()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def conn(sql_store: SQLiteStore | PostgresStore) -> Iterator[Conn]:
+    """One write transaction on ``sql_store``, as the store's policy functions run in."""
+    with sql_store.transaction() as connection:
+        yield connection
 
 
 # -- PostgreSQL (tests/postgres.py imports psycopg, from the postgres extra: imported on use) --

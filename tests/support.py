@@ -28,6 +28,21 @@ _GIVEN: set[int] = set()
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
 
 
+class Clock:
+    """A clock a test moves on by hand (``advance``), for code that takes one: deadlines pass
+    without the test waiting for them, however busy the machine is."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
 def free_port() -> int:
     """A loopback port free now, for a server that cannot bind port 0 and report what it got;
     never the same one twice in a run, and each pytest-xdist worker picks from its own share."""

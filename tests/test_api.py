@@ -20,7 +20,7 @@ from lightning_otlp.store import SQLiteStore
 from lightning_otlp.wiring import open_store
 
 from .payloads import make_request, make_span
-from .support import ReceiverProcess
+from .support import Clock, ReceiverProcess
 
 pytestmark = pytest.mark.api
 
@@ -32,7 +32,11 @@ class API:
         self.store = open_store(url)
         self.store.open()
         self.pipeline = Pipeline(self.store)
-        app = build_http_app(HTTPReceiver(self.pipeline), self.pipeline, watchdog_interval=0)
+        # The API's time: a test moves it on (``clock.advance``) instead of waiting.
+        self.clock = Clock()
+        app = build_http_app(
+            HTTPReceiver(self.pipeline), self.pipeline, watchdog_interval=0, clock=self.clock
+        )
         self.loop = asyncio.new_event_loop()
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://test"
@@ -157,7 +161,7 @@ def test_one_span_counter_for_rest_spans_next_and_otlp(api: API) -> None:
     [taken] = api.post("/queues/rollouts/dequeue", {})
     rollout_id, attempt_id = rollout["rollout_id"], taken["attempt"]["attempt_id"]
     ask = {"rollout_id": rollout_id, "attempt_id": attempt_id}
-    before = int(time.time() * 1e6)
+    before = int(api.clock() * 1e6)  # the API's now
     first = api.post("/spans/next", ask)["sequence_id"]
     assert first >= before
     api.post("/spans", span(rollout_id, attempt_id, first, 1), 201)
@@ -194,16 +198,36 @@ def test_a_rollout_created_by_otlp_is_an_ordinary_rollout(api: API) -> None:
 
 
 def test_watchdog_times_out_and_marks_unresponsive(api: API) -> None:
-    slow = {"timeout_seconds": 0.05}
-    quiet = {"unresponsive_seconds": 0.05, "max_attempts": 2, "retry_condition": ["unresponsive"]}
+    slow = {"timeout_seconds": 60}
+    quiet = {"unresponsive_seconds": 30, "max_attempts": 2, "retry_condition": ["unresponsive"]}
     [a] = enqueue(api, "a", config=slow)
     [b] = enqueue(api, "b", config=quiet)
     api.post("/queues/rollouts/dequeue", {"limit": 2, "worker_id": "w"})
-    asyncio.run(asyncio.sleep(0.1))
+    api.clock.advance(59)
+    assert api.get(f"/rollouts/{a['rollout_id']}")["status"] == "preparing"
+    assert api.get(f"/rollouts/{b['rollout_id']}")["attempt"]["status"] == "unresponsive"
+    api.clock.advance(2)
     assert api.get(f"/rollouts/{a['rollout_id']}")["status"] == "failed"
     assert api.get(f"/rollouts/{a['rollout_id']}")["attempt"]["status"] == "timeout"
     assert api.get(f"/rollouts/{b['rollout_id']}")["status"] == "requeuing"
     assert api.get("/workers/w")["status"] == "unknown"
+
+
+def test_the_api_reads_every_time_from_its_clock(api: API) -> None:
+    t0 = api.clock()  # the API started then
+    api.clock.advance(100)
+    started = api.post("/rollouts", {"input": 1, "worker_id": "w"}, 201)
+    assert started["start_time"] == started["attempt"]["start_time"] == t0 + 100
+    resources = api.post("/resources", {"m": {"x": 1}}, 201)
+    assert resources["create_time"] == resources["update_time"] == t0 + 100
+    api.clock.advance(5)
+    rollout_id, attempt_id = started["rollout_id"], started["attempt"]["attempt_id"]
+    done = api.post(f"/rollouts/{rollout_id}/attempts/{attempt_id}", {"status": "succeeded"})
+    assert done["end_time"] == api.get(f"/rollouts/{rollout_id}")["end_time"] == t0 + 105
+    worker = api.get("/workers/w")
+    assert (worker["last_busy_time"], worker["last_idle_time"]) == (t0 + 100, t0 + 105)
+    assert api.post("/workers/w", {})["last_heartbeat_time"] == t0 + 105
+    assert api.get("/statistics")["uptime"] == 105
 
 
 def test_errors_answer_as_upstream(api: API) -> None:

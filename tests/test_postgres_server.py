@@ -32,8 +32,9 @@ def test_the_fixture_database_is_empty_and_the_server_takes_a_fleet(pg_url: str)
 
 
 def test_the_server_never_runs_as_root(pg_server: PostgresServer) -> None:
-    (pid,) = query(pg_server.url(), "SELECT pg_backend_pid()")[0]
-    owner = os.stat(f"/proc/{pid}").st_uid
+    with connect(pg_server.url()) as conn:  # the backend lives as long as its connection
+        (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone() or (0,)
+        owner = os.stat(f"/proc/{pid}").st_uid
     assert owner != 0
     if os.geteuid() == 0:
         assert pwd.getpwuid(owner).pw_name == "postgres"

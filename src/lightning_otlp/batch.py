@@ -27,11 +27,14 @@ class SpanRow(NamedTuple):
     resource_id: str
 
 
-# A span in its destination's group, ``(start, sequence_id, row)``: its start time (0.0 when it
-# has none: spans are numbered in this order), an explicit ``agentlightning.span_sequence_id``
-# kept as sent (or None), and its row. A plain tuple, unpacked where it is read: one named
-# tuple per span costs routing a quarter of its time.
-RoutedSpan = tuple[float, int | None, SpanRow]
+class RoutedSpan(NamedTuple):
+    """A span in its destination's group: the order and sequence id it is stored with. Routing
+    makes one per span with ``tuple.__new__``: a named tuple's own constructor is a Python
+    call, which would cost routing a tenth of its time."""
+
+    start: float  # start time, 0.0 when the span has none: spans are numbered in this order
+    sequence_id: int | None  # an explicit ``agentlightning.span_sequence_id``, kept as sent
+    row: SpanRow
 
 
 class Outcome(NamedTuple):
@@ -63,10 +66,8 @@ class RolloutInfo:
 class SpanBatch:
     """One request, routed: spans grouped by destination, ready for one store transaction."""
 
-    # Each destination's spans, as ``RoutedSpan`` entries.
-    groups: dict[Destination, list[tuple[float, int | None, tuple[Any, ...]]]] = field(
-        default_factory=dict
-    )
+    # Each destination's spans.
+    groups: dict[Destination, list[RoutedSpan]] = field(default_factory=dict)
     resources: dict[str, str] = field(default_factory=dict)
     rollouts: dict[str, RolloutInfo] = field(default_factory=dict)
     # Trace affinity: the first destination explicit ids give each trace in this request.

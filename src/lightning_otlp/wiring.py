@@ -6,6 +6,9 @@ store imports another kind of store, and a backend joins by adding its branch he
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from .forward.store import ForwardingStore
 from .receiver.pipeline import Pipeline
 from .receiver.route import RoutingConfig
@@ -55,15 +58,16 @@ def open_store(
 
 
 def lightning_api(
-    store: Served, *, watchdog_interval: float = 10.0
+    store: Served, *, watchdog_interval: float = 10.0, clock: Callable[[], float] = time.time
 ) -> LightningStoreBackend | None:
     """Agent Lightning's LightningStore API over an opened store (served at ``/v1/agl``), opened;
-    None when the LightningStore is elsewhere (a forwarder's is the server it feeds)."""
+    None when the LightningStore is elsewhere (a forwarder's is the server it feeds). ``clock``
+    is the time the API reads (deadlines, start and end times)."""
     backend: SQLLightningStore
     if isinstance(store, SQLiteStore):
-        backend = SQLiteLightningStore(store, scan_debounce=watchdog_interval)
+        backend = SQLiteLightningStore(store, scan_debounce=watchdog_interval, clock=clock)
     elif isinstance(store, PostgresStore):
-        backend = PostgresLightningStore(store, scan_debounce=watchdog_interval)
+        backend = PostgresLightningStore(store, scan_debounce=watchdog_interval, clock=clock)
     else:
         return None
     backend.open()

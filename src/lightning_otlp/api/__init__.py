@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ..receiver.auth import BearerAuth
@@ -31,13 +33,15 @@ def build_http_app(
     watchdog_interval: float = 10.0,
     auth: BearerAuth | None = None,
     limits: APILimits | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> ReceiverApp:
     """The OTLP/HTTP port's app: ``receiver`` plus the API when the store can serve it.
 
-    ``dashboard`` is a directory, ``"auto"`` for the installed agentlightning's, or None.
+    ``dashboard`` is a directory, ``"auto"`` for the installed agentlightning's, or None;
+    ``clock`` is the time the API reads (``wiring.lightning_api``).
     """
     api = None
-    backend = lightning_api(pipeline.store, watchdog_interval=watchdog_interval)
+    backend = lightning_api(pipeline.store, watchdog_interval=watchdog_interval, clock=clock)
     if backend is not None:
         limits = limits or APILimits(max_request_bytes=pipeline.max_request_bytes)
         api = LightningAPI(

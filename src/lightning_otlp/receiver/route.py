@@ -18,7 +18,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from .. import ids, semconv
-from ..batch import MAX_SEQUENCE_ID, Origin, Outcome, RolloutInfo, SpanBatch, SpanRow
+from ..batch import (
+    MAX_SEQUENCE_ID,
+    Origin,
+    Outcome,
+    RolloutInfo,
+    RoutedSpan,
+    SpanBatch,
+    SpanRow,
+)
 from ..defaults import FALLBACKS
 from ..errors import InvalidRequest
 from ..otlp import attributes, plain_value
@@ -26,7 +34,7 @@ from .decode import PROTOBUF, attribute_maps
 
 Fallback = Literal["trace", "reject"]
 
-# A row made without ``SpanRow``'s own ``__new__`` (a Python function call per span).
+# Named rows made without their own ``__new__`` (a Python function call per span).
 _new_row = tuple.__new__
 
 _STATUS: Final[tuple[str, ...]] = ("UNSET", "OK", "ERROR")
@@ -243,7 +251,7 @@ def route(
                 group = groups.get(dest)
                 if group is None:
                     group = groups[dest] = []
-                group.append((start or 0.0, explicit_seq, row))
+                group.append(_new_row(RoutedSpan, (start or 0.0, explicit_seq, row)))
     batch.accepted = batch.received - batch.rejected
     return batch
 

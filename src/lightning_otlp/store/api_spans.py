@@ -10,7 +10,7 @@ the sequence ids the OTLP path gives spans from their start times.
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Final, cast
 
@@ -46,6 +46,7 @@ class SpansAPI:
     """The span calls; the rest of the API (``store.api_store``) supplies its transactions."""
 
     store: SQLBackend
+    clock: Callable[[], float]
 
     def _reading(self) -> bool:
         raise NotImplementedError
@@ -62,7 +63,7 @@ class SpansAPI:
         attempt_id = span["attempt_id"]
         sequence_id = int(span["sequence_id"])
         with self._transaction() as conn:
-            now = time.time()
+            now = self.clock()
             life.raise_counter(conn, rollout_id, attempt_id, sequence_id + 1)
             if life.rollout_row(conn, rollout_id) is None:
                 raise NotFound(f"Rollout {rollout_id} not found")
@@ -100,7 +101,7 @@ class SpansAPI:
         with self._transaction() as conn:
             value = life.rollout_counter(conn, rollout_id)
             if self.store.sequence_ids == "start-time":
-                wanted = [max(value, int(time.time() * 1e6))]
+                wanted = [max(value, int(self.clock() * 1e6))]
                 value = free_sequence_ids(conn, rollout_id, attempt_id, wanted)[0]
                 conn.execute(
                     "INSERT INTO span_issued (rollout_id, attempt_id, sequence_id)"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final
 
@@ -63,14 +63,23 @@ class SQLLightningStore(SpansAPI):
     Args:
         store: the receiver's store; its transactions are the API's.
         scan_debounce: seconds between watchdog scans (upstream's default is 10).
+        clock: the time in seconds since the epoch; every time the API reads (start and end
+            times, heartbeats, deadlines) comes from it, so tests can move it on.
     """
 
     name = "SQLiteLightningStore"
 
-    def __init__(self, store: SQLBackend, *, scan_debounce: float = DEFAULT_SCAN_DEBOUNCE) -> None:
+    def __init__(
+        self,
+        store: SQLBackend,
+        *,
+        scan_debounce: float = DEFAULT_SCAN_DEBOUNCE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.scan_debounce = scan_debounce
-        self._launch_time = time.time()
+        self.clock = clock
+        self._launch_time = clock()
         self._last_scan = self._launch_time - scan_debounce
         self._local = threading.local()
 
@@ -94,7 +103,7 @@ class SQLLightningStore(SpansAPI):
         return bool(getattr(self._local, "reading", False))
 
     def scan_due(self) -> bool:
-        return time.time() - self._last_scan >= self.scan_debounce
+        return self.clock() - self._last_scan >= self.scan_debounce
 
     @retried
     def watch(self) -> None:
@@ -118,13 +127,13 @@ class SQLLightningStore(SpansAPI):
         if self._reading():
             with self.store.snapshot() as conn:
                 if (everything or rollout_ids) and life.overdue(
-                    conn, time.time(), None if everything else rollout_ids
+                    conn, self.clock(), None if everything else rollout_ids
                 ):
                     raise ScanNeeded("an attempt the read is about is past its deadline")
                 yield conn
             return
         with self.store.transaction() as conn:
-            self.scan(conn, time.time(), everything, rollout_ids)
+            self.scan(conn, self.clock(), everything, rollout_ids)
             yield conn
 
     def scan(
@@ -160,7 +169,7 @@ class SQLLightningStore(SpansAPI):
                 "total_spans": count("spans"),
                 "total_resources": count("agl_resources"),
                 "total_workers": count("agl_workers"),
-                "uptime": time.time() - self._launch_time,
+                "uptime": self.clock() - self._launch_time,
             }
 
     # -- rollouts --------------------------------------------------------------------------
@@ -176,7 +185,7 @@ class SQLLightningStore(SpansAPI):
         worker_id: str | None,
     ) -> Record:
         with self._watched() as conn:
-            now = time.time()
+            now = self.clock()
             if resources_id is None:
                 resources_id = _latest_resources_id(conn)
             rollout_id = new_rollout_id()
@@ -205,7 +214,7 @@ class SQLLightningStore(SpansAPI):
                     request.get("config"),
                     request.get("metadata"),
                     "queuing",
-                    time.time(),  # each its own, as upstream: sorting by start time is stable
+                    self.clock(),  # each its own, as upstream: sorting by start time is stable
                 )
                 out.append(life.rollout(conn, rollout_id))
             return out
@@ -213,7 +222,7 @@ class SQLLightningStore(SpansAPI):
     @retried
     def dequeue_rollouts(self, limit: int, worker_id: str | None) -> list[Record]:
         with self._watched() as conn:
-            now = time.time()
+            now = self.clock()
             out: list[Record] = []
             while len(out) < limit:
                 rollout_id = life.take_from_queue(conn)
@@ -231,7 +240,7 @@ class SQLLightningStore(SpansAPI):
     @retried
     def start_attempt(self, rollout_id: str, worker_id: str | None) -> Record:
         with self._watched(rollout_id) as conn:
-            now = time.time()
+            now = self.clock()
             if life.rollout_row(conn, rollout_id) is None:
                 raise NotFound(f"Rollout {rollout_id} not found")
             attempt = life.new_attempt(conn, rollout_id, worker_id, now)
@@ -297,7 +306,7 @@ class SQLLightningStore(SpansAPI):
         with self._watched(rollout_id) as conn:
             if life.rollout_row(conn, rollout_id) is None:
                 raise NotFound(f"Rollout {rollout_id} not found")
-            now = time.time()
+            now = self.clock()
             for name in ("input", "config", "metadata"):
                 if name in fields:
                     conn.execute(
@@ -353,7 +362,7 @@ class SQLLightningStore(SpansAPI):
     @retried
     def update_attempt(self, rollout_id: str, attempt_id: str, fields: Record) -> Record:
         with self._watched(rollout_id) as conn:
-            return life.update_attempt(conn, rollout_id, attempt_id, fields, time.time())
+            return life.update_attempt(conn, rollout_id, attempt_id, fields, self.clock())
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -389,7 +398,7 @@ class SQLLightningStore(SpansAPI):
     @retried
     def update_worker(self, worker_id: str, heartbeat_stats: Record | Unset) -> Record:
         with self._transaction() as conn:
-            values: dict[str, Any] = {"last_heartbeat_time": time.time()}
+            values: dict[str, Any] = {"last_heartbeat_time": self.clock()}
             if not isinstance(heartbeat_stats, Unset):
                 values["heartbeat_stats"] = life.dump(dict(heartbeat_stats))
             life.upsert_worker(conn, worker_id, values)
@@ -401,7 +410,7 @@ class SQLLightningStore(SpansAPI):
     def add_resources(self, resources: Record) -> Record:
         with self._transaction() as conn:
             resources_id = new_resources_id()
-            now = time.time()
+            now = self.clock()
             conn.execute(
                 f"INSERT INTO agl_resources ({_RESOURCE_COLUMNS}, touched) VALUES (?, ?, ?, ?, 1,"
                 " (SELECT COALESCE(MAX(touched), 0) + 1 FROM agl_resources))",
@@ -412,7 +421,7 @@ class SQLLightningStore(SpansAPI):
     @retried
     def update_resources(self, resources_id: str, resources: Record) -> Record:
         with self._watched() as conn:
-            now = time.time()
+            now = self.clock()
             conn.execute(
                 f"INSERT INTO agl_resources ({_RESOURCE_COLUMNS}, touched) VALUES (?, ?, ?, ?, 1,"
                 " (SELECT COALESCE(MAX(touched), 0) + 1 FROM agl_resources))"

@@ -154,11 +154,14 @@ def insert_rollout(
 
 
 def set_rollout_status(conn: Conn, rollout_id: str, status: str, now: float) -> None:
-    """Status, end time when finished, and back into the queue when (re)queuing."""
+    """Status, end time when finished, and back into the queue when (re)queuing: at the back,
+    even where its old place is still marked (several receivers leave a place behind until
+    one takes a rollout after it), as upstream's queue drops such places on the way."""
     conn.execute(
         "UPDATE rollouts SET status = ?,"
         " end_time = CASE WHEN ? THEN ? ELSE end_time END,"
-        " queue_seq = CASE WHEN ? AND queue_seq IS NULL THEN"
+        " queue_seq = CASE WHEN ? AND (queue_seq IS NULL"
+        "  OR status NOT IN ('queuing', 'requeuing')) THEN"
         "  (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM rollouts WHERE queue_seq IS NOT NULL)"
         " ELSE queue_seq END"
         " WHERE rollout_id = ?",

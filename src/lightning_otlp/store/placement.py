@@ -7,9 +7,9 @@ lifecycle rule (``store.lifecycle``). Each function runs in the caller's transac
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import Final, NamedTuple
 
-from ..batch import Destination, RolloutInfo, SpanBatch
+from ..batch import Destination, RolloutInfo, RoutedSpan, SpanBatch
 from ..ids import attempt_id_for, rollout_id_for_trace
 from . import lifecycle
 from .affinity import Changes, TraceAffinity
@@ -24,15 +24,26 @@ NO_SUCH_ATTEMPT: Final = (
     " manages (its attempts start through the API: dequeue or start_attempt)"
 )
 
+Groups = dict[Destination, list[RoutedSpan]]
+
+
+class MovedSpan(NamedTuple):
+    """A stored span a binding moves to its trace's rollout, numbered there with the request's
+    spans (``sequence.sequence_ids``)."""
+
+    start: float
+    sequence_id: None
+    rowid: int
+
 
 def follow_bindings(
     affinity: TraceAffinity, batch: SpanBatch
-) -> tuple[dict[Destination, list[Any]], dict[Destination, Destination]]:
+) -> tuple[Groups, dict[Destination, Destination]]:
     """Send spans without explicit ids to the rollout their trace is bound to."""
     known = affinity.bindings
     fresh = batch.bindings
     rollouts = batch.rollouts
-    groups: dict[Destination, list[Any]] = {}
+    groups: Groups = {}
     retarget: dict[Destination, Destination] = {}
     for dest, group in batch.groups.items():
         info = rollouts.get(dest[0])
@@ -40,13 +51,13 @@ def follow_bindings(
             groups.setdefault(dest, []).extend(group)
             continue
         stay = []
-        for item in group:
-            trace_id = item[2][0]
+        for entry in group:
+            trace_id = entry.row.trace_id
             target = known.get(trace_id) or fresh.get(trace_id)
             if target is None:
-                stay.append(item)
+                stay.append(entry)
             else:
-                groups.setdefault(target, []).append(item)
+                groups.setdefault(target, []).append(entry)
                 retarget[dest] = target
         if stay:
             groups.setdefault(dest, []).extend(stay)
@@ -57,11 +68,13 @@ def claim_moves(
     conn: Conn,
     affinity: TraceAffinity,
     batch: SpanBatch,
-    groups: dict[Destination, list[Any]],
+    groups: Groups,
     now: float,
     changes: Changes,
-) -> dict[Destination, list[tuple[float, None, int]]]:
-    moves: dict[Destination, list[tuple[float, None, int]]] = {}
+) -> dict[Destination, list[MovedSpan]]:
+    """The stored spans of per-trace rollouts this request's bindings empty (inside the
+    affinity window), by the destination they move to."""
+    moves: dict[Destination, list[MovedSpan]] = {}
     if not affinity.autos:
         return moves
     for trace_id, dest in batch.bindings.items():
@@ -75,13 +88,15 @@ def claim_moves(
         stored = conn.execute(
             "SELECT start_time, rowid FROM spans WHERE rollout_id = ?", (auto,)
         ).fetchall()
-        moves.setdefault(dest, []).extend((start or 0.0, None, rowid) for start, rowid in stored)
+        moves.setdefault(dest, []).extend(
+            MovedSpan(start or 0.0, None, rowid) for start, rowid in stored
+        )
         changes.moved.append(trace_id)
         changes.moved_spans += len(stored)
     return moves
 
 
-def finish_moves(conn: Conn, updates: list[tuple[Any, ...]], changes: Changes) -> None:
+def finish_moves(conn: Conn, updates: list[tuple[str, str, int, int]], changes: Changes) -> None:
     # A span already in the target (sent twice) stays behind, and goes with its rollout.
     conn.executemany(
         "UPDATE spans SET rollout_id = ?, attempt_id = ?, sequence_id = ? WHERE rowid = ?"
@@ -173,7 +188,7 @@ def ensure_attempt(
     conn: Conn,
     rollout_id: str,
     attempt_id: str | None,
-    group: list[tuple[float, int | None, tuple[Any, ...]]],
+    group: list[RoutedSpan],
     now: float,
 ) -> tuple[str, int]:
     if attempt_id is None:
@@ -192,7 +207,7 @@ def ensure_attempt(
         ).fetchone()
         if found is not None:
             return attempt_id, attempt_counter(conn, rollout_id, attempt_id, found[0])
-    starts = [g[0] for g in group if g[0]]
+    starts = [entry.start for entry in group if entry.start]
     start = min(min(starts), now) if starts else now
     conn.execute(
         "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"
@@ -227,13 +242,13 @@ def managed(conn: Conn, rollout_ids: set[str]) -> set[str]:
 def refuse_unknown_attempts(
     conn: Conn,
     batch: SpanBatch,
-    groups: dict[Destination, list[Any]],
+    groups: Groups,
     managed: set[str],
-) -> dict[Destination, list[Any]]:
+) -> Groups:
     """The groups whose attempt exists; spans for an API-managed rollout's missing attempt are
     refused (upstream refuses a span for an unknown attempt too): an OTLP span must not start
     an attempt, which would take a queued rollout off the queue or reopen a finished one."""
-    kept: dict[Destination, list[Any]] = {}
+    kept: Groups = {}
     for dest, group in groups.items():
         rollout_id, attempt_id = dest
         if rollout_id in managed:

@@ -104,7 +104,6 @@ def redact(url: str) -> str:
 
 
 class PostgresStore(SQLStore):
-
     """A store in a PostgreSQL database many receivers share.
 
     Args:
@@ -310,7 +309,7 @@ class PostgresStore(SQLStore):
         for dest, group in batch.groups.items():
             info = batch.rollouts.get(dest[0])
             if info is not None and info.origin != "explicit":
-                traces.update(item[2][0] for item in group)
+                traces.update(entry.row.trace_id for entry in group)
         for chunk in chunks(list(traces)):
             for trace_id, rollout_id, attempt_id in conn.execute(
                 "SELECT trace_id, rollout_id, attempt_id FROM trace_bindings"

@@ -3,7 +3,8 @@ rest from the attempt's counter or from each span's start time, never one alread
 
 from __future__ import annotations
 
-from typing import Any, Final, cast
+from collections.abc import Sequence
+from typing import Final, Protocol, cast
 
 from ..batch import MAX_SEQUENCE_ID
 from .dialect import Conn
@@ -13,19 +14,29 @@ from .dialect import Conn
 _COUNTER_CEILING: Final = 2**62
 
 
+class Numbered(Protocol):
+    """A span to number: a request's (``batch.RoutedSpan``) or a stored one moving in."""
+
+    @property
+    def start(self) -> float: ...
+
+    @property
+    def sequence_id(self) -> int | None: ...
+
+
 def sequence_ids(
     mode: str,
     conn: Conn,
     rollout_id: str,
     attempt_id: str,
-    entries: list[tuple[float, int | None, Any]],
+    entries: Sequence[Numbered],
     next_seq: int,
 ) -> list[int]:
     """Each entry's sequence id: an explicit one as given; otherwise the attempt's counter
     in arrival order, or (``start-time``) the span's start in microseconds, so a span that
     arrives late (an exporter's batch delay) still sorts where it started, stepped past
     every id already taken in the attempt so none repeats."""
-    out: list[int | None] = [explicit for _, explicit, _ in entries]
+    out: list[int | None] = [entry.sequence_id for entry in entries]
     if mode == "counter":
         for i, seq in enumerate(out):
             if seq is None:
@@ -35,12 +46,12 @@ def sequence_ids(
     # Timed spans in start order, then any without a start time after them.
     order = sorted(
         (i for i, seq in enumerate(out) if seq is None),
-        key=lambda i: (entries[i][0] <= 0, entries[i][0]),
+        key=lambda i: (entries[i].start <= 0, entries[i].start),
     )
     wanted = []
     previous = 0
     for i in order:
-        start = entries[i][0]
+        start = entries[i].start
         value = max(round(start * 1_000_000) if start > 0 else next_seq, previous)
         wanted.append(value)
         previous = value

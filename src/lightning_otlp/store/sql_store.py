@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Final
 
-from ..batch import Destination, SpanBatch
+from ..batch import Destination, RoutedSpan, SpanBatch
 from . import placement, views
 from .affinity import Changes, TraceAffinity
 from .base import Metric, StoreOptions, WriteResult
@@ -149,19 +149,21 @@ class SQLStore:
         moves = placement.claim_moves(conn, affinity, batch, groups, now, changes)
         resolved: dict[Destination, str] = {}
         rows: list[tuple[Any, ...]] = []
-        updates: list[tuple[Any, ...]] = []
+        updates: list[tuple[str, str, int, int]] = []
         for dest, group in groups.items():
             rollout_id = dest[0]
             attempt_id, next_seq = placement.ensure_attempt(conn, rollout_id, dest[1], group, now)
             resolved[dest] = attempt_id
             # Spans moving here arrived before this request's spans.
-            entries: list[Any] = [*moves[dest], *group] if dest in moves else group
+            entries: Sequence[RoutedSpan | placement.MovedSpan] = (
+                [*moves[dest], *group] if dest in moves else group
+            )
             seqs = sequence_ids(self.sequence_ids, conn, rollout_id, attempt_id, entries, next_seq)
-            for (_, _, row), seq in zip(entries, seqs, strict=True):
-                if isinstance(row, int):  # a stored span's rowid: it moves here
-                    updates.append((rollout_id, attempt_id, seq, row))
-                else:
-                    rows.append((rollout_id, attempt_id, seq, *row))
+            for entry, seq in zip(entries, seqs, strict=True):
+                if isinstance(entry, RoutedSpan):
+                    rows.append((rollout_id, attempt_id, seq, *entry.row))
+                else:  # a stored span: it moves here
+                    updates.append((rollout_id, attempt_id, seq, entry.rowid))
             next_seq = max(next_seq, max(seqs) + 1)
             conn.execute(
                 "UPDATE attempts SET next_span_seq = ?, last_heartbeat_time = ?,"

@@ -1,0 +1,116 @@
+"""Sequence ids within an attempt (``store.sequence``) on every backend: the counter, start
+times, explicit ids kept, and ids already stored or issued never given again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_otlp import semconv
+from lightning_otlp.batch import RoutedSpan, SpanRow
+from lightning_otlp.receiver.route import RoutingConfig, route
+from lightning_otlp.store.api_store import SQLLightningStore
+from lightning_otlp.store.dialect import Conn
+from lightning_otlp.store.postgres import PostgresStore
+from lightning_otlp.store.sequence import attempt_counter, free_sequence_ids, sequence_ids
+from lightning_otlp.store.sqlite import SQLiteStore
+
+from .payloads import make_request, make_span
+from .rollouts import started
+from .support import Clock
+
+_ROW = SpanRow(b"\x01" * 16, b"\x02" * 8, None, "s", None, None, "UNSET", b"", "r")
+
+
+def entry(start: float, explicit: int | None = None) -> RoutedSpan:
+    return RoutedSpan(start, explicit, _ROW)
+
+
+def begun(store: SQLiteStore | PostgresStore) -> dict[str, Any]:
+    """A rollout's running attempt, committed."""
+    with store.transaction() as conn:
+        return started(conn)
+
+
+def store_spans(store: SQLiteStore | PostgresStore, attempt: dict[str, Any], *spans: Any) -> None:
+    """One request of spans through the OTLP write path."""
+    ids = {semconv.ROLLOUT_ID: attempt["rollout_id"], semconv.ATTEMPT_ID: attempt["attempt_id"]}
+    store.write(route(make_request(list(spans), resource=ids), RoutingConfig()))
+
+
+def stored_ids(store: SQLiteStore | PostgresStore, rollout_id: str) -> dict[str, int]:
+    return {s["name"]: s["sequence_id"] for s in store.spans(rollout_id, raw=True)}
+
+
+def test_the_counter_numbers_in_arrival_order_and_keeps_explicit_ids(conn: Conn) -> None:
+    attempt = started(conn)
+    entries = [entry(5.0), entry(1.0, 7), entry(3.0), entry(0.0)]
+    out = sequence_ids("counter", conn, attempt["rollout_id"], attempt["attempt_id"], entries, 4)
+    assert out == [4, 7, 5, 6]
+
+
+def test_start_times_number_in_microseconds_past_explicit_ids(conn: Conn) -> None:
+    attempt = started(conn)
+    entries = [entry(2.0), entry(1.0), entry(0.0), entry(1.5, 1_000_000)]
+    out = sequence_ids("start-time", conn, attempt["rollout_id"], attempt["attempt_id"], entries, 4)
+    # 1.0 s wants 1_000_000, which the explicit id has; a span without a start time comes last
+    assert out == [2_000_000, 1_000_001, 2_000_001, 1_000_000]
+
+
+def test_spans_of_later_requests_step_past_stored_ids(
+    sql_store: SQLiteStore | PostgresStore,
+) -> None:
+    attempt = begun(sql_store)
+    start_ns = 1_700_000_000_000_000_000
+    store_spans(sql_store, attempt, make_span("first", start_ns=start_ns))
+    store_spans(sql_store, attempt, make_span("same start", start_ns=start_ns))
+    explicit = {semconv.SPAN_SEQUENCE_ID: 1_700_000_000_000_002}
+    store_spans(sql_store, attempt, make_span("explicit", attributes=explicit))
+    store_spans(sql_store, attempt, make_span("again", start_ns=start_ns))
+    assert stored_ids(sql_store, attempt["rollout_id"]) == {
+        "first": 1_700_000_000_000_000,
+        "same start": 1_700_000_000_000_001,
+        "explicit": 1_700_000_000_000_002,
+        "again": 1_700_000_000_000_003,
+    }
+
+
+def test_free_ids_step_past_a_run_of_taken_ones(sql_store: SQLiteStore | PostgresStore) -> None:
+    attempt = begun(sql_store)
+    rollout_id, attempt_id = attempt["rollout_id"], attempt["attempt_id"]
+    taken = [make_span(f"s{i}", attributes={semconv.SPAN_SEQUENCE_ID: i}) for i in range(5, 40)]
+    store_spans(sql_store, attempt, *taken)
+    with sql_store.transaction() as conn:
+        check_free_ids(conn, rollout_id, attempt_id)
+
+
+def check_free_ids(conn: Conn, rollout_id: str, attempt_id: str) -> None:
+    assert free_sequence_ids(conn, rollout_id, attempt_id, [5]) == [40]
+    assert free_sequence_ids(conn, rollout_id, attempt_id, [1, 1, 3, 41], {42}) == [1, 2, 3, 41]
+    assert free_sequence_ids(conn, rollout_id, attempt_id, [4, 4]) == [4, 40]
+    assert free_sequence_ids(conn, rollout_id, attempt_id, []) == []
+
+
+def test_an_id_spans_next_issued_is_never_given_to_an_otlp_span(
+    sql_store: SQLiteStore | PostgresStore,
+) -> None:
+    clock = Clock(1_700_000_000.0)
+    api = SQLLightningStore(sql_store, clock=clock)
+    attempt = api.start_rollout("task", None, None, None, None, None)["attempt"]
+    issued = api.next_span_sequence_id(attempt["rollout_id"], attempt["attempt_id"])
+    assert issued == 1_700_000_000_000_000  # now, in microseconds
+    store_spans(sql_store, attempt, make_span("otlp", start_ns=1_700_000_000 * 10**9))
+    assert stored_ids(sql_store, attempt["rollout_id"]) == {"otlp": issued + 1}
+
+
+def test_a_counter_out_of_bounds_is_rebuilt_from_the_spans(
+    sql_store: SQLiteStore | PostgresStore,
+) -> None:
+    attempt = begun(sql_store)
+    rollout_id, attempt_id = attempt["rollout_id"], attempt["attempt_id"]
+    with sql_store.transaction() as conn:
+        assert attempt_counter(conn, rollout_id, attempt_id, 0) == 1  # no spans yet
+    store_spans(sql_store, attempt, make_span("s", attributes={semconv.SPAN_SEQUENCE_ID: 41}))
+    with sql_store.transaction() as conn:
+        assert attempt_counter(conn, rollout_id, attempt_id, 7) == 7  # in bounds: kept
+        assert attempt_counter(conn, rollout_id, attempt_id, 2**62 + 1) == 42
+        assert attempt_counter(conn, rollout_id, attempt_id, 0) == 42
