@@ -16,6 +16,7 @@ receiver's peak resident memory against its configured request memory budget.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -23,7 +24,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,19 +170,24 @@ class Load:
 
 
 def drive(
-    label: str, endpoint: str, templates: list[list[bytes]], rate: float | None, pid: int
+    label: str,
+    endpoints: Sequence[str],
+    templates: list[list[bytes]],
+    rate: float | None,
+    cpu: Callable[[], float],
 ) -> Load:
     """All exporters at once for ``SECONDS``: back to back, or paced to ``rate`` spans/s (for
-    half as long); ``pid`` is the server's process, for its CPU time."""
+    half as long); exporter ``i`` sends to ``endpoints[i % len(endpoints)]``; ``cpu`` says the
+    CPU seconds the servers have used so far."""
     result = Load(label)
-    cpu_before = cpu_seconds(pid)
+    cpu_before = cpu()
     lock = threading.Lock()
     started = time.perf_counter()
     deadline = started + (SECONDS if rate is None else SECONDS / 2)
     interval = EXPORTERS * BATCH / rate if rate else 0.0
 
     def run(index: int) -> None:
-        exporter = OTLPSpanExporter(endpoint=endpoint, timeout=60)
+        exporter = OTLPSpanExporter(endpoint=endpoints[index % len(endpoints)], timeout=60)
         client = exporter._client  # the exporter's own HTTP client, retries and all
         batches = templates[index]
         next_at = started + interval * index / EXPORTERS
@@ -216,7 +222,7 @@ def drive(
     for t in threads:
         t.join()
     result.seconds = time.perf_counter() - started
-    result.cpu = cpu_seconds(pid) - cpu_before
+    result.cpu = cpu() - cpu_before
     say(result.line())
     return result
 
@@ -298,30 +304,33 @@ def main() -> None:
             templates = make_templates(rollouts)
             size = sum(len(b) for t in templates for b in t) / (EXPORTERS * TEMPLATES * BATCH)
             say(f"payload: {size:.0f} bytes a span on the wire")
+            agl_cpu = functools.partial(cpu_seconds, agl.pid)
             upstream = drive(
-                "agl store 0.3.0  -> memory", base + "/v1/traces", templates, None, agl.pid
+                "agl store 0.3.0  -> memory", [base + "/v1/traces"], templates, None, agl_cpu
             )
             settle(base)
             upstream_half = drive(
                 "agl store 0.3.0  at half load",
-                base + "/v1/traces",
+                [base + "/v1/traces"],
                 templates,
                 upstream.rate / 2,
-                agl.pid,
+                agl_cpu,
             )
             upstream_rss = peak_rss(agl.pid)
         receiver = ReceiverProcess(tmpdir / "bench.db").start()  # synchronous=FULL by default
         try:
             assert receiver.proc is not None
-            pid = receiver.proc.pid
-            url = receiver.traces_url
-            full = drive("lightning-otlp  -> SQLite, FULL sync", url, templates, None, pid)
+            ours_cpu = functools.partial(cpu_seconds, receiver.proc.pid)
+            url = [receiver.traces_url]
+            full = drive("lightning-otlp  -> SQLite, FULL sync", url, templates, None, ours_cpu)
             settle(receiver.http_url)
             behind_before = views_behind(receiver)
             trainer = Trainer(receiver)
             trainer.start()
             try:
-                half = drive("lightning-otlp  at half load", url, templates, full.rate / 2, pid)
+                half = drive(
+                    "lightning-otlp  at half load", url, templates, full.rate / 2, ours_cpu
+                )
             finally:
                 trainer.stop.set()
                 trainer.join()
