@@ -146,6 +146,7 @@ class Ingest:
     client_cpu: float
     rss: int
     stored: int
+    conflicts: int = 0
 
     def per_span(self, cpu: float) -> float:
         return cpu / self.load.spans * 1e6 if self.load.spans else float("nan")
@@ -156,7 +157,8 @@ class Ingest:
             f" database {self.per_span(self.database_cpu):.1f},"
             f" clients {self.per_span(self.client_cpu):.1f};"
             f" peak RSS a receiver {self.rss / 2**20:.0f} MiB;"
-            f" {self.stored:,} spans stored, {self.load.spans:,} acknowledged"
+            f" {self.stored:,} spans stored, {self.load.spans:,} acknowledged;"
+            f" {self.conflicts} transactions run again after a conflict"
         )
 
 
@@ -181,23 +183,27 @@ def ingest(
         max(peak_rss(pid) for pid in pids),
         stored(),
     )
-    say(out.line())
-    errors = sum(failed_requests(r.health_url) for r in fleet)
+    errors = metric(fleet, "lightning_otlp_failed_requests")
+    out.conflicts = metric(fleet, "lightning_otlp_store_conflicts")
     if out.stored < result.spans or out.stored > result.spans + result.failed * BATCH:
         raise RuntimeError(f"{label}: {out.stored:,} spans stored, {result.spans:,} acknowledged")
     if errors or result.failed or fleet.tracebacks():
         raise RuntimeError(f"{label}: {errors} exports answered with an error")
+    say(out.line())
     return out
 
 
-def failed_requests(health_url: str) -> int:
-    """Exports the receiver answered with an error (its own counter)."""
-    text = httpx.get(health_url + "/metrics", timeout=30).text
-    return sum(
-        int(float(line.split()[-1]))
-        for line in text.splitlines()
-        if line.startswith("lightning_otlp_failed_requests{")
-    )
+def metric(fleet: Fleet, name: str) -> int:
+    """A counter summed over the fleet's receivers (and over its labels)."""
+    total = 0
+    for receiver in fleet:
+        text = httpx.get(receiver.health_url + "/metrics", timeout=30).text
+        total += sum(
+            int(float(line.split()[-1]))
+            for line in text.splitlines()
+            if line.startswith((name + "{", name + " "))
+        )
+    return total
 
 
 @contextmanager
