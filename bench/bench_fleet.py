@@ -157,6 +157,7 @@ class Ingest:
     rss: int
     stored: int
     conflicts: int = 0
+    wal: float = 0.0  # bytes of PostgreSQL's write-ahead log meanwhile
 
     def per_span(self, cpu: float) -> float:
         return cpu / self.load.spans * 1e6 if self.load.spans else float("nan")
@@ -290,7 +291,17 @@ def run_ingest(tmp: Path) -> list[Ingest]:
             workdir.mkdir()
             with Fleet(url, workdir, count=count) as fleet:
                 label = f"lightning-otlp  {count} x PostgreSQL"
-                runs.append(ingest(label, fleet, templates, pg_cpu, count_pg(url)))
+                lsn = query(url, "SELECT pg_current_wal_lsn()")[0][0]
+                run = ingest(label, fleet, templates, pg_cpu, count_pg(url))
+                run.wal = float(
+                    query(url, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn,))[0][0]
+                )
+                size = query(url, "SELECT pg_total_relation_size('spans')")[0][0]
+                say(
+                    f"  PostgreSQL: WAL {run.wal / run.stored:,.0f} bytes a span; the spans table"
+                    f" with its indexes {size / run.stored:,.0f} bytes a span"
+                )
+                runs.append(run)
                 settle(fleet.http_urls[0])
     return runs
 
