@@ -7,7 +7,9 @@ Its spans are made by the SDK's ``TracerProvider`` and encoded by the SDK's enco
 clock starts, and each export sends a pre-encoded batch through the exporter's HTTP client: on a
 small machine, encoding in the timed loop would measure the exporters rather than the servers.
 Every export gets fresh trace and span ids (a byte marker in the ids is replaced), so no server
-sees a span twice. One span in five is a chat call carrying about 2 KB of messages.
+sees a span twice, and later start and end times (the same with the times' upper half), so each
+rollout's spans move forward in time as an agent's do. One span in five is a chat call carrying
+about 2 KB of messages.
 
 Figures: spans/s at full load (all eight exporters sending back to back), then the latency of a
 512-span export at half that rate (paced, each server at half of its own maximum), and the
@@ -16,6 +18,7 @@ receiver's peak resident memory against its configured request memory budget.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -23,11 +26,12 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -50,6 +54,12 @@ READ_SPANS = 500
 READ_AFTER = 1.0
 # A 4-byte marker at the front of every trace and span id, replaced per export.
 _MARKER = b"\xfe\xed\xfa\xce"
+# The upper 32 bits of every span's start and end time (ns, little-endian on the wire), replaced
+# per export by a later value; the lower 32 bits (4.3 s) place the spans within their batch.
+_TIME_MARK = 0x19F1E2D3
+_TIME_BASE = 0x18000000
+_STEP_NS = 10_000
+_TIME_BYTES = _TIME_MARK.to_bytes(4, "little")
 PROTOBUF = {"content-type": "application/x-protobuf"}
 _MESSAGES_IN = json.dumps(
     [
@@ -92,9 +102,11 @@ def agent_batch(provider: TracerProvider, keep: _Keep, rollout: tuple[str, str])
     by the SDK's encoder as its HTTP exporter sends them."""
     tracer = provider.get_tracer("bench.agent", "1.0")
     ids = {"agentlightning.rollout_id": rollout[0], "agentlightning.attempt_id": rollout[1]}
+    clock = (_TIME_MARK << 32 | n * _STEP_NS for n in itertools.count(1))
     keep.spans.clear()
     while len(keep.spans) < BATCH:
-        with tracer.start_as_current_span("invoke_agent planner", attributes=ids):
+        agent = tracer.start_span("invoke_agent planner", attributes=ids, start_time=next(clock))
+        with trace.use_span(agent, end_on_exit=False):
             for step in range(9):
                 if len(keep.spans) + step >= BATCH - 1:
                     break
@@ -111,7 +123,10 @@ def agent_batch(provider: TracerProvider, keep: _Keep, rollout: tuple[str, str])
                         "gen_ai.input.messages": _MESSAGES_IN,
                         "gen_ai.output.messages": _MESSAGES_OUT,
                     }
-                    tracer.start_span("chat gpt-4o-mini", attributes=attrs).end()
+                    call = tracer.start_span(
+                        "chat gpt-4o-mini", attributes=attrs, start_time=next(clock)
+                    )
+                    call.end(next(clock))
                 else:
                     attrs = {
                         **ids,
@@ -119,7 +134,11 @@ def agent_batch(provider: TracerProvider, keep: _Keep, rollout: tuple[str, str])
                         "gen_ai.tool.name": "search",
                         "gen_ai.tool.call.id": f"call_{step}",
                     }
-                    tracer.start_span("execute_tool search", attributes=attrs).end()
+                    tool = tracer.start_span(
+                        "execute_tool search", attributes=attrs, start_time=next(clock)
+                    )
+                    tool.end(next(clock))
+        agent.end(next(clock))
     spans = keep.spans[:BATCH]
     return bytes(encode_spans(spans).SerializePartialToString())
 
@@ -169,19 +188,24 @@ class Load:
 
 
 def drive(
-    label: str, endpoint: str, templates: list[list[bytes]], rate: float | None, pid: int
+    label: str,
+    endpoints: Sequence[str],
+    templates: list[list[bytes]],
+    rate: float | None,
+    cpu: Callable[[], float],
 ) -> Load:
     """All exporters at once for ``SECONDS``: back to back, or paced to ``rate`` spans/s (for
-    half as long); ``pid`` is the server's process, for its CPU time."""
+    half as long); exporter ``i`` sends to ``endpoints[i % len(endpoints)]``; ``cpu`` says the
+    CPU seconds the servers have used so far."""
     result = Load(label)
-    cpu_before = cpu_seconds(pid)
+    cpu_before = cpu()
     lock = threading.Lock()
     started = time.perf_counter()
     deadline = started + (SECONDS if rate is None else SECONDS / 2)
     interval = EXPORTERS * BATCH / rate if rate else 0.0
 
     def run(index: int) -> None:
-        exporter = OTLPSpanExporter(endpoint=endpoint, timeout=60)
+        exporter = OTLPSpanExporter(endpoint=endpoints[index % len(endpoints)], timeout=60)
         client = exporter._client  # the exporter's own HTTP client, retries and all
         batches = templates[index]
         next_at = started + interval * index / EXPORTERS
@@ -196,7 +220,8 @@ def drive(
             if time.perf_counter() >= deadline:
                 break
             marker = ((index + 1) << 24 | n).to_bytes(4, "big")
-            body = batches[n % TEMPLATES].replace(_MARKER, marker)
+            later = (_TIME_BASE + n * EXPORTERS + index).to_bytes(4, "little")
+            body = batches[n % TEMPLATES].replace(_MARKER, marker).replace(_TIME_BYTES, later)
             t0 = time.perf_counter()
             ok = client.export(body).success
             latencies.append(time.perf_counter() - t0)
@@ -216,7 +241,7 @@ def drive(
     for t in threads:
         t.join()
     result.seconds = time.perf_counter() - started
-    result.cpu = cpu_seconds(pid) - cpu_before
+    result.cpu = cpu() - cpu_before
     say(result.line())
     return result
 
@@ -298,30 +323,33 @@ def main() -> None:
             templates = make_templates(rollouts)
             size = sum(len(b) for t in templates for b in t) / (EXPORTERS * TEMPLATES * BATCH)
             say(f"payload: {size:.0f} bytes a span on the wire")
+            agl_cpu = functools.partial(cpu_seconds, agl.pid)
             upstream = drive(
-                "agl store 0.3.0  -> memory", base + "/v1/traces", templates, None, agl.pid
+                "agl store 0.3.0  -> memory", [base + "/v1/traces"], templates, None, agl_cpu
             )
             settle(base)
             upstream_half = drive(
                 "agl store 0.3.0  at half load",
-                base + "/v1/traces",
+                [base + "/v1/traces"],
                 templates,
                 upstream.rate / 2,
-                agl.pid,
+                agl_cpu,
             )
             upstream_rss = peak_rss(agl.pid)
         receiver = ReceiverProcess(tmpdir / "bench.db").start()  # synchronous=FULL by default
         try:
             assert receiver.proc is not None
-            pid = receiver.proc.pid
-            url = receiver.traces_url
-            full = drive("lightning-otlp  -> SQLite, FULL sync", url, templates, None, pid)
+            ours_cpu = functools.partial(cpu_seconds, receiver.proc.pid)
+            url = [receiver.traces_url]
+            full = drive("lightning-otlp  -> SQLite, FULL sync", url, templates, None, ours_cpu)
             settle(receiver.http_url)
             behind_before = views_behind(receiver)
             trainer = Trainer(receiver)
             trainer.start()
             try:
-                half = drive("lightning-otlp  at half load", url, templates, full.rate / 2, pid)
+                half = drive(
+                    "lightning-otlp  at half load", url, templates, full.rate / 2, ours_cpu
+                )
             finally:
                 trainer.stop.set()
                 trainer.join()

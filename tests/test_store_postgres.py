@@ -19,6 +19,7 @@ import pytest
 
 from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.store.postgres import PostgresStore
+from lightning_otlp.store.postgres_schema import POSTGRESQL
 from lightning_otlp.wiring import open_store
 
 from .payloads import GENAI_ATTRIBUTES, GENAI_CONTENT, make_request, make_span
@@ -135,7 +136,7 @@ def test_receivers_starting_together_make_the_schema_once(pg_url: str) -> None:
     try:
         assert not errors
         names = [row[0] for row in query(pg_url, "SELECT name FROM schema_migrations")]
-        assert names == ["postgresql-1"]
+        assert names == [m.name for m in POSTGRESQL]
     finally:
         for store in stores:
             store.close()

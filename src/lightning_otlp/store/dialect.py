@@ -48,6 +48,9 @@ class Dialect:
             take from); SQLite has one writer at a time and needs none.
         text_ids: a span id that is not hex is kept as text (SQLite's columns take any type).
         shared: several processes write at once (trace affinity then lives in the database).
+        queue_back: the queue position behind every queued rollout. PostgreSQL takes it from a
+            sequence: reading the highest position would make every two concurrent enqueues
+            conflict (and one of them run again).
     """
 
     name: str
@@ -57,6 +60,7 @@ class Dialect:
     skip_locked: str
     text_ids: bool
     shared: bool
+    queue_back: str
 
     def contains(self, column: str) -> str:
         """``column`` contains the next parameter (plain text, no wildcards)."""
@@ -95,6 +99,7 @@ SQLITE = Dialect(
     skip_locked="",
     text_ids=True,
     shared=False,
+    queue_back="(SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM rollouts WHERE queue_seq IS NOT NULL)",
 )
 POSTGRESQL = Dialect(
     name="postgresql",
@@ -104,6 +109,7 @@ POSTGRESQL = Dialect(
     skip_locked="FOR UPDATE SKIP LOCKED",
     text_ids=False,
     shared=True,
+    queue_back="nextval('rollouts_queue_seq')",
 )
 
 

@@ -135,9 +135,7 @@ def insert_rollout(
     conn.execute(
         "INSERT INTO rollouts (rollout_id, input, start_time, mode, resources_id, status,"
         " config, metadata, origin, managed, created_at, queue_seq) VALUES (?, ?, ?, ?, ?, ?,"
-        " ?, ?, 'explicit', 1, ?, CASE WHEN ? THEN"
-        " (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM rollouts WHERE queue_seq IS NOT NULL)"
-        " END)",
+        f" ?, ?, 'explicit', 1, ?, CASE WHEN ? THEN {conn.dialect.queue_back} END)",
         (
             rollout_id,
             json.dumps(input),
@@ -161,8 +159,7 @@ def set_rollout_status(conn: Conn, rollout_id: str, status: str, now: float) -> 
         "UPDATE rollouts SET status = ?,"
         " end_time = CASE WHEN ? THEN ? ELSE end_time END,"
         " queue_seq = CASE WHEN ? AND (queue_seq IS NULL"
-        "  OR status NOT IN ('queuing', 'requeuing')) THEN"
-        "  (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM rollouts WHERE queue_seq IS NOT NULL)"
+        f"  OR status NOT IN ('queuing', 'requeuing')) THEN {conn.dialect.queue_back}"
         " ELSE queue_seq END"
         " WHERE rollout_id = ?",
         (status, status in FINISHED, now, status in QUEUED, rollout_id),

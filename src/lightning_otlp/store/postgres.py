@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,10 +28,11 @@ from ..batch import SpanBatch
 from ..errors import StoreDamaged, StoreUnavailable
 from ..ids import rollout_id_for_trace
 from .affinity import Changes, TraceAffinity
-from .base import DEFAULT_OPTIONS, StoreOptions, WriteResult
-from .dialect import POSTGRESQL, Conn, Dialect, chunks
+from .base import DEFAULT_OPTIONS, Metric, StoreOptions, WriteResult
+from .dialect import Conn, chunks
 from .logs import LogRows
 from .migrations import Migration
+from .postgres_conn import PgConn
 from .postgres_schema import POSTGRESQL as POSTGRESQL_MIGRATIONS
 from .postgres_schema import month_partitions
 from .sql_store import SQLStore, insert_logs
@@ -67,30 +67,6 @@ _PARTITIONS_EVERY: Final = 3600.0
 
 class Conflict(Exception):
     """PostgreSQL gave up a transaction because a concurrent one conflicted with it."""
-
-
-@lru_cache(maxsize=1024)
-def _psycopg_sql(sql: str) -> str:
-    """The shared SQL's ``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""
-    return sql.replace("%", "%%").replace("?", "%s")
-
-
-class PgConn:
-    """A psycopg connection that takes the shared SQL (``?`` placeholders) and says its
-    dialect."""
-
-    dialect: Dialect = POSTGRESQL
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
-        return self._conn.execute(_psycopg_sql(sql), tuple(parameters))
-
-    def executemany(self, sql: str, parameters: Any, /) -> Any:
-        cursor = self._conn.cursor()
-        cursor.executemany(_psycopg_sql(sql), [tuple(p) for p in parameters])
-        return cursor
 
 
 def redact(url: str) -> str:
@@ -128,6 +104,9 @@ class PostgresStore(SQLStore):
         self._pool: Any = None
         self._partitions_due = 0.0
         self._down = False
+        self._conflicts = 0
+        self._column_types: dict[str, dict[str, str]] = {}
+        self._conflicts_lock = threading.Lock()
         self._stop = threading.Event()
         self._probe: threading.Thread | None = None
 
@@ -248,7 +227,7 @@ class PostgresStore(SQLStore):
             with self._pool.connection() as raw, raw.transaction():
                 if first is not None:
                     raw.execute(first)
-                yield PgConn(raw)
+                yield PgConn(raw, self._column_types)
         except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
             raise Conflict(str(exc)) from exc
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
@@ -263,7 +242,11 @@ class PostgresStore(SQLStore):
         return self._connection()
 
     def snapshot(self) -> Any:
-        return self._connection("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # A read-only snapshot marks nothing read: it scans as the planner sees fit.
+        return self._connection(
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY;"
+            " SET LOCAL enable_seqscan = on"
+        )
 
     def reader(self) -> Any:
         return self.snapshot()
@@ -273,6 +256,8 @@ class PostgresStore(SQLStore):
             try:
                 return call()
             except Conflict:
+                with self._conflicts_lock:
+                    self._conflicts += 1
                 # Back off a little, more each time, at random: the two that conflicted should
                 # not meet again at once.
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
@@ -292,6 +277,18 @@ class PostgresStore(SQLStore):
                 (work, now),
             )
         return True
+
+    def metrics(self) -> list[Metric]:
+        return [
+            *super().metrics(),
+            Metric(
+                "lightning_otlp_store_conflicts",
+                "Transactions PostgreSQL aborted as conflicting with a concurrent one, and ran"
+                " again.",
+                "counter",
+                self._conflicts,
+            ),
+        ]
 
     def reads_apart(self) -> bool:
         return True
@@ -423,9 +420,13 @@ class PostgresStore(SQLStore):
 
 def _configure(raw: Any) -> None:
     """Every pooled connection: explicit, serializable transactions, so shared rules stay
-    exact."""
+    exact; and no sequential scans in them. A sequential scan in a serializable transaction
+    marks the whole table read, so every concurrent write to it (another receiver's bindings,
+    rollouts, attempts) conflicts and one of the two runs again; an index scan marks only the
+    pages it read."""
     raw.autocommit = True
     raw.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+    raw.execute("SET enable_seqscan = off")
 
 
 def _reason(exc: BaseException) -> str:

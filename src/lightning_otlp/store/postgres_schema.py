@@ -157,6 +157,15 @@ POSTGRESQL: Final[tuple[Migration, ...]] = (
         )
         """,
     ),
+    # Queue positions from a sequence (``dialect.queue_back``), after any already given.
+    Migration(
+        "postgresql-2",
+        """
+        CREATE SEQUENCE rollouts_queue_seq AS BIGINT;
+        SELECT setval('rollouts_queue_seq', COALESCE(MAX(queue_seq), 1), MAX(queue_seq) IS NOT NULL)
+            FROM rollouts
+        """,
+    ),
 )
 
 

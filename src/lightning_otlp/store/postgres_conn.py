@@ -1,0 +1,92 @@
+"""A psycopg connection speaking the shared SQL: ``?`` placeholders, the PostgreSQL dialect,
+and many rows of a plain insert sent as one statement over binary arrays."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any, Final
+
+from .dialect import POSTGRESQL, Dialect
+
+
+@lru_cache(maxsize=1024)
+def _psycopg_sql(sql: str) -> str:
+    """The shared SQL's ``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+# ``INSERT INTO table (columns) VALUES (?, ..., ?)``, nothing or ``ON CONFLICT DO NOTHING``
+# after it: rows that can go in as one statement over arrays.
+_PLAIN_INSERT: Final = re.compile(
+    r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \(\?(?:, \?)*\)( ON CONFLICT DO NOTHING)?"
+)
+
+
+class PgConn:
+    """A psycopg connection that takes the shared SQL (``?`` placeholders) and says its
+    dialect.
+
+    ``column_types`` (table -> column -> SQL type) is shared by a store's connections: it lets
+    a plain insert of many rows go as one statement over one array a column.
+    """
+
+    dialect: Dialect = POSTGRESQL
+
+    def __init__(self, conn: Any, column_types: dict[str, dict[str, str]] | None = None) -> None:
+        self._conn = conn
+        self._types = column_types if column_types is not None else {}
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        return self._conn.execute(_psycopg_sql(sql), tuple(parameters))
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any:
+        rows = [tuple(p) for p in parameters]
+        plain = _PLAIN_INSERT.fullmatch(sql) if len(rows) > 1 else None
+        if plain is not None:
+            # One statement for all rows: PostgreSQL plans and runs it once, where each row of
+            # an executemany is a statement of its own (about half the server's CPU a span).
+            table, names = plain.group(1), [c.strip() for c in plain.group(2).split(",")]
+            types = self._column_types(table)
+            columns = [
+                _array(types[name], list(values))
+                for name, values in zip(names, zip(*rows, strict=True), strict=True)
+            ]
+            if all(column is not None for column in columns):
+                # Binary arrays: psycopg's text form escapes every value in Python.
+                arrays = ", ".join(f"%b::{types[name]}[]" for name in names)
+                return self._conn.execute(
+                    f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({arrays})"
+                    f"{plain.group(3) or ''}",
+                    columns,
+                )
+        cursor = self._conn.cursor()
+        cursor.executemany(_psycopg_sql(sql), rows)
+        return cursor
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        """A table's columns and their types, read from the catalog once."""
+        types = self._types.get(table)
+        if types is None:
+            types = dict(
+                self._conn.execute(
+                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                    " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                    (table,),
+                ).fetchall()
+            )
+            self._types[table] = types
+        return types
+
+
+def _array(sql_type: str, values: list[Any]) -> list[Any] | None:
+    """A column's values as one array of one Python type (what psycopg sends as an array):
+    numbers made the column's type, None where the values mix types that stay apart."""
+    if sql_type == "double precision":
+        values = [float(v) if isinstance(v, int) else v for v in values]
+    elif sql_type in ("bigint", "integer"):
+        values = [int(v) if type(v) is bool else v for v in values]
+    kinds = {type(v) for v in values}
+    kinds.discard(type(None))
+    return values if len(kinds) <= 1 else None
