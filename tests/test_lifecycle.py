@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from lightning_otlp.errors import StoreUnavailable
 from lightning_otlp.store import lifecycle as life
 from lightning_otlp.store.api_store import SQLLightningStore
 from lightning_otlp.store.dialect import Conn
@@ -340,6 +341,31 @@ def test_only_one_receiver_holds_the_claim_at_a_time(pg_url: str) -> None:
                 assert not second.claim(conn, "watchdog", 0, T0)
         with second.transaction() as conn:  # released with the first one's transaction
             assert second.claim(conn, "watchdog", 0, T0)
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.postgres
+def test_a_claim_held_by_a_receiver_that_dies_passes_to_another(pg_url: str) -> None:
+    """The receiver holding the watchdog's turn dies mid-transaction (its connection cut, as a
+    kill -9 cuts it): PostgreSQL ends its transaction, and the next receiver takes the turn,
+    debounce and all, since the dead one's turn was never committed."""
+    from .postgres import execute
+
+    first, second = PostgresStore(pg_url), PostgresStore(pg_url)
+    first.open()
+    second.open()
+    try:
+        with pytest.raises(StoreUnavailable), first.transaction() as held:
+            assert first.claim(held, "watchdog", 10, T0)
+            (pid,) = held.execute("SELECT pg_backend_pid()").fetchone()
+            with second.transaction() as conn:
+                assert not second.claim(conn, "watchdog", 10, T0)
+            execute(pg_url, f"SELECT pg_terminate_backend({pid})")
+            held.execute("SELECT 1")  # the dead receiver's connection is gone
+        with second.transaction() as conn:
+            assert second.claim(conn, "watchdog", 10, T0 + 1)
     finally:
         first.close()
         second.close()
