@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
 from lightning_otlp import ids
-from lightning_otlp.batch import MAX_SEQUENCE_ID, Outcome, RoutedSpan, SpanRow
+from lightning_otlp.batch import MAX_SEQUENCE_ID, Outcome, SpanRow
 from lightning_otlp.receiver import route as route_module
 from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
@@ -452,9 +452,9 @@ def test_routed_spans_are_named_rows() -> None:
     batch = route_module.route(request, RoutingConfig())
     [(dest, [entry])] = batch.groups.items()
     assert dest == (RID, AID)
-    assert isinstance(entry, RoutedSpan) and isinstance(entry.row, SpanRow)
-    assert (entry.start, entry.sequence_id) == (1_700_000_000.0, 3)
-    row = entry.row
+    start, sequence_id, row = entry  # batch.RoutedSpan: (start, sequence_id, row)
+    assert isinstance(row, SpanRow)
+    assert (start, sequence_id) == (1_700_000_000.0, 3)
     assert (row.trace_id, row.span_id, row.parent_id) == (span.trace_id, span.span_id, parent)
     assert (row.name, row.start_time, row.status_code) == ("named", 1_700_000_000.0, "ERROR")
     assert PB2Span.FromString(row.span) == span

@@ -22,7 +22,7 @@ _ROW = SpanRow(b"\x01" * 16, b"\x02" * 8, None, "s", None, None, "UNSET", b"", "
 
 
 def entry(start: float, explicit: int | None = None) -> RoutedSpan:
-    return RoutedSpan(start, explicit, _ROW)
+    return (start, explicit, _ROW)
 
 
 def begun(store: SQLiteStore | PostgresStore) -> dict[str, Any]:

@@ -27,14 +27,11 @@ class SpanRow(NamedTuple):
     resource_id: str
 
 
-class RoutedSpan(NamedTuple):
-    """A span in its destination's group: the order and sequence id it is stored with. Routing
-    makes one per span with ``tuple.__new__``: a named tuple's own constructor is a Python
-    call, which would cost routing a tenth of its time."""
-
-    start: float  # start time, 0.0 when the span has none: spans are numbered in this order
-    sequence_id: int | None  # an explicit ``agentlightning.span_sequence_id``, kept as sent
-    row: SpanRow
+# A span in its destination's group: ``(start, sequence_id, row)``, its start time (0.0 when it
+# has none: spans are numbered in this order), an explicit ``agentlightning.span_sequence_id``
+# kept as sent (or None), and its ``SpanRow``. A plain tuple, unpacked where it is read: a named
+# tuple made per span costs routing a tenth of its time.
+RoutedSpan = tuple[float, int | None, SpanRow]
 
 
 class Outcome(NamedTuple):

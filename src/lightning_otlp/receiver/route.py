@@ -23,7 +23,6 @@ from ..batch import (
     Origin,
     Outcome,
     RolloutInfo,
-    RoutedSpan,
     SpanBatch,
     SpanRow,
 )
@@ -34,7 +33,7 @@ from .decode import PROTOBUF, attribute_maps
 
 Fallback = Literal["trace", "reject"]
 
-# Named rows made without their own ``__new__`` (a Python function call per span).
+# A span's row made without ``SpanRow``'s own ``__new__`` (a Python function call per span).
 _new_row = tuple.__new__
 
 _STATUS: Final[tuple[str, ...]] = ("UNSET", "OK", "ERROR")
@@ -251,7 +250,7 @@ def route(
                 group = groups.get(dest)
                 if group is None:
                     group = groups[dest] = []
-                group.append(_new_row(RoutedSpan, (start or 0.0, explicit_seq, row)))
+                group.append((start or 0.0, explicit_seq, row))
     batch.accepted = batch.received - batch.rejected
     return batch
 

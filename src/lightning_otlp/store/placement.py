@@ -52,7 +52,7 @@ def follow_bindings(
             continue
         stay = []
         for entry in group:
-            trace_id = entry.row.trace_id
+            trace_id = entry[2].trace_id  # (start, sequence_id, row)
             target = known.get(trace_id) or fresh.get(trace_id)
             if target is None:
                 stay.append(entry)
@@ -207,7 +207,7 @@ def ensure_attempt(
         ).fetchone()
         if found is not None:
             return attempt_id, attempt_counter(conn, rollout_id, attempt_id, found[0])
-    starts = [entry.start for entry in group if entry.start]
+    starts = [start for start, _, _ in group if start]
     start = min(min(starts), now) if starts else now
     conn.execute(
         "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"

@@ -306,7 +306,7 @@ class PostgresStore(SQLStore):
         for dest, group in batch.groups.items():
             info = batch.rollouts.get(dest[0])
             if info is not None and info.origin != "explicit":
-                traces.update(entry.row.trace_id for entry in group)
+                traces.update(row.trace_id for _, _, row in group)
         for chunk in chunks(list(traces)):
             for trace_id, rollout_id, attempt_id in conn.execute(
                 "SELECT trace_id, rollout_id, attempt_id FROM trace_bindings"

@@ -4,7 +4,7 @@ rest from the attempt's counter or from each span's start time, never one alread
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, Protocol, cast
+from typing import Any, Final, cast
 
 from ..batch import MAX_SEQUENCE_ID
 from .dialect import Conn
@@ -14,14 +14,9 @@ from .dialect import Conn
 _COUNTER_CEILING: Final = 2**62
 
 
-class Numbered(Protocol):
-    """A span to number: a request's (``batch.RoutedSpan``) or a stored one moving in."""
-
-    @property
-    def start(self) -> float: ...
-
-    @property
-    def sequence_id(self) -> int | None: ...
+# A span to number, ``(start, sequence_id, ...)``: a request's (``batch.RoutedSpan``) or a stored
+# one moving in (``placement.MovedSpan``).
+Numbered = tuple[float, int | None, Any]
 
 
 def sequence_ids(
@@ -36,7 +31,7 @@ def sequence_ids(
     in arrival order, or (``start-time``) the span's start in microseconds, so a span that
     arrives late (an exporter's batch delay) still sorts where it started, stepped past
     every id already taken in the attempt so none repeats."""
-    out: list[int | None] = [entry.sequence_id for entry in entries]
+    out: list[int | None] = [entry[1] for entry in entries]
     if mode == "counter":
         for i, seq in enumerate(out):
             if seq is None:
@@ -46,12 +41,12 @@ def sequence_ids(
     # Timed spans in start order, then any without a start time after them.
     order = sorted(
         (i for i, seq in enumerate(out) if seq is None),
-        key=lambda i: (entries[i].start <= 0, entries[i].start),
+        key=lambda i: (entries[i][0] <= 0, entries[i][0]),
     )
     wanted = []
     previous = 0
     for i in order:
-        start = entries[i].start
+        start = entries[i][0]
         value = max(round(start * 1_000_000) if start > 0 else next_seq, previous)
         wanted.append(value)
         previous = value

@@ -160,10 +160,10 @@ class SQLStore:
             )
             seqs = sequence_ids(self.sequence_ids, conn, rollout_id, attempt_id, entries, next_seq)
             for entry, seq in zip(entries, seqs, strict=True):
-                if isinstance(entry, RoutedSpan):
-                    rows.append((rollout_id, attempt_id, seq, *entry.row))
-                else:  # a stored span: it moves here
+                if isinstance(entry, placement.MovedSpan):  # a stored span: it moves here
                     updates.append((rollout_id, attempt_id, seq, entry.rowid))
+                else:
+                    rows.append((rollout_id, attempt_id, seq, *entry[2]))
             next_seq = max(next_seq, max(seqs) + 1)
             conn.execute(
                 "UPDATE attempts SET next_span_seq = ?, last_heartbeat_time = ?,"
