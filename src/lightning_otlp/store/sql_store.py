@@ -35,9 +35,6 @@ from .sequence import sequence_ids
 _VIEW_BATCH: Final = 128
 _VIEW_WINDOW: Final = 4096
 
-_INSERT_SPAN: Final = (
-    f"INSERT INTO spans ({SPAN_COLUMNS}) VALUES ({', '.join('?' * 12)}) ON CONFLICT DO NOTHING"
-)
 
 
 class SQLStore:
@@ -171,7 +168,7 @@ class SQLStore:
                 " WHERE rollout_id = ? AND attempt_id = ?",
                 (next_seq, now, rollout_id, attempt_id),
             )
-        cursor = conn.executemany(_INSERT_SPAN, rows)
+        cursor = conn.executemany(conn.dialect.insert_new("spans", SPAN_COLUMNS, 12), rows)
         stored = cursor.rowcount if cursor.rowcount >= 0 else len(rows)
         mark_enclosing(conn, rows)
         if moves:
