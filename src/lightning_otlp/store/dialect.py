@@ -60,6 +60,7 @@ class Dialect:
     skip_locked: str
     text_ids: bool
     shared: bool
+    queue_back: str
 
     def insert_new(self, table: str, columns: str, count: int) -> str:
         """An insert of rows that skips any already there (by a unique key). SQLite's own
@@ -68,7 +69,6 @@ class Dialect:
         if self.name == "sqlite":
             return f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({values})"
         return f"INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING"
-    queue_back: str
 
     def contains(self, column: str) -> str:
         """``column`` contains the next parameter (plain text, no wildcards)."""

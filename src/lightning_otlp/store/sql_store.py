@@ -36,7 +36,6 @@ _VIEW_BATCH: Final = 128
 _VIEW_WINDOW: Final = 4096
 
 
-
 class SQLStore:
     """What every SQL store does the same way; subclasses supply the storage primitives.
 
