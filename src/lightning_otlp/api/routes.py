@@ -7,15 +7,13 @@ receiver's store thread (``calls``), and encodes (``bodies``): the backend owns 
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Final
 
 from starlette.routing import Route, Router
 
-from ..receiver.budget import MemoryBudget
-from ..receiver.changes import Changes
 from ..receiver.transport.http import close_if_unread
-from ..store.lightning import LightningStoreBackend
-from .calls import HELD, APILimits, Runner
+from .calls import HELD, APILimits
 from .rollouts import RolloutRoutes
 from .spans import SpanRoutes
 from .waits import WaitRoutes
@@ -27,28 +25,11 @@ PREFIX: Final = "/v1/agl"
 
 
 class LightningAPI(RolloutRoutes, WorkerRoutes, SpanRoutes, WaitRoutes):
-    """The ``/v1/agl`` routes over one backend.
+    """The ``/v1/agl`` routes over one backend (arguments: ``api.calls.APICalls``'s)."""
 
-    Args:
-        backend: the store's LightningStore API.
-        run: runs a backend call where store writes are serialized (the receiver's store
-            thread); ``run(fn, *args)`` returns ``fn(*args)``.
-        limits: body size, time, JSON work, batch and wait limits.
-        budget: the request memory budget, shared with OTLP.
-        changes: woken after every commit, so waits look again only when something changed.
-    """
-
-    def __init__(
-        self,
-        backend: LightningStoreBackend,
-        run: Runner,
-        *,
-        limits: APILimits | None = None,
-        budget: MemoryBudget | None = None,
-        changes: Changes | None = None,
-    ) -> None:
-        super().__init__(backend, run, limits=limits, budget=budget, changes=changes)
-        self.router = Router(routes=self.routes())
+    @cached_property
+    def router(self) -> Router:
+        return Router(routes=self.routes())
 
     def routes(self) -> list[Route]:
         b = self.backend
