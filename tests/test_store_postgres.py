@@ -7,8 +7,6 @@ from __future__ import annotations
 import calendar
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,18 +23,9 @@ from lightning_otlp.wiring import open_store
 from .payloads import GENAI_ATTRIBUTES, GENAI_CONTENT, make_request, make_span
 from .postgres import PostgresServer, execute, query
 from .support import ReceiverProcess
+from .test_cli import cli
 
 pytestmark = pytest.mark.postgres
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lightning_otlp", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def requests() -> list[bytes]:
