@@ -14,10 +14,14 @@ import pytest
 from lightning_otlp.api.bodies import json_response, large_page_response
 from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
-from lightning_otlp.receiver.route import RoutingConfig
+from lightning_otlp.receiver.route import RoutingConfig, route
 from lightning_otlp.store import SQLiteStore, views
 from lightning_otlp.store.base import StoreOptions
 from lightning_otlp.store.lightning import LightningStoreBackend, Page, Query
+from lightning_otlp.store.migrations import SQLITE
+from lightning_otlp.store.postgres import PostgresStore
+from lightning_otlp.store.postgres_schema import POSTGRESQL
+from lightning_otlp.store.records import SPAN_COLUMNS, resource_bodies, span_records
 from lightning_otlp.store.sql_store import SQLStore
 from lightning_otlp.wiring import lightning_api, open_store
 
@@ -366,3 +370,68 @@ def test_a_large_page_encodes_a_slice_at_a_time_as_one_call_would() -> None:
     assert json.loads(asyncio.run(large_page_response(page)).body)["items"][1000] == {
         "past 64 bits": 2**70
     }
+
+
+def _views_before_they_named_their_rollout(store: SQLStore) -> int:
+    """Views as the store made them before ``span_views`` had a rollout: every span's, and one
+    of a span no longer there; how many spans have one."""
+    columns = ", ".join("s." + c.strip() for c in SPAN_COLUMNS.split(","))
+    with store.transaction() as conn:
+        rows = conn.execute(f"SELECT s.rowid, {columns}, s.record FROM spans s").fetchall()
+        resources = resource_bodies(conn, {row[12] for row in rows})
+        built = []
+        for row in rows:
+            record = span_records(row[1:], resources, {})
+            for key in ("rollout_id", "attempt_id", "sequence_id"):
+                del record[key]
+            built.append((row[0], views.VERSION, row[5], views.encode(record)))
+        built.append((10**9, views.VERSION, b"gone", b"{}"))
+        conn.executemany(
+            "INSERT INTO span_views (span_rowid, version, span_id, body) VALUES (?, ?, ?, ?)",
+            built,
+        )
+    return len(rows)
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_views_made_before_they_named_their_rollout_are_kept_by_the_upgrade(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Any
+) -> None:
+    def made(old: bool) -> SQLStore:
+        if backend == "sqlite":
+            steps = [m for m in SQLITE if m.name != "span-views-rollout"] if old else SQLITE
+            return SQLiteStore(str(tmp_path / "store.db"), migrations=steps)
+        url = request.getfixturevalue("pg_url")
+        return PostgresStore(url, migrations=POSTGRESQL[:2] if old else POSTGRESQL)
+
+    store = made(old=True)
+    store.open()
+    try:
+        store.write(route(genai_request(12, ids=[(RID, AID), OTHER]), RoutingConfig()))
+        assert _views_before_they_named_their_rollout(store) == 12
+    finally:
+        store.close()
+    store = made(old=False)
+    store.open()
+    try:
+        with store.reader() as conn:
+            keyed = conn.execute(
+                "SELECT v.rollout_id = s.rollout_id FROM span_views v"
+                " LEFT JOIN spans s ON s.rowid = v.span_rowid"
+            ).fetchall()
+            if backend == "postgresql":
+                key = conn.execute(
+                    "SELECT a.attname FROM pg_index i JOIN pg_attribute a"
+                    " ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+                    " WHERE i.indrelid = 'span_views'::regclass AND i.indisprimary"
+                ).fetchall()
+                assert {name for (name,) in key} == {"rollout_id", "span_rowid"}
+        assert [bool(same) for (same,) in keyed] == [True] * 12  # the orphan is gone
+        api = _api(store)
+        for rid in (RID, OTHER[0]):
+            assert _encoded_count(api, rid) == 6
+            assert _items(api, rid, encoded=True) == _items(api, rid, encoded=False)
+    finally:
+        store.close()

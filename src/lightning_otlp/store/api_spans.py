@@ -202,7 +202,7 @@ class SpansAPI:
             bodies = current(
                 conn,
                 {
-                    lead[0]: lead[5]
+                    lead[0]: (lead[1], lead[5])
                     for lead in leads
                     if not lead[6]
                     and (lead[4], lead[5]) not in logs

@@ -51,6 +51,9 @@ class Dialect:
         queue_back: the queue position behind every queued rollout. PostgreSQL takes it from a
             sequence: reading the highest position would make every two concurrent enqueues
             conflict (and one of them run again).
+        view_key: the unique key of ``span_views``. PostgreSQL's leads with the rollout (a
+            table distributed by rollout needs it in every unique key); SQLite keeps the span's
+            rowid alone, its table's own row key, the cheapest to write and look up.
     """
 
     name: str
@@ -61,6 +64,7 @@ class Dialect:
     text_ids: bool
     shared: bool
     queue_back: str
+    view_key: str
 
     def insert_new(self, table: str, columns: str, count: int) -> str:
         """An insert of rows that skips any already there (by a unique key). SQLite's own
@@ -108,6 +112,7 @@ SQLITE = Dialect(
     text_ids=True,
     shared=False,
     queue_back="(SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM rollouts WHERE queue_seq IS NOT NULL)",
+    view_key="span_rowid",
 )
 POSTGRESQL = Dialect(
     name="postgresql",
@@ -118,6 +123,7 @@ POSTGRESQL = Dialect(
     text_ids=False,
     shared=True,
     queue_back="nextval('rollouts_queue_seq')",
+    view_key="rollout_id, span_rowid",
 )
 
 

@@ -129,6 +129,17 @@ INGEST: Final[tuple[Migration, ...]] = (
     ),
     # Spans with model-call children, which are never calls themselves (``store.records``).
     Migration("span-encloses-calls", ENCLOSING_MIGRATION),
+    # A view names its span's rollout, as PostgreSQL's must (its key leads with it), so the
+    # shared SQL reads both alike. Views of spans no longer there go.
+    Migration(
+        "span-views-rollout",
+        """
+        ALTER TABLE span_views ADD COLUMN rollout_id TEXT;
+        UPDATE span_views SET rollout_id =
+            (SELECT s.rollout_id FROM spans s WHERE s.rowid = span_views.span_rowid);
+        DELETE FROM span_views WHERE rollout_id IS NULL
+        """,
+    ),
 )
 # The LightningStore API's tables; ``agl_api_schema`` counted these before.
 API: Final[tuple[Migration, ...]] = tuple(

@@ -105,12 +105,15 @@ def finish_moves(conn: Conn, updates: list[tuple[str, str, int, int]], changes: 
         [(*update, update[0]) for update in updates],
     )
     emptied = [(rollout_id_for_trace(t.hex()),) for t in changes.moved]
-    # Whatever could not move was already in the target (a duplicate): drop it with its
+    # A moved span's view goes with it (its record is the same; the ids are spliced in when
+    # read). Whatever could not move was already in the target (a duplicate): drop it with its
     # emptied per-trace rollout.
     conn.executemany(
-        "DELETE FROM span_views WHERE span_rowid IN (SELECT rowid FROM spans WHERE rollout_id = ?)",
+        "UPDATE span_views SET rollout_id = COALESCE((SELECT s.rollout_id FROM spans s"
+        " WHERE s.rowid = span_views.span_rowid), rollout_id) WHERE rollout_id = ?",
         emptied,
     )
+    conn.executemany("DELETE FROM span_views WHERE rollout_id = ?", emptied)
     conn.executemany("DELETE FROM spans WHERE rollout_id = ?", emptied)
     conn.executemany("DELETE FROM attempts WHERE rollout_id = ?", emptied)
     conn.executemany("DELETE FROM rollouts WHERE rollout_id = ?", emptied)

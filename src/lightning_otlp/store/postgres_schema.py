@@ -166,6 +166,19 @@ POSTGRESQL: Final[tuple[Migration, ...]] = (
             FROM rollouts
         """,
     ),
+    # Span views keyed by rollout, as every other table about a rollout: distributable by it.
+    Migration(
+        "postgresql-3",
+        """
+        ALTER TABLE span_views ADD COLUMN rollout_id TEXT;
+        UPDATE span_views v SET rollout_id = s.rollout_id FROM spans s
+            WHERE s.rowid = v.span_rowid;
+        DELETE FROM span_views WHERE rollout_id IS NULL;
+        ALTER TABLE span_views ALTER COLUMN rollout_id SET NOT NULL;
+        ALTER TABLE span_views DROP CONSTRAINT span_views_pkey;
+        ALTER TABLE span_views ADD PRIMARY KEY (rollout_id, span_rowid)
+        """,
+    ),
 )
 
 

@@ -56,20 +56,23 @@ def encode(record: dict[str, Any]) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)
 
 
-def current(conn: Conn, spans: dict[int, bytes]) -> dict[int, bytes]:
-    """The current views of these spans (rowid: span id), by rowid; a view of another version
-    or span id (a rowid reused) is not one."""
+def current(conn: Conn, spans: dict[int, tuple[str, bytes]]) -> dict[int, bytes]:
+    """The current views of these spans (rowid: their rollout and span id), by rowid; a view
+    of another version, rollout or span id (a rowid reused, a span moved) is not one."""
     out: dict[int, bytes] = {}
-    rowids = list(spans)
-    for start in range(0, len(rowids), _CHUNK):
-        chunk = rowids[start : start + _CHUNK]
-        for rowid, span_id, body in conn.execute(
-            "SELECT span_rowid, span_id, body FROM span_views"
-            f" WHERE version = ? AND span_rowid IN ({', '.join('?' * len(chunk))})",
-            (VERSION, *chunk),
-        ):
-            if spans[rowid] == span_id:
-                out[rowid] = body
+    by_rollout: dict[str, list[int]] = {}
+    for rowid, (rollout_id, _) in spans.items():
+        by_rollout.setdefault(rollout_id, []).append(rowid)
+    for rollout_id, rowids in by_rollout.items():
+        for start in range(0, len(rowids), _CHUNK):
+            chunk = rowids[start : start + _CHUNK]
+            for rowid, span_id, body in conn.execute(
+                "SELECT span_rowid, span_id, body FROM span_views WHERE rollout_id = ?"
+                f" AND version = ? AND span_rowid IN ({', '.join('?' * len(chunk))})",
+                (rollout_id, VERSION, *chunk),
+            ):
+                if spans[rowid][1] == span_id:
+                    out[rowid] = body
     return out
 
 
@@ -93,7 +96,8 @@ def build(conn: Conn, after: int, *, window: int, limit: int) -> tuple[int, int]
     columns = ", ".join("s." + c.strip() for c in SPAN_COLUMNS.split(","))
     rows = conn.execute(
         f"SELECT s.rowid, {columns}, s.record FROM spans s LEFT JOIN span_views v"
-        " ON v.span_rowid = s.rowid AND v.version = ? AND v.span_id = s.span_id"
+        " ON v.rollout_id = s.rollout_id AND v.span_rowid = s.rowid AND v.version = ?"
+        " AND v.span_id = s.span_id"
         " WHERE s.rowid > ? AND s.rowid <= ? AND s.record IS NULL AND v.span_rowid IS NULL"
         " ORDER BY s.rowid LIMIT ?",
         (VERSION, after, after + window, limit),
@@ -116,10 +120,11 @@ def build(conn: Conn, after: int, *, window: int, limit: int) -> tuple[int, int]
             body = encode(record)
         except TypeError:
             continue  # an integer past 64 bits: read time writes it with the stdlib
-        built.append((row[0], VERSION, row[5], body))
+        built.append((row[1], row[0], VERSION, row[5], body))
     conn.executemany(
-        "INSERT INTO span_views (span_rowid, version, span_id, body) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (span_rowid) DO UPDATE SET version = excluded.version,"
+        "INSERT INTO span_views (rollout_id, span_rowid, version, span_id, body)"
+        f" VALUES (?, ?, ?, ?, ?) ON CONFLICT ({conn.dialect.view_key}) DO UPDATE SET"
+        " rollout_id = excluded.rollout_id, version = excluded.version,"
         " span_id = excluded.span_id, body = excluded.body",
         built,
     )
