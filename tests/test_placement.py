@@ -150,3 +150,80 @@ def test_outcomes_spans_carry_go_through_the_lifecycle_and_finished_stays_finish
     assert (rollout["attempt"]["status"], rollout["attempt"]["end_time"]) == ("succeeded", end / S)
     assert worker is not None and worker["status"] == "idle"
     assert sql_store.affinity.counters.ignored_outcomes == 1
+
+
+def test_a_request_splits_into_one_batch_per_rollout_its_spans_go_to() -> None:
+    """Spans of several rollouts: each part holds one rollout's spans (those that follow a
+    binding, of this request or one the database holds, with the rollout they follow) and the
+    rollouts, bindings, outcomes, rewards and resources they need; nothing lost, nothing twice."""
+    one, two, held = (
+        (new_rollout_id(), new_attempt_id()),
+        (new_rollout_id(), None),
+        new_rollout_id(),
+    )
+    t_one, t_two, t_held, t_alone = (os.urandom(16) for _ in range(4))
+    done = {semconv.ATTEMPT_STATUS: "succeeded", semconv.PRIMARY_REWARD_VALUE: 0.5}
+    request = make_request(
+        [
+            make_span(
+                "one",
+                trace_id=t_one,
+                attributes={semconv.ROLLOUT_ID: one[0], semconv.ATTEMPT_ID: one[1], **done},
+            ),
+            make_span("two", trace_id=t_two, attributes={semconv.ROLLOUT_ID: two[0]}),
+            make_span("follows one", trace_id=t_one, attributes=done),
+            make_span("follows held", trace_id=t_held),
+            make_span("alone", trace_id=t_alone),
+            make_span("alone child", trace_id=t_alone, parent_id=os.urandom(8)),
+        ]
+    )
+    whole = route(request, RoutingConfig(finalize_on_root=True))
+    alone = rollout_id_for_trace(t_alone.hex())
+    parts = placement.by_rollout(whole, {t_held: (held, "at-00000001")})
+    assert set(parts) == {one[0], two[0], held, alone}
+    spans = {
+        rollout_id: sorted(entry[2].name for group in part.groups.values() for entry in group)
+        for rollout_id, part in parts.items()
+    }
+    assert spans == {
+        one[0]: ["follows one", "one"],
+        two[0]: ["two"],
+        held: ["follows held"],
+        alone: ["alone", "alone child"],
+    }
+    assert sum(part.accepted for part in parts.values()) == whole.accepted == 6
+    # A span keeps its destination: the part's transaction follows the binding again.
+    own_one = (rollout_id_for_trace(t_one.hex()), None)
+    assert set(parts[one[0]].groups) == {one, own_one}
+    assert set(parts[one[0]].rollouts) == {one[0], own_one[0]}
+    assert parts[one[0]].bindings == {t_one: one}
+    assert parts[two[0]].bindings == {t_two: two}
+    assert not parts[held].bindings and not parts[alone].bindings
+    # The outcome and reward of spans that follow a binding go with them.
+    assert set(parts[one[0]].outcomes) == {one, own_one}
+    assert set(parts[one[0]].rewards) == {one, own_one}
+    assert set(parts[alone].root_outcomes) == {(alone, None)}
+    assert not any(parts[r].outcomes or parts[r].root_outcomes for r in (two[0], held))
+    assert all(set(part.resources) == set(whole.resources) for part in parts.values())
+
+
+def test_split_parts_write_what_the_whole_request_writes(sql_store: Store) -> None:
+    """The parts of a request, written one after the other, store what the request stores."""
+    bound = (new_rollout_id(), new_attempt_id())
+    trace = os.urandom(16)
+    request = make_request(
+        [
+            make_span(
+                "bound",
+                trace_id=trace,
+                attributes={semconv.ROLLOUT_ID: bound[0], semconv.ATTEMPT_ID: bound[1]},
+                start_ns=START,
+            ),
+            make_span("follower", trace_id=trace, start_ns=START + S),
+            *(make_span(f"other {n}", start_ns=START + n * S) for n in range(3)),
+        ]
+    )
+    for part in placement.by_rollout(route(request, RoutingConfig()), {}).values():
+        sql_store.write(part)
+    assert names(sql_store, bound[0]) == ["bound", "follower"]
+    assert len(rollout_ids(sql_store)) == 4

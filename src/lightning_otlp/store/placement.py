@@ -7,6 +7,7 @@ lifecycle rule (``store.lifecycle``). Each function runs in the caller's transac
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Final, NamedTuple
 
 from ..batch import Destination, RolloutInfo, RoutedSpan, SpanBatch
@@ -62,6 +63,56 @@ def follow_bindings(
         if stay:
             groups.setdefault(dest, []).extend(stay)
     return groups, retarget
+
+
+def by_rollout(batch: SpanBatch, known: Mapping[bytes, Destination]) -> dict[str, SpanBatch]:
+    """The request split into one batch per rollout its spans go to (``follow_bindings`` with
+    ``known``, the bindings the database held when asked), each with the rollouts, bindings,
+    outcomes and rewards its spans need, so each can commit in a transaction of its own.
+
+    A span keeps its destination in its part: ``follow_bindings`` sends it on again in the
+    part's transaction, by the bindings then, which are these unless one was made meanwhile."""
+    fresh = batch.bindings
+    parts: dict[str, SpanBatch] = {}
+    retarget: dict[Destination, Destination] = {}
+
+    def part(rollout_id: str) -> SpanBatch:
+        found = parts.get(rollout_id)
+        if found is None:
+            found = parts[rollout_id] = SpanBatch()
+        return found
+
+    for dest, group in batch.groups.items():
+        info = batch.rollouts.get(dest[0])
+        if info is None or info.origin == "explicit":
+            part(dest[0]).groups.setdefault(dest, []).extend(group)
+            continue
+        for entry in group:
+            trace_id = entry[2].trace_id
+            target = known.get(trace_id) or fresh.get(trace_id)
+            if target is not None:
+                retarget[dest] = target
+            part(target[0] if target else dest[0]).groups.setdefault(dest, []).append(entry)
+    for rollout_id, piece in parts.items():
+        named = {dest[0] for dest in piece.groups} | {rollout_id}
+        piece.rollouts = {r: batch.rollouts[r] for r in named if r in batch.rollouts}
+        used = {entry[2].resource_id for group in piece.groups.values() for entry in group}
+        piece.resources = {r: batch.resources[r] for r in used if r in batch.resources}
+        piece.accepted = sum(len(group) for group in piece.groups.values())
+    for trace_id, dest in fresh.items():
+        if dest[0] in parts:
+            parts[dest[0]].bindings[trace_id] = dest
+    for dest, outcome in batch.outcomes.items():
+        if (owner := parts.get(retarget.get(dest, dest)[0])) is not None:
+            owner.outcomes[dest] = outcome
+    for dest, outcome in batch.root_outcomes.items():
+        # A per-trace rollout's own outcome, only while it stays one.
+        if dest not in retarget and (owner := parts.get(dest[0])) is not None:
+            owner.root_outcomes[dest] = outcome
+    for dest, reward in batch.rewards.items():
+        if (owner := parts.get(retarget.get(dest, dest)[0])) is not None:
+            owner.rewards[dest] = reward
+    return parts
 
 
 def claim_moves(

@@ -20,13 +20,15 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from ..batch import SpanBatch
+from ..batch import Destination, SpanBatch
 from ..errors import StoreDamaged, StoreUnavailable
 from ..ids import rollout_id_for_trace
+from . import placement
 from .affinity import Changes, TraceAffinity
 from .base import DEFAULT_OPTIONS, Metric, StoreOptions, WriteResult
 from .dialect import Conn, chunks
@@ -63,6 +65,9 @@ _LOCK_KEYS: Final = {
     "partitions": 0x4C4F_544C_0004,
 }
 _PARTITIONS_EVERY: Final = 3600.0
+# Rollouts written at once, each on its own pooled connection: fewer than the pool holds, so
+# the LightningStore API's calls still find one free.
+_WRITERS: Final = 4
 
 
 class Conflict(Exception):
@@ -109,6 +114,7 @@ class PostgresStore(SQLStore):
         self._conflicts_lock = threading.Lock()
         self._stop = threading.Event()
         self._probe: threading.Thread | None = None
+        self._writers = _writers()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -147,6 +153,7 @@ class PostgresStore(SQLStore):
             pool.close()
             raise
         self._pool = pool
+        self._writers = _writers()
         self._stop.clear()
         self._probe = threading.Thread(target=self._watch_server, name="pg-probe", daemon=True)
         self._probe.start()
@@ -193,6 +200,7 @@ class PostgresStore(SQLStore):
         if self._probe is not None:
             self._probe.join(timeout=5)
             self._probe = None
+        self._writers.shutdown()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -335,25 +343,79 @@ class PostgresStore(SQLStore):
     # -- writes ----------------------------------------------------------------------------
 
     def write_many(self, batches: Sequence[SpanBatch]) -> list[WriteResult]:
-        """One transaction for several requests, all or none, run again whole if a concurrent
-        transaction (another receiver's) conflicted with it."""
+        """Each rollout's spans, from every request, in a transaction of its own, run again on
+        its own after a conflict: no transaction names two rollouts (``store.postgres_schema``:
+        the tables can be distributed by rollout). The rollouts commit at once, on a few
+        pooled connections, so PostgreSQL's group commit shares the WAL flushes. A request is
+        answered once all its rollouts committed; if one failed, its error is raised, and the
+        requests are written again (what committed is stored once, whatever is sent again)."""
+        known = self._bound_before(batches)
+        units: dict[str, list[tuple[int, SpanBatch]]] = {}
+        for index, batch in enumerate(batches):
+            for rollout_id, part in placement.by_rollout(batch, known).items():
+                units.setdefault(rollout_id, []).append((index, part))
+            for trace_id, dest in batch.bindings.items():  # as a later request would see it
+                known.setdefault(trace_id, dest)
+        jobs = list(units.values())
+        if len(jobs) == 1:
+            done = [self._commit_unit(jobs[0])]
+        else:
+            futures = [self._writers.submit(self._commit_unit, job) for job in jobs]
+            wait(futures)  # every rollout committed or failed before the requests are told
+            done = [future.result() for future in futures]
+        stored = [0] * len(batches)
+        for batch in batches:
+            batch.refused = {}
+        for job, counts in zip(jobs, done, strict=True):
+            for (index, part), n in zip(job, counts, strict=True):
+                stored[index] += n
+                refused = batches[index].refused
+                for reason, count in part.refused.items():
+                    refused[reason] = refused.get(reason, 0) + count
+        return [
+            WriteResult(n, batch.accepted - n) for n, batch in zip(stored, batches, strict=True)
+        ]
+
+    def _commit_unit(self, parts: list[tuple[int, SpanBatch]]) -> list[int]:
+        """One rollout's parts of several requests in one transaction, run again whole after a
+        conflict; the spans each part stored."""
 
         def once() -> tuple[list[int], list[Changes]]:
             stored: list[int] = []
             made: list[Changes] = []
             with self.transaction() as conn:
-                for batch in batches:
+                for _, part in parts:
                     changes = Changes()
-                    stored.append(self.write_in(conn, batch, changes) if batch.groups else 0)
+                    stored.append(self.write_in(conn, part, changes))
                     made.append(changes)
             return stored, made
 
         stored, made = self.retrying(once)
         for changes in made:
             self.affinity.count(changes)
-        return [
-            WriteResult(n, batch.accepted - n) for n, batch in zip(stored, batches, strict=True)
-        ]
+        return stored
+
+    def _bound_before(self, batches: Sequence[SpanBatch]) -> dict[bytes, Destination]:
+        """The bindings the database holds of the traces whose spans follow one (spans without
+        explicit ids): which rollout those spans go to, so they commit with its spans."""
+        traces: set[bytes] = set()
+        for batch in batches:
+            for dest, group in batch.groups.items():
+                info = batch.rollouts.get(dest[0])
+                if info is not None and info.origin != "explicit":
+                    traces.update(row.trace_id for _, _, row in group)
+        known: dict[bytes, Destination] = {}
+        if not traces:
+            return known
+        with self.snapshot() as conn:
+            for chunk in chunks(list(traces)):
+                for trace_id, rollout_id, attempt_id in conn.execute(
+                    "SELECT trace_id, rollout_id, attempt_id FROM trace_bindings"
+                    f" WHERE trace_id IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    known[bytes(trace_id)] = (rollout_id, attempt_id)
+        return known
 
     def write_logs(self, rows: LogRows) -> int:
         if not rows:
@@ -416,6 +478,10 @@ class PostgresStore(SQLStore):
             return [str(exc)]
         unknown = names - {m.name for m in self.migrations}
         return [f"schema steps this version does not know: {sorted(unknown)}"] if unknown else []
+
+
+def _writers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_WRITERS, thread_name_prefix="lightning-otlp-pg-writer")
 
 
 def _configure(raw: Any) -> None:
