@@ -333,6 +333,9 @@ class PostgresStore(SQLStore):
         return affinity
 
     def bind(self, conn: Conn, changes: Changes) -> None:
+        # In the transaction of the rollout the traces are bound to, though the table is keyed
+        # by trace: a binding names the attempt this transaction resolved and must commit with
+        # its spans, and only that rollout's transactions write it (first binding wins).
         now = time.time()
         conn.executemany(
             "INSERT INTO trace_bindings (trace_id, rollout_id, attempt_id, created_at)"

@@ -2,13 +2,31 @@
 ``Migration``), the same tables as SQLite's with PostgreSQL's types.
 
 ``rowid`` is a column here (an identity or sequence), where SQLite has it implicitly, so the
-shared SQL reads insertion order the same way on both. The tables about a rollout (rollouts,
-attempts, spans, issued sequence ids, span counters) have ``rollout_id`` in each of their unique
-keys, so they can be distributed by rollout (Citus-style); the tables keyed by trace (bindings,
-GenAI log records, spans that enclose calls) by trace id; workers and resources are small tables
-every node can hold whole. Not yet so: ``span_views`` is keyed by the span's row alone (prepared
-records, which can be rebuilt), and a group commit or an affinity move writes several rollouts
-in one transaction. Spans are partitioned by month of their start time, for retention.
+shared SQL reads insertion order the same way on both. Spans are partitioned by month of their
+start time, for retention (a month leaves by dropping its partition).
+
+Distributable by rollout (Citus-style, ``rollout_id`` the distribution column):
+
+- Keys. The tables about a rollout (rollouts, attempts, spans, span views, issued sequence ids,
+  span counters) have ``rollout_id`` in each of their unique keys. The tables keyed by trace
+  (bindings, GenAI log records, spans that enclose calls) would be distributed by trace id, and
+  workers and resources are small tables every node can hold whole.
+- Transactions. OTLP ingest, the hot path, writes one rollout per transaction
+  (``PostgresStore.write_many``): each rollout's spans from every waiting request, with the
+  rollout, attempt, outcomes and rewards they need. The same transaction writes rows of the
+  trace-keyed tables for this rollout's traces (their bindings, which spans enclose calls):
+  only this rollout's transactions write them (a trace is bound once, to one rollout), so
+  they never contend with another rollout's, and a binding must commit with the spans and
+  attempt it names. A resource body new to the store is written there too (once: later
+  requests find it). The LightningStore API's calls about one rollout or attempt write that
+  rollout's rows (and the worker's).
+- What still names several rollouts, off the hot path: a trace-affinity move (spans without
+  ids stored in a per-trace rollout before their trace's first span with ids arrived, emptied
+  into the bound rollout, counted by ``lightning_otlp_affinity_moved_traces``: a span changes
+  rollout, which a sharded table takes as a delete and an insert), and the work over many
+  rollouts at once: the API's ``enqueue_rollouts`` and ``dequeue_rollouts`` (the queue),
+  searches, and the fleet's watchdog, which a distributed database runs as multi-shard
+  transactions and queries.
 """
 
 from __future__ import annotations
