@@ -88,6 +88,13 @@ def check_free_ids(conn: Conn, rollout_id: str, attempt_id: str) -> None:
     assert free_sequence_ids(conn, rollout_id, attempt_id, [1, 1, 3, 41], {42}) == [1, 2, 3, 41]
     assert free_sequence_ids(conn, rollout_id, attempt_id, [4, 4]) == [4, 40]
     assert free_sequence_ids(conn, rollout_id, attempt_id, []) == []
+    # Ids from the counter up are free without a look: below it, they are looked up.
+    assert free_sequence_ids(conn, rollout_id, attempt_id, [5, 45, 45], free_from=40) == [
+        40,
+        45,
+        46,
+    ]
+    assert free_sequence_ids(conn, rollout_id, attempt_id, [12], free_from=10) == [12]
 
 
 def test_an_id_spans_next_issued_is_never_given_to_an_otlp_span(

@@ -307,10 +307,20 @@ class PostgresStore(SQLStore):
     # -- trace affinity in the database ----------------------------------------------------
 
     def affinity_for(self, conn: Conn, batch: SpanBatch) -> TraceAffinity:
-        """What the database holds of this request's traces: their bindings, and the per-trace
-        rollouts a binding in it could move."""
+        """What the database holds of this request's traces: the per-trace rollouts a binding
+        in it could move, and the bindings of the traces that have one, or whose spans follow
+        one. A trace bound by explicit ids alone is not looked up: reads mark index pages read
+        in a serializable transaction, and concurrent writes to them would conflict."""
         affinity = TraceAffinity(self.affinity.window)
-        traces: set[bytes] = set(batch.bindings)
+        autos = {rollout_id_for_trace(t.hex()): t for t in batch.bindings}
+        for chunk in chunks(list(autos)):
+            for rollout_id, created in conn.execute(
+                "SELECT rollout_id, created_at FROM rollouts WHERE origin = 'trace'"
+                f" AND rollout_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ):
+                affinity.autos[autos[rollout_id]] = (rollout_id, created or 0.0)
+        traces: set[bytes] = set(affinity.autos)
         for dest, group in batch.groups.items():
             info = batch.rollouts.get(dest[0])
             if info is not None and info.origin != "explicit":
@@ -322,14 +332,6 @@ class PostgresStore(SQLStore):
                 chunk,
             ):
                 affinity.bindings[bytes(trace_id)] = (rollout_id, attempt_id)
-        autos = {rollout_id_for_trace(t.hex()): t for t in batch.bindings}
-        for chunk in chunks(list(autos)):
-            for rollout_id, created in conn.execute(
-                "SELECT rollout_id, created_at FROM rollouts WHERE origin = 'trace'"
-                f" AND rollout_id IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            ):
-                affinity.autos[autos[rollout_id]] = (rollout_id, created or 0.0)
         return affinity
 
     def bind(self, conn: Conn, changes: Changes) -> None:

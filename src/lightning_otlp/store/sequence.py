@@ -51,7 +51,12 @@ def sequence_ids(
         wanted.append(value)
         previous = value
     explicit = {seq for seq in out if seq is not None}
-    issued = free_sequence_ids(conn, rollout_id, attempt_id, wanted, explicit)
+    # Every id an attempt holds is below its counter (every write raises it past the ids it
+    # stores or issues), so on PostgreSQL ids from the counter up are not looked up: a read of
+    # the spans index marks its pages read in the serializable transaction, and other
+    # rollouts' concurrent writes to those pages would conflict with it. SQLite reads as ever.
+    free = next_seq if conn.dialect.shared else None
+    issued = free_sequence_ids(conn, rollout_id, attempt_id, wanted, explicit, free)
     for i, seq in zip(order, issued, strict=True):
         out[i] = seq
     return cast(list[int], out)
@@ -75,9 +80,11 @@ def free_sequence_ids(
     attempt_id: str,
     wanted: list[int],
     taken: set[int] | None = None,
+    free_from: int | None = None,
 ) -> list[int]:
     """For ``wanted`` (in order, not decreasing), the least ids at or above each, rising, that
-    no stored span of the attempt has and ``spans/next`` has not issued (nor ``taken``)."""
+    no stored span of the attempt has and ``spans/next`` has not issued (nor ``taken``); ids
+    from ``free_from`` up are known to be neither, and are not looked up."""
     if not wanted:
         return []
     taken = set(taken or ())
@@ -86,6 +93,11 @@ def free_sequence_ids(
 
     def fetch(upper: int) -> None:
         nonlocal high
+        if free_from is not None and high + 1 >= free_from:
+            high = upper
+            return
+        if free_from is not None:
+            upper = max(high + 1, min(upper, free_from - 1))
         taken.update(
             row[0]
             for row in conn.execute(
