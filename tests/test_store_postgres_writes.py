@@ -241,3 +241,11 @@ def test_refused_spans_are_counted_for_their_own_request(pg_store: PostgresStore
     assert [r.stored for r in results] == [6, 0]
     assert first.refused == {NO_SUCH_ATTEMPT: 3}
     assert second.refused == {NO_SUCH_ATTEMPT: 2}
+
+
+def test_a_closed_store_answers_a_write_retryable(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    store.open()
+    store.close()
+    with pytest.raises(StoreUnavailable, match="not open"):
+        store.write(_request(_ids(3)))

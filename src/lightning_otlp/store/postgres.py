@@ -354,6 +354,8 @@ class PostgresStore(SQLStore):
         pooled connections, so PostgreSQL's group commit shares the WAL flushes. A request is
         answered once all its rollouts committed; if one failed, its error is raised, and the
         requests are written again (what committed is stored once, whatever is sent again)."""
+        if self._pool is None:  # closed: its writers are gone too
+            raise StoreUnavailable(f"{self.url} is not open")
         known = self._bound_before(batches)
         units: dict[str, list[tuple[int, SpanBatch]]] = {}
         for index, batch in enumerate(batches):
