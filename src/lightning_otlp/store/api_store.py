@@ -116,10 +116,16 @@ class SQLLightningStore(SpansAPI):
     def _transaction(self) -> AbstractContextManager[Conn]:
         """One committed transaction, or nothing; on a read thread (``reading``), a read-only
         snapshot apart from the writer."""
-        return self.store.snapshot() if self._reading() else self.store.transaction()
+        return self.store.snapshot() if self._reading() else self._write()
+
+    def _write(self, queue: bool = False) -> AbstractContextManager[Conn]:
+        """One call's write transaction; ``queue``: one that takes from the queue."""
+        return self.store.transaction()
 
     @contextmanager
-    def _watched(self, *rollout_ids: str, everything: bool = False) -> Iterator[Conn]:
+    def _watched(
+        self, *rollout_ids: str, everything: bool = False, queue: bool = False
+    ) -> Iterator[Conn]:
         """A transaction that first runs the watchdog scan, as upstream's ``healthcheck_before``;
         ``rollout_ids``: the rollouts the query is about, checked whatever the debounce (every
         rollout with ``everything``). On a read thread, a read that first makes sure none of
@@ -132,7 +138,7 @@ class SQLLightningStore(SpansAPI):
                     raise ScanNeeded("an attempt the read is about is past its deadline")
                 yield conn
             return
-        with self.store.transaction() as conn:
+        with self._write(queue) as conn:
             self.scan(conn, self.clock(), everything, rollout_ids)
             yield conn
 
@@ -195,7 +201,7 @@ class SQLLightningStore(SpansAPI):
             attempt = life.new_attempt(conn, rollout_id, worker_id, now)
             if worker_id is not None:
                 life.sync_worker(conn, attempt, dequeue=False, now=now)
-            return {**life.rollout(conn, rollout_id), "attempt": attempt}
+            return {**rollout_record(life.rollout_row(conn, rollout_id)), "attempt": attempt}
 
     @retried
     def enqueue_rollouts(self, requests: Sequence[Record]) -> list[Record]:
@@ -216,12 +222,13 @@ class SQLLightningStore(SpansAPI):
                     "queuing",
                     self.clock(),  # each its own, as upstream: sorting by start time is stable
                 )
-                out.append(life.rollout(conn, rollout_id))
+                # Just queued: it has no attempt yet.
+                out.append(rollout_record(life.rollout_row(conn, rollout_id)))
             return out
 
     @retried
     def dequeue_rollouts(self, limit: int, worker_id: str | None) -> list[Record]:
-        with self._watched() as conn:
+        with self._watched(queue=True) as conn:
             now = self.clock()
             out: list[Record] = []
             while len(out) < limit:
@@ -229,7 +236,10 @@ class SQLLightningStore(SpansAPI):
                 if rollout_id is None:
                     break
                 attempt = life.new_attempt(conn, rollout_id, worker_id, now)
-                out.append({**life.rollout(conn, rollout_id), "attempt": attempt})
+                # The attempt just made is the rollout's latest: not read again.
+                out.append(
+                    {**rollout_record(life.rollout_row(conn, rollout_id)), "attempt": attempt}
+                )
             if worker_id is not None:
                 if out:
                     life.sync_worker(conn, out[-1]["attempt"], dequeue=True, now=now)
@@ -246,7 +256,7 @@ class SQLLightningStore(SpansAPI):
             attempt = life.new_attempt(conn, rollout_id, worker_id, now)
             if worker_id is not None:
                 life.sync_worker(conn, attempt, dequeue=False, now=now)
-            return {**life.rollout(conn, rollout_id), "attempt": attempt}
+            return {**rollout_record(life.rollout_row(conn, rollout_id)), "attempt": attempt}
 
     @retried
     def query_rollouts(

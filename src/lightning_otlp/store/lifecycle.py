@@ -77,20 +77,19 @@ def rollout(conn: Conn, rollout_id: str) -> Record:
     return record
 
 
+_ATTEMPT: Final = f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? AND attempt_id = ?"
+_LATEST_ATTEMPT: Final = (
+    f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? ORDER BY sequence_id DESC LIMIT 1"
+)
+
+
 def attempt(conn: Conn, rollout_id: str, attempt_id: str) -> Record | None:
-    row = conn.execute(
-        f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
-        (rollout_id, attempt_id),
-    ).fetchone()
+    row = conn.execute(_ATTEMPT, (rollout_id, attempt_id)).fetchone()
     return None if row is None else attempt_record(row)
 
 
 def latest_attempt(conn: Conn, rollout_id: str) -> Record | None:
-    row = conn.execute(
-        f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ?"
-        " ORDER BY sequence_id DESC LIMIT 1",
-        (rollout_id,),
-    ).fetchone()
+    row = conn.execute(_LATEST_ATTEMPT, (rollout_id,)).fetchone()
     return None if row is None else attempt_record(row)
 
 
@@ -105,6 +104,16 @@ def latest_attempts(conn: Conn, rollout_ids: Sequence[str]) -> dict[str, Record]
         ):
             latest[row[0]] = attempt_record(row)
     return latest
+
+
+def found(conn: Conn, rollout_id: str, attempt_id: str) -> tuple[bool, bool]:
+    """Whether the rollout exists, and its attempt: one statement."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM rollouts WHERE rollout_id = ?),"
+        " EXISTS (SELECT 1 FROM attempts WHERE rollout_id = ? AND attempt_id = ?)",
+        (rollout_id, rollout_id, attempt_id),
+    ).fetchone()
+    return bool(row[0]), bool(row[1])
 
 
 def finished(conn: Conn, rollout_id: str, attempt_id: str) -> bool:
@@ -198,12 +207,12 @@ def take_from_queue(conn: Conn) -> str | None:
 def new_attempt(conn: Conn, rollout_id: str, worker_id: str | None, now: float) -> Record:
     """A ``preparing`` attempt numbered after the rollout's others; the rollout follows it."""
     attempt_id = new_attempt_id()
-    counter = rollout_counter(conn, rollout_id)
     conn.execute(
         "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"
         " worker_id, next_span_seq) VALUES (?, ?,"
-        " (SELECT COUNT(*) + 1 FROM attempts WHERE rollout_id = ?), ?, 'preparing', ?, ?)",
-        (rollout_id, attempt_id, rollout_id, now, worker_id, counter),
+        " (SELECT COUNT(*) + 1 FROM attempts WHERE rollout_id = ?), ?, 'preparing', ?,"
+        f" {_counter_sql(conn)})",
+        (rollout_id, attempt_id, rollout_id, now, worker_id, rollout_id, rollout_id),
     )
     set_rollout_status(conn, rollout_id, "preparing", now)
     made = attempt(conn, rollout_id, attempt_id)
@@ -211,15 +220,19 @@ def new_attempt(conn: Conn, rollout_id: str, worker_id: str | None, now: float) 
     return made
 
 
+def _counter_sql(conn: Conn) -> str:
+    """The next span sequence id of a rollout (two parameters: its id twice): the highest of
+    its attempts' counters."""
+    return (
+        f"{conn.dialect.greatest}(COALESCE((SELECT MAX(next_span_seq) FROM attempts"
+        " WHERE rollout_id = ?), 1), COALESCE((SELECT next_seq FROM agl_span_counters"
+        " WHERE rollout_id = ?), 1))"
+    )
+
+
 def rollout_counter(conn: Conn, rollout_id: str) -> int:
     """The next span sequence id of the rollout: the highest of its attempts' counters."""
-    greatest = conn.dialect.greatest
-    row = conn.execute(
-        f"SELECT {greatest}(COALESCE((SELECT MAX(next_span_seq) FROM attempts"
-        " WHERE rollout_id = ?), 1), COALESCE((SELECT next_seq FROM agl_span_counters"
-        " WHERE rollout_id = ?), 1))",
-        (rollout_id, rollout_id),
-    ).fetchone()
+    row = conn.execute(f"SELECT {_counter_sql(conn)}", (rollout_id, rollout_id)).fetchone()
     return int(row[0])
 
 
@@ -243,19 +256,25 @@ def update_attempt(
 ) -> Record:
     """The one outcome rule: an attempt's new fields, its rollout following its latest attempt
     (retried as the rollout's ``RolloutConfig`` says), its worker following it."""
-    current = rollout_row(conn, rollout_id)
+    # Three reads sent before any is read: a server answers them in one round trip.
+    reads = [
+        conn.execute(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE rollout_id = ?", (rollout_id,)),
+        conn.execute(_LATEST_ATTEMPT, (rollout_id,)),
+    ]
+    if attempt_id != "latest":
+        reads.append(conn.execute(_ATTEMPT, (rollout_id, attempt_id)))
+    current, latest_row, *target_row = [read.fetchone() for read in reads]
     if current is None:
         raise NotFound(f"Rollout {rollout_id} not found")
-    latest = latest_attempt(conn, rollout_id)
-    if latest is None:
+    if latest_row is None:
         raise NotFound(f"No attempts found for rollout {rollout_id}")
-    if attempt_id == "latest":
+    latest = attempt_record(latest_row)
+    if not target_row:
         target = latest
+    elif target_row[0] is None:
+        raise NotFound(f"Attempt {attempt_id} not found for rollout {rollout_id}")
     else:
-        found = attempt(conn, rollout_id, attempt_id)
-        if found is None:
-            raise NotFound(f"Attempt {attempt_id} not found for rollout {rollout_id}")
-        target = found
+        target = attempt_record(target_row[0])
     sync = False
     if "worker_id" in fields:
         target["worker_id"] = fields["worker_id"]
@@ -317,14 +336,15 @@ def heartbeat(conn: Conn, rollout_id: str, attempt_id: str, now: float) -> None:
         " WHERE rollout_id = ? AND attempt_id = ?",
         (now, rollout_id, attempt_id),
     )
-    latest = latest_attempt(conn, rollout_id)
-    if latest is not None and latest["attempt_id"] == attempt_id:
-        # Upstream spells the queuing state "queueing" here, so a queuing rollout stays put.
-        conn.execute(
-            "UPDATE rollouts SET status = 'running'"
-            " WHERE rollout_id = ? AND status IN ('preparing', 'requeuing')",
-            (rollout_id,),
-        )
+    # Upstream spells the queuing state "queueing" here, so a queuing rollout stays put. Only
+    # the latest attempt moves its rollout: tested in the statement, one round trip less.
+    conn.execute(
+        "UPDATE rollouts SET status = 'running'"
+        " WHERE rollout_id = ? AND status IN ('preparing', 'requeuing')"
+        " AND ? = (SELECT attempt_id FROM attempts WHERE rollout_id = ?"
+        " ORDER BY sequence_id DESC LIMIT 1)",
+        (rollout_id, attempt_id, rollout_id),
+    )
 
 
 # -- workers ----------------------------------------------------------------------------------
