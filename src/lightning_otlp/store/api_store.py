@@ -132,11 +132,15 @@ class SQLLightningStore(SpansAPI):
         them is past a deadline (else ``ScanNeeded``: the call goes to the store thread)."""
         if self._reading():
             with self.store.snapshot() as conn:
-                if (everything or rollout_ids) and life.overdue(
-                    conn, self.clock(), None if everything else rollout_ids
-                ):
-                    raise ScanNeeded("an attempt the read is about is past its deadline")
+                checks = []
+                if everything or rollout_ids:
+                    now = self.clock()
+                    checks = life.overdue_sent(conn, now, None if everything else rollout_ids)
                 yield conn
+                # Read after the read it guards, whose answer came with it (one round trip):
+                # a read that met an attempt past its deadline is dropped and done again.
+                if any(check.fetchall() for check in checks):
+                    raise ScanNeeded("an attempt the read is about is past its deadline")
             return
         with self._write(queue) as conn:
             self.scan(conn, self.clock(), everything, rollout_ids)
@@ -198,10 +202,10 @@ class SQLLightningStore(SpansAPI):
             life.insert_rollout(
                 conn, rollout_id, input, mode, resources_id, config, metadata, "preparing", now
             )
-            attempt = life.new_attempt(conn, rollout_id, worker_id, now)
+            started = life.started_rollout(conn, rollout_id, worker_id, now)
             if worker_id is not None:
-                life.sync_worker(conn, attempt, dequeue=False, now=now)
-            return {**rollout_record(life.rollout_row(conn, rollout_id)), "attempt": attempt}
+                life.sync_worker(conn, started["attempt"], dequeue=False, now=now)
+            return started
 
     @retried
     def enqueue_rollouts(self, requests: Sequence[Record]) -> list[Record]:
@@ -235,11 +239,7 @@ class SQLLightningStore(SpansAPI):
                 rollout_id = life.take_from_queue(conn)
                 if rollout_id is None:
                     break
-                attempt = life.new_attempt(conn, rollout_id, worker_id, now)
-                # The attempt just made is the rollout's latest: not read again.
-                out.append(
-                    {**rollout_record(life.rollout_row(conn, rollout_id)), "attempt": attempt}
-                )
+                out.append(life.started_rollout(conn, rollout_id, worker_id, now))
             if worker_id is not None:
                 if out:
                     life.sync_worker(conn, out[-1]["attempt"], dequeue=True, now=now)
@@ -253,10 +253,10 @@ class SQLLightningStore(SpansAPI):
             now = self.clock()
             if life.rollout_row(conn, rollout_id) is None:
                 raise NotFound(f"Rollout {rollout_id} not found")
-            attempt = life.new_attempt(conn, rollout_id, worker_id, now)
+            started = life.started_rollout(conn, rollout_id, worker_id, now)
             if worker_id is not None:
-                life.sync_worker(conn, attempt, dequeue=False, now=now)
-            return {**rollout_record(life.rollout_row(conn, rollout_id)), "attempt": attempt}
+                life.sync_worker(conn, started["attempt"], dequeue=False, now=now)
+            return started
 
     @retried
     def query_rollouts(

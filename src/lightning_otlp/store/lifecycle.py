@@ -78,6 +78,14 @@ def rollout(conn: Conn, rollout_id: str) -> Record:
 
 
 _ATTEMPT: Final = f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? AND attempt_id = ?"
+_ROLLOUT_ATTEMPT: Final = (
+    "SELECT "
+    + ", ".join(f"r.{c.strip()}" for c in ROLLOUT_COLUMNS.split(","))
+    + ", "
+    + ", ".join(f"a.{c.strip()}" for c in ATTEMPT_COLUMNS.split(","))
+    + " FROM rollouts r JOIN attempts a ON a.rollout_id = r.rollout_id"
+    " WHERE a.rollout_id = ? AND a.attempt_id = ?"
+)
 _LATEST_ATTEMPT: Final = (
     f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? ORDER BY sequence_id DESC LIMIT 1"
 )
@@ -206,6 +214,21 @@ def take_from_queue(conn: Conn) -> str | None:
 
 def new_attempt(conn: Conn, rollout_id: str, worker_id: str | None, now: float) -> Record:
     """A ``preparing`` attempt numbered after the rollout's others; the rollout follows it."""
+    made = attempt(conn, rollout_id, add_attempt(conn, rollout_id, worker_id, now))
+    assert made is not None
+    return made
+
+
+def started_rollout(conn: Conn, rollout_id: str, worker_id: str | None, now: float) -> Record:
+    """``new_attempt``, answered as the rollout with it as its latest attempt, read at once."""
+    attempt_id = add_attempt(conn, rollout_id, worker_id, now)
+    row = conn.execute(_ROLLOUT_ATTEMPT, (rollout_id, attempt_id)).fetchone()
+    split = len(ROLLOUT_COLUMNS.split(","))
+    return {**rollout_record(row[:split]), "attempt": attempt_record(row[split:])}
+
+
+def add_attempt(conn: Conn, rollout_id: str, worker_id: str | None, now: float) -> str:
+    """``new_attempt`` not read back: its id."""
     attempt_id = new_attempt_id()
     conn.execute(
         "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"
@@ -215,9 +238,7 @@ def new_attempt(conn: Conn, rollout_id: str, worker_id: str | None, now: float) 
         (rollout_id, attempt_id, rollout_id, now, worker_id, rollout_id, rollout_id),
     )
     set_rollout_status(conn, rollout_id, "preparing", now)
-    made = attempt(conn, rollout_id, attempt_id)
-    assert made is not None
-    return made
+    return attempt_id
 
 
 def _counter_sql(conn: Conn) -> str:
@@ -419,14 +440,20 @@ def _overdue_sql(conn: Conn) -> str:
 def overdue(conn: Conn, now: float, rollout_ids: Sequence[str] | None) -> list[Any]:
     """The latest attempts of running rollouts (of ``rollout_ids``; None: all) past a
     deadline: a scan reads no config it does not act on."""
+    return [row for cursor in overdue_sent(conn, now, rollout_ids) for row in cursor.fetchall()]
+
+
+def overdue_sent(conn: Conn, now: float, rollout_ids: Sequence[str] | None) -> list[Any]:
+    """``overdue``'s statements sent, not read yet: a server answers them together with the
+    statements sent after them."""
     sql = _overdue_sql(conn)
     if rollout_ids is None:
-        return list(conn.execute(sql, (now, now)).fetchall())
-    rows: list[Any] = []
+        return [conn.execute(sql, (now, now))]
+    sent: list[Any] = []
     for chunk in chunks(list(dict.fromkeys(rollout_ids))):
         marks = ", ".join("?" * len(chunk))
-        rows += conn.execute(f"{sql} AND r.rollout_id IN ({marks})", (now, now, *chunk)).fetchall()
-    return rows
+        sent.append(conn.execute(f"{sql} AND r.rollout_id IN ({marks})", (now, now, *chunk)))
+    return sent
 
 
 def time_out(conn: Conn, rows: list[Any], now: float) -> None:
