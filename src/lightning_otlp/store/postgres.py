@@ -41,7 +41,6 @@ try:
     import psycopg
     import psycopg_pool
     from psycopg import errors as pg_errors
-    from psycopg import pq
 except ImportError:  # pragma: no cover - the [postgres] extra is not installed
     psycopg = None  # type: ignore[assignment]
 
@@ -452,37 +451,25 @@ def _pipelined(raw: Any, begin: str, queue: bool) -> Iterator[Any]:
     before the transaction begins, so its snapshot is taken once the previous dequeue has
     committed (a transaction's own lock comes after its snapshot); a receiver that dies
     releases it with its connection."""
-    # Statements are not prepared here: psycopg forgets what it prepared on a ROLLBACK sent
-    # as a statement, and in a pipeline it would then use or drop a name the server no longer
-    # (or not yet) has.
-    threshold, raw.prepare_threshold = raw.prepare_threshold, None
-    try:
-        with _pipeline_transaction(raw, begin, queue) as pipeline:
-            yield pipeline
-    finally:
-        raw.prepare_threshold = threshold
-
-
-@contextmanager
-def _pipeline_transaction(raw: Any, begin: str, queue: bool) -> Iterator[Any]:
     with raw.pipeline() as pipeline:
         try:
             if queue:  # held before the transaction's first statement takes its snapshot
-                raw.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEYS["queue"],))
+                raw.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEYS["queue"],), prepare=False)
                 pipeline.sync()
             for statement in begin.split("; "):
-                raw.execute(statement)
+                raw.execute(statement, prepare=False)
             yield pipeline
-            raw.execute("COMMIT")
+            raw.execute("COMMIT", prepare=False)
             if queue:  # the commit's answer first: statements after a failed one are skipped
                 pipeline.sync()
         except BaseException:
             if not raw.broken:
-                # The error is the one raised; what the server says of the rest is the same.
+                # Out of the aborted state first; the error is the one raised.
                 with suppress(psycopg.Error):
                     pipeline.sync()
-                if raw.info.transaction_status != pq.TransactionStatus.IDLE:
-                    raw.execute("ROLLBACK")
+                # psycopg's own rollback also forgets the statements it prepared in the
+                # transaction, which the server may not have made.
+                raw.rollback()
             raise
         finally:
             if queue:
@@ -494,7 +481,7 @@ def _unlock_queue(raw: Any, pipeline: Any) -> None:
     no dequeue anywhere waits on a lock nobody holds."""
     try:
         if not raw.broken:
-            raw.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEYS["queue"],))
+            raw.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEYS["queue"],), prepare=False)
             pipeline.sync()
     except BaseException:
         raw.close()
