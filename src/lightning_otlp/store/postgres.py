@@ -464,12 +464,14 @@ def _pipelined(raw: Any, begin: str, queue: bool) -> Iterator[Any]:
                 pipeline.sync()
         except BaseException:
             if not raw.broken:
-                # Out of the aborted state first; the error is the one raised.
+                # Out of the aborted state first; the error is the one raised. psycopg's own
+                # rollback also forgets the statements it prepared in the transaction, which
+                # the server may not have made; should it fail, the pool rolls back (or
+                # discards) a connection it gets back in a transaction.
                 with suppress(psycopg.Error):
                     pipeline.sync()
-                # psycopg's own rollback also forgets the statements it prepared in the
-                # transaction, which the server may not have made.
-                raw.rollback()
+                with suppress(psycopg.Error):
+                    raw.rollback()
             raise
         finally:
             if queue:
