@@ -65,9 +65,10 @@ class SpansAPI:
         with self._transaction() as conn:
             now = self.clock()
             life.raise_counter(conn, rollout_id, attempt_id, sequence_id + 1)
-            if life.rollout_row(conn, rollout_id) is None:
+            has_rollout, has_attempt = life.found(conn, rollout_id, attempt_id)
+            if not has_rollout:
                 raise NotFound(f"Rollout {rollout_id} not found")
-            if life.attempt(conn, rollout_id, attempt_id) is None:
+            if not has_attempt:
                 raise NotFound(f"Attempt {attempt_id} not found for rollout {rollout_id}")
             status = span.get("status") or {}
             cursor = conn.execute(
@@ -172,18 +173,19 @@ class SpansAPI:
     ) -> Page:
         """The common query (one rollout or attempt, in sequence order), paged by SQLite."""
         where = "s.rollout_id = ?" + (" AND s.attempt_id = ?" if len(params) > 1 else "")
-        total = int(
-            conn.execute(f"SELECT COUNT(*) FROM spans s WHERE {where}", params).fetchone()[0]
-        )
         # Ties keep insertion order either way, as upstream's stable sort keeps them.
         order = "s.rowid"
         if query.sort_by:
             order = f"s.sequence_id {'DESC' if query.sort_order == 'desc' else 'ASC'}, s.rowid"
         page = limit_sql(conn, query)
-        leads = conn.execute(
+        # Both sent before either is read: a server answers them in one round trip.
+        counted = conn.execute(f"SELECT COUNT(*) FROM spans s WHERE {where}", params)
+        found = conn.execute(
             f"SELECT {_SPAN_LEAD} FROM spans s WHERE {where} ORDER BY {order}{page}",
             params,
-        ).fetchall()
+        )
+        total = int(counted.fetchone()[0])
+        leads = found.fetchall()
         return Page(self._records(conn, leads, encoded), query.limit, query.offset, total)
 
     def _records(self, conn: Conn, leads: list[Any], encoded: bool) -> list[Record | bytes]:

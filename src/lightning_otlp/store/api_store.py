@@ -116,23 +116,33 @@ class SQLLightningStore(SpansAPI):
     def _transaction(self) -> AbstractContextManager[Conn]:
         """One committed transaction, or nothing; on a read thread (``reading``), a read-only
         snapshot apart from the writer."""
-        return self.store.snapshot() if self._reading() else self.store.transaction()
+        return self.store.snapshot() if self._reading() else self._write()
+
+    def _write(self, queue: bool = False) -> AbstractContextManager[Conn]:
+        """One call's write transaction; ``queue``: one that takes from the queue."""
+        return self.store.transaction()
 
     @contextmanager
-    def _watched(self, *rollout_ids: str, everything: bool = False) -> Iterator[Conn]:
+    def _watched(
+        self, *rollout_ids: str, everything: bool = False, queue: bool = False
+    ) -> Iterator[Conn]:
         """A transaction that first runs the watchdog scan, as upstream's ``healthcheck_before``;
         ``rollout_ids``: the rollouts the query is about, checked whatever the debounce (every
         rollout with ``everything``). On a read thread, a read that first makes sure none of
         them is past a deadline (else ``ScanNeeded``: the call goes to the store thread)."""
         if self._reading():
             with self.store.snapshot() as conn:
-                if (everything or rollout_ids) and life.overdue(
-                    conn, self.clock(), None if everything else rollout_ids
-                ):
-                    raise ScanNeeded("an attempt the read is about is past its deadline")
+                checks = []
+                if everything or rollout_ids:
+                    now = self.clock()
+                    checks = life.overdue_sent(conn, now, None if everything else rollout_ids)
                 yield conn
+                # Read after the read it guards, whose answer came with it (one round trip):
+                # a read that met an attempt past its deadline is dropped and done again.
+                if any(check.fetchall() for check in checks):
+                    raise ScanNeeded("an attempt the read is about is past its deadline")
             return
-        with self.store.transaction() as conn:
+        with self._write(queue) as conn:
             self.scan(conn, self.clock(), everything, rollout_ids)
             yield conn
 
@@ -192,10 +202,10 @@ class SQLLightningStore(SpansAPI):
             life.insert_rollout(
                 conn, rollout_id, input, mode, resources_id, config, metadata, "preparing", now
             )
-            attempt = life.new_attempt(conn, rollout_id, worker_id, now)
+            started = life.started_rollout(conn, rollout_id, worker_id, now)
             if worker_id is not None:
-                life.sync_worker(conn, attempt, dequeue=False, now=now)
-            return {**life.rollout(conn, rollout_id), "attempt": attempt}
+                life.sync_worker(conn, started["attempt"], dequeue=False, now=now)
+            return started
 
     @retried
     def enqueue_rollouts(self, requests: Sequence[Record]) -> list[Record]:
@@ -216,20 +226,20 @@ class SQLLightningStore(SpansAPI):
                     "queuing",
                     self.clock(),  # each its own, as upstream: sorting by start time is stable
                 )
-                out.append(life.rollout(conn, rollout_id))
+                # Just queued: it has no attempt yet.
+                out.append(rollout_record(life.rollout_row(conn, rollout_id)))
             return out
 
     @retried
     def dequeue_rollouts(self, limit: int, worker_id: str | None) -> list[Record]:
-        with self._watched() as conn:
+        with self._watched(queue=True) as conn:
             now = self.clock()
             out: list[Record] = []
             while len(out) < limit:
                 rollout_id = life.take_from_queue(conn)
                 if rollout_id is None:
                     break
-                attempt = life.new_attempt(conn, rollout_id, worker_id, now)
-                out.append({**life.rollout(conn, rollout_id), "attempt": attempt})
+                out.append(life.started_rollout(conn, rollout_id, worker_id, now))
             if worker_id is not None:
                 if out:
                     life.sync_worker(conn, out[-1]["attempt"], dequeue=True, now=now)
@@ -243,10 +253,10 @@ class SQLLightningStore(SpansAPI):
             now = self.clock()
             if life.rollout_row(conn, rollout_id) is None:
                 raise NotFound(f"Rollout {rollout_id} not found")
-            attempt = life.new_attempt(conn, rollout_id, worker_id, now)
+            started = life.started_rollout(conn, rollout_id, worker_id, now)
             if worker_id is not None:
-                life.sync_worker(conn, attempt, dequeue=False, now=now)
-            return {**life.rollout(conn, rollout_id), "attempt": attempt}
+                life.sync_worker(conn, started["attempt"], dequeue=False, now=now)
+            return started
 
     @retried
     def query_rollouts(

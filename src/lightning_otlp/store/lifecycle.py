@@ -77,20 +77,27 @@ def rollout(conn: Conn, rollout_id: str) -> Record:
     return record
 
 
+_ATTEMPT: Final = f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? AND attempt_id = ?"
+_ROLLOUT_ATTEMPT: Final = (
+    "SELECT "
+    + ", ".join(f"r.{c.strip()}" for c in ROLLOUT_COLUMNS.split(","))
+    + ", "
+    + ", ".join(f"a.{c.strip()}" for c in ATTEMPT_COLUMNS.split(","))
+    + " FROM rollouts r JOIN attempts a ON a.rollout_id = r.rollout_id"
+    " WHERE a.rollout_id = ? AND a.attempt_id = ?"
+)
+_LATEST_ATTEMPT: Final = (
+    f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? ORDER BY sequence_id DESC LIMIT 1"
+)
+
+
 def attempt(conn: Conn, rollout_id: str, attempt_id: str) -> Record | None:
-    row = conn.execute(
-        f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
-        (rollout_id, attempt_id),
-    ).fetchone()
+    row = conn.execute(_ATTEMPT, (rollout_id, attempt_id)).fetchone()
     return None if row is None else attempt_record(row)
 
 
 def latest_attempt(conn: Conn, rollout_id: str) -> Record | None:
-    row = conn.execute(
-        f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ?"
-        " ORDER BY sequence_id DESC LIMIT 1",
-        (rollout_id,),
-    ).fetchone()
+    row = conn.execute(_LATEST_ATTEMPT, (rollout_id,)).fetchone()
     return None if row is None else attempt_record(row)
 
 
@@ -105,6 +112,16 @@ def latest_attempts(conn: Conn, rollout_ids: Sequence[str]) -> dict[str, Record]
         ):
             latest[row[0]] = attempt_record(row)
     return latest
+
+
+def found(conn: Conn, rollout_id: str, attempt_id: str) -> tuple[bool, bool]:
+    """Whether the rollout exists, and its attempt: one statement."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM rollouts WHERE rollout_id = ?),"
+        " EXISTS (SELECT 1 FROM attempts WHERE rollout_id = ? AND attempt_id = ?)",
+        (rollout_id, rollout_id, attempt_id),
+    ).fetchone()
+    return bool(row[0]), bool(row[1])
 
 
 def finished(conn: Conn, rollout_id: str, attempt_id: str) -> bool:
@@ -197,29 +214,46 @@ def take_from_queue(conn: Conn) -> str | None:
 
 def new_attempt(conn: Conn, rollout_id: str, worker_id: str | None, now: float) -> Record:
     """A ``preparing`` attempt numbered after the rollout's others; the rollout follows it."""
-    attempt_id = new_attempt_id()
-    counter = rollout_counter(conn, rollout_id)
-    conn.execute(
-        "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"
-        " worker_id, next_span_seq) VALUES (?, ?,"
-        " (SELECT COUNT(*) + 1 FROM attempts WHERE rollout_id = ?), ?, 'preparing', ?, ?)",
-        (rollout_id, attempt_id, rollout_id, now, worker_id, counter),
-    )
-    set_rollout_status(conn, rollout_id, "preparing", now)
-    made = attempt(conn, rollout_id, attempt_id)
+    made = attempt(conn, rollout_id, add_attempt(conn, rollout_id, worker_id, now))
     assert made is not None
     return made
 
 
+def started_rollout(conn: Conn, rollout_id: str, worker_id: str | None, now: float) -> Record:
+    """``new_attempt``, answered as the rollout with it as its latest attempt, read at once."""
+    attempt_id = add_attempt(conn, rollout_id, worker_id, now)
+    row = conn.execute(_ROLLOUT_ATTEMPT, (rollout_id, attempt_id)).fetchone()
+    split = len(ROLLOUT_COLUMNS.split(","))
+    return {**rollout_record(row[:split]), "attempt": attempt_record(row[split:])}
+
+
+def add_attempt(conn: Conn, rollout_id: str, worker_id: str | None, now: float) -> str:
+    """``new_attempt`` not read back: its id."""
+    attempt_id = new_attempt_id()
+    conn.execute(
+        "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"
+        " worker_id, next_span_seq) VALUES (?, ?,"
+        " (SELECT COUNT(*) + 1 FROM attempts WHERE rollout_id = ?), ?, 'preparing', ?,"
+        f" {_counter_sql(conn)})",
+        (rollout_id, attempt_id, rollout_id, now, worker_id, rollout_id, rollout_id),
+    )
+    set_rollout_status(conn, rollout_id, "preparing", now)
+    return attempt_id
+
+
+def _counter_sql(conn: Conn) -> str:
+    """The next span sequence id of a rollout (two parameters: its id twice): the highest of
+    its attempts' counters."""
+    return (
+        f"{conn.dialect.greatest}(COALESCE((SELECT MAX(next_span_seq) FROM attempts"
+        " WHERE rollout_id = ?), 1), COALESCE((SELECT next_seq FROM agl_span_counters"
+        " WHERE rollout_id = ?), 1))"
+    )
+
+
 def rollout_counter(conn: Conn, rollout_id: str) -> int:
     """The next span sequence id of the rollout: the highest of its attempts' counters."""
-    greatest = conn.dialect.greatest
-    row = conn.execute(
-        f"SELECT {greatest}(COALESCE((SELECT MAX(next_span_seq) FROM attempts"
-        " WHERE rollout_id = ?), 1), COALESCE((SELECT next_seq FROM agl_span_counters"
-        " WHERE rollout_id = ?), 1))",
-        (rollout_id, rollout_id),
-    ).fetchone()
+    row = conn.execute(f"SELECT {_counter_sql(conn)}", (rollout_id, rollout_id)).fetchone()
     return int(row[0])
 
 
@@ -243,19 +277,25 @@ def update_attempt(
 ) -> Record:
     """The one outcome rule: an attempt's new fields, its rollout following its latest attempt
     (retried as the rollout's ``RolloutConfig`` says), its worker following it."""
-    current = rollout_row(conn, rollout_id)
+    # Three reads sent before any is read: a server answers them in one round trip.
+    reads = [
+        conn.execute(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE rollout_id = ?", (rollout_id,)),
+        conn.execute(_LATEST_ATTEMPT, (rollout_id,)),
+    ]
+    if attempt_id != "latest":
+        reads.append(conn.execute(_ATTEMPT, (rollout_id, attempt_id)))
+    current, latest_row, *target_row = [read.fetchone() for read in reads]
     if current is None:
         raise NotFound(f"Rollout {rollout_id} not found")
-    latest = latest_attempt(conn, rollout_id)
-    if latest is None:
+    if latest_row is None:
         raise NotFound(f"No attempts found for rollout {rollout_id}")
-    if attempt_id == "latest":
+    latest = attempt_record(latest_row)
+    if not target_row:
         target = latest
+    elif target_row[0] is None:
+        raise NotFound(f"Attempt {attempt_id} not found for rollout {rollout_id}")
     else:
-        found = attempt(conn, rollout_id, attempt_id)
-        if found is None:
-            raise NotFound(f"Attempt {attempt_id} not found for rollout {rollout_id}")
-        target = found
+        target = attempt_record(target_row[0])
     sync = False
     if "worker_id" in fields:
         target["worker_id"] = fields["worker_id"]
@@ -317,14 +357,15 @@ def heartbeat(conn: Conn, rollout_id: str, attempt_id: str, now: float) -> None:
         " WHERE rollout_id = ? AND attempt_id = ?",
         (now, rollout_id, attempt_id),
     )
-    latest = latest_attempt(conn, rollout_id)
-    if latest is not None and latest["attempt_id"] == attempt_id:
-        # Upstream spells the queuing state "queueing" here, so a queuing rollout stays put.
-        conn.execute(
-            "UPDATE rollouts SET status = 'running'"
-            " WHERE rollout_id = ? AND status IN ('preparing', 'requeuing')",
-            (rollout_id,),
-        )
+    # Upstream spells the queuing state "queueing" here, so a queuing rollout stays put. Only
+    # the latest attempt moves its rollout: tested in the statement, one round trip less.
+    conn.execute(
+        "UPDATE rollouts SET status = 'running'"
+        " WHERE rollout_id = ? AND status IN ('preparing', 'requeuing')"
+        " AND ? = (SELECT attempt_id FROM attempts WHERE rollout_id = ?"
+        " ORDER BY sequence_id DESC LIMIT 1)",
+        (rollout_id, attempt_id, rollout_id),
+    )
 
 
 # -- workers ----------------------------------------------------------------------------------
@@ -399,14 +440,20 @@ def _overdue_sql(conn: Conn) -> str:
 def overdue(conn: Conn, now: float, rollout_ids: Sequence[str] | None) -> list[Any]:
     """The latest attempts of running rollouts (of ``rollout_ids``; None: all) past a
     deadline: a scan reads no config it does not act on."""
+    return [row for cursor in overdue_sent(conn, now, rollout_ids) for row in cursor.fetchall()]
+
+
+def overdue_sent(conn: Conn, now: float, rollout_ids: Sequence[str] | None) -> list[Any]:
+    """``overdue``'s statements sent, not read yet: a server answers them together with the
+    statements sent after them."""
     sql = _overdue_sql(conn)
     if rollout_ids is None:
-        return list(conn.execute(sql, (now, now)).fetchall())
-    rows: list[Any] = []
+        return [conn.execute(sql, (now, now))]
+    sent: list[Any] = []
     for chunk in chunks(list(dict.fromkeys(rollout_ids))):
         marks = ", ".join("?" * len(chunk))
-        rows += conn.execute(f"{sql} AND r.rollout_id IN ({marks})", (now, now, *chunk)).fetchall()
-    return rows
+        sent.append(conn.execute(f"{sql} AND r.rollout_id IN ({marks})", (now, now, *chunk)))
+    return sent
 
 
 def time_out(conn: Conn, rows: list[Any], now: float) -> None:

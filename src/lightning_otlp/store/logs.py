@@ -81,9 +81,9 @@ def joined_events(
 ) -> dict[tuple[bytes, bytes], list[dict[str, Any]]]:
     """The stored GenAI log records of these traces as span events, by (trace_id, span_id)."""
     out: dict[tuple[bytes, bytes], list[dict[str, Any]]] = {}
-    if not conn.execute("SELECT EXISTS (SELECT 1 FROM span_logs)").fetchone()[0]:
-        return out  # most stores hold none: no lookup per trace
     ids = list(trace_ids)
+    if not ids or not conn.execute("SELECT EXISTS (SELECT 1 FROM span_logs)").fetchone()[0]:
+        return out  # most stores hold none: no lookup per trace
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         rows = conn.execute(

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -63,11 +63,15 @@ _LOCK_KEYS: Final = {
     "watchdog": 0x4C4F_544C_0002,
     "views": 0x4C4F_544C_0003,
     "partitions": 0x4C4F_544C_0004,
+    "queue": 0x4C4F_544C_0005,
 }
 _PARTITIONS_EVERY: Final = 3600.0
 # Rollouts written at once, each on its own pooled connection: fewer than the pool holds, so
 # the LightningStore API's calls still find one free.
 _WRITERS: Final = 4
+_WRITE: Final = "BEGIN ISOLATION LEVEL SERIALIZABLE"
+# A read snapshot: one consistent view that takes no serializable read marks.
+_SNAPSHOT: Final = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL enable_seqscan = on"
 
 
 class Conflict(Exception):
@@ -224,18 +228,28 @@ class PostgresStore(SQLStore):
     # -- storage primitives ----------------------------------------------------------------
 
     @contextmanager
-    def _connection(self, first: str | None = None) -> Iterator[PgConn]:
-        """A pooled connection in a transaction (``first`` its first statement); server
-        errors become ``StoreUnavailable``, a serialization conflict ``Conflict``."""
+    def _connection(
+        self, begin: str | None = None, *, pipelined: bool = False, queue: bool = False
+    ) -> Iterator[PgConn]:
+        """A pooled connection in a transaction; server errors become ``StoreUnavailable``, a
+        serialization conflict ``Conflict``.
+
+        ``pipelined``: statements whose results are not read yet go to the server together
+        (psycopg's pipeline mode) and the transaction is ``begin``'s, so a call waits on the
+        server where it reads and once to commit, not once a statement. ``queue``: the fleet's
+        queue lock is held around it (``_pipelined``)."""
         if self._pool is None:
             raise StoreUnavailable(f"{self.url} is not open")
         if self._down:  # answer at once: the probe says when the server is back
             raise StoreUnavailable(f"{self.url} is unreachable")
         try:
-            with self._pool.connection() as raw, raw.transaction():
-                if first is not None:
-                    raw.execute(first)
-                yield PgConn(raw, self._column_types)
+            with self._pool.connection() as raw:
+                if not pipelined:
+                    with raw.transaction():
+                        yield PgConn(raw, self._column_types)
+                    return
+                with _pipelined(raw, begin or _WRITE, queue) as pipeline:
+                    yield PgConn(raw, self._column_types, pipeline)
         except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
             raise Conflict(str(exc)) from exc
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
@@ -246,15 +260,12 @@ class PostgresStore(SQLStore):
         except psycopg.Error as exc:
             raise StoreUnavailable(f"store failing: {_reason(exc)}") from exc
 
-    def transaction(self) -> Any:
-        return self._connection()
+    def transaction(self, *, pipelined: bool = False, queue: bool = False) -> Any:
+        return self._connection(pipelined=pipelined, queue=queue)
 
     def snapshot(self) -> Any:
         # A read-only snapshot marks nothing read: it scans as the planner sees fit.
-        return self._connection(
-            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY;"
-            " SET LOCAL enable_seqscan = on"
-        )
+        return self._connection(_SNAPSHOT, pipelined=True)
 
     def reader(self) -> Any:
         return self.snapshot()
@@ -500,6 +511,56 @@ def _configure(raw: Any) -> None:
     raw.autocommit = True
     raw.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
     raw.execute("SET enable_seqscan = off")
+
+
+@contextmanager
+def _pipelined(raw: Any, begin: str, queue: bool) -> Iterator[Any]:
+    """A transaction in pipeline mode, begun and committed by hand: psycopg's own would wait
+    for its COMMIT and then once more to leave the pipeline.
+
+    With ``queue``, the fleet's dequeues go one at a time. Concurrent serializable dequeues
+    read the same queue index pages and each takes a row off them, so PostgreSQL aborted all
+    but one (under 8 workers, a third of dequeues ran again). The lock is a session lock taken
+    before the transaction begins, so its snapshot is taken once the previous dequeue has
+    committed (a transaction's own lock comes after its snapshot); a receiver that dies
+    releases it with its connection."""
+    with raw.pipeline() as pipeline:
+        try:
+            if queue:  # held before the transaction's first statement takes its snapshot
+                raw.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEYS["queue"],), prepare=False)
+                pipeline.sync()
+            for statement in begin.split("; "):
+                raw.execute(statement, prepare=False)
+            yield pipeline
+            raw.execute("COMMIT", prepare=False)
+            if queue:  # the commit's answer first: statements after a failed one are skipped
+                pipeline.sync()
+        except BaseException:
+            if not raw.broken:
+                # Out of the aborted state first; the error is the one raised. psycopg's own
+                # rollback also forgets the statements it prepared in the transaction, which
+                # the server may not have made; should it fail, the pool rolls back (or
+                # discards) a connection it gets back in a transaction.
+                with suppress(psycopg.Error):
+                    pipeline.sync()
+                with suppress(psycopg.Error):
+                    raw.rollback()
+            raise
+        finally:
+            if queue:
+                _unlock_queue(raw, pipeline)
+
+
+def _unlock_queue(raw: Any, pipeline: Any) -> None:
+    """Release the queue lock; a connection that cannot is closed, which releases it too, so
+    no dequeue anywhere waits on a lock nobody holds."""
+    try:
+        if not raw.broken:
+            raw.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEYS["queue"],), prepare=False)
+            pipeline.sync()
+    except BaseException:
+        raw.close()
+        raise
 
 
 def _reason(exc: BaseException) -> str:

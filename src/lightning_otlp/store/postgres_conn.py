@@ -4,7 +4,7 @@ and many rows of a plain insert sent as one statement over binary arrays."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any, Final
 
@@ -34,12 +34,18 @@ class PgConn:
 
     dialect: Dialect = POSTGRESQL
 
-    def __init__(self, conn: Any, column_types: dict[str, dict[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        conn: Any,
+        column_types: dict[str, dict[str, str]] | None = None,
+        pipeline: Any = None,
+    ) -> None:
         self._conn = conn
         self._types = column_types if column_types is not None else {}
+        self._pipeline = pipeline
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
-        return self._conn.execute(_psycopg_sql(sql), tuple(parameters))
+        return self._pending(self._conn.execute(_psycopg_sql(sql), tuple(parameters)))
 
     def executemany(self, sql: str, parameters: Any, /) -> Any:
         rows = [tuple(p) for p in parameters]
@@ -56,14 +62,19 @@ class PgConn:
             if all(column is not None for column in columns):
                 # Binary arrays: psycopg's text form escapes every value in Python.
                 arrays = ", ".join(f"%b::{types[name]}[]" for name in names)
-                return self._conn.execute(
-                    f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({arrays})"
-                    f"{plain.group(3) or ''}",
-                    columns,
+                return self._pending(
+                    self._conn.execute(
+                        f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({arrays})"
+                        f"{plain.group(3) or ''}",
+                        columns,
+                    )
                 )
         cursor = self._conn.cursor()
         cursor.executemany(_psycopg_sql(sql), rows)
-        return cursor
+        return self._pending(cursor)
+
+    def _pending(self, cursor: Any) -> Any:
+        return cursor if self._pipeline is None else _Pending(cursor, self._pipeline)
 
     def _column_types(self, table: str) -> dict[str, str]:
         """A table's columns and their types, read from the catalog once."""
@@ -78,6 +89,30 @@ class PgConn:
             )
             self._types[table] = types
         return types
+
+
+class _Pending:
+    """A cursor in pipeline mode: its rows are fetched when read (psycopg does that), and its
+    row count, known only once the server answered, waits for the answer."""
+
+    def __init__(self, cursor: Any, pipeline: Any) -> None:
+        self._cursor = cursor
+        self._pipeline = pipeline
+
+    @property
+    def rowcount(self) -> int:
+        if self._cursor.pgresult is None:
+            self._pipeline.sync()
+        return int(self._cursor.rowcount)
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self._cursor.fetchall())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._cursor)
 
 
 def _array(sql_type: str, values: list[Any]) -> list[Any] | None:
