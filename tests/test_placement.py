@@ -227,3 +227,44 @@ def test_split_parts_write_what_the_whole_request_writes(sql_store: Store) -> No
         sql_store.write(part)
     assert names(sql_store, bound[0]) == ["bound", "follower"]
     assert len(rollout_ids(sql_store)) == 4
+
+
+def test_a_new_rollout_s_attempts_are_made_as_its_spans_name_them(sql_store: Store) -> None:
+    """A rollout first seen with two attempts, and spans naming it alone: the first attempt
+    named is its first, the spans without an attempt go to it, the other is its second."""
+    rollout_id, first, second = new_rollout_id(), new_attempt_id(), new_attempt_id()
+    trace = os.urandom(16)
+    spans = [
+        make_span("a", trace_id=trace, start_ns=START + 2 * S, attributes=_ids(rollout_id, first)),
+        make_span("b", trace_id=trace, start_ns=START + 3 * S, attributes=_ids(rollout_id)),
+        make_span(
+            "c", trace_id=os.urandom(16), start_ns=START, attributes=_ids(rollout_id, second)
+        ),
+    ]
+    assert sql_store.write(route(make_request(spans), RoutingConfig())).stored == 3
+    with sql_store.transaction() as conn:
+        attempts = conn.execute(
+            "SELECT attempt_id, sequence_id, status, start_time, next_span_seq FROM attempts"
+            " WHERE rollout_id = ? ORDER BY sequence_id",
+            (rollout_id,),
+        ).fetchall()
+        rollout = life.rollout(conn, rollout_id)
+    started = START // S
+    assert [tuple(row) for row in attempts] == [
+        (first, 1, "running", started + 2, (started + 3) * 10**6 + 1),
+        (second, 2, "running", started, started * 10**6 + 1),
+    ]
+    assert (rollout["status"], rollout["start_time"]) == ("running", started)
+    by_name = {s["name"]: (s["attempt_id"], s["sequence_id"]) for s in sql_store.spans(rollout_id)}
+    assert by_name == {
+        "a": (first, (started + 2) * 10**6),
+        "b": (first, (started + 3) * 10**6),
+        "c": (second, started * 10**6),
+    }
+
+
+def _ids(rollout_id: str, attempt_id: str | None = None) -> dict[str, str]:
+    out = {semconv.ROLLOUT_ID: rollout_id}
+    if attempt_id is not None:
+        out[semconv.ATTEMPT_ID] = attempt_id
+    return out

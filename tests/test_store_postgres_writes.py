@@ -15,6 +15,7 @@ from lightning_otlp.batch import SpanBatch
 from lightning_otlp.errors import StoreUnavailable
 from lightning_otlp.ids import new_attempt_id, new_rollout_id
 from lightning_otlp.receiver.route import RoutingConfig, route
+from lightning_otlp.store.affinity import Changes
 from lightning_otlp.store.placement import NO_SUCH_ATTEMPT
 from lightning_otlp.store.postgres import PostgresStore
 
@@ -249,3 +250,24 @@ def test_a_closed_store_answers_a_write_retryable(pg_url: str) -> None:
     store.close()
     with pytest.raises(StoreUnavailable, match="not open"):
         store.write(_request(_ids(3)))
+
+
+def test_rollouts_created_at_once_do_not_conflict(pg_store: PostgresStore, pg_url: str) -> None:
+    """Two requests each starting a new rollout (their traces bound by explicit ids), written
+    in two open transactions at once: neither reads a rollout or attempt key the other
+    inserts, so both commit, with nothing to run again."""
+    pg_store.write(_request(_ids(3)))  # rollouts already there, beside the new ones
+    before = {m.name: m.value for m in pg_store.metrics()}
+    first, second = _request(_ids(1)), _request(_ids(1))
+    with pg_store.transaction() as one, pg_store.transaction() as two:
+        assert pg_store.write_in(one, first, Changes()) == 3
+        assert pg_store.write_in(two, second, Changes()) == 3
+        marked = query(
+            pg_url,
+            "SELECT DISTINCT relation::regclass::text FROM pg_locks WHERE mode = 'SIReadLock'",
+        )
+    assert {name for (name,) in marked}.isdisjoint({"rollouts_pkey", "attempts_pkey"})
+    assert query(pg_url, "SELECT COUNT(*) FROM spans") == [(3 * 3 + 2 * 3,)]
+    after = {m.name: m.value for m in pg_store.metrics()}
+    conflicts = "lightning_otlp_store_conflicts"
+    assert after[conflicts] == before[conflicts]

@@ -204,8 +204,14 @@ def record_outcomes(
         lifecycle.span_outcome(conn, rollout_id, attempt_id, status, end_time, now)
 
 
-def ensure_rollout(conn: Conn, rollout_id: str, info: RolloutInfo, now: float) -> bool:
-    """Create the rollout unless it exists; True when it was created."""
+def create_rollout(conn: Conn, rollout_id: str, info: RolloutInfo, now: float) -> bool:
+    """Create the rollout unless it exists; True when it was created.
+
+    Tried before anything is read of the rollout: a rollout created here is known to be new
+    (not the API's, no attempts), so nothing of it is looked up. On PostgreSQL that matters:
+    a serializable transaction's index reads mark the pages read, rollouts created at once
+    insert beside each other in the same pages, and a read of a row not there yet would
+    conflict with them; an insert's own check for the key marks nothing read."""
     start = info.first_start or now
     cursor = conn.execute(
         "INSERT INTO rollouts (rollout_id, input, start_time, mode, status, config,"
@@ -222,8 +228,12 @@ def ensure_rollout(conn: Conn, rollout_id: str, info: RolloutInfo, now: float) -
             now,
         ),
     )
-    if cursor.rowcount == 1:
-        return True
+    return bool(cursor.rowcount == 1)
+
+
+def rollout_seen_again(conn: Conn, rollout_id: str, info: RolloutInfo) -> None:
+    """An existing rollout (not the API's) its spans name again: started, and the input and
+    mode they carry kept."""
     conn.execute(
         "UPDATE rollouts SET status = 'running' WHERE rollout_id = ? AND status IN (?, ?, ?)",
         (rollout_id, *_STARTED),
@@ -235,7 +245,6 @@ def ensure_rollout(conn: Conn, rollout_id: str, info: RolloutInfo, now: float) -
         )
     if info.mode is not None:
         conn.execute("UPDATE rollouts SET mode = ? WHERE rollout_id = ?", (info.mode, rollout_id))
-    return False
 
 
 def ensure_attempt(
@@ -261,14 +270,12 @@ def ensure_attempt(
         ).fetchone()
         if found is not None:
             return attempt_id, attempt_counter(conn, rollout_id, attempt_id, found[0])
-    starts = [start for start, _, _ in group if start]
-    start = min(min(starts), now) if starts else now
     conn.execute(
         "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"
         " last_heartbeat_time, next_span_seq) VALUES (?, ?,"
         " (SELECT COALESCE(MAX(sequence_id), 0) + 1 FROM attempts WHERE rollout_id = ?),"
         " ?, 'running', ?, 1)",
-        (rollout_id, attempt_id, rollout_id, start, now),
+        (rollout_id, attempt_id, rollout_id, _attempt_start(group, now), now),
     )
     # The rollout follows its newest attempt: running again, whatever the last one ended as.
     conn.execute(
@@ -276,6 +283,29 @@ def ensure_attempt(
         (rollout_id,),
     )
     return attempt_id, 1
+
+
+def first_attempt(
+    conn: Conn,
+    rollout_id: str,
+    attempt_id: str,
+    group: list[RoutedSpan],
+    next_seq: int,
+    now: float,
+) -> None:
+    """The first attempt of a rollout this transaction created, inserted once its spans are
+    numbered (from 1, ``next_seq`` the counter after them): nothing to look up, and nothing
+    to update after, which on PostgreSQL would mark the index page read as a lookup does."""
+    conn.execute(
+        "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, start_time, status,"
+        " last_heartbeat_time, next_span_seq) VALUES (?, ?, 1, ?, 'running', ?, ?)",
+        (rollout_id, attempt_id, _attempt_start(group, now), now, next_seq),
+    )
+
+
+def _attempt_start(group: list[RoutedSpan], now: float) -> float:
+    starts = [start for start, _, _ in group if start]
+    return min(min(starts), now) if starts else now
 
 
 def managed(conn: Conn, rollout_ids: set[str]) -> set[str]:

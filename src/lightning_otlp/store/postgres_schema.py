@@ -197,6 +197,14 @@ POSTGRESQL: Final[tuple[Migration, ...]] = (
         ALTER TABLE span_views ADD PRIMARY KEY (rollout_id, span_rowid)
         """,
     ),
+    # The per-trace rollouts apart (``PostgresStore.affinity_for`` looks up those a request's
+    # bindings could move): a serializable lookup marks only this index's pages read, and
+    # rollouts created with explicit ids, inserted into the primary key's pages, do not
+    # conflict with it.
+    Migration(
+        "postgresql-4",
+        "CREATE INDEX rollouts_per_trace ON rollouts (rollout_id) WHERE origin = 'trace'",
+    ),
 )
 
 

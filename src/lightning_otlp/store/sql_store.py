@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Final
 
 from ..batch import Destination, RoutedSpan, SpanBatch
+from ..ids import attempt_id_for
 from . import placement, views
 from .affinity import Changes, TraceAffinity
 from .base import Metric, StoreOptions, WriteResult
@@ -124,12 +125,19 @@ class SQLStore:
         )
         batch.refused = {}
         used = {rollout_id for rollout_id, _ in groups}
-        managed = placement.managed(conn, used)
+        # Rollouts are created first: what is created here is new, and nothing of it is read.
+        created: set[str] = set()
+        for rollout_id, info in batch.rollouts.items():
+            if rollout_id in used and placement.create_rollout(conn, rollout_id, info, now):
+                created.add(rollout_id)
+                if info.origin == "trace" and info.trace_id is not None:
+                    changes.autos.append((info.trace_id, rollout_id, now))
+        managed = placement.managed(conn, used - created)
         if managed:
             groups = placement.refuse_unknown_attempts(conn, batch, groups, managed)
             used = {rollout_id for rollout_id, _ in groups}
         for rollout_id, info in batch.rollouts.items():
-            if rollout_id not in used:
+            if rollout_id not in used or rollout_id in created:
                 continue
             if rollout_id in managed:
                 # The API's: spans change only what upstream's add_span changes.
@@ -138,9 +146,8 @@ class SQLStore:
                     " WHERE rollout_id = ? AND status = 'preparing'",
                     (rollout_id,),
                 )
-            elif placement.ensure_rollout(conn, rollout_id, info, now):
-                if info.origin == "trace" and info.trace_id is not None:
-                    changes.autos.append((info.trace_id, rollout_id, now))
+            else:
+                placement.rollout_seen_again(conn, rollout_id, info)
         # Spans of per-trace rollouts that this request's bindings claim, by destination.
         moves = placement.claim_moves(conn, affinity, batch, groups, now, changes)
         resolved: dict[Destination, str] = {}
@@ -148,7 +155,14 @@ class SQLStore:
         updates: list[tuple[str, str, int, int]] = []
         for dest, group in groups.items():
             rollout_id = dest[0]
-            attempt_id, next_seq = placement.ensure_attempt(conn, rollout_id, dest[1], group, now)
+            first = rollout_id in created  # its first attempt: inserted once numbered
+            if first:
+                created.discard(rollout_id)  # the rollout's other attempts are looked up
+                attempt_id, next_seq = dest[1] or attempt_id_for(rollout_id, 1), 1
+            else:
+                attempt_id, next_seq = placement.ensure_attempt(
+                    conn, rollout_id, dest[1], group, now
+                )
             resolved[dest] = attempt_id
             # Spans moving here arrived before this request's spans.
             entries: Sequence[RoutedSpan | placement.MovedSpan] = (
@@ -161,12 +175,15 @@ class SQLStore:
                 else:
                     rows.append((rollout_id, attempt_id, seq, *entry[2]))
             next_seq = max(next_seq, max(seqs) + 1)
-            conn.execute(
-                "UPDATE attempts SET next_span_seq = ?, last_heartbeat_time = ?,"
-                " status = CASE status WHEN 'preparing' THEN 'running' ELSE status END"
-                " WHERE rollout_id = ? AND attempt_id = ?",
-                (next_seq, now, rollout_id, attempt_id),
-            )
+            if first:
+                placement.first_attempt(conn, rollout_id, attempt_id, group, next_seq, now)
+            else:
+                conn.execute(
+                    "UPDATE attempts SET next_span_seq = ?, last_heartbeat_time = ?,"
+                    " status = CASE status WHEN 'preparing' THEN 'running' ELSE status END"
+                    " WHERE rollout_id = ? AND attempt_id = ?",
+                    (next_seq, now, rollout_id, attempt_id),
+                )
         cursor = conn.executemany(conn.dialect.insert_new("spans", SPAN_COLUMNS, 12), rows)
         stored = cursor.rowcount if cursor.rowcount >= 0 else len(rows)
         mark_enclosing(conn, rows)
