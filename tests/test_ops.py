@@ -45,7 +45,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from lightning_otlp.errors import Unauthenticated
 from lightning_otlp.receiver.auth import BearerAuth, load_tokens
 from lightning_otlp.receiver.metrics import Histogram
-from lightning_otlp.server import SWITCH_INTERVAL, _switch_interval, _warn_if_open
+from lightning_otlp.server import _warn_if_open
 from lightning_otlp.settings import Settings
 
 from .payloads import make_request, make_span
@@ -673,14 +673,3 @@ def test_each_port_in_use_is_one_line_naming_its_setting(
     assert len(lines) == 1, result.stderr
     assert taken in lines[0] and f"--{setting}" in lines[0]
     assert f"LIGHTNING_OTLP_{setting.upper()}" in lines[0]
-
-
-def test_serving_bounds_how_long_a_busy_thread_keeps_the_interpreter() -> None:
-    """The store thread takes the interpreter lock back after every SQLite call: the receiver
-    waits at most ``SWITCH_INTERVAL`` for it each time, less than Python's default, and leaves
-    the interval as it found it."""
-    before = sys.getswitchinterval()
-    assert SWITCH_INTERVAL < before
-    with _switch_interval(SWITCH_INTERVAL):
-        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
-    assert sys.getswitchinterval() == before

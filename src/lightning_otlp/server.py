@@ -13,7 +13,7 @@ import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import grpc
 import uvicorn
@@ -30,14 +30,6 @@ from .wiring import build_pipeline
 
 log = logging.getLogger("lightning_otlp")
 
-# Seconds a thread busy in Python keeps the interpreter lock from a thread that wants it back.
-# The store thread gives the lock up around every SQLite call (every row a commit inserts is
-# one); while another thread runs Python (a read building records, the event loop among hundreds
-# of connections), each time it takes the lock back it waits this long, 5 ms by Python's default,
-# so a commit of a few hundred rows took many times its own work and honest clients lost far
-# more than the attackers' share of the interpreter. A millisecond bounds that wait.
-SWITCH_INTERVAL: Final = 0.001
-
 
 class _Server(uvicorn.Server):
     """uvicorn minus its own signal handling: ``serve`` stops every server on one signal."""
@@ -53,22 +45,6 @@ async def serve(settings: Settings) -> None:
     Shutdown stops both transports accepting, lets in-flight requests finish (for at most
     ``shutdown_timeout`` seconds), waits for the store thread, then closes the store.
     """
-    with _switch_interval(SWITCH_INTERVAL):
-        await _serve(settings)
-
-
-@contextlib.contextmanager
-def _switch_interval(seconds: float) -> Iterator[None]:
-    """The interpreter's switch interval set to ``seconds`` inside, as it was after."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
-
-
-async def _serve(settings: Settings) -> None:
     auth = BearerAuth(load_tokens(settings.auth_token_file)) if settings.auth_token_file else None
     _warn_if_open(settings, auth)
     _raise_file_limit()

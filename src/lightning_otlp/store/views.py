@@ -132,9 +132,8 @@ def build(conn: Conn, after: int, *, window: int, limit: int) -> tuple[int, int]
 # current view is built in Python at read time, and a read of a whole rollout (``limit=-1``,
 # which upstream allows) may build tens of thousands. The read threads would then hold the
 # interpreter lock most of the time, and the event loop and the store thread, which hand the
-# lock back and forth around every SQLite call, would wait up to a switch interval
-# (``server.SWITCH_INTERVAL``) for it each time: ingest slows far more than the read's CPU share
-# suggests. So records are built
+# lock back and forth around every SQLite call, would wait up to a switch interval (5 ms) for
+# it each time: ingest slows far more than the read's CPU share suggests. So records are built
 # in chunks, one chunk at a time across all read threads, and after each the builder rests for
 # a multiple of the CPU time the chunk took, while the store is ingesting: a client reading whole
 # rollouts over and over then takes a tenth of the interpreter, not the honest exports' share. A
