@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from lightning_otlp.api import (
     ReceiverApp,
     bodies,
     build_http_app,
+    calls,
 )
 from lightning_otlp.errors import Overloaded, PayloadTooLarge
 from lightning_otlp.receiver.pipeline import Pipeline
@@ -307,6 +309,39 @@ def test_a_wait_is_woken_by_the_change_it_waits_for(app: App) -> None:
 
     [finished] = app.run(go())
     assert finished["rollout_id"] == rollout_id and finished["status"] == "succeeded"
+
+
+def test_small_bodies_are_never_queued_behind_a_large_one_being_parsed(app: App) -> None:
+    """With the parse thread busy (as with a large body another client sent), a small call is
+    still answered; a large body waits for the thread."""
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        release.wait()  # set by the test, whatever happens
+
+    app.api._parser.submit(hold)
+    assert busy.wait(60)
+    large = {"rollouts": [{"input": "x" * (calls.INLINE_JSON_BYTES + 1)}]}
+
+    async def go() -> httpx.Response:
+        try:
+            pending = asyncio.ensure_future(
+                app.client.post("/v1/agl/queues/rollouts/enqueue", json=large)
+            )
+            small = await asyncio.wait_for(  # a deadline only for a failing run to end
+                app.client.post(
+                    "/v1/agl/queues/rollouts/enqueue", json={"rollouts": [{"input": 1}]}
+                ),
+                30,
+            )
+            assert small.status_code == 201, small.text
+            assert not pending.done()  # it cannot be parsed while the thread is held
+        finally:
+            release.set()
+        return await asyncio.wait_for(pending, 60)
+
+    assert app.run(go()).status_code == 201
 
 
 def test_a_wait_without_a_sane_timeout_waits_at_most_the_maximum(app: App) -> None:

@@ -359,6 +359,34 @@ def test_a_whole_rollout_read_on_a_read_thread_is_built_in_paced_turns(
         store.close()
 
 
+def test_reads_give_way_only_while_spans_are_being_committed(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """A building turn rests (a multiple of its CPU time) only within ``INGEST_SECONDS`` of a
+    commit: with nothing to give way to, a whole-rollout read goes at full speed."""
+    rests: list[float] = []
+    monkeypatch.setattr(views.time, "sleep", rests.append)
+    pace = views.Pace(share=0.1)
+    monkeypatch.setattr(views, "READ_PACE", pace)
+
+    def build() -> None:
+        with pace.turn():
+            sum(i * i for i in range(50_000))
+
+    build()
+    assert rests == []  # nothing committed yet
+    store = SQLiteStore(str(tmp_path / "pace.db"), synchronous="OFF")
+    store.open()
+    pipeline = Pipeline(store, RoutingConfig())
+    try:
+        pipeline.export_traces(genai_request(4).SerializeToString(), None, PROTOBUF)
+    finally:
+        pipeline.close()
+        store.close()
+    build()
+    assert len(rests) == 1 and rests[0] > 0  # nine times the turn's CPU time
+
+
 def test_a_large_page_encodes_a_slice_at_a_time_as_one_call_would() -> None:
     records: list[dict[str, Any] | bytes] = [{"n": i, "name": f"span {i}"} for i in range(1201)]
     records[7] = b'{"prepared":true}'

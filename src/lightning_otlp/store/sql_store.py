@@ -195,6 +195,7 @@ class SQLStore:
                 changes.bound.append((trace_id, (dest[0], bound_attempt)))
         placement.record_outcomes(conn, batch, retarget, resolved, now, changes)
         self.bind(conn, changes)
+        views.READ_PACE.ingesting()
         return stored
 
     def _build_views_step(self, conn: Conn) -> None:

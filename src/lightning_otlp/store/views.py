@@ -140,22 +140,32 @@ def build(conn: Conn, after: int, *, window: int, limit: int) -> tuple[int, int]
 # lock back and forth around every SQLite call, would wait up to a switch interval (5 ms) for
 # it each time: ingest slows far more than the read's CPU share suggests. So records are built
 # in chunks, one chunk at a time across all read threads, and after each the builder rests for
-# a multiple of the CPU time the chunk took. A read of a few hundred spans is barely slowed; a
-# whole large rollout takes longer, and ingest keeps most of the interpreter.
+# a multiple of the CPU time the chunk took, while the store is ingesting: a client reading whole
+# rollouts over and over then takes a tenth of the interpreter, not the honest exports' share. A
+# read of a few hundred spans is barely slowed; a whole large rollout takes longer while spans
+# arrive, and as long as it needs when none have for a second (nothing to give way to).
 
-# Records built per turn, and the share of the interpreter all reads' building may take.
+# Records built per turn; the share of the interpreter all reads' building may take while spans
+# are being committed; and how long after a commit the store still counts as ingesting.
 BUILD_CHUNK: Final = 100
-BUILD_SHARE: Final = 0.2
+BUILD_SHARE: Final = 0.1
+INGEST_SECONDS: Final = 1.0
 
 
 class Pace:
-    """Turns to build records: one thread at a time, each turn followed by a rest."""
+    """Turns to build records: one thread at a time, each turn followed by a rest while the
+    store ingests (``ingesting`` marks each commit)."""
 
     def __init__(self, share: float = BUILD_SHARE) -> None:
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], not {share}")
         self._rest = (1 - share) / share
         self._lock = threading.Lock()
+        self._ingested_at = -INGEST_SECONDS
+
+    def ingesting(self) -> None:
+        """Spans were just committed: reads give way for the next ``INGEST_SECONDS``."""
+        self._ingested_at = time.monotonic()
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -166,7 +176,8 @@ class Pace:
             try:
                 yield
             finally:
-                time.sleep((time.thread_time() - started) * self._rest)
+                if time.monotonic() - self._ingested_at < INGEST_SECONDS:
+                    time.sleep((time.thread_time() - started) * self._rest)
 
 
 READ_PACE: Final = Pace()
