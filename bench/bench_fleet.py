@@ -296,7 +296,12 @@ def run_ingest(tmp: Path) -> list[Ingest]:
                 run.wal = float(
                     query(url, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn,))[0][0]
                 )
-                size = query(url, "SELECT pg_total_relation_size('spans')")[0][0]
+                # spans is partitioned: its own size is 0, its partitions hold the rows
+                size = query(
+                    url,
+                    "SELECT COALESCE(SUM(pg_total_relation_size(relid)), 0)"
+                    " FROM pg_partition_tree('spans')",
+                )[0][0]
                 say(
                     f"  PostgreSQL: WAL {run.wal / run.stored:,.0f} bytes a span; the spans table"
                     f" with its indexes {size / run.stored:,.0f} bytes a span"
