@@ -83,7 +83,7 @@ def test_each_call_waits_on_the_server_a_few_times_not_once_a_statement(
     """A runner's cycle (enqueue, dequeue, spans/next and add_span, update_attempt, then the
     Trainer's query_spans) as the receiver runs it: what each call waits on the server."""
     traced = Traced(tmp_path / "trace")
-    monkeypatch.setattr(postgres, "_configure", traced.configure(postgres._configure))
+    monkeypatch.setattr(postgres, "configure", traced.configure(postgres.configure))
     store = PostgresStore(pg_url)
     store.open()
     api = PostgresLightningStore(store)

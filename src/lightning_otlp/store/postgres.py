@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,7 +34,7 @@ from .base import DEFAULT_OPTIONS, Metric, StoreOptions, WriteResult
 from .dialect import Conn, chunks
 from .logs import LogRows
 from .migrations import Migration
-from .postgres_conn import PgConn
+from .postgres_conn import PgConn, configure, pipelined_transaction, reason
 from .postgres_schema import POSTGRESQL as POSTGRESQL_MIGRATIONS
 from .postgres_schema import month_partitions
 from .sql_store import SQLStore, insert_logs
@@ -134,7 +134,7 @@ class PostgresStore(SQLStore):
                 raw.autocommit = True
                 self._migrate(raw)
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"cannot open {self.url}: {_reason(exc)}") from exc
+            raise StoreUnavailable(f"cannot open {self.url}: {reason(exc)}") from exc
         # The pool retries a lost server on its own and would log each try: the probe below
         # says it once when the server goes and once when it is back.
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
@@ -144,7 +144,7 @@ class PostgresStore(SQLStore):
             max_size=_POOL_SIZE,
             timeout=_CONNECT_TIMEOUT,
             kwargs={"connect_timeout": int(_CONNECT_TIMEOUT)},
-            configure=_configure,
+            configure=configure,
             open=False,
             name="lightning-otlp",
         )
@@ -152,7 +152,7 @@ class PostgresStore(SQLStore):
             pool.open(wait=True, timeout=_CONNECT_TIMEOUT)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             pool.close()
-            raise StoreUnavailable(f"cannot open {self.url}: {_reason(exc)}") from exc
+            raise StoreUnavailable(f"cannot open {self.url}: {reason(exc)}") from exc
         except BaseException:
             pool.close()
             raise
@@ -248,17 +248,18 @@ class PostgresStore(SQLStore):
                     with raw.transaction():
                         yield PgConn(raw, self._column_types)
                     return
-                with _pipelined(raw, begin or _WRITE, queue) as pipeline:
+                lock = _LOCK_KEYS["queue"] if queue else None
+                with pipelined_transaction(raw, begin or _WRITE, lock) as pipeline:
                     yield PgConn(raw, self._column_types, pipeline)
         except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
             raise Conflict(str(exc)) from exc
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             if not self._down:
-                log.warning("%s is unreachable: %s", self.url, _reason(exc))
+                log.warning("%s is unreachable: %s", self.url, reason(exc))
             self._down = True
-            raise StoreUnavailable(f"store unreachable: {_reason(exc)}") from exc
+            raise StoreUnavailable(f"store unreachable: {reason(exc)}") from exc
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"store failing: {_reason(exc)}") from exc
+            raise StoreUnavailable(f"store failing: {reason(exc)}") from exc
 
     def transaction(self, *, pipelined: bool = False, queue: bool = False) -> Any:
         return self._connection(pipelined=pipelined, queue=queue)
@@ -388,8 +389,8 @@ class PostgresStore(SQLStore):
             for (index, part), n in zip(job, counts, strict=True):
                 stored[index] += n
                 refused = batches[index].refused
-                for reason, count in part.refused.items():
-                    refused[reason] = refused.get(reason, 0) + count
+                for why, count in part.refused.items():
+                    refused[why] = refused.get(why, 0) + count
         return [
             WriteResult(n, batch.accepted - n) for n, batch in zip(stored, batches, strict=True)
         ]
@@ -500,71 +501,6 @@ class PostgresStore(SQLStore):
 
 def _writers() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(_WRITERS, thread_name_prefix="lightning-otlp-pg-writer")
-
-
-def _configure(raw: Any) -> None:
-    """Every pooled connection: explicit, serializable transactions, so shared rules stay
-    exact; and no sequential scans in them. A sequential scan in a serializable transaction
-    marks the whole table read, so every concurrent write to it (another receiver's bindings,
-    rollouts, attempts) conflicts and one of the two runs again; an index scan marks only the
-    pages it read."""
-    raw.autocommit = True
-    raw.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
-    raw.execute("SET enable_seqscan = off")
-
-
-@contextmanager
-def _pipelined(raw: Any, begin: str, queue: bool) -> Iterator[Any]:
-    """A transaction in pipeline mode, begun and committed by hand: psycopg's own would wait
-    for its COMMIT and then once more to leave the pipeline.
-
-    With ``queue``, the fleet's dequeues go one at a time. Concurrent serializable dequeues
-    read the same queue index pages and each takes a row off them, so PostgreSQL aborted all
-    but one (under 8 workers, a third of dequeues ran again). The lock is a session lock taken
-    before the transaction begins, so its snapshot is taken once the previous dequeue has
-    committed (a transaction's own lock comes after its snapshot); a receiver that dies
-    releases it with its connection."""
-    with raw.pipeline() as pipeline:
-        try:
-            if queue:  # held before the transaction's first statement takes its snapshot
-                raw.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEYS["queue"],), prepare=False)
-                pipeline.sync()
-            for statement in begin.split("; "):
-                raw.execute(statement, prepare=False)
-            yield pipeline
-            raw.execute("COMMIT", prepare=False)
-            if queue:  # the commit's answer first: statements after a failed one are skipped
-                pipeline.sync()
-        except BaseException:
-            if not raw.broken:
-                # Out of the aborted state first; the error is the one raised. psycopg's own
-                # rollback also forgets the statements it prepared in the transaction, which
-                # the server may not have made; should it fail, the pool rolls back (or
-                # discards) a connection it gets back in a transaction.
-                with suppress(psycopg.Error):
-                    pipeline.sync()
-                with suppress(psycopg.Error):
-                    raw.rollback()
-            raise
-        finally:
-            if queue:
-                _unlock_queue(raw, pipeline)
-
-
-def _unlock_queue(raw: Any, pipeline: Any) -> None:
-    """Release the queue lock; a connection that cannot is closed, which releases it too, so
-    no dequeue anywhere waits on a lock nobody holds."""
-    try:
-        if not raw.broken:
-            raw.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEYS["queue"],), prepare=False)
-            pipeline.sync()
-    except BaseException:
-        raw.close()
-        raise
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 __all__ = ["Conflict", "PgConn", "PostgresStore", "redact"]

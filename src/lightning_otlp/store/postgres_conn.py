@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from typing import Any, Final
 
 from .dialect import POSTGRESQL, Dialect
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - the [postgres] extra is not installed
+    psycopg = None  # type: ignore[assignment]
 
 
 @lru_cache(maxsize=1024)
@@ -125,3 +131,68 @@ def _array(sql_type: str, values: list[Any]) -> list[Any] | None:
     kinds = {type(v) for v in values}
     kinds.discard(type(None))
     return values if len(kinds) <= 1 else None
+
+
+def configure(raw: Any) -> None:
+    """Every pooled connection: explicit, serializable transactions, so shared rules stay
+    exact; and no sequential scans in them. A sequential scan in a serializable transaction
+    marks the whole table read, so every concurrent write to it (another receiver's bindings,
+    rollouts, attempts) conflicts and one of the two runs again; an index scan marks only the
+    pages it read."""
+    raw.autocommit = True
+    raw.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+    raw.execute("SET enable_seqscan = off")
+
+
+@contextmanager
+def pipelined_transaction(raw: Any, begin: str, queue: int | None) -> Iterator[Any]:
+    """A transaction in pipeline mode, begun and committed by hand: psycopg's own would wait
+    for its COMMIT and then once more to leave the pipeline.
+
+    With ``queue`` (an advisory-lock key), the fleet's dequeues go one at a time. Concurrent
+    serializable dequeues read the same queue index pages and each takes a row off them, so
+    PostgreSQL aborted all but one (under 8 workers, a third of dequeues ran again). The lock
+    is a session lock taken before the transaction begins, so its snapshot is taken once the
+    previous dequeue has committed (a transaction's own lock comes after its snapshot); a
+    receiver that dies releases it with its connection."""
+    with raw.pipeline() as pipeline:
+        try:
+            if queue is not None:  # held before the first statement takes the snapshot
+                raw.execute("SELECT pg_advisory_lock(%s)", (queue,), prepare=False)
+                pipeline.sync()
+            for statement in begin.split("; "):
+                raw.execute(statement, prepare=False)
+            yield pipeline
+            raw.execute("COMMIT", prepare=False)
+            if queue is not None:  # the commit's answer first (after a failure: skipped)
+                pipeline.sync()
+        except BaseException:
+            if not raw.broken:
+                # Out of the aborted state first; the error is the one raised. psycopg's own
+                # rollback also forgets the statements it prepared in the transaction, which
+                # the server may not have made; should it fail, the pool rolls back (or
+                # discards) a connection it gets back in a transaction.
+                with suppress(psycopg.Error):
+                    pipeline.sync()
+                with suppress(psycopg.Error):
+                    raw.rollback()
+            raise
+        finally:
+            if queue is not None:
+                unlock(raw, pipeline, queue)
+
+
+def unlock(raw: Any, pipeline: Any, key: int) -> None:
+    """Release the queue lock; a connection that cannot is closed, which releases it too, so
+    no dequeue anywhere waits on a lock nobody holds."""
+    try:
+        if not raw.broken:
+            raw.execute("SELECT pg_advisory_unlock(%s)", (key,), prepare=False)
+            pipeline.sync()
+    except BaseException:
+        raw.close()
+        raise
+
+
+def reason(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
