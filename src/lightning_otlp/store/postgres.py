@@ -26,7 +26,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..batch import Destination, SpanBatch
-from ..errors import StoreDamaged, StoreUnavailable
+from ..errors import StoreUnavailable
 from ..ids import rollout_id_for_trace
 from . import placement
 from .affinity import Changes, TraceAffinity
@@ -36,7 +36,7 @@ from .logs import LogRows
 from .migrations import Migration
 from .postgres_conn import PgConn, configure, pipelined_transaction, reason
 from .postgres_schema import POSTGRESQL as POSTGRESQL_MIGRATIONS
-from .postgres_schema import month_partitions
+from .postgres_schema import migrate, month_partitions
 from .sql_store import SQLStore, insert_logs
 
 try:
@@ -132,7 +132,7 @@ class PostgresStore(SQLStore):
         try:  # one connection first: its error names the cause (host, password, database)
             with psycopg.connect(self._conninfo, connect_timeout=int(_CONNECT_TIMEOUT)) as raw:
                 raw.autocommit = True
-                self._migrate(raw)
+                migrate(raw, self.migrations, self.url, self.create, _LOCK_KEYS["migrate"])
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot open {self.url}: {reason(exc)}") from exc
         # The pool retries a lost server on its own and would log each try: the probe below
@@ -161,43 +161,6 @@ class PostgresStore(SQLStore):
         self._stop.clear()
         self._probe = threading.Thread(target=self._watch_server, name="pg-probe", daemon=True)
         self._probe.start()
-
-    def _migrate(self, raw: Any) -> None:
-        """Apply the recorded migrations not yet applied, in one transaction under an advisory
-        lock, so receivers starting at once apply each once; refuse a newer schema."""
-        with raw.transaction():
-            conn = PgConn(raw)
-            exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
-            if not exists.fetchone()[0] and not self.create:
-                raise StoreDamaged(
-                    f"no store at {self.url}: nothing was ever stored there (check --store)"
-                )
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (_LOCK_KEYS["migrate"],))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations"
-                " (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-            )
-            applied = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
-            known = {m.name for m in self.migrations}
-            newer = sorted(applied - known)
-            if newer:
-                raise StoreDamaged(
-                    f"{self.url} has a schema newer than this lightning-otlp (steps"
-                    f" {', '.join(newer)}): upgrade lightning-otlp to use it"
-                )
-            for migration in self.migrations:
-                if migration.name in applied:
-                    continue
-                for statement in migration.script.split(";"):
-                    if statement.strip():
-                        raw.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
-                    (migration.name, time.time()),
-                )
-            if self.create:
-                for statement in month_partitions(time.time()):
-                    raw.execute(statement)
 
     def close(self) -> None:
         self._stop.set()

@@ -32,11 +32,15 @@ Distributable by rollout (Citus-style, ``rollout_id`` the distribution column):
 from __future__ import annotations
 
 import calendar
+import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Final
+from typing import Any, Final
 
+from ..errors import StoreDamaged
 from .api_schema import API_RESOURCE_ID
 from .migrations import Migration
+from .postgres_conn import PgConn
 
 POSTGRESQL: Final[tuple[Migration, ...]] = (
     Migration(
@@ -224,3 +228,39 @@ def month_partitions(now: float, ahead: int = 2) -> list[str]:
             f" FOR VALUES FROM ({start}) TO ({end})"
         )
     return out
+
+
+def migrate(raw: Any, migrations: Sequence[Migration], url: str, create: bool, lock: int) -> None:
+    """Apply the recorded migrations not yet applied, in one transaction under an advisory
+    lock, so receivers starting at once apply each once; refuse a newer schema."""
+    with raw.transaction():
+        conn = PgConn(raw)
+        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        if not exists.fetchone()[0] and not create:
+            raise StoreDamaged(f"no store at {url}: nothing was ever stored there (check --store)")
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (lock,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        applied = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+        known = {m.name for m in migrations}
+        newer = sorted(applied - known)
+        if newer:
+            raise StoreDamaged(
+                f"{url} has a schema newer than this lightning-otlp (steps"
+                f" {', '.join(newer)}): upgrade lightning-otlp to use it"
+            )
+        for migration in migrations:
+            if migration.name in applied:
+                continue
+            for statement in migration.script.split(";"):
+                if statement.strip():
+                    raw.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                (migration.name, time.time()),
+            )
+        if create:
+            for statement in month_partitions(time.time()):
+                raw.execute(statement)
