@@ -12,6 +12,7 @@ from lightning_otlp.store import SQLiteStore
 from lightning_otlp.store.dialect import Conn
 from lightning_otlp.store.postgres import PostgresStore
 
+from .ops import TOKENS
 from .support import ReceiverProcess
 
 if TYPE_CHECKING:
@@ -51,6 +52,14 @@ def start_receiver(tmp_path: Path) -> Iterator[Callable[..., ReceiverProcess]]:
 
 
 # -- the store's policy on every backend ------------------------------------------------------
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    """A bearer token file listing ``ops.TOKENS``."""
+    path = tmp_path / "tokens"
+    path.write_text("\n".join(TOKENS) + "\n")
+    return path
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

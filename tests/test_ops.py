@@ -1,16 +1,12 @@
-"""Operations: health and readiness, /metrics, bearer auth, TLS and mTLS, SIGTERM under load.
+"""Operations: health and readiness, /metrics, bearer auth, SIGTERM under load, ports in use.
 
 End-to-end tests run the real ``lightning-otlp serve`` and the stock Python and Node.js
-OpenTelemetry exporters, with their own header and certificate options.
+OpenTelemetry exporters, with their own header options (TLS: ``test_tls.py``).
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-import json
 import logging
-import os
 import re
 import signal
 import socket
@@ -19,18 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GRPCSpanExporter,
@@ -38,9 +28,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HTTPSpanExporter,
 )
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from lightning_otlp.errors import Unauthenticated
 from lightning_otlp.receiver.auth import BearerAuth, load_tokens
@@ -48,26 +36,20 @@ from lightning_otlp.receiver.metrics import Histogram
 from lightning_otlp.server import _warn_if_open
 from lightning_otlp.settings import Settings
 
-from .payloads import make_request, make_span
-from .support import ReceiverProcess, node_script
-
-EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-PROTOBUF = {"content-type": "application/x-protobuf"}
-TOKENS = ("tok-first-3f9c1a7e", "tok-second-77b2d0c4")
-Start = Callable[..., ReceiverProcess]
-
+from .ops import (
+    EXPORT,
+    PROTOBUF,
+    TOKENS,
+    Start,
+    grpc_export,
+    node,
+    request_bytes,
+    sdk_spans,
+    span_names,
+)
+from .support import ReceiverProcess
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def request_bytes(count: int = 3, name: str = "op") -> tuple[bytes, set[str]]:
-    spans = [make_span(name) for _ in range(count)]
-    return make_request(spans).SerializeToString(), {s.span_id.hex() for s in spans}
-
-
-def grpc_export(target: str, body: bytes, metadata: list[tuple[str, str]] | None = None) -> None:
-    with grpc.insecure_channel(target) as channel:
-        channel.unary_unary(EXPORT)(body, metadata=metadata, timeout=10)
 
 
 def metrics(proc: ReceiverProcess) -> dict[str, float]:
@@ -85,33 +67,6 @@ def metrics(proc: ReceiverProcess) -> dict[str, float]:
         assert family in types, f"{name} has no # TYPE line"
         samples[name + (match.group(2) or "")] = float(match.group(3))
     return samples
-
-
-def sdk_spans(name: str) -> list[ReadableSpan]:
-    """Finished spans made by the real SDK, to hand to a real exporter."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    provider.get_tracer("ops").start_span(name).end()
-    provider.shutdown()
-    return list(memory.get_finished_spans())
-
-
-def node(kind: str, endpoint: str, name: str, env: dict[str, str]) -> dict[str, Any]:
-    result = subprocess.run(
-        ["node", str(node_script("ops_client.js")), kind, endpoint, name],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "OTEL_EXPORTER_OTLP_TIMEOUT": "3000", **env},
-    )
-    assert result.returncode == 0, result.stderr
-    reply: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return reply
-
-
-def span_names(proc: ReceiverProcess) -> set[str]:
-    return {s["name"] for s in proc.spans()}
 
 
 # -- unit: auth, histogram, warning ---------------------------------------------------------
@@ -220,13 +175,6 @@ def test_readiness_is_false_while_the_store_cannot_commit(start_receiver: Start)
 # -- auth ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tokens"
-    path.write_text("\n".join(TOKENS) + "\n")
-    return path
-
-
 @pytest.mark.e2e
 def test_auth_on_both_transports_with_raw_requests(start_receiver: Start, token_file: Path) -> None:
     proc = start_receiver("--auth-token-file", str(token_file), "--log-level", "debug")
@@ -307,179 +255,6 @@ def test_auth_with_the_nodejs_exporters(start_receiver: Start, token_file: Path)
         accepted = node(kind, endpoint, f"node-{kind}-accepted", {"OPS_TOKEN": TOKENS[1]})
         assert accepted["ok"], accepted
     assert span_names(proc) == {f"node-{k}-accepted" for k in endpoints}
-
-
-# -- TLS ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Certs:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def _issue(
-    subject: str,
-    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    server: bool = False,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    issuer_name, issuer_key = issuer if issuer else (name, key)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256()), key
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-    folder = tmp_path_factory.mktemp("certs")
-    ca_cert, ca_key = _issue("lightning-otlp test CA", None, ca=True)
-    issuer = (ca_cert.subject, ca_key)
-    files: dict[str, bytes] = {"ca.pem": ca_cert.public_bytes(serialization.Encoding.PEM)}
-    for who, server in (("server", True), ("client", False)):
-        cert, key = _issue(f"lightning-otlp test {who}", issuer, server=server)
-        files[f"{who}.pem"] = cert.public_bytes(serialization.Encoding.PEM)
-        files[f"{who}-key.pem"] = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
-    return Certs(
-        folder / "ca.pem",
-        folder / "server.pem",
-        folder / "server-key.pem",
-        folder / "client.pem",
-        folder / "client-key.pem",
-    )
-
-
-@pytest.fixture
-def no_ca_bundle_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """requests lets these variables override a session's own CA file (the HTTP exporter's)."""
-    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def tls_flags(certs: Certs, mutual: bool = False) -> list[str]:
-    flags = ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
-    return flags + (["--tls-client-ca", str(certs.ca)] if mutual else [])
-
-
-def grpc_tls(certs: Certs, client: bool) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(
-        root_certificates=certs.ca.read_bytes(),
-        private_key=certs.client_key.read_bytes() if client else None,
-        certificate_chain=certs.client_cert.read_bytes() if client else None,
-    )
-
-
-@pytest.mark.e2e
-@pytest.mark.usefixtures("no_ca_bundle_env")
-def test_tls_with_the_python_exporters(start_receiver: Start, certs: Certs) -> None:
-    proc = start_receiver(*tls_flags(certs))
-    assert proc.http_url.startswith("https://127.0.0.1:")
-    http = HTTPSpanExporter(endpoint=proc.traces_url, certificate_file=str(certs.ca), timeout=5)
-    assert http.export(sdk_spans("py-http-tls")) == SpanExportResult.SUCCESS
-    http.shutdown()
-    grpc_exporter = GRPCSpanExporter(
-        endpoint=proc.grpc_target, credentials=grpc_tls(certs, client=False), timeout=5
-    )
-    assert grpc_exporter.export(sdk_spans("py-grpc-tls")) == SpanExportResult.SUCCESS
-    grpc_exporter.shutdown()
-    # plaintext is refused on both ports
-    with pytest.raises(httpx.HTTPError):
-        httpx.post(proc.traces_url.replace("https", "http"), content=b"", timeout=5)
-    with pytest.raises(grpc.RpcError) as raised:
-        grpc_export(proc.grpc_target, request_bytes(1)[0])
-    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert span_names(proc) == {"py-http-tls", "py-grpc-tls"}
-
-
-@pytest.mark.e2e
-@pytest.mark.usefixtures("no_ca_bundle_env")
-def test_mutual_tls_and_auth_with_the_python_exporters(
-    start_receiver: Start, certs: Certs, token_file: Path
-) -> None:
-    proc = start_receiver(*tls_flags(certs, mutual=True), "--auth-token-file", str(token_file))
-    headers = {"authorization": f"Bearer {TOKENS[0]}"}
-    no_client_cert = HTTPSpanExporter(
-        endpoint=proc.traces_url, certificate_file=str(certs.ca), headers=headers, timeout=2
-    )
-    assert no_client_cert.export(sdk_spans("refused")) == SpanExportResult.FAILURE
-    no_client_cert.shutdown()
-    http = HTTPSpanExporter(
-        endpoint=proc.traces_url,
-        certificate_file=str(certs.ca),
-        client_certificate_file=str(certs.client_cert),
-        client_key_file=str(certs.client_key),
-        headers=headers,
-        timeout=5,
-    )
-    assert http.export(sdk_spans("py-http-mtls")) == SpanExportResult.SUCCESS
-    http.shutdown()
-    with grpc.secure_channel(proc.grpc_target, grpc_tls(certs, client=False)) as channel:
-        with pytest.raises(grpc.RpcError) as raised:
-            channel.unary_unary(EXPORT)(
-                request_bytes(1)[0], metadata=list(headers.items()), timeout=5
-            )
-        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-    grpc_exporter = GRPCSpanExporter(
-        endpoint=proc.grpc_target,
-        credentials=grpc_tls(certs, client=True),
-        headers=headers,
-        timeout=5,
-    )
-    assert grpc_exporter.export(sdk_spans("py-grpc-mtls")) == SpanExportResult.SUCCESS
-    grpc_exporter.shutdown()
-    assert span_names(proc) == {"py-http-mtls", "py-grpc-mtls"}
-
-
-@pytest.mark.e2e
-@pytest.mark.node
-def test_mutual_tls_with_the_nodejs_exporters(start_receiver: Start, certs: Certs) -> None:
-    proc = start_receiver(*tls_flags(certs, mutual=True))
-    endpoints = {
-        "grpc": f"https://{proc.grpc_target}",
-        "http": proc.http_url,
-        "proto": proc.http_url,
-    }
-    trust = {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(certs.ca)}
-    client = {
-        **trust,
-        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(certs.client_cert),
-        "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(certs.client_key),
-    }
-    for kind, endpoint in endpoints.items():
-        refused = node(kind, endpoint, f"node-{kind}-refused", trust)
-        assert not refused["ok"], refused
-        accepted = node(kind, endpoint, f"node-{kind}-mtls", client)
-        assert accepted["ok"], accepted
-    assert span_names(proc) == {f"node-{k}-mtls" for k in endpoints}
 
 
 # -- graceful shutdown -------------------------------------------------------------------------
