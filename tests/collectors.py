@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import yaml
 
-from .support import ROOT, free_port
+from .support import ROOT, free_port, wait_until
 
 CACHE = ROOT / ".cache"
 OTELCOL_VERSION = "0.136.0"
@@ -38,16 +38,6 @@ def built(path: Path, target: str) -> Path:
     if not path.exists():
         raise RuntimeError(f"{path} is missing: run `make {target}`")
     return path
-
-
-def wait_until(condition: Any, what: str, timeout: float = 60.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def prometheus(text: str, name: str, **labels: str) -> float:

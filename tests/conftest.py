@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -12,6 +12,7 @@ from lightning_otlp.store import SQLiteStore
 from lightning_otlp.store.dialect import Conn
 from lightning_otlp.store.postgres import PostgresStore
 
+from .forwarding import AglServer
 from .ops import TOKENS
 from .support import ReceiverProcess
 
@@ -112,6 +113,36 @@ def own_pg() -> Iterator[PostgresServer]:
     server = PostgresServer().start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def agl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AglServer]:
+    """``agl store`` 0.3.0, one per test module (importing agentlightning takes seconds)."""
+    server = AglServer(tmp_path_factory.mktemp("agl") / "agl-store.log")
+    server.start()
+    yield server
+    server.kill()
+    server.http.close()
+
+
+@pytest.fixture
+def forwarding_receiver(
+    tmp_path: Path, agl: AglServer
+) -> Iterator[Callable[..., tuple[ReceiverProcess, str]]]:
+    """Start receivers whose store is the server, each with an outbox in tmp_path."""
+    started: list[ReceiverProcess] = []
+
+    def start(
+        outbox: str = "outbox.db", flags: tuple[str, ...] = (), **options: Any
+    ) -> tuple[ReceiverProcess, str]:
+        url = agl.forward_url(tmp_path / outbox, **options)
+        proc = ReceiverProcess(tmp_path / f"{outbox}.receiver", "--store", url, *flags).start()
+        started.append(proc)
+        return proc, url
+
+    yield start
+    for proc in started:
+        proc.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

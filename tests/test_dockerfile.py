@@ -25,8 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .collectors import wait_until
-from .support import ROOT, free_port
+from .support import ROOT, free_port, wait_until
 from .test_collector_config import dockerfile
 
 pytestmark = [pytest.mark.e2e]

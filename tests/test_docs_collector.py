@@ -28,8 +28,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from .collectors import CACHE, OTELCOL, built, wait_until
-from .support import ROOT, free_port
+from .collectors import CACHE, OTELCOL, built
+from .support import ROOT, free_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.collector]
 

@@ -30,9 +30,8 @@ from .collectors import (
     built,
     free_port,
     prometheus,
-    wait_until,
 )
-from .support import ReceiverProcess
+from .support import ReceiverProcess, wait_until
 from .test_collector_config import collector_configs, component_type
 
 pytestmark = [pytest.mark.e2e, pytest.mark.collector]

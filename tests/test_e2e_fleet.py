@@ -31,11 +31,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from .collectors import prometheus, wait_until
+from .collectors import prometheus
 from .fleet import Fleet, RoundRobinSender, gateway_for, grpc_tracer, rollout_spans
 from .payloads import make_request, make_span
 from .postgres import PostgresServer
-from .support import ROOT, AglStore, run_agl_script
+from .support import ROOT, AglStore, run_agl_script, wait_until
 from .test_api_conformance import compare
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]

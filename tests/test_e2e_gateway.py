@@ -35,11 +35,10 @@ from .collectors import (
     free_port,
     start_service,
     stop_service,
-    wait_until,
 )
 from .fleet import Fleet, gateway_for, grpc_tracer
-from .support import NODE_DIR, ROOT, ReceiverProcess, node_script
-from .test_forward import AglServer
+from .forwarding import AglServer
+from .support import NODE_DIR, ROOT, ReceiverProcess, node_script, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.collector, pytest.mark.agl, pytest.mark.go]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from .collectors import BAGGAGE_RUNNER, GO_AGENT_BIN, built, start_service, stop_service, wait_until
-from .support import ROOT, ReceiverProcess, validate_with_agl
+from .collectors import BAGGAGE_RUNNER, GO_AGENT_BIN, built, start_service, stop_service
+from .support import ROOT, ReceiverProcess, validate_with_agl, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.go]
 

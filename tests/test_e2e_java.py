@@ -24,9 +24,8 @@ from .collectors import (
     built,
     start_service,
     stop_service,
-    wait_until,
 )
-from .support import ReceiverProcess, validate_with_agl
+from .support import ReceiverProcess, validate_with_agl, wait_until
 from .test_e2e_go import ATTEMPT, assert_quickstart, resource_ids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.java]
