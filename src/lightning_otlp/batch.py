@@ -76,6 +76,9 @@ class SpanBatch:
     root_outcomes: dict[Destination, Outcome] = field(default_factory=dict)
     # Primary rewards (``agentlightning.reward.0.value``) by destination, latest wins.
     rewards: dict[Destination, float] = field(default_factory=dict)
+    # (trace_id, span_id) of the spans with a parent that are model calls, so their parents
+    # enclose one (``records.mark_enclosing``): told while routing, off the store's one writer.
+    calls: set[tuple[bytes, bytes]] = field(default_factory=set)
     received: int = 0
     accepted: int = 0
     rejected: int = 0

@@ -29,6 +29,7 @@ from ..batch import (
 from ..defaults import FALLBACKS
 from ..errors import InvalidRequest
 from ..otlp import attributes, plain_value
+from ..translate.otlp import span_encloses_call
 from .decode import PROTOBUF, attribute_maps
 
 Fallback = Literal["trace", "reject"]
@@ -104,6 +105,7 @@ def route(
     rollout_span = semconv.ROLLOUT_SPAN
     finalize_on_root = config.finalize_on_root
     bindings = batch.bindings
+    calls = batch.calls
     no_attrs: dict[str, Any] = {}
     for r_index, resource_spans in enumerate(request.resource_spans):
         if not any(scope_spans.spans for scope_spans in resource_spans.scope_spans):
@@ -247,6 +249,8 @@ def route(
                         resource_id,
                     ),
                 )
+                if pid and span_encloses_call(name, blob):
+                    calls.add((tid, sid))
                 group = groups.get(dest)
                 if group is None:
                     group = groups[dest] = []

@@ -79,7 +79,7 @@ def by_rollout(batch: SpanBatch, known: Mapping[bytes, Destination]) -> dict[str
     def part(rollout_id: str) -> SpanBatch:
         found = parts.get(rollout_id)
         if found is None:
-            found = parts[rollout_id] = SpanBatch()
+            found = parts[rollout_id] = SpanBatch(calls=batch.calls)
         return found
 
     for dest, group in batch.groups.items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence, Set
 from typing import Any, Final
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
@@ -11,7 +11,6 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 from ..otlp import events_list, links_list, parse_trace_state, span_attributes
 from ..translate import translate
 from ..translate.clock import call_end_ns
-from ..translate.otlp import span_encloses_call
 from .dialect import Conn, chunks
 
 DEFAULT_ROLLOUT_CONFIG: Final[dict[str, Any]] = {
@@ -207,9 +206,14 @@ ENCLOSING_MIGRATION: Final = """
 """
 
 
-def mark_enclosing(conn: Conn, rows: Iterable[tuple[Any, ...]]) -> None:
-    """Mark the parents of the model calls among these spans rows (``SPAN_COLUMNS``)."""
-    parents = {(row[3], row[5]) for row in rows if row[5] and span_encloses_call(row[6], row[10])}
+def mark_enclosing(
+    conn: Conn, rows: Iterable[tuple[Any, ...]], calls: Set[tuple[bytes, bytes]]
+) -> None:
+    """Mark the parents of the model calls among these span rows (``SPAN_COLUMNS``); ``calls``
+    holds the (trace_id, span_id) of the model calls (``SpanBatch.calls``)."""
+    if not calls:
+        return
+    parents = {(row[3], row[5]) for row in rows if row[5] and (row[3], row[4]) in calls}
     conn.executemany(
         "INSERT INTO span_encloses_calls (trace_id, span_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
         parents,

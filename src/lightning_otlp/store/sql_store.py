@@ -186,7 +186,7 @@ class SQLStore:
                 )
         cursor = conn.executemany(conn.dialect.insert_new("spans", SPAN_COLUMNS, 12), rows)
         stored = cursor.rowcount if cursor.rowcount >= 0 else len(rows)
-        mark_enclosing(conn, rows)
+        mark_enclosing(conn, rows, batch.calls)
         if moves:
             placement.finish_moves(conn, updates, changes)
         for trace_id, dest in batch.bindings.items():
