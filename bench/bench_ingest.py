@@ -39,6 +39,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from bench.common import agl_store_process, bar_chart, cpu_seconds, load, peak_rss, say
+from bench.floor import durable_insert_floor, spans_of
 from lightning_otlp.defaults import DEFAULT_MAX_REQUEST_MEMORY
 from tests.payloads import genai_request
 from tests.support import ReceiverProcess
@@ -360,6 +361,14 @@ def main() -> None:
             receiver.stop()
     ratio = full.rate / upstream.rate if upstream.rate else float("inf")
     say(f"ratio: ingest {ratio:.1f}x agl store 0.3.0 (aim: >= 10x)")
+    # What no receiver here can beat: the same spans inserted with nothing else to do.
+    floor = durable_insert_floor(spans_of([b for t in templates for b in t]))
+    say(
+        f"floor: the same spans as rows built beforehand, inserted with the store's schema and"
+        f" FULL sync (no HTTP, decoding, routing or records): {floor.rows_per_second:,.0f} rows/s"
+        f" ({floor.cpu_us_per_row:.1f} us CPU a row) = {floor.rows_per_second / upstream.rate:.1f}x"
+        f" agl store; lightning-otlp ingests at {full.rate / floor.rows_per_second:.0%} of it"
+    )
     say(
         f"p99 of a {BATCH}-span export at half load: {half.p(0.99):.1f} ms"
         f" (agl store: {upstream_half.p(0.99):.1f} ms; aim: < 20 ms)"
