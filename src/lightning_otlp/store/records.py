@@ -11,6 +11,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 from ..otlp import events_list, links_list, parse_trace_state, span_attributes
 from ..translate import translate
 from ..translate.clock import call_end_ns
+from ..translate.otlp import may_be_call
 from .dialect import Conn, chunks
 
 DEFAULT_ROLLOUT_CONFIG: Final[dict[str, Any]] = {
@@ -159,7 +160,10 @@ def span_records(
     if logs is None:
         return built
     key = (row[3], row[4])
-    out = _translated(built, logs.get(key), key in enclosing)
+    events = logs.get(key)
+    if not events and not may_be_call(row[10]):
+        return built
+    out = _translated(built, events, key in enclosing)
     if out is not built and span.end_time_unix_nano:  # a model call
         out["end_time"] = call_end_ns(span.start_time_unix_nano, span.end_time_unix_nano) / 1e9
     return out

@@ -47,6 +47,12 @@ ResourceLookup = Callable[[], dict[str, Any]]
 EnclosesLookup = Callable[[bytes, bytes], bool]
 
 
+def may_be_call(blob: bytes) -> bool:
+    """False when a stored span's bytes name no model-call convention: no translation can
+    change its record unless GenAI log records are joined onto it."""
+    return any(needle in blob for needle in _NEEDLES)
+
+
 def translate_span_bytes(
     blob: bytes,
     joined: EventLookup | None = None,
@@ -57,7 +63,7 @@ def translate_span_bytes(
 
     Without ``resource``, spans named like the LLM proxy's are taken to be the proxy's.
     """
-    if not any(needle in blob for needle in _NEEDLES):
+    if not may_be_call(blob):
         return blob
     span = PB2Span.FromString(blob)
     if encloses is not None and encloses(span.trace_id, span.span_id):
@@ -104,7 +110,7 @@ def span_encloses_call(name: str, blob: bytes) -> bool:
     by their bytes alone, undecoded."""
     if n.AGL_LLM_CALL_NAME in name or name in n.AGL_PROXY_SPANS:
         return True
-    if not any(needle in blob for needle in _NEEDLES):
+    if not may_be_call(blob):
         return False
     attrs = span_attributes(blob)
     if encloses_call({"name": name, "attributes": attrs}):
