@@ -183,8 +183,11 @@ def part_messages(value: Any) -> list[Message]:
         if not isinstance(raw, dict):
             out.append(Message("user", as_text(raw)))
             continue
-        message = openai_message({k: v for k, v in raw.items() if k != "content"}, "user")
-        message.content = None
+        if "tool_calls" in raw or "tool_call_id" in raw:  # OpenAI's shape beside the parts
+            message = openai_message({k: v for k, v in raw.items() if k != "content"}, "user")
+            message.content = None
+        else:
+            message = Message(as_str(raw.get("role")) or "user")
         texts: list[str] = []
         results: list[Message] = []
         for part in as_list(raw.get("parts")):
