@@ -5,7 +5,8 @@ OTLP over HTTP and gRPC, and a LightningStore API client enqueuing, dequeuing, f
 waiting for rollouts), and again while attackers hold slow connections, stall uploads, send
 many-member gzip bodies, floods of empty spans and poison values, and attack the API: slow
 bodies without a token, bodies past the size limit, JSON bombs, abandoned waits and reads of
-whole rollouts; a prober times the health endpoint throughout. Each round is a quiet and an
+whole rollouts (``bench/attackers.py``, in a process of their own); a prober times the health
+endpoint throughout. Each round is a quiet and an
 attacked run back to back, in turn first, each on a fresh store (a store grown by an earlier run
 never counts against a later one). Reports honest throughput under attack against quiet (OTLP
 spans and API rollouts), round by round with the median and spread (the machine's other work
@@ -18,11 +19,8 @@ acknowledged to an honest client is stored. Kept out of ``make test``:
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gzip
 import json
 import os
-import resource
 import sqlite3
 import statistics
 import subprocess
@@ -32,7 +30,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import grpc
 import httpx
@@ -40,16 +38,13 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.payloads import genai_request, make_request, make_span  # noqa: E402
+from bench.attackers import AUTH, HONEST, KINDS, MIB, PB, TOKEN  # noqa: E402
+from tests.payloads import genai_request  # noqa: E402
 from tests.support import ReceiverProcess  # noqa: E402
 
-PB = {"content-type": "application/x-protobuf"}
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-HONEST = [(f"ro-50a4{i:08x}", f"at-50a4{i:04x}") for i in range(8)]
-MIB = 1 << 20
-TOKEN = "soak-token"
-AUTH = {"authorization": f"Bearer {TOKEN}"}
 API_INPUT = "soak"
+ATTACKERS = Path(__file__).with_name("attackers.py")
 
 
 class Honest:
@@ -135,261 +130,12 @@ class Honest:
                 self.refused[refusal] += 1
 
 
-class Attack:
-    """Hostile clients, each kind at a bounded rate; counts the answers they get."""
-
-    def __init__(self, receiver: ReceiverProcess, stop: threading.Event) -> None:
-        self.receiver = receiver
-        self.stop = stop
-        self.answers = Counter[str]()
-        host, port = receiver.http_url.removeprefix("http://").rsplit(":", 1)
-        self.address = (host, int(port))
-
-    # -- raw sockets on one asyncio loop: cheap for the attacker, costly if not bounded ------
-
-    async def _slow_headers(self) -> None:
-        while not self.stop.is_set():
-            try:
-                reader, writer = await asyncio.open_connection(*self.address)
-            except OSError:
-                self.answers["slow headers: refused"] += 1
-                await asyncio.sleep(0.1)
-                continue
-            closed = asyncio.ensure_future(reader.read())  # EOF: the receiver closed it
-            try:
-                for byte in b"POST /v1/traces HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 1000:
-                    if self.stop.is_set() or closed.done():
-                        break
-                    writer.write(bytes([byte]))
-                    await writer.drain()
-                    await asyncio.sleep(1.0)
-                if closed.done():
-                    self.answers["slow headers: closed by the receiver"] += 1
-                elif not self.stop.is_set():
-                    self.answers["slow headers: all sent, never closed"] += 1
-            except (ConnectionError, OSError):
-                self.answers["slow headers: closed by the receiver"] += 1
-            finally:
-                _settle(closed)
-                writer.close()
-            await asyncio.sleep(0.1)
-
-    async def _stalled_upload(self) -> None:
-        headers = (
-            "POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\n"
-            f"authorization: Bearer {TOKEN}\r\ncontent-length: {40 * MIB}\r\n\r\n"
-        ).encode()
-        body = bytes(40 * MIB - 1)  # all but the last byte, unless answered first
-        while not self.stop.is_set():
-            status = await self._until_answered(headers, body, 120)
-            self.answers[f"stalled 40 MiB upload: {status}"] += 1
-            await asyncio.sleep(1.0)  # as Retry-After says
-
-    async def _slow_api_body(self) -> None:
-        """No token, a body that trickles in: the 401 must not wait for it."""
-        head = (
-            b"POST /v1/agl/rollouts HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            b"content-length: 10000\r\n\r\n"
-        )
-        while not self.stop.is_set():
-            try:
-                reader, writer = await asyncio.open_connection(*self.address)
-            except OSError:
-                self.answers["api slow body without token: refused"] += 1
-                await asyncio.sleep(0.1)
-                continue
-            closed = asyncio.ensure_future(reader.read())
-            try:
-                writer.write(head)
-                for _ in range(100):
-                    if self.stop.is_set() or closed.done():
-                        break
-                    writer.write(b" ")
-                    await writer.drain()
-                    await asyncio.sleep(2.0)
-                if closed.done():
-                    failed = closed.exception() is not None
-                    answer = "reset" if failed else closed.result()[9:12].decode() or "closed"
-                    self.answers[f"api slow body without token: {answer}, closed"] += 1
-                elif not self.stop.is_set():
-                    self.answers["api slow body without token: never closed"] += 1
-            except (ConnectionError, OSError):
-                self.answers["api slow body without token: closed by the receiver"] += 1
-            finally:
-                _settle(closed)
-                writer.close()
-            await asyncio.sleep(0.1)
-
-    async def _abandoned_wait(self) -> None:
-        """A wait with no sane timeout, left at once."""
-        body = b'{"rollout_ids": ["ro-0000000000aa"], "timeout": 1e400}'
-        head = (
-            f"POST /v1/agl/waits/rollouts HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}"
-            f"\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-        ).encode()
-        while not self.stop.is_set():
-            try:
-                _, writer = await asyncio.open_connection(*self.address)
-                writer.write(head + body)
-                await writer.drain()
-                await asyncio.sleep(0.5)
-                writer.close()
-                self.answers["api wait, abandoned"] += 1
-            except (ConnectionError, OSError):
-                self.answers["api wait: refused"] += 1
-            await asyncio.sleep(0.1)
-
-    async def _sockets(self, slow: int, stalled: int, waits: int, api: bool) -> None:
-        tasks = [asyncio.ensure_future(self._slow_headers()) for _ in range(slow)]
-        tasks += [asyncio.ensure_future(self._stalled_upload()) for _ in range(stalled)]
-        tasks += [asyncio.ensure_future(self._slow_api_body()) for _ in range(slow)]
-        tasks += [asyncio.ensure_future(self._abandoned_wait()) for _ in range(waits)]
-        if api:
-            tasks.append(asyncio.ensure_future(self._api_bodies()))
-        while not self.stop.is_set():
-            await asyncio.sleep(0.2)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def sockets(self, slow: int, stalled: int, waits: int, api: bool) -> None:
-        asyncio.run(self._sockets(slow, stalled, waits, api))
-
-    # -- hostile bodies over HTTP ------------------------------------------------------------
-
-    def bodies(self) -> None:
-        members = gzip.compress(b"") * (MIB // 20)  # 1 MiB of empty gzip members
-        flood = _empty_spans(2 * MIB)  # a million empty spans in 2 MiB
-        ids = {
-            "agentlightning.rollout_id": "ro-ba0000000000",
-            "agentlightning.attempt_id": "at-ba00",
-        }
-        deep = "[" * 5000 + "]" * 5000
-        with httpx.Client(timeout=60) as client:
-            while not self.stop.is_set():
-                for label, body, extra in (
-                    ("gzip members", members, {"content-encoding": "gzip"}),
-                    ("empty-span flood", flood, {}),
-                    ("poison values", _poison(ids, deep), {}),
-                ):
-                    status = client.post(
-                        self.receiver.traces_url, content=body, headers={**PB, **AUTH, **extra}
-                    )
-                    self.answers[f"{label}: {status.status_code}"] += 1
-                time.sleep(0.1)
-
-    async def _api_bodies(self) -> None:
-        """Authenticated abuse of the API: past the size limit, JSON bombs, deep nesting."""
-        big = b'{"input": "' + b"x" * (65 * MIB) + b'"}'
-        bomb = b'{"input": [' + b"[]," * (7 * MIB) + b"[]]}"
-        deep = b'{"input": ' + b"[" * MIB + b"}"
-        bodies = (
-            ("api 65 MiB body", "/resources", big),
-            ("api JSON bomb (7M arrays)", "/rollouts", bomb),
-            ("api 1M-deep JSON", "/rollouts/search", deep),
-        )
-        while not self.stop.is_set():
-            for label, path, body in bodies:
-                status = await self._post_until_answered("/v1/agl" + path, body)
-                self.answers[f"{label}: {status}"] += 1
-            await asyncio.sleep(0.1)
-
-    async def _post_until_answered(self, path: str, body: bytes) -> str:
-        """POST ``body`` to the API, written until the receiver answers: every body here is
-        refused before its end (by its Content-Length, or by the values counted as it arrives),
-        and what a client writes after the answer is never read. A client that wrote all of it
-        (``httpx`` does) cost this machine a third of a core copying tens of MiB into sockets
-        already answered: CPU an attacker on another machine would not take from the receiver."""
-        head = (
-            f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            f"authorization: Bearer {TOKEN}\r\ncontent-length: {len(body)}\r\n\r\n"
-        ).encode()
-        return await self._until_answered(head, body, 60)
-
-    async def _until_answered(self, head: bytes, body: bytes, wait: float) -> str:
-        """Send a request, its body a piece at a time until the receiver answers (or stops the
-        run), then wait at most ``wait`` seconds for the answer; its status, or what ended it."""
-        try:
-            reader, writer = await asyncio.open_connection(*self.address)
-        except OSError:
-            return "refused"
-        answer = asyncio.ensure_future(reader.readline())
-        status = "closed"
-        try:
-            writer.write(head)
-            view = memoryview(body)
-            for start in range(0, len(body), _PIECE):
-                if answer.done() or self.stop.is_set():
-                    break
-                writer.write(view[start : start + _PIECE])
-                await writer.drain()
-            line = await asyncio.wait_for(asyncio.shield(answer), wait)
-            status = line[9:12].decode() or "closed"
-        except (ConnectionError, OSError, asyncio.TimeoutError):
-            pass
-        if answer.done() and not answer.cancelled() and answer.exception() is None:
-            status = answer.result()[9:12].decode() or status
-        _settle(answer)
-        writer.close()
-        return status
-
-    def reads(self) -> None:
-        """Reads of a whole honest rollout (no limit: upstream allows it), back to back."""
-        base = self.receiver.http_url + "/v1/agl"
-        rollout, _ = HONEST[0]
-        with httpx.Client(timeout=60, headers=AUTH) as client:
-            while not self.stop.is_set():
-                try:
-                    read = client.get(base + "/spans", params={"rollout_id": rollout})
-                    status = str(read.status_code)
-                except httpx.TransportError:
-                    status = "closed"
-                self.answers[f"api read of a whole honest rollout: {status}"] += 1
-                time.sleep(0.1)
-
-
-# Bytes a raw-socket attacker writes at once.
-_PIECE: Final = 64 * 1024
-
-
-def _settle(future: asyncio.Future[Any]) -> None:
-    """Cancel a reader's future, or take its error if it has one (a connection the receiver
-    reset): asyncio logs an error nobody took, and a run would log thousands."""
-    if future.done():
-        if not future.cancelled():
-            future.exception()
-    else:
-        future.cancel()
-
-
 def _fresh(request: Any) -> bytes:
     """The request with new span ids: new spans to store, for little client CPU."""
     for span in request.resource_spans[0].scope_spans[0].spans:
         span.span_id = os.urandom(8)
     data: bytes = request.SerializeToString()
     return data
-
-
-def _empty_spans(size: int) -> bytes:
-    from google.protobuf.internal.encoder import _VarintBytes
-
-    spans = b"\x12\x00" * (size // 2)
-    scope = b"\x12" + _VarintBytes(len(spans)) + spans
-    return b"\x0a" + _VarintBytes(len(scope)) + scope
-
-
-def _poison(ids: dict[str, str], deep: str) -> bytes:
-    spans = [
-        make_span(attributes={**ids, "agentlightning.span_sequence_id": value})
-        for value in (2**63 - 2, 2**63 - 1, float("inf"), 1e300, "99999999999999999999", -1)
-    ]
-    spans.append(
-        make_span(
-            "agentlightning.rollout",
-            attributes={**ids, "agentlightning.rollout.input": deep},
-        )
-    )
-    return make_request(spans).SerializeToString()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -423,7 +169,7 @@ def run(
     attackers = None
     if kinds:
         attackers = subprocess.Popen(
-            [sys.executable, __file__, "--attack", receiver.http_url, "--seconds", str(seconds)]
+            [sys.executable, str(ATTACKERS), receiver.http_url, "--seconds", str(seconds)]
             + ["--only", ",".join(sorted(kinds))],
             stdout=subprocess.PIPE,
             text=True,
@@ -454,34 +200,6 @@ def run(
     return honest, answers
 
 
-# Attacker kinds, chosen with --only: each alone shows what it costs the honest clients.
-KINDS = ("slow", "stalled", "waits", "bodies", "api", "reads")
-
-
-def attack(http_url: str, seconds: float, kinds: set[str]) -> None:
-    """The attacker process: the hostile clients of ``kinds`` for ``seconds``, then their
-    answers and the CPU the process used."""
-    receiver = ReceiverProcess(Path("unused.db"))
-    receiver.http_url = http_url
-    stop = threading.Event()
-    attacker = Attack(receiver, stop)
-    counts = (300 * ("slow" in kinds), 50 * ("stalled" in kinds), 50 * ("waits" in kinds))
-    threads = [threading.Thread(target=attacker.sockets, args=(*counts, "api" in kinds))]
-    if "bodies" in kinds:
-        threads.append(threading.Thread(target=attacker.bodies))
-    if "reads" in kinds:
-        threads.append(threading.Thread(target=attacker.reads))
-    for thread in threads:
-        thread.start()
-    time.sleep(seconds)
-    stop.set()
-    for thread in threads:
-        thread.join(180)
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    attacker.answers["cpu seconds of the attackers' process"] = round(used.ru_utime + used.ru_stime)
-    print(json.dumps(dict(attacker.answers)), flush=True)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each run (30)")
@@ -506,14 +224,10 @@ def main() -> int:
         help="py-spy (from this interpreter's bin) samples the receiver in each run:"
         " PREFIX-quiet-N.txt, PREFIX-attack-N.txt (collapsed stacks, lock holders only)",
     )
-    parser.add_argument("--attack", metavar="HTTP_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     kinds = set(args.only.split(",")) - {""}
     if kinds - set(KINDS):
         parser.error(f"unknown attacker kinds: {', '.join(sorted(kinds - set(KINDS)))}")
-    if args.attack:
-        attack(args.attack, args.seconds, kinds)
-        return 0
     print(f"attackers: {', '.join(sorted(kinds))}")
     quiet, loud = Phase(), Phase()
     with tempfile.TemporaryDirectory() as tmp:

@@ -127,18 +127,26 @@ def test_prepared_records_read_as_records_built_at_read_time(
     assert len(calls) == 20 and calls[0]["attributes"]["lightning_otlp.original_name"]
 
 
-def test_log_records_arriving_after_the_view_still_join_their_span(any_store: SQLStore) -> None:
+@pytest.mark.parametrize("prepared", ["view", "kept by a read"])
+def test_log_records_arriving_after_the_view_still_join_their_span(
+    any_store: SQLStore, prepared: str
+) -> None:
+    """Whether a span's record was prepared in the background or built by a read and kept
+    (``store.span_reads``), log records arriving later join it."""
     store = any_store
     pipeline = Pipeline(store, RoutingConfig())  # type: ignore[arg-type]
     try:
         traces, logs = load_case(CASE)
         assert logs is not None
         pipeline.export_traces(traces.SerializeToString(), None, PROTOBUF)
-        _build_all(store)
-        assert _views(store) > 0
         api = _api(store)
+        if prepared == "view":
+            _build_all(store)
+            assert _views(store) > 0
         (rollout_id,) = {r["rollout_id"] for r in store.rollouts()}
         without = _items(api, rollout_id, encoded=True)
+        if prepared != "view":
+            assert len(api.read_cache) > 0  # type: ignore[attr-defined]
         pipeline.export_logs(logs.SerializeToString(), None, PROTOBUF)
         joined = _items(api, rollout_id, encoded=True)
         assert joined == _items(api, rollout_id, encoded=False)
@@ -319,14 +327,8 @@ def test_a_reopened_store_reports_its_spans_as_not_yet_prepared(tmp_path: Any) -
         again.close()
 
 
-def test_a_whole_rollout_read_on_a_read_thread_is_built_in_paced_turns(
-    tmp_path: Any, monkeypatch: Any
-) -> None:
-    """Paced building (``store.views``) reads exactly what building at once reads, views and
-    built records mixed, one turn per chunk; the store thread never takes a turn."""
-    store = SQLiteStore(str(tmp_path / "paced.db"), synchronous="OFF")
-    store.open()
-    pipeline = Pipeline(store, RoutingConfig())
+def counted_turns(monkeypatch: Any) -> list[int]:
+    """Reads' turns (``views.READ_PACE``) counted, one entry each, none resting."""
     turns: list[int] = []
 
     class Counting(views.Pace):
@@ -337,6 +339,18 @@ def test_a_whole_rollout_read_on_a_read_thread_is_built_in_paced_turns(
                 yield
 
     monkeypatch.setattr(views, "READ_PACE", Counting(share=1.0))
+    return turns
+
+
+def test_a_whole_rollout_read_on_a_read_thread_is_built_in_paced_turns(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Paced building (``store.views``) reads exactly what building at once reads, views and
+    built records mixed, one turn per chunk; the store thread never takes a turn."""
+    store = SQLiteStore(str(tmp_path / "paced.db"), synchronous="OFF")
+    store.open()
+    pipeline = Pipeline(store, RoutingConfig())
+    turns = counted_turns(monkeypatch)
     try:
         request = genai_request(2 * views.BUILD_CHUNK + 30, ids=[(RID, AID)], content=True)
         pipeline.export_traces(request.SerializeToString(), None, PROTOBUF)
@@ -346,13 +360,15 @@ def test_a_whole_rollout_read_on_a_read_thread_is_built_in_paced_turns(
         assert not turns  # on the store thread: never paced
         with api.reading():  # as on a read thread: its own read-only connection, paced
             assert _items(api, RID, encoded=False) == at_once
-            assert len(turns) == 3
+            assert len(turns) == 1 + 3  # the look-up, then a turn per chunk built
             store.idle_work()  # some views prepared: only the rest is built, still paced
+            turns.clear()
             built = len(at_once) - _encoded_count(api, RID)
             assert 0 < built < len(at_once)
+            assert len(turns) == 1 + -(-built // views.BUILD_CHUNK)
             turns.clear()
             assert _items(api, RID, encoded=True) == at_once
-            assert len(turns) == -(-built // views.BUILD_CHUNK)
+            assert len(turns) == 1  # what was built is kept (``store.span_reads``): looked up
     finally:
         api.close_readers()
         pipeline.close()

@@ -1,7 +1,7 @@
 """The LightningStore API's span calls over any SQL store: spans added through the API (kept
 as given, JSON) beside OTLP spans (kept as received, protobuf), read back as agentlightning
-``Span`` records, model calls translated, from prepared views where they exist
-(``store.views``).
+``Span`` records, model calls translated, kept from an earlier read or prepared where they
+can be (``store.span_reads``).
 
 With start-time sequence ids, ``spans/next`` issues at least the current time in microseconds,
 the sequence ids the OTLP path gives spans from their start times.
@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any, Final, cast
 
 from . import lifecycle as life
-from . import views
 from .api_base import SQLBackend, combine, limit_sql, page_of, paginate, retried
 from .api_schema import API_RESOURCE_ID
-from .dialect import Conn, chunks
+from .dialect import Conn
 from .lightning import FilterLogic, NotFound, Page, Query, Record
-from .logs import joined_events
-from .records import SPAN_COLUMNS, enclosing_spans, resource_bodies, span_records
+from .records import SPAN_COLUMNS
 from .sequence import free_sequence_ids
-from .views import current, spliced
+from .span_reads import ReadCache, span_items, span_rows
 
 _LIGHT_SPAN_FIELDS: Final = frozenset(
     ("rollout_id", "attempt_id", "sequence_id", "trace_id", "span_id", "parent_id", "name")
@@ -31,7 +29,6 @@ _LIGHT_SPAN_FIELDS: Final = frozenset(
 )
 # What a read needs of a span first: where it is and whether it was added through the API (its
 # record kept as given); then its view, or, without one, the whole row.
-_SPAN_ROW: Final = ", ".join("s." + c.strip() for c in SPAN_COLUMNS.split(",")) + ", s.record"
 _SPAN_LEAD: Final = (
     "s.rowid, s.rollout_id, s.attempt_id, s.sequence_id, s.trace_id, s.span_id,"
     " s.record IS NOT NULL"
@@ -47,6 +44,7 @@ class SpansAPI:
 
     store: SQLBackend
     clock: Callable[[], float]
+    read_cache: ReadCache  # records built at read time, kept for the next read
 
     def _reading(self) -> bool:
         raise NotImplementedError
@@ -191,57 +189,20 @@ class SpansAPI:
     def _records(self, conn: Conn, leads: list[Any], encoded: bool) -> list[Record | bytes]:
         """Spans (rows of ``_SPAN_LEAD``) as agentlightning ``Span`` dicts, model calls
         translated as the store's own reader gives them (``lightning-otlp spans``); with
-        ``encoded``, a span with a current view is its JSON (``store.views``), ready to send.
-        Only spans without one are read whole and built."""
-        logs = None
-        enclosing: set[tuple[bytes, bytes]] = set()
-        if self.store.translate:
-            traces = {lead[4] for lead in leads if not lead[6]}
-            logs = joined_events(conn, traces)
-            enclosing = enclosing_spans(conn, traces)
-        bodies: dict[int, bytes] = {}
-        if encoded and logs is not None:
-            bodies = current(
-                conn,
-                {
-                    lead[0]: (lead[1], lead[5])
-                    for lead in leads
-                    if not lead[6]
-                    and (lead[4], lead[5]) not in logs
-                    and (lead[4], lead[5]) not in enclosing
-                },
-            )
-        out: list[Record | bytes | None] = []
-        build: dict[int, int] = {}  # position in ``out``: rowid
-        for lead in leads:
-            body = bodies.get(lead[0])
-            if body is not None:
-                out.append(spliced(lead[1], lead[2], lead[3], body))
-            else:
-                build[len(out)] = lead[0]
-                out.append(None)
-        # On a read thread, building is paced (``store.views``): a read of a whole rollout
-        # cannot take the interpreter from ingest. The store thread never waits.
-        paced = self._reading()
-        todo = list(build.items())
-        for start in range(0, len(todo), views.BUILD_CHUNK):
-            with views.READ_PACE.turn() if paced else nullcontext():
-                chunk = todo[start : start + views.BUILD_CHUNK]
-                rows = self._full_rows(conn, [rowid for _, rowid in chunk])
-                wanted = {row[11] for row in rows.values() if row[12] is None}
-                resources = resource_bodies(conn, wanted)
-                for i, rowid in chunk:
-                    out[i] = span_records(rows[rowid], resources, logs, enclosing)
-        return cast(list[Record | bytes], out)
-
-    @staticmethod
-    def _full_rows(conn: Conn, rowids: list[int]) -> dict[int, Any]:
-        """Spans rows (``SPAN_COLUMNS`` then ``record``) by rowid."""
-        rows = _span_rows(conn, f"s.rowid, {_SPAN_ROW}", rowids)
-        return {rowid: row[1:] for rowid, row in rows.items()}
+        ``encoded``, a span kept from an earlier read or prepared is its JSON, ready to send
+        (``store.span_reads``). On a read thread the read is paced: a read of a whole rollout
+        cannot take the interpreter from ingest. The store thread never waits."""
+        return span_items(
+            conn,
+            leads,
+            encoded=encoded,
+            translate=self.store.translate,
+            cache=self.read_cache,
+            paced=self._reading(),
+        )
 
     def _decode_spans(self, conn: Conn, rowids: list[int], encoded: bool) -> list[Record | bytes]:
-        leads = _span_rows(conn, _SPAN_LEAD, rowids)
+        leads = span_rows(conn, _SPAN_LEAD, rowids)
         return self._records(conn, [leads[rowid] for rowid in rowids], encoded)
 
 
@@ -249,18 +210,6 @@ def _id_text(value: Any) -> str | None:
     if value is None:
         return None
     return value.hex() if isinstance(value, bytes) else str(value)
-
-
-def _span_rows(conn: Conn, columns: str, rowids: list[int]) -> dict[int, Any]:
-    """``columns`` (the first one ``s.rowid``) of these spans, by rowid."""
-    rows: dict[int, Any] = {}
-    for chunk in chunks(rowids):
-        for row in conn.execute(
-            f"SELECT {columns} FROM spans s WHERE s.rowid IN ({', '.join('?' * len(chunk))})",
-            chunk,
-        ):
-            rows[row[0]] = row
-    return rows
 
 
 def _span_tests(conn: Conn, filters: dict[str, dict[str, str]], params: list[Any]) -> list[str]:

@@ -30,6 +30,7 @@ from .records import (
     worker_record,
 )
 from .records import rollout_record as rollout_record
+from .span_reads import ReadCache
 
 DEFAULT_SCAN_DEBOUNCE: Final = 10.0
 _RESOURCE_COLUMNS: Final = "resources_id, resources, create_time, update_time, version"
@@ -82,6 +83,7 @@ class SQLLightningStore(SpansAPI):
         self._launch_time = clock()
         self._last_scan = self._launch_time - scan_debounce
         self._local = threading.local()
+        self.read_cache = ReadCache()
 
     def open(self) -> None:
         """Nothing to take over: the store applies OTLP-carried outcomes by the same rule."""
