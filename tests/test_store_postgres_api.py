@@ -35,7 +35,7 @@ _MOST_WAITS = {
     "enqueue": 3,
     "dequeue": 4,
     "spans/next": 3,
-    "add_span": 3,
+    "add_span": 2,
     "update_attempt": 3,
     "query_spans": 3,
 }

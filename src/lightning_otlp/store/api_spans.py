@@ -65,11 +65,9 @@ class SpansAPI:
         with self._transaction() as conn:
             now = self.clock()
             life.raise_counter(conn, rollout_id, attempt_id, sequence_id + 1)
-            has_rollout, has_attempt = life.found(conn, rollout_id, attempt_id)
-            if not has_rollout:
-                raise NotFound(f"Rollout {rollout_id} not found")
-            if not has_attempt:
-                raise NotFound(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+            # The check and the insert are sent together and answered in one round trip; a
+            # span of an unknown rollout or attempt goes with the call's rollback.
+            known = life.found_sent(conn, rollout_id, attempt_id)
             status = span.get("status") or {}
             cursor = conn.execute(
                 _INSERT_API_SPAN,
@@ -89,7 +87,13 @@ class SpansAPI:
                     json.dumps(span),
                 ),
             )
-            if cursor.rowcount != 1:
+            inserted = cursor.rowcount == 1  # read first: the check's answer came with it
+            has_rollout, has_attempt = known.fetchone()
+            if not has_rollout:
+                raise NotFound(f"Rollout {rollout_id} not found")
+            if not has_attempt:
+                raise NotFound(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+            if not inserted:
                 return None  # a duplicate: upstream logs it and returns None
             life.heartbeat(conn, rollout_id, attempt_id, now)
             return span
