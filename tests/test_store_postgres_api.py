@@ -34,7 +34,7 @@ _WAITS = frozenset({"Query", "Sync", "Flush"})
 _MOST_WAITS = {
     "enqueue": 3,
     "dequeue": 4,
-    "spans/next": 3,
+    "spans/next": 2,
     "add_span": 2,
     "update_attempt": 3,
     "query_spans": 3,

@@ -22,7 +22,7 @@ from .dialect import Conn, chunks
 from .lightning import FilterLogic, NotFound, Page, Query, Record
 from .logs import joined_events
 from .records import SPAN_COLUMNS, enclosing_spans, resource_bodies, span_records
-from .sequence import free_sequence_ids
+from .sequence import free_sequence_ids, taken_sent
 from .views import current, spliced
 
 _LIGHT_SPAN_FIELDS: Final = frozenset(
@@ -104,10 +104,23 @@ class SpansAPI:
         (OTLP spans get their start, so spans asked for here, the LLM proxy's, sort among them
         by time whatever order they arrive in), kept as issued so no OTLP span takes it."""
         with self._transaction() as conn:
-            value = life.rollout_counter(conn, rollout_id)
-            if self.store.sequence_ids == "start-time":
-                wanted = [max(value, int(self.clock() * 1e6))]
-                value = free_sequence_ids(conn, rollout_id, attempt_id, wanted)[0]
+            if self.store.sequence_ids != "start-time":
+                value = life.rollout_counter(conn, rollout_id)
+            else:
+                # The counter and the ids taken at now sent together, one round trip: the
+                # counter is seldom ahead of now (then what is taken from it is looked up).
+                now = int(self.clock() * 1e6)
+                counter = life.rollout_counter_sent(conn, rollout_id)
+                probe = taken_sent(conn, rollout_id, attempt_id, now, now + 1)
+                value = int(counter.fetchone()[0])
+                taken = {row[0] for row in probe}
+                if value <= now:
+                    found = free_sequence_ids(
+                        conn, rollout_id, attempt_id, [now], taken, looked_up=now + 1
+                    )
+                else:
+                    found = free_sequence_ids(conn, rollout_id, attempt_id, [value])
+                value = found[0]
                 conn.execute(
                     "INSERT INTO span_issued (rollout_id, attempt_id, sequence_id)"
                     " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",

@@ -253,8 +253,12 @@ def _counter_sql(conn: Conn) -> str:
 
 def rollout_counter(conn: Conn, rollout_id: str) -> int:
     """The next span sequence id of the rollout: the highest of its attempts' counters."""
-    row = conn.execute(f"SELECT {_counter_sql(conn)}", (rollout_id, rollout_id)).fetchone()
-    return int(row[0])
+    return int(rollout_counter_sent(conn, rollout_id).fetchone()[0])
+
+
+def rollout_counter_sent(conn: Conn, rollout_id: str) -> Any:
+    """``rollout_counter``'s statement, sent and not read yet (one row, one value)."""
+    return conn.execute(f"SELECT {_counter_sql(conn)}", (rollout_id, rollout_id))
 
 
 def raise_counter(conn: Conn, rollout_id: str, attempt_id: str, at_least: int) -> None:
