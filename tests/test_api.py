@@ -4,6 +4,7 @@ errors, and durability across ``kill -9`` (that one with a real ``lightning-otlp
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,6 +153,29 @@ def test_outcomes_carried_by_otlp_retry_as_the_rollout_config_says(api: API) -> 
         ("succeeded", second_end / 1e9),
     ]
     assert api.get("/workers/w2")["status"] == "idle"
+
+
+def test_a_span_of_an_unknown_rollout_or_attempt_is_refused_and_leaves_nothing(
+    api: API,
+) -> None:
+    """The rollout and attempt are checked in the insert's round trip: a refused span is
+    rolled back with its call, counter included, and a duplicate is stored once."""
+    [rollout] = enqueue(api, "x")
+    [taken] = api.post("/queues/rollouts/dequeue", {})
+    rollout_id, attempt_id = rollout["rollout_id"], taken["attempt"]["attempt_id"]
+    ask = {"rollout_id": rollout_id, "attempt_id": attempt_id}
+    first = api.post("/spans/next", ask)["sequence_id"]
+    later = first + 10**12  # past any id spans/next issues meanwhile: a counter raised shows
+    refused = api.post("/spans", span(rollout_id, "at-missing", later, 1), 404)
+    assert "Attempt at-missing not found" in json.dumps(refused)
+    api.post("/spans", span("ro-missing", attempt_id, later, 2), 404)
+    assert api.post("/spans/search", {"rollout_id": rollout_id})["items"] == []
+    assert api.post("/spans/search", {"rollout_id": "ro-missing"})["items"] == []
+    assert first < api.post("/spans/next", ask)["sequence_id"] < later
+    added = span(rollout_id, attempt_id, first, 3)
+    api.post("/spans", added, 201)
+    api.post("/spans", added, 201)
+    assert len(api.post("/spans/search", {"rollout_id": rollout_id})["items"]) == 1
 
 
 def test_one_span_counter_for_rest_spans_next_and_otlp(api: API) -> None:

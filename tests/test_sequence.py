@@ -10,6 +10,7 @@ from lightning_otlp.batch import RoutedSpan, SpanRow
 from lightning_otlp.receiver.route import RoutingConfig, route
 from lightning_otlp.store.api_store import SQLLightningStore
 from lightning_otlp.store.dialect import Conn
+from lightning_otlp.store.lifecycle import raise_counter
 from lightning_otlp.store.postgres import PostgresStore
 from lightning_otlp.store.sequence import attempt_counter, free_sequence_ids, sequence_ids
 from lightning_otlp.store.sqlite import SQLiteStore
@@ -107,6 +108,36 @@ def test_an_id_spans_next_issued_is_never_given_to_an_otlp_span(
     assert issued == 1_700_000_000_000_000  # now, in microseconds
     store_spans(sql_store, attempt, make_span("otlp", start_ns=1_700_000_000 * 10**9))
     assert stored_ids(sql_store, attempt["rollout_id"]) == {"otlp": issued + 1}
+
+
+def test_spans_next_looks_up_what_is_taken_at_now_with_its_counter(
+    sql_store: SQLiteStore | PostgresStore,
+) -> None:
+    """``spans/next`` reads its counter and the ids taken at now together: the id issued is
+    still now if free, else the next free one, and the counter when it is ahead of now."""
+    clock = Clock(1_700_000_000.0)
+    api = SQLLightningStore(sql_store, clock=clock)
+    attempt = api.start_rollout("task", None, None, None, None, None)["attempt"]
+    ids = attempt["rollout_id"], attempt["attempt_id"]
+    now = 1_700_000_000_000_000
+    assert api.next_span_sequence_id(*ids) == now
+    assert api.next_span_sequence_id(*ids) == now + 1  # the same microsecond: the counter
+    clock.advance(10e-6)
+    assert api.next_span_sequence_id(*ids) == now + 10
+    clock.advance(10e-6)
+    with sql_store.transaction() as conn:  # taken at now and just after, the counter behind
+        conn.executemany(
+            "INSERT INTO span_issued (rollout_id, attempt_id, sequence_id) VALUES (?, ?, ?)",
+            [(*ids, now + 20), (*ids, now + 21), (*ids, now + 22)],
+        )
+    assert api.next_span_sequence_id(*ids) == now + 23
+    with sql_store.transaction() as conn:
+        conn.execute(
+            "INSERT INTO span_issued (rollout_id, attempt_id, sequence_id) VALUES (?, ?, ?)",
+            (*ids, now + 1000),
+        )
+        raise_counter(conn, *ids, now + 1000)  # ahead of now, its own id taken
+    assert api.next_span_sequence_id(*ids) == now + 1001
 
 
 def test_a_counter_out_of_bounds_is_rebuilt_from_the_spans(

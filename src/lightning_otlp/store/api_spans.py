@@ -20,7 +20,7 @@ from .api_schema import API_RESOURCE_ID
 from .dialect import Conn
 from .lightning import FilterLogic, NotFound, Page, Query, Record
 from .records import SPAN_COLUMNS
-from .sequence import free_sequence_ids
+from .sequence import free_sequence_ids, taken_sent
 from .span_reads import ReadCache, span_items, span_rows
 
 _LIGHT_SPAN_FIELDS: Final = frozenset(
@@ -63,11 +63,9 @@ class SpansAPI:
         with self._transaction() as conn:
             now = self.clock()
             life.raise_counter(conn, rollout_id, attempt_id, sequence_id + 1)
-            has_rollout, has_attempt = life.found(conn, rollout_id, attempt_id)
-            if not has_rollout:
-                raise NotFound(f"Rollout {rollout_id} not found")
-            if not has_attempt:
-                raise NotFound(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+            # The check and the insert are sent together and answered in one round trip; a
+            # span of an unknown rollout or attempt goes with the call's rollback.
+            known = life.found_sent(conn, rollout_id, attempt_id)
             status = span.get("status") or {}
             cursor = conn.execute(
                 _INSERT_API_SPAN,
@@ -87,7 +85,13 @@ class SpansAPI:
                     json.dumps(span),
                 ),
             )
-            if cursor.rowcount != 1:
+            inserted = cursor.rowcount == 1  # read first: the check's answer came with it
+            has_rollout, has_attempt = known.fetchone()
+            if not has_rollout:
+                raise NotFound(f"Rollout {rollout_id} not found")
+            if not has_attempt:
+                raise NotFound(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+            if not inserted:
                 return None  # a duplicate: upstream logs it and returns None
             life.heartbeat(conn, rollout_id, attempt_id, now)
             return span
@@ -98,10 +102,23 @@ class SpansAPI:
         (OTLP spans get their start, so spans asked for here, the LLM proxy's, sort among them
         by time whatever order they arrive in), kept as issued so no OTLP span takes it."""
         with self._transaction() as conn:
-            value = life.rollout_counter(conn, rollout_id)
-            if self.store.sequence_ids == "start-time":
-                wanted = [max(value, int(self.clock() * 1e6))]
-                value = free_sequence_ids(conn, rollout_id, attempt_id, wanted)[0]
+            if self.store.sequence_ids != "start-time":
+                value = life.rollout_counter(conn, rollout_id)
+            else:
+                # The counter and the ids taken at now sent together, one round trip: the
+                # counter is seldom ahead of now (then what is taken from it is looked up).
+                now = int(self.clock() * 1e6)
+                counter = life.rollout_counter_sent(conn, rollout_id)
+                probe = taken_sent(conn, rollout_id, attempt_id, now, now + 1)
+                value = int(counter.fetchone()[0])
+                taken = {row[0] for row in probe}
+                if value <= now:
+                    found = free_sequence_ids(
+                        conn, rollout_id, attempt_id, [now], taken, looked_up=now + 1
+                    )
+                else:
+                    found = free_sequence_ids(conn, rollout_id, attempt_id, [value])
+                value = found[0]
                 conn.execute(
                     "INSERT INTO span_issued (rollout_id, attempt_id, sequence_id)"
                     " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",

@@ -114,14 +114,14 @@ def latest_attempts(conn: Conn, rollout_ids: Sequence[str]) -> dict[str, Record]
     return latest
 
 
-def found(conn: Conn, rollout_id: str, attempt_id: str) -> tuple[bool, bool]:
-    """Whether the rollout exists, and its attempt: one statement."""
-    row = conn.execute(
+def found_sent(conn: Conn, rollout_id: str, attempt_id: str) -> Any:
+    """Whether the rollout exists, and its attempt (one row of two): one statement, sent and
+    not read yet, so a server answers it with the statements sent after it."""
+    return conn.execute(
         "SELECT EXISTS (SELECT 1 FROM rollouts WHERE rollout_id = ?),"
         " EXISTS (SELECT 1 FROM attempts WHERE rollout_id = ? AND attempt_id = ?)",
         (rollout_id, rollout_id, attempt_id),
-    ).fetchone()
-    return bool(row[0]), bool(row[1])
+    )
 
 
 def finished(conn: Conn, rollout_id: str, attempt_id: str) -> bool:
@@ -253,8 +253,12 @@ def _counter_sql(conn: Conn) -> str:
 
 def rollout_counter(conn: Conn, rollout_id: str) -> int:
     """The next span sequence id of the rollout: the highest of its attempts' counters."""
-    row = conn.execute(f"SELECT {_counter_sql(conn)}", (rollout_id, rollout_id)).fetchone()
-    return int(row[0])
+    return int(rollout_counter_sent(conn, rollout_id).fetchone()[0])
+
+
+def rollout_counter_sent(conn: Conn, rollout_id: str) -> Any:
+    """``rollout_counter``'s statement, sent and not read yet (one row, one value)."""
+    return conn.execute(f"SELECT {_counter_sql(conn)}", (rollout_id, rollout_id))
 
 
 def raise_counter(conn: Conn, rollout_id: str, attempt_id: str, at_least: int) -> None:

@@ -153,42 +153,51 @@ def pipelined_transaction(raw: Any, begin: str, queue: int | None) -> Iterator[A
     serializable dequeues read the same queue index pages and each takes a row off them, so
     PostgreSQL aborted all but one (under 8 workers, a third of dequeues ran again). The lock
     is a session lock taken before the transaction begins, so its snapshot is taken once the
-    previous dequeue has committed (a transaction's own lock comes after its snapshot); a
+    previous dequeue has committed (a transaction's own lock comes after its snapshot); it is
+    released in the commit's round trip, so the next dequeue waits one round trip less; a
     receiver that dies releases it with its connection."""
-    with raw.pipeline() as pipeline:
-        try:
-            if queue is not None:  # held before the first statement takes the snapshot
-                raw.execute("SELECT pg_advisory_lock(%s)", (queue,), prepare=False)
-                pipeline.sync()
-            for statement in begin.split("; "):
-                raw.execute(statement, prepare=False)
-            yield pipeline
-            raw.execute("COMMIT", prepare=False)
-            if queue is not None:  # the commit's answer first (after a failure: skipped)
-                pipeline.sync()
-        except BaseException:
-            if not raw.broken:
-                # Out of the aborted state first; the error is the one raised. psycopg's own
-                # rollback also forgets the statements it prepared in the transaction, which
-                # the server may not have made; should it fail, the pool rolls back (or
-                # discards) a connection it gets back in a transaction.
-                with suppress(psycopg.Error):
+    locked = False
+    try:
+        with raw.pipeline() as pipeline:
+            try:
+                if queue is not None:  # held before the first statement takes the snapshot
+                    raw.execute("SELECT pg_advisory_lock(%s)", (queue,), prepare=False)
                     pipeline.sync()
-                with suppress(psycopg.Error):
-                    raw.rollback()
-            raise
-        finally:
-            if queue is not None:
-                unlock(raw, pipeline, queue)
+                    locked = True
+                for statement in begin.split("; "):
+                    raw.execute(statement, prepare=False)
+                yield pipeline
+                raw.execute("COMMIT", prepare=False)
+                if queue is not None:
+                    # Sent with the COMMIT, answered in the pipeline's last sync. Should the
+                    # commit (or a statement before it) fail, the server skips the rest of the
+                    # pipeline, this included: the lock is then released below.
+                    raw.execute("SELECT pg_advisory_unlock(%s)", (queue,), prepare=False)
+            except BaseException:
+                if not raw.broken:
+                    # Out of the aborted state first; the error is the one raised. psycopg's
+                    # own rollback also forgets the statements it prepared in the transaction,
+                    # which the server may not have made; should it fail, the pool rolls back
+                    # (or discards) a connection it gets back in a transaction.
+                    with suppress(psycopg.Error):
+                        pipeline.sync()
+                    with suppress(psycopg.Error):
+                        raw.rollback()
+                raise
+        locked = False  # the last sync succeeded: the unlock ran
+    finally:
+        if locked:
+            unlock(raw, queue)
 
 
-def unlock(raw: Any, pipeline: Any, key: int) -> None:
-    """Release the queue lock; a connection that cannot is closed, which releases it too, so
-    no dequeue anywhere waits on a lock nobody holds."""
+def unlock(raw: Any, key: int | None) -> None:
+    """Release the queue lock after a failed dequeue; a connection that cannot is closed,
+    which releases it too, so no dequeue anywhere waits on a lock nobody holds."""
     try:
         if not raw.broken:
+            with suppress(psycopg.Error):  # a commit that failed left the transaction open
+                raw.rollback()
             raw.execute("SELECT pg_advisory_unlock(%s)", (key,), prepare=False)
-            pipeline.sync()
     except BaseException:
         raw.close()
         raise

@@ -81,15 +81,17 @@ def free_sequence_ids(
     wanted: list[int],
     taken: set[int] | None = None,
     free_from: int | None = None,
+    looked_up: int | None = None,
 ) -> list[int]:
     """For ``wanted`` (in order, not decreasing), the least ids at or above each, rising, that
     no stored span of the attempt has and ``spans/next`` has not issued (nor ``taken``); ids
-    from ``free_from`` up are known to be neither, and are not looked up."""
+    from ``free_from`` up are known to be neither, and are not looked up; nor those from the
+    first wanted to ``looked_up`` (``taken`` holds them, from ``taken_sent``)."""
     if not wanted:
         return []
     taken = set(taken or ())
     low = wanted[0]
-    high = low - 1
+    high = low - 1 if looked_up is None else looked_up
 
     def fetch(upper: int) -> None:
         nonlocal high
@@ -98,19 +100,11 @@ def free_sequence_ids(
             return
         if free_from is not None:
             upper = max(high + 1, min(upper, free_from - 1))
-        taken.update(
-            row[0]
-            for row in conn.execute(
-                "SELECT sequence_id FROM spans WHERE rollout_id = ? AND attempt_id = ?"
-                " AND sequence_id BETWEEN ? AND ? UNION ALL"
-                " SELECT sequence_id FROM span_issued WHERE rollout_id = ? AND attempt_id = ?"
-                " AND sequence_id BETWEEN ? AND ?",
-                (rollout_id, attempt_id, high + 1, upper) * 2,
-            )
-        )
+        taken.update(row[0] for row in taken_sent(conn, rollout_id, attempt_id, high + 1, upper))
         high = upper
 
-    fetch(wanted[-1] + len(wanted))
+    if high < wanted[-1] + len(wanted):
+        fetch(wanted[-1] + len(wanted))
     out = []
     previous = low - 1
     for value in wanted:
@@ -124,3 +118,15 @@ def free_sequence_ids(
         out.append(seq)
         previous = seq
     return out
+
+
+def taken_sent(conn: Conn, rollout_id: str, attempt_id: str, low: int, high: int) -> Any:
+    """The attempt's ids from ``low`` to ``high`` that a stored span has or ``spans/next``
+    issued: sent, not read yet, so a server answers it with the statements sent after it."""
+    return conn.execute(
+        "SELECT sequence_id FROM spans WHERE rollout_id = ? AND attempt_id = ?"
+        " AND sequence_id BETWEEN ? AND ? UNION ALL"
+        " SELECT sequence_id FROM span_issued WHERE rollout_id = ? AND attempt_id = ?"
+        " AND sequence_id BETWEEN ? AND ?",
+        (rollout_id, attempt_id, low, high) * 2,
+    )
