@@ -5,6 +5,7 @@ again."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections import Counter
@@ -12,11 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from psycopg import pq
 
+from lightning_otlp.api import build_http_app
 from lightning_otlp.errors import StoreUnavailable
-from lightning_otlp.store import postgres
+from lightning_otlp.receiver.pipeline import Pipeline
+from lightning_otlp.receiver.transport.http import HTTPReceiver
+from lightning_otlp.store import SQLiteStore, postgres
 from lightning_otlp.store.lightning import Query
 from lightning_otlp.store.postgres import PostgresStore
 from lightning_otlp.store.postgres_api import PostgresLightningStore
@@ -205,3 +210,53 @@ def test_the_queue_lock_of_a_dequeue_that_fails_or_dies_passes_on(pg_url: str) -
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_api_writes_wait_for_the_store_thread_only_on_a_single_writer(
+    backend: str, pg_url: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL an API write runs on a thread of its own, so it is answered while the
+    store thread is held (a long commit, a step of idle work); on SQLite, the one writer, it
+    waits its turn behind the store thread."""
+    store: PostgresStore | SQLiteStore = (
+        PostgresStore(pg_url) if backend == "postgresql" else SQLiteStore(str(tmp_path / "s.db"))
+    )
+    store.open()
+    pipeline = Pipeline(store)
+    app = build_http_app(HTTPReceiver(pipeline), pipeline, watchdog_interval=3600)
+    assert app.api is not None
+    held = threading.Event()
+
+    async def go() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            body = {"rollouts": [{"input": "while held"}]}
+            busy = asyncio.get_running_loop().run_in_executor(pipeline._executor, held.wait, 60)
+            try:
+                write = asyncio.ensure_future(
+                    client.post("/v1/agl/queues/rollouts/enqueue", json=body)
+                )
+                if backend == "postgresql":
+                    answer = await asyncio.wait_for(write, 30)
+                else:
+                    await asyncio.sleep(0.5)
+                    assert not write.done()  # it cannot run while the store thread is held
+            finally:
+                held.set()
+                await busy
+            if backend == "sqlite":
+                answer = await asyncio.wait_for(write, 30)
+            assert answer.status_code == 201, answer.text
+            [queued] = answer.json()
+            found = await client.get(
+                "/v1/agl/rollouts", params={"rollout_id_in": queued["rollout_id"]}
+            )
+            assert [r["input"] for r in found.json()["items"]] == ["while held"]
+
+    try:
+        asyncio.run(go())
+    finally:
+        app.api.close()
+        pipeline.close()
+        store.close()

@@ -46,7 +46,10 @@ def build_http_app(
         limits = limits or APILimits(max_request_bytes=pipeline.max_request_bytes)
         api = LightningAPI(
             backend,
-            functools.partial(pipeline.run, kind="api"),
+            # On a store whose database orders writers, API writes get a thread of their own.
+            functools.partial(
+                pipeline.run, kind="api", stage="api" if backend.writes_apart() else "store"
+            ),
             limits=limits,
             budget=pipeline.budget,
             changes=pipeline.changes,

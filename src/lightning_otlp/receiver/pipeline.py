@@ -71,6 +71,8 @@ Transport = Literal["grpc", "http"]
 # Who queues work: OTLP exports, or LightningStore API calls. Each kind has its own
 # ``max_in_flight``, so API calls (long waits among them) never make an OTLP export wait or fail.
 Kind = Literal["otlp", "api"]
+# The thread a call runs on: commits, decoding and routing, LightningStore API writes.
+Stage = Literal["store", "decode", "api"]
 
 
 class _Queued(NamedTuple):
@@ -130,6 +132,9 @@ class Pipeline:
         # Decompression, decoding and routing run here, so one costly request never holds up
         # the commits of the others (the store thread only commits).
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-decode")
+        # LightningStore API writes, in arrival order, when the store takes them beside the
+        # store thread's commits (``stage="api"``): they never queue behind ingest or idle work.
+        self._api = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-api-write")
         self._counters_lock = threading.Lock()
         self._exporters: dict[Signal, Callable[..., Message]] = {
             "traces": self.export_traces,
@@ -346,12 +351,12 @@ class Pipeline:
             self._leave()
 
     async def run(
-        self, fn: Callable[..., T], *args: object, stage: str = "store", kind: Kind = "otlp"
+        self, fn: Callable[..., T], *args: object, stage: Stage = "store", kind: Kind = "otlp"
     ) -> T:
-        """Queue ``fn`` on the store (or decode) thread, or refuse at once when too much of
-        ``kind`` is queued."""
+        """Queue ``fn`` on the store (or decode, or API write) thread, or refuse at once when
+        too much of ``kind`` is queued."""
         self._enter(kind)
-        executor = self._executor if stage == "store" else self._decoder
+        executor = {"store": self._executor, "decode": self._decoder, "api": self._api}[stage]
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
         finally:
@@ -396,6 +401,7 @@ class Pipeline:
         queued were never answered (their transports have stopped), so they are dropped:
         shutdown takes one bounded decode and one commit past ``--shutdown-timeout``."""
         self._decoder.shutdown(wait=True, cancel_futures=True)
+        self._api.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True)
 
     @property

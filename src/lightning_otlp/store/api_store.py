@@ -93,6 +93,9 @@ class SQLLightningStore(SpansAPI):
     def reads_apart(self) -> bool:
         return self.store.reads_apart()
 
+    def writes_apart(self) -> bool:
+        return self.store.writes_apart()
+
     @contextmanager
     def reading(self) -> Iterator[None]:
         self._local.reading = True

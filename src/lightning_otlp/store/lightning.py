@@ -177,6 +177,11 @@ class LightningStoreBackend(Protocol):
         """Whether reads may run on other threads (``reading``) while writes go on."""
         ...
 
+    def writes_apart(self) -> bool:
+        """Whether the API's writes may run on a thread of their own, beside the receiver's
+        commits (the database, not the receiver, orders concurrent writers)."""
+        ...
+
     def reading(self) -> AbstractContextManager[None]:
         """Calls inside run as reads on this thread's own read connection."""
         ...

@@ -242,6 +242,9 @@ class SQLiteStore(SQLStore):
     def reads_apart(self) -> bool:
         return self.path != ":memory:"
 
+    def writes_apart(self) -> bool:
+        return False  # one writer: every write goes through the store thread
+
     @contextmanager
     def snapshot(self) -> Iterator[SQLiteConnection]:
         """A read transaction on this thread's read-only connection: one consistent view,
