@@ -76,6 +76,8 @@ class SQLiteStore(SQLStore):
         self.path = path
         self.url = url or f"sqlite:///{path}"
         self._synchronous = synchronous.upper()
+        # Prepared views are rebuilt if lost: committed without waiting for the disk.
+        self._views_synchronous = "OFF" if self._synchronous == "OFF" else "NORMAL"
         self._busy_timeout = busy_timeout
         self._conn: SQLiteConnection | None = None
         self._lock = threading.Lock()
@@ -405,11 +407,16 @@ class SQLiteStore(SQLStore):
                 if self._span_top <= self._views_at:
                     return False  # caught up: a read, no write lock taken
                 # Never wait for a lock another process holds: requests would wait behind it.
+                # Views are a cache, so their commit is not synced to disk: the next request's
+                # commit syncs the log, these pages with it, and the store thread is not held
+                # a sync's time for them (about as long as building them took).
                 conn.execute("PRAGMA busy_timeout = 0")
+                conn.execute(f"PRAGMA synchronous = {self._views_synchronous}")
                 try:
                     with transaction(conn):
                         self._build_views_step(conn)
                 finally:
+                    conn.execute(f"PRAGMA synchronous = {self._synchronous}")
                     conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
                 return bool(self._views_at < self._top_rowid(conn))
         except sqlite3.OperationalError:
