@@ -264,9 +264,14 @@ def test_the_newest_spans_are_prepared_before_a_backlog(
     pipeline.export_traces(genai_request(100, ids=[OTHER]).SerializeToString(), None, PROTOBUF)
     api = lightning_api(store)
     assert api is not None
+    newest = {m.name: m.value for m in store.metrics()}["lightning_otlp_span_views_newest_behind"]
+    assert newest == 5100  # nothing prepared: every span waits
     while _encoded_count(api, OTHER[0]) < 100:
         assert store.idle_work()
     assert _encoded_count(api, backlog[0][0]) == 0  # the oldest: still waiting
+    behind = {m.name: m.value for m in store.metrics()}
+    assert behind["lightning_otlp_span_views_newest_behind"] == 0  # the newest are done
+    assert behind["lightning_otlp_span_views_behind"] > 0  # the backlog is not
     _build_all(store)
     assert all(_encoded_count(api, rid) == 500 for rid, _ in backlog)
     assert _views(store) == 5100
@@ -297,6 +302,41 @@ def test_a_busy_file_delays_preparing_and_never_holds_the_store_thread(tmp_path:
         other.close()
         pipeline.close()
         store.close()
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "OFF"])
+def test_views_commit_without_a_sync_and_requests_still_with_theirs(
+    tmp_path: Any, synchronous: str
+) -> None:
+    """Views are a cache: their commit does not wait for the disk (never more synced than the
+    store is), and the next request commits as synced as ever. Views survive a reopen."""
+    path = str(tmp_path / "sync.db")
+    store = SQLiteStore(path, synchronous=synchronous)
+    store.open()
+    pipeline = Pipeline(store)
+    statements: list[str] = []
+    level = {"OFF": 0, "NORMAL": 1, "FULL": 2}
+    try:
+        pipeline.export_traces(genai_request(6).SerializeToString(), None, PROTOBUF)
+        with store.locked() as conn:
+            conn.set_trace_callback(statements.append)
+        _build_all(store)
+        commit = statements.index("COMMIT")
+        pragmas = [s for s in statements[:commit] if s.startswith("PRAGMA synchronous")]
+        assert pragmas == [f"PRAGMA synchronous = {'OFF' if synchronous == 'OFF' else 'NORMAL'}"]
+        with store.locked() as conn:
+            conn.set_trace_callback(None)
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == level[synchronous]
+        assert _views(store) == 6
+    finally:
+        pipeline.close()
+        store.close()
+    again = SQLiteStore(path)
+    again.open()
+    try:
+        assert _views(again) == 6
+    finally:
+        again.close()
 
 
 def test_a_reopened_store_reports_its_spans_as_not_yet_prepared(tmp_path: Any) -> None:

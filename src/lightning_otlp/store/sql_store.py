@@ -340,14 +340,23 @@ class SQLStore:
 
     def metrics(self) -> list[Metric]:
         # Never under the lock: a scrape must not wait behind a commit that waits for the disk.
+        preparing = self.prepare_reads and self.translate
         behind = max(0, self._span_top - self._views_at)
+        newest = max(0, self._span_top - max(self._views_at, self._newest_at))
         return [
             Metric(
                 "lightning_otlp_span_views_behind",
                 "Spans stored since the background step that prepares records for fast reads"
                 " last caught up (0 when idle long enough).",
                 "gauge",
-                behind if self.prepare_reads and self.translate else 0,
+                behind if preparing else 0,
+            ),
+            Metric(
+                "lightning_otlp_span_views_newest_behind",
+                "Of the newest spans (prepared first, being what a trainer reads next), how"
+                " many still wait for their records: whether preparing keeps up with ingest.",
+                "gauge",
+                newest if preparing else 0,
             ),
             *self.affinity_metrics(),
         ]
