@@ -47,7 +47,7 @@ from bench.common import agl_store_process, bar_chart, cpu_seconds, load, peak_r
 from lightning_otlp.defaults import DEFAULT_MAX_REQUEST_MEMORY
 from lightning_otlp.receiver.decode import PROTOBUF as PROTOBUF_MEDIA
 from lightning_otlp.receiver.pipeline import Pipeline
-from lightning_otlp.store import SQLiteStore
+from lightning_otlp.store import SQLiteStore, views
 from tests.payloads import genai_request
 from tests.support import ReceiverProcess
 
@@ -217,6 +217,7 @@ def prefill(path: Path, spans: int) -> None:
             body = body.replace(rollout[1].encode(), f"at-{n:08x}".encode())
             pipeline.export_traces(body, None, PROTOBUF_MEDIA, "http")
         written = time.perf_counter() - started
+        time.sleep(views.INGEST_SECONDS)  # as the receiver does once ingest pauses
         while store.idle_work():
             pass
     finally:

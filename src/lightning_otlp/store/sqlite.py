@@ -407,14 +407,14 @@ class SQLiteStore(SQLStore):
 
     def idle_work(self) -> bool:
         """One short step of background work, run while no batch waits for the store thread:
-        build the next span views (``store.views``). True while there is more to do."""
+        build the next span views (``store.views``). True while there is more to do now."""
         if not (self.prepare_reads and self.translate):
             return False
         try:
             with self.locked() as conn:
                 self._span_top = self._top_rowid(conn)
-                if self._span_top <= self._views_at:
-                    return False  # caught up: a read, no write lock taken
+                if not self._views_due():
+                    return False  # caught up, or the backlog waits: a read, no write lock
                 # Never wait for a lock another process holds: requests would wait behind it.
                 # Views are a cache, so their commit is not synced to disk: the next request's
                 # commit syncs the log, these pages with it, and the store thread is not held
@@ -427,7 +427,8 @@ class SQLiteStore(SQLStore):
                 finally:
                     conn.execute(f"PRAGMA synchronous = {self._synchronous}")
                     conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-                return bool(self._views_at < self._top_rowid(conn))
+                self._span_top = self._top_rowid(conn)
+                return self._views_due()
         except sqlite3.OperationalError:
             return False  # the file is busy (another writer): try again when next idle
         except sqlite3.DatabaseError as exc:
