@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,9 +10,7 @@ import grpc
 import httpx
 import pytest
 
-from lightning_otlp.receiver.decode import PROTOBUF
-from lightning_otlp.receiver.pipeline import Pipeline
-from lightning_otlp.store import SQLiteStore, checkpoint
+from lightning_otlp.store import SQLiteStore
 from lightning_otlp.store.base import StoreOptions
 from lightning_otlp.store.migrations import SQLITE, applied
 from lightning_otlp.wiring import open_store
@@ -188,55 +185,3 @@ def test_the_wal_is_truncated_after_checkpoints(tmp_path: Path) -> None:
 def test_store_urls_are_strict_and_say_what_was_meant(url: str, says: str) -> None:
     with pytest.raises(ValueError, match=says.replace("?", r"\?")):
         open_store(url)
-
-
-def test_a_writer_checkpoints_on_its_own_thread_and_keeps_a_backstop(tmp_path: Path) -> None:
-    """The log is copied back beside the writer (no request's commit does it), every committed
-    page of it; the writer's own automatic checkpoint stays, at a larger log; close stops it."""
-    path = tmp_path / "ckpt.db"
-    store = SQLiteStore(str(path))
-    store.open()
-    pipeline = Pipeline(store)
-    try:
-        with store.locked() as conn:
-            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 16_384
-        assert checkpoint.BACKSTOP_PAGES == 16_384
-        for seed in range(3):
-            request = genai_request(200, seed=seed).SerializeToString()
-            pipeline.export_traces(request, None, PROTOBUF)
-        checkpointer = store._checkpointer
-        assert checkpointer is not None
-        done = checkpointer.checkpoints
-        deadline = time.monotonic() + 60  # a generous wait, not a measure
-        while checkpointer.checkpoints < done + 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert checkpointer.checkpoints >= done + 2  # one began after the last commit
-        other = sqlite3.connect(path)
-        try:
-            busy, frames, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            assert busy == 0 and frames > 0 and copied == frames  # nothing left to copy
-        finally:
-            other.close()
-    finally:
-        pipeline.close()
-        store.close()
-    assert not checkpointer._thread.is_alive()
-    again = SQLiteStore(str(path))
-    again.open()
-    try:
-        assert again.count_spans() == 600
-    finally:
-        again.close()
-
-
-def test_only_a_writer_of_a_file_runs_checkpoints(tmp_path: Path) -> None:
-    path = tmp_path / "ro.db"
-    writer = SQLiteStore(str(path))
-    writer.open()
-    writer.close()
-    for store in (SQLiteStore(":memory:"), SQLiteStore(str(path), StoreOptions(create=False))):
-        store.open()
-        try:
-            assert store._checkpointer is None
-        finally:
-            store.close()

@@ -21,7 +21,6 @@ from google.protobuf.message import DecodeError
 from ..batch import SpanBatch
 from ..defaults import SYNCHRONOUS
 from ..errors import StoreDamaged, StoreUnavailable
-from . import checkpoint
 from .affinity import Changes, TraceAffinity
 from .base import DEFAULT_OPTIONS, StoreOptions, WriteResult
 from .db import transaction
@@ -81,7 +80,6 @@ class SQLiteStore(SQLStore):
         self._views_synchronous = "OFF" if self._synchronous == "OFF" else "NORMAL"
         self._busy_timeout = busy_timeout
         self._conn: SQLiteConnection | None = None
-        self._checkpointer: checkpoint.Checkpointer | None = None
         self._lock = threading.Lock()
         self.adopt(options)
         self.migrations = migrations
@@ -127,10 +125,6 @@ class SQLiteStore(SQLStore):
                 _can_write(conn, self.url)
                 self.load_affinity(conn)
             self._span_top = self._top_rowid(conn)
-            if self.create and self.path != ":memory:":  # a writer: checkpoints beside it
-                conn.execute(f"PRAGMA wal_autocheckpoint = {checkpoint.BACKSTOP_PAGES}")
-                self._checkpointer = checkpoint.Checkpointer(self.path, self._synchronous, self)
-                self._checkpointer.start()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.url}: {exc}") from exc
         self._conn = conn
@@ -153,9 +147,6 @@ class SQLiteStore(SQLStore):
         )
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-            self._checkpointer = None
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
