@@ -14,6 +14,11 @@ about 2 KB of messages.
 Figures: spans/s at full load (all eight exporters sending back to back), then the latency of a
 512-span export at half that rate (paced, each server at half of its own maximum), and the
 receiver's peak resident memory against its configured request memory budget.
+
+``BENCH_PREFILL=N`` stores N spans in the receiver's file before it starts (the reads' figure is
+then among that many more): written in this process through the store's own write path (decode,
+route, a transaction a request, as the receiver commits them, only without syncing to disk) and
+their records prepared as the receiver prepares them, as a store that kept up would hold them.
 """
 
 from __future__ import annotations
@@ -41,11 +46,15 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from bench.common import agl_store_process, bar_chart, cpu_seconds, load, peak_rss, say
 from bench.floor import durable_insert_floor, spans_of
 from lightning_otlp.defaults import DEFAULT_MAX_REQUEST_MEMORY
+from lightning_otlp.receiver.decode import PROTOBUF as PROTOBUF_MEDIA
+from lightning_otlp.receiver.pipeline import Pipeline
+from lightning_otlp.store import SQLiteStore, views
 from tests.payloads import genai_request
 from tests.support import ReceiverProcess
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "30"))
 EXPORTERS = int(os.environ.get("BENCH_EXPORTERS", "8"))
+PREFILL = int(os.environ.get("BENCH_PREFILL", "0"))
 BATCH = 512
 # Distinct pre-encoded batches each exporter cycles through (one rollout each).
 TEMPLATES = 4
@@ -188,6 +197,39 @@ class Load:
         )
 
 
+def prefill(path: Path, spans: int) -> None:
+    """Store ``spans`` spans in a new store at ``path`` and prepare their records (see the
+    module's docstring): 512-span agent batches, a rollout each, fresh ids in each."""
+    # A rollout and attempt id of the same length as those put in their place.
+    rollout = (f"ro-{0xFEEDFACE0000:012x}", f"at-{0xFEEDFACE:08x}")
+    provider = TracerProvider(id_generator=_MarkedIds())
+    keep = _Keep()
+    provider.add_span_processor(keep)
+    template = agent_batch(provider, keep, rollout)
+    provider.shutdown()
+    store = SQLiteStore(str(path), synchronous="OFF")
+    store.open()
+    pipeline = Pipeline(store)
+    started = time.perf_counter()
+    try:
+        for n in range(-(-spans // BATCH)):
+            body = template.replace(_MARKER, (0xA0 << 24 | n).to_bytes(4, "big"))
+            body = body.replace(rollout[0].encode(), f"ro-{n:012x}".encode())
+            body = body.replace(rollout[1].encode(), f"at-{n:08x}".encode())
+            pipeline.export_traces(body, None, PROTOBUF_MEDIA, "http")
+        written = time.perf_counter() - started
+        time.sleep(views.INGEST_SECONDS)  # as the receiver does once ingest pauses
+        while store.idle_work():
+            pass
+    finally:
+        pipeline.close()
+        store.close()
+    say(
+        f"prefilled {spans:,} spans: written in {written:.0f} s, their records prepared in"
+        f" {time.perf_counter() - started - written:.0f} s"
+    )
+
+
 def drive(
     label: str,
     endpoints: Sequence[str],
@@ -257,6 +299,7 @@ class Trainer(threading.Thread):
         self.receiver = receiver
         self.stop = threading.Event()
         self.latencies: list[float] = []
+        self.waiting: list[int] = []  # newest spans without a prepared record, at each read
 
     def run(self) -> None:
         url = self.receiver.http_url
@@ -269,6 +312,7 @@ class Trainer(threading.Thread):
                 client.post(url + "/v1/traces", content=body, headers=PROTOBUF).raise_for_status()
                 if self.stop.wait(READ_AFTER):
                     return
+                self.waiting.append(views_behind(self.receiver, "_newest"))
                 t0 = time.perf_counter()
                 answer = client.post(url + "/v1/agl/spans/search", json={"rollout_id": ids[0][0]})
                 elapsed = time.perf_counter() - t0
@@ -278,11 +322,12 @@ class Trainer(threading.Thread):
                 self.latencies.append(elapsed)
 
 
-def views_behind(receiver: ReceiverProcess) -> int:
-    """Spans whose records are not yet prepared for reads (the receiver's own metric)."""
+def views_behind(receiver: ReceiverProcess, which: str = "") -> int:
+    """Spans whose records are not yet prepared for reads (the receiver's own metric; of the
+    newest spans with ``which="_newest"``)."""
     text = httpx.get(receiver.health_url + "/metrics", timeout=30).text
     for line in text.splitlines():
-        if line.startswith("lightning_otlp_span_views_behind "):
+        if line.startswith(f"lightning_otlp_span_views{which}_behind "):
             return int(float(line.split()[1]))
     return -1
 
@@ -337,6 +382,8 @@ def main() -> None:
                 agl_cpu,
             )
             upstream_rss = peak_rss(agl.pid)
+        if PREFILL:
+            prefill(tmpdir / "bench.db", PREFILL)
         receiver = ReceiverProcess(tmpdir / "bench.db").start()  # synchronous=FULL by default
         try:
             assert receiver.proc is not None
@@ -355,7 +402,7 @@ def main() -> None:
                 trainer.stop.set()
                 trainer.join()
             behind_after = views_behind(receiver)
-            stored = full.spans + half.spans
+            stored = PREFILL + full.spans + half.spans
             rss = peak_rss(receiver.proc.pid)
         finally:
             receiver.stop()
@@ -381,7 +428,9 @@ def main() -> None:
     )
     say(
         f"records prepared for reads: {behind_before:,} spans behind as half load began,"
-        f" {behind_after:,} as it ended ({half.spans:,} spans arrived meanwhile)"
+        f" {behind_after:,} as it ended ({half.spans:,} spans arrived meanwhile); of the newest"
+        f" spans, prepared first, {max(trainer.waiting, default=0):,} at most still waited as"
+        f" the trainer read (mean {statistics.fmean(trainer.waiting or [0]):,.0f})"
     )
     mib = 1024 * 1024
     say(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +16,7 @@ from lightning_otlp.api.bodies import json_response, large_page_response
 from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig, route
-from lightning_otlp.store import SQLiteStore, views
+from lightning_otlp.store import SQLiteStore, sql_store, views
 from lightning_otlp.store.base import StoreOptions
 from lightning_otlp.store.lightning import LightningStoreBackend, Page, Query
 from lightning_otlp.store.migrations import SQLITE
@@ -62,6 +63,8 @@ def _prompts(items: list[dict[str, Any]]) -> list[Any]:
 
 
 def _build_all(store: SQLiteStore) -> int:
+    """Every view, as once ingest pauses (under ingest older spans wait their turn)."""
+    store._written_at = float("-inf")
     steps = 0
     while store.idle_work():
         steps += 1
@@ -272,12 +275,52 @@ def test_the_newest_spans_are_prepared_before_a_backlog(
     pipeline.export_traces(genai_request(100, ids=[OTHER]).SerializeToString(), None, PROTOBUF)
     api = lightning_api(store)
     assert api is not None
+    newest = {m.name: m.value for m in store.metrics()}["lightning_otlp_span_views_newest_behind"]
+    assert newest == 5100  # nothing prepared: every span waits
     while _encoded_count(api, OTHER[0]) < 100:
         assert store.idle_work()
     assert _encoded_count(api, backlog[0][0]) == 0  # the oldest: still waiting
+    behind = {m.name: m.value for m in store.metrics()}
+    assert behind["lightning_otlp_span_views_newest_behind"] == 0  # the newest are done
+    assert behind["lightning_otlp_span_views_behind"] > 0  # the backlog is not
     _build_all(store)
     assert all(_encoded_count(api, rid) == 500 for rid, _ in backlog)
     assert _views(store) == 5100
+    assert store.metrics()[0].value == 0
+
+
+def test_under_ingest_the_newest_keep_up_and_a_backlog_takes_its_turns(
+    pipeline: Pipeline, store: SQLiteStore, monkeypatch: Any
+) -> None:
+    """While spans are being committed, the newest are prepared step after step; older ones
+    wait for their turn (one step per ``BACKLOG_STEP_EVERY``) and all follow once ingest
+    pauses. Reads are the same whichever way a record came."""
+    backlog = [(f"ro-{r:012x}", f"at-{r:08x}") for r in range(10)]
+    for r, ids in enumerate(backlog):
+        request = genai_request(500, ids=[ids], seed=r).SerializeToString()
+        pipeline.export_traces(request, None, PROTOBUF)
+    api = _api(store)
+    before = _items(api, backlog[0][0], encoded=False)
+    monkeypatch.setattr(sql_store, "BACKLOG_STEP_EVERY", 3600.0)  # no turn comes by itself
+    store._backlog_at = time.monotonic()
+    pipeline.export_traces(genai_request(300, ids=[OTHER]).SerializeToString(), None, PROTOBUF)
+    steps = 0
+    while store.idle_work():
+        steps += 1
+    assert steps > 0 and _encoded_count(api, OTHER[0]) == 300  # the newest: all prepared
+    assert _views(store) == sql_store._VIEW_WINDOW  # the newest window, nothing older
+    assert _encoded_count(api, backlog[0][0]) == 0  # the oldest wait
+    assert store.idle_work() is False  # and no step is taken for them while ingesting
+    monkeypatch.setattr(sql_store, "BACKLOG_STEP_EVERY", 0.0)  # a turn: one step
+    store.idle_work()
+    assert _encoded_count(api, backlog[0][0]) == sql_store._VIEW_BATCH
+    monkeypatch.setattr(sql_store, "BACKLOG_STEP_EVERY", 3600.0)
+    assert store.idle_work() is False  # the next turn is not yet
+    store._written_at = float("-inf")  # ingest pauses: the backlog is prepared
+    while store.idle_work():
+        pass
+    assert all(_encoded_count(api, rid) == 500 for rid, _ in backlog)
+    assert _items(api, backlog[0][0], encoded=True) == before
     assert store.metrics()[0].value == 0
 
 
@@ -305,6 +348,41 @@ def test_a_busy_file_delays_preparing_and_never_holds_the_store_thread(tmp_path:
         other.close()
         pipeline.close()
         store.close()
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "OFF"])
+def test_views_commit_without_a_sync_and_requests_still_with_theirs(
+    tmp_path: Any, synchronous: str
+) -> None:
+    """Views are a cache: their commit does not wait for the disk (never more synced than the
+    store is), and the next request commits as synced as ever. Views survive a reopen."""
+    path = str(tmp_path / "sync.db")
+    store = SQLiteStore(path, synchronous=synchronous)
+    store.open()
+    pipeline = Pipeline(store)
+    statements: list[str] = []
+    level = {"OFF": 0, "NORMAL": 1, "FULL": 2}
+    try:
+        pipeline.export_traces(genai_request(6).SerializeToString(), None, PROTOBUF)
+        with store.locked() as conn:
+            conn.set_trace_callback(statements.append)
+        _build_all(store)
+        commit = statements.index("COMMIT")
+        pragmas = [s for s in statements[:commit] if s.startswith("PRAGMA synchronous")]
+        assert pragmas == [f"PRAGMA synchronous = {'OFF' if synchronous == 'OFF' else 'NORMAL'}"]
+        with store.locked() as conn:
+            conn.set_trace_callback(None)
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == level[synchronous]
+        assert _views(store) == 6
+    finally:
+        pipeline.close()
+        store.close()
+    again = SQLiteStore(path)
+    again.open()
+    try:
+        assert _views(again) == 6
+    finally:
+        again.close()
 
 
 def test_a_reopened_store_reports_its_spans_as_not_yet_prepared(tmp_path: Any) -> None:

@@ -87,6 +87,7 @@ def _encoded(store: SQLiteStore) -> int:
 
 
 def _build_views(store: SQLiteStore) -> None:
+    store._written_at = float("-inf")  # as once ingest pauses: every view, older ones too
     while store.idle_work():
         pass
 

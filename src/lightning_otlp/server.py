@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import resource
@@ -99,6 +100,11 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _on_signal, stopping, http_server)
+    # What exists now (modules, the app, the store) lives as long as the process: frozen out
+    # of the collector's way, a full collection under load scans only what requests made
+    # since, instead of pausing every thread for tens of milliseconds each time.
+    gc.collect()
+    gc.freeze()
     serving = asyncio.ensure_future(http_server.serve(sockets=[http_socket]))
     background = asyncio.ensure_future(pipeline.idle_work())
     health = None

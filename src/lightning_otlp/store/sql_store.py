@@ -35,6 +35,11 @@ from .sequence import sequence_ids
 # One idle step builds at most this many span views (about 15 ms), scanning at most the window.
 _VIEW_BATCH: Final = 128
 _VIEW_WINDOW: Final = 4096
+# While spans are being committed (within ``views.INGEST_SECONDS`` of a commit) the newest are
+# prepared as they come, a trainer reading them next; older ones (a backlog left by a burst or
+# a restart) take one step this often at most, so preparing them never takes the interpreter
+# from the requests: the rest is done when ingest pauses.
+BACKLOG_STEP_EVERY: Final = 0.05
 
 
 class SQLStore:
@@ -102,6 +107,8 @@ class SQLStore:
     _newest_at = 0  # newest spans first: rowid up to which the newest window was looked at
     _newest_from = 0  # where the current run of newest steps began
     _span_top = 0  # the highest span rowid written, as last seen
+    _written_at = float("-inf")  # when spans were last committed (time.monotonic)
+    _backlog_at = float("-inf")  # when the last backlog step was taken
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -196,7 +203,22 @@ class SQLStore:
         placement.record_outcomes(conn, batch, retarget, resolved, now, changes)
         self.bind(conn, changes)
         views.READ_PACE.ingesting()
+        self._written_at = time.monotonic()
         return stored
+
+    def _views_due(self) -> bool:
+        """Whether a step of preparing views is worth taking now: the newest spans have none
+        yet, or older ones wait and ingest leaves room for them (``BACKLOG_STEP_EVERY``)."""
+        top = self._span_top
+        if self._newest_at < top:
+            return True
+        if self._views_at >= top:
+            return False
+        now = time.monotonic()
+        return (
+            now - self._written_at >= views.INGEST_SECONDS
+            or now - self._backlog_at >= BACKLOG_STEP_EVERY
+        )
 
     def _build_views_step(self, conn: Conn) -> None:
         """Spans stored since the last step first, from the newest window on: a rollout that
@@ -212,6 +234,7 @@ class SQLStore:
             if self._newest_from <= self._views_at:  # the run began where the backlog ends
                 self._views_at = max(self._views_at, self._newest_at)
             return
+        self._backlog_at = time.monotonic()
         self._views_at, _ = views.build(
             conn, self._views_at, window=_VIEW_WINDOW, limit=_VIEW_BATCH
         )
@@ -340,14 +363,23 @@ class SQLStore:
 
     def metrics(self) -> list[Metric]:
         # Never under the lock: a scrape must not wait behind a commit that waits for the disk.
+        preparing = self.prepare_reads and self.translate
         behind = max(0, self._span_top - self._views_at)
+        newest = max(0, self._span_top - max(self._views_at, self._newest_at))
         return [
             Metric(
                 "lightning_otlp_span_views_behind",
                 "Spans stored since the background step that prepares records for fast reads"
                 " last caught up (0 when idle long enough).",
                 "gauge",
-                behind if self.prepare_reads and self.translate else 0,
+                behind if preparing else 0,
+            ),
+            Metric(
+                "lightning_otlp_span_views_newest_behind",
+                "Of the newest spans (prepared first, being what a trainer reads next), how"
+                " many still wait for their records: whether preparing keeps up with ingest.",
+                "gauge",
+                newest if preparing else 0,
             ),
             *self.affinity_metrics(),
         ]

@@ -76,6 +76,8 @@ class SQLiteStore(SQLStore):
         self.path = path
         self.url = url or f"sqlite:///{path}"
         self._synchronous = synchronous.upper()
+        # Prepared views are rebuilt if lost: committed without waiting for the disk.
+        self._views_synchronous = "OFF" if self._synchronous == "OFF" else "NORMAL"
         self._busy_timeout = busy_timeout
         self._conn: SQLiteConnection | None = None
         self._lock = threading.Lock()
@@ -399,22 +401,28 @@ class SQLiteStore(SQLStore):
 
     def idle_work(self) -> bool:
         """One short step of background work, run while no batch waits for the store thread:
-        build the next span views (``store.views``). True while there is more to do."""
+        build the next span views (``store.views``). True while there is more to do now."""
         if not (self.prepare_reads and self.translate):
             return False
         try:
             with self.locked() as conn:
                 self._span_top = self._top_rowid(conn)
-                if self._span_top <= self._views_at:
-                    return False  # caught up: a read, no write lock taken
+                if not self._views_due():
+                    return False  # caught up, or the backlog waits: a read, no write lock
                 # Never wait for a lock another process holds: requests would wait behind it.
+                # Views are a cache, so their commit is not synced to disk: the next request's
+                # commit syncs the log, these pages with it, and the store thread is not held
+                # a sync's time for them (about as long as building them took).
                 conn.execute("PRAGMA busy_timeout = 0")
+                conn.execute(f"PRAGMA synchronous = {self._views_synchronous}")
                 try:
                     with transaction(conn):
                         self._build_views_step(conn)
                 finally:
+                    conn.execute(f"PRAGMA synchronous = {self._synchronous}")
                     conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-                return bool(self._views_at < self._top_rowid(conn))
+                self._span_top = self._top_rowid(conn)
+                return self._views_due()
         except sqlite3.OperationalError:
             return False  # the file is busy (another writer): try again when next idle
         except sqlite3.DatabaseError as exc:
