@@ -17,12 +17,14 @@ from lightning_otlp.receiver.decode import PROTOBUF
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig, route
 from lightning_otlp.store import SQLiteStore, sql_store, views
+from lightning_otlp.store.api_store import SQLLightningStore
 from lightning_otlp.store.base import StoreOptions
 from lightning_otlp.store.lightning import LightningStoreBackend, Page, Query
 from lightning_otlp.store.migrations import SQLITE
 from lightning_otlp.store.postgres import PostgresStore
 from lightning_otlp.store.postgres_schema import POSTGRESQL
 from lightning_otlp.store.records import SPAN_COLUMNS, resource_bodies, span_records
+from lightning_otlp.store.span_reads import ReadCache
 from lightning_otlp.store.sql_store import SQLStore
 from lightning_otlp.wiring import lightning_api, open_store
 
@@ -79,6 +81,14 @@ def _views(store: SQLStore) -> int:
 def _api(store: SQLStore) -> LightningStoreBackend:
     api = lightning_api(store)  # type: ignore[arg-type]
     assert api is not None
+    return api
+
+
+def _prepared_only(store: SQLStore) -> LightningStoreBackend:
+    """An API whose reads keep nothing they build: what a read sends encoded was prepared."""
+    api = lightning_api(store)  # type: ignore[arg-type]
+    assert isinstance(api, SQLLightningStore)
+    api.read_cache = ReadCache(0)
     return api
 
 
@@ -273,8 +283,7 @@ def test_the_newest_spans_are_prepared_before_a_backlog(
             genai_request(500, ids=[ids], seed=r).SerializeToString(), None, PROTOBUF
         )
     pipeline.export_traces(genai_request(100, ids=[OTHER]).SerializeToString(), None, PROTOBUF)
-    api = lightning_api(store)
-    assert api is not None
+    api = _prepared_only(store)
     newest = {m.name: m.value for m in store.metrics()}["lightning_otlp_span_views_newest_behind"]
     assert newest == 5100  # nothing prepared: every span waits
     while _encoded_count(api, OTHER[0]) < 100:
@@ -299,7 +308,7 @@ def test_under_ingest_the_newest_keep_up_and_a_backlog_takes_its_turns(
     for r, ids in enumerate(backlog):
         request = genai_request(500, ids=[ids], seed=r).SerializeToString()
         pipeline.export_traces(request, None, PROTOBUF)
-    api = _api(store)
+    api = _prepared_only(store)
     before = _items(api, backlog[0][0], encoded=False)
     monkeypatch.setattr(sql_store, "BACKLOG_STEP_EVERY", 3600.0)  # no turn comes by itself
     store._backlog_at = time.monotonic()
