@@ -220,7 +220,7 @@ class SQLLightningStore(SpansAPI):
             for request in requests:
                 rollout_id = new_rollout_id()
                 resources_id = request.get("resources_id")
-                life.insert_rollout(
+                inserted = life.insert_rollout(
                     conn,
                     rollout_id,
                     request.get("input"),
@@ -232,7 +232,7 @@ class SQLLightningStore(SpansAPI):
                     self.clock(),  # each its own, as upstream: sorting by start time is stable
                 )
                 # Just queued: it has no attempt yet.
-                out.append(rollout_record(life.rollout_row(conn, rollout_id)))
+                out.append(rollout_record(inserted.fetchone()))
             return out
 
     @retried

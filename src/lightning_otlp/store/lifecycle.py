@@ -147,12 +147,17 @@ def insert_rollout(
     metadata: Record | None,
     status: str,
     now: float,
-) -> None:
-    """A rollout the API creates (``managed``), at the back of the queue when queued."""
-    conn.execute(
+) -> Any:
+    """A rollout the API creates (``managed``), at the back of the queue when queued; its row
+    (``ROLLOUT_COLUMNS``) comes back with the insert. Not read back by
+    its key: in a serializable transaction that read marks the primary key's page read, and a
+    concurrent dequeue, which writes there and reads the queue this insert writes, would
+    conflict with it both ways, and one of the two would run again."""
+    return conn.execute(
         "INSERT INTO rollouts (rollout_id, input, start_time, mode, resources_id, status,"
         " config, metadata, origin, managed, created_at, queue_seq) VALUES (?, ?, ?, ?, ?, ?,"
-        f" ?, ?, 'explicit', 1, ?, CASE WHEN ? THEN {conn.dialect.queue_back} END)",
+        f" ?, ?, 'explicit', 1, ?, CASE WHEN ? THEN {conn.dialect.queue_back} END)"
+        f" RETURNING {ROLLOUT_COLUMNS}",
         (
             rollout_id,
             json.dumps(input),

@@ -1,0 +1,112 @@
+"""The LightningStore API's calls about different rollouts, at once on a real PostgreSQL server:
+what each serializable transaction reads and writes, so that PostgreSQL finds no conflict
+between them and runs none again."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import pytest
+from lightning_otlp.store.dialect import Conn
+from lightning_otlp.store.postgres import PostgresStore
+from lightning_otlp.store.postgres_api import PostgresLightningStore
+
+from .test_api import span
+
+pytestmark = pytest.mark.postgres
+
+_CONFLICTS = "lightning_otlp_store_conflicts"
+
+
+class HeldOpen(PostgresLightningStore):
+    """Each call's transaction, once its statements ran, waits for the other call's before
+    committing (``barrier``): two calls whose transactions are open at once."""
+
+    barrier: threading.Barrier | None = None
+
+    def _write(self, queue: bool = False) -> AbstractContextManager[Conn]:
+        return self._held(super()._write(queue))
+
+    @contextmanager
+    def _held(self, transaction: AbstractContextManager[Conn]) -> Iterator[Conn]:
+        with transaction as conn:
+            yield conn
+            if self.barrier is not None:
+                self.barrier.wait(timeout=10)
+
+
+@pytest.fixture
+def api(pg_url: str) -> Iterator[HeldOpen]:
+    store = PostgresStore(pg_url)
+    store.open()
+    yield HeldOpen(store)
+    store.close()
+
+
+def _conflicts(api: HeldOpen) -> int:
+    store = api.store
+    assert isinstance(store, PostgresStore)
+    return next(m.value for m in store.metrics() if m.name == _CONFLICTS)
+
+
+def _running(api: HeldOpen, worker: str, n: int) -> tuple[str, str]:
+    """A dequeued rollout with spans, as a runner leaves it: its rollout and attempt ids."""
+    api.enqueue_rollouts([{"input": {"n": n}}])
+    started = api.dequeue_rollouts(1, worker)[0]
+    rollout_id, attempt_id = started["rollout_id"], started["attempt"]["attempt_id"]
+    for k in range(2):
+        seq = api.next_span_sequence_id(rollout_id, attempt_id)
+        api.add_span(span(rollout_id, attempt_id, seq, n * 10 + k + 1))
+    return rollout_id, attempt_id
+
+
+def _history(api: HeldOpen, rollouts: int = 20) -> None:
+    """Finished rollouts before the calls under test: their keys share the index pages."""
+    for n in range(rollouts):
+        rollout_id, attempt_id = _running(api, f"w{n % 4}", 1000 + n)
+        api.update_attempt(rollout_id, attempt_id, {"status": "succeeded"})
+
+
+def _at_once(api: HeldOpen, *calls: Callable[[], Any]) -> list[Any]:
+    """The calls on threads of their own, each transaction open until all ran their
+    statements; their answers."""
+    out: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(i: int, call: Callable[[], Any]) -> None:
+        try:
+            out[i] = call()
+        except BaseException as exc:  # noqa: BLE001 - raised again below
+            errors.append(exc)
+
+    api.barrier = threading.Barrier(len(calls))
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    api.barrier = None
+    if errors:
+        raise errors[0]
+    return out
+
+
+def test_an_enqueue_and_a_dequeue_at_once_do_not_conflict(api: HeldOpen) -> None:
+    """The enqueue writes the queue the dequeue reads; it answers with its rollout from the
+    insert, not read back through the primary key's page the dequeue writes to, so the two
+    do not conflict both ways."""
+    _history(api)
+    api.enqueue_rollouts([{"input": {"n": "waiting"}}])
+    for attempt in range(3):
+        before = _conflicts(api)
+        enqueued, dequeued = _at_once(
+            api,
+            lambda: api.enqueue_rollouts([{"input": {"n": "new"}}]),
+            lambda: api.dequeue_rollouts(1, "w-dequeue"),
+        )
+        assert enqueued[0]["status"] == "queuing" and enqueued[0]["input"] == {"n": "new"}
+        assert len(dequeued) == 1 and dequeued[0]["attempt"]["status"] == "preparing"
+        assert _conflicts(api) == before, f"try {attempt}"
