@@ -10,10 +10,12 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
+
 from lightning_otlp.store.dialect import Conn
 from lightning_otlp.store.postgres import PostgresStore
 from lightning_otlp.store.postgres_api import PostgresLightningStore
 
+from .postgres import query
 from .test_api import span
 
 pytestmark = pytest.mark.postgres
@@ -110,3 +112,32 @@ def test_an_enqueue_and_a_dequeue_at_once_do_not_conflict(api: HeldOpen) -> None
         assert enqueued[0]["status"] == "queuing" and enqueued[0]["input"] == {"n": "new"}
         assert len(dequeued) == 1 and dequeued[0]["attempt"]["status"] == "preparing"
         assert _conflicts(api) == before, f"try {attempt}"
+
+
+def test_sequence_ids_asked_at_once_for_two_rollouts_do_not_conflict(
+    api: HeldOpen, pg_url: str
+) -> None:
+    """``spans/next`` of two rollouts at once: each issues an id from its rollout's counter
+    up without looking up the ids taken (none is, there), and writes no rollout counter row
+    while the attempt is stored, so neither reads an index page the other writes to."""
+    _history(api)
+    first, second = _running(api, "wa", 1), _running(api, "wb", 2)
+    for attempt in range(3):
+        before = _conflicts(api)
+        got = _at_once(
+            api,
+            lambda: api.next_span_sequence_id(*first),
+            lambda: api.next_span_sequence_id(*second),
+        )
+        assert _conflicts(api) == before, f"try {attempt}"
+        # Still the rollout's next: above every id its attempt holds, and issued.
+        for (rollout_id, attempt_id), seq in zip((first, second), got, strict=True):
+            held = query(
+                pg_url,
+                "SELECT MAX(sequence_id) FROM (SELECT sequence_id FROM spans"
+                " WHERE rollout_id = %s AND attempt_id = %s UNION ALL SELECT sequence_id"
+                " FROM span_issued WHERE rollout_id = %s AND attempt_id = %s) t",
+                (rollout_id, attempt_id, rollout_id, attempt_id),
+            )[0][0]
+            assert held == seq
+    assert query(pg_url, "SELECT COUNT(*) FROM agl_span_counters") == [(0,)]

@@ -267,6 +267,11 @@ def rollout_counter_sent(conn: Conn, rollout_id: str) -> Any:
 
 
 def raise_counter(conn: Conn, rollout_id: str, attempt_id: str, at_least: int) -> None:
+    """Raise the attempt's counter to ``at_least``; the rollout's own counter only when the
+    attempt is not stored (an id asked for an attempt not there), as the rollout's counter
+    is the highest of both (``_counter_sql``). So a rollout's calls write no counter row in
+    the usual case: its key, new to the table's index, would land on the index page other
+    rollouts' calls read in their serializable transactions."""
     greatest = conn.dialect.greatest
     conn.execute(
         f"UPDATE attempts SET next_span_seq = {greatest}(next_span_seq, ?)"
@@ -274,10 +279,11 @@ def raise_counter(conn: Conn, rollout_id: str, attempt_id: str, at_least: int) -
         (at_least, rollout_id, attempt_id),
     )
     conn.execute(
-        "INSERT INTO agl_span_counters (rollout_id, next_seq) VALUES (?, ?)"
+        "INSERT INTO agl_span_counters (rollout_id, next_seq) SELECT ?, ? WHERE NOT EXISTS"
+        " (SELECT 1 FROM attempts WHERE rollout_id = ? AND attempt_id = ?)"
         " ON CONFLICT (rollout_id) DO UPDATE SET"
         f" next_seq = {greatest}(agl_span_counters.next_seq, excluded.next_seq)",
-        (rollout_id, at_least),
+        (rollout_id, at_least, rollout_id, attempt_id),
     )
 
 
