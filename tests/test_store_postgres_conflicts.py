@@ -15,7 +15,8 @@ from lightning_otlp.store.dialect import Conn
 from lightning_otlp.store.postgres import PostgresStore
 from lightning_otlp.store.postgres_api import PostgresLightningStore
 
-from .postgres import query
+from .postgres import execute, query
+from .support import Clock
 from .test_api import span
 
 pytestmark = pytest.mark.postgres
@@ -141,3 +142,93 @@ def test_sequence_ids_asked_at_once_for_two_rollouts_do_not_conflict(
             )[0][0]
             assert held == seq
     assert query(pg_url, "SELECT COUNT(*) FROM agl_span_counters") == [(0,)]
+
+
+def test_a_rollouts_steps_after_its_dequeue_add_no_index_entries(
+    api: HeldOpen, pg_url: str
+) -> None:
+    """A span's heartbeat, a sequence id and the attempt's outcome change rows about one
+    rollout but no indexed column: the rows are updated in place (HOT), with no entry on the
+    index pages every other rollout's calls read through."""
+    _history(api)
+    rollout_id, attempt_id = _running(api, "w", 1)
+    execute(pg_url, "CREATE EXTENSION IF NOT EXISTS pageinspect")
+    indexes = ("rollouts_pkey", "rollouts_order", "attempts_pkey", "agl_workers_pkey")
+
+    def entries() -> dict[str, int]:
+        return {
+            index: int(
+                query(
+                    pg_url,
+                    "SELECT COALESCE(SUM(live_items + dead_items), 0) FROM generate_series(1,"
+                    " pg_relation_size(%s::regclass) / current_setting('block_size')::int - 1)"
+                    " AS b, bt_page_stats(%s, b::int) WHERE type = 'l'",
+                    (index, index),
+                )[0][0]
+            )
+            for index in indexes
+        }
+
+    before = entries()
+    seq = api.next_span_sequence_id(rollout_id, attempt_id)
+    api.add_span(span(rollout_id, attempt_id, seq, 99))
+    api.update_attempt(rollout_id, attempt_id, {"status": "succeeded"})
+    assert api.get_rollout(rollout_id)["status"] == "succeeded"  # type: ignore[index]
+    assert entries() == before
+
+
+def test_the_fleets_watchdog_scan_marks_only_what_it_times_out_read(pg_url: str) -> None:
+    """The periodic scan looks for attempts past their deadline in a snapshot, then reads
+    again only those in the call's transaction: the running rollouts it passed over are not
+    marked read, so their own calls' writes do not conflict with the call that scanned."""
+    clock = Clock(1_700_000_000.0)
+    store = PostgresStore(pg_url)
+    store.open()
+    try:
+        api = HeldOpen(store, clock=clock, scan_debounce=5.0)
+        late = api.start_rollout("late", None, None, {"timeout_seconds": 30}, None, "w")
+        running = [
+            api.start_rollout(n, None, None, {"timeout_seconds": 3600}, None, f"w{n}")
+            for n in range(12)
+        ]
+        clock.advance(60.0)  # the scan is due, and the first attempt is past its deadline
+        marked: list[tuple[Any, ...]] = []
+        # The enqueue runs the scan; its transaction, before it commits, shows its marks.
+        api.barrier = _Looking(lambda: marked.extend(_marked(pg_url, "rollouts", "attempts")))
+        api.enqueue_rollouts([{"input": "next"}])
+        api.barrier = None
+        assert api.get_latest_attempt(late["rollout_id"])["status"] == "timeout"  # type: ignore[index]
+        assert all(
+            api.get_latest_attempt(r["rollout_id"])["status"] == "preparing"  # type: ignore[index]
+            for r in running
+        )
+        # No page of the rollouts and attempts tables, nor a whole table: at most the tuples
+        # of the rollout timed out (those it wrote itself are not marked).
+        assert [m for m in marked if m[1] != "tuple"] == []
+        assert {m[0] for m in marked} <= {"rollouts", "attempts"}
+        assert len(marked) <= 2, marked
+    finally:
+        store.close()
+
+
+class _Looking(threading.Barrier):
+    """A barrier of one that, as the transaction waits on it, runs ``look``."""
+
+    def __init__(self, look: Callable[[], None]) -> None:
+        super().__init__(1)
+        self.look = look
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.look()
+        return super().wait(timeout)
+
+
+def _marked(url: str, *tables: str) -> list[tuple[Any, ...]]:
+    """The serializable read marks (SIRead locks) held on these tables' rows."""
+    return query(
+        url,
+        "SELECT c.relname, l.locktype, l.page, l.tuple FROM pg_locks l"
+        " JOIN pg_class c ON c.oid = l.relation WHERE l.mode = 'SIReadLock'"
+        " AND c.relname = ANY(%s)",
+        (list(tables),),
+    )
