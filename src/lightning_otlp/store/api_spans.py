@@ -104,6 +104,18 @@ class SpansAPI:
         with self._transaction() as conn:
             if self.store.sequence_ids != "start-time":
                 value = life.rollout_counter(conn, rollout_id)
+            elif conn.dialect.shared:
+                # Every id the attempt holds is below its counter, and so below the rollout's
+                # (``store.sequence``): from there up nothing is taken, and nothing is looked
+                # up. A serializable read of the taken ids would mark the spans' and issued
+                # ids' index pages read, which other rollouts' calls write to at once.
+                now = int(self.clock() * 1e6)
+                value = max(now, life.rollout_counter(conn, rollout_id))
+                conn.execute(
+                    "INSERT INTO span_issued (rollout_id, attempt_id, sequence_id)"
+                    " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    (rollout_id, attempt_id, value),
+                )
             else:
                 # The counter and the ids taken at now sent together, one round trip: the
                 # counter is seldom ahead of now (then what is taken from it is looked up).

@@ -161,12 +161,27 @@ class SQLLightningStore(SpansAPI):
         rows = None
         if force or now - self._last_scan >= self.scan_debounce:
             self._last_scan = now
-            if force or self.store.claim(conn, "watchdog", self.scan_debounce, now):
+            if force:
                 rows = life.overdue(conn, now, None)
+            elif self.store.claim(conn, "watchdog", self.scan_debounce, now):
+                rows = self._overdue_anywhere(conn, now)
         if rows is None and rollout_ids:
             rows = life.overdue(conn, now, rollout_ids)
         if rows:
             life.time_out(conn, rows, now)
+
+    def _overdue_anywhere(self, conn: Conn, now: float) -> list[Any]:
+        """The periodic scan's finds. Where processes share the store, the rollouts are looked
+        over in a read-only snapshot and only those found are read again (by key) in the
+        transaction: a serializable read of every running rollout marks pages that every
+        status change writes, so the call that scans, and others, would run again. A rollout
+        that fell due after the snapshot is found by the next scan, or checked by the first
+        call about it (``rollout_ids`` above), as one that falls due between two scans is."""
+        if not conn.dialect.shared:
+            return life.overdue(conn, now, None)
+        with self.store.snapshot() as seen:
+            found = [row[0] for row in life.overdue(seen, now, None)]
+        return life.overdue(conn, now, found) if found else []
 
     # -- statistics ------------------------------------------------------------------------
 
@@ -220,7 +235,7 @@ class SQLLightningStore(SpansAPI):
             for request in requests:
                 rollout_id = new_rollout_id()
                 resources_id = request.get("resources_id")
-                life.insert_rollout(
+                inserted = life.insert_rollout(
                     conn,
                     rollout_id,
                     request.get("input"),
@@ -232,7 +247,7 @@ class SQLLightningStore(SpansAPI):
                     self.clock(),  # each its own, as upstream: sorting by start time is stable
                 )
                 # Just queued: it has no attempt yet.
-                out.append(rollout_record(life.rollout_row(conn, rollout_id)))
+                out.append(rollout_record(inserted.fetchone()))
             return out
 
     @retried

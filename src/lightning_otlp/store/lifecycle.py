@@ -147,12 +147,17 @@ def insert_rollout(
     metadata: Record | None,
     status: str,
     now: float,
-) -> None:
-    """A rollout the API creates (``managed``), at the back of the queue when queued."""
-    conn.execute(
+) -> Any:
+    """A rollout the API creates (``managed``), at the back of the queue when queued; its row
+    (``ROLLOUT_COLUMNS``) comes back with the insert. Not read back by
+    its key: in a serializable transaction that read marks the primary key's page read, and a
+    concurrent dequeue, which writes there and reads the queue this insert writes, would
+    conflict with it both ways, and one of the two would run again."""
+    return conn.execute(
         "INSERT INTO rollouts (rollout_id, input, start_time, mode, resources_id, status,"
         " config, metadata, origin, managed, created_at, queue_seq) VALUES (?, ?, ?, ?, ?, ?,"
-        f" ?, ?, 'explicit', 1, ?, CASE WHEN ? THEN {conn.dialect.queue_back} END)",
+        f" ?, ?, 'explicit', 1, ?, CASE WHEN ? THEN {conn.dialect.queue_back} END)"
+        f" RETURNING {ROLLOUT_COLUMNS}",
         (
             rollout_id,
             json.dumps(input),
@@ -262,6 +267,11 @@ def rollout_counter_sent(conn: Conn, rollout_id: str) -> Any:
 
 
 def raise_counter(conn: Conn, rollout_id: str, attempt_id: str, at_least: int) -> None:
+    """Raise the attempt's counter to ``at_least``; the rollout's own counter only when the
+    attempt is not stored (an id asked for an attempt not there), as the rollout's counter
+    is the highest of both (``_counter_sql``). So a rollout's calls write no counter row in
+    the usual case: its key, new to the table's index, would land on the index page other
+    rollouts' calls read in their serializable transactions."""
     greatest = conn.dialect.greatest
     conn.execute(
         f"UPDATE attempts SET next_span_seq = {greatest}(next_span_seq, ?)"
@@ -269,10 +279,11 @@ def raise_counter(conn: Conn, rollout_id: str, attempt_id: str, at_least: int) -
         (at_least, rollout_id, attempt_id),
     )
     conn.execute(
-        "INSERT INTO agl_span_counters (rollout_id, next_seq) VALUES (?, ?)"
+        "INSERT INTO agl_span_counters (rollout_id, next_seq) SELECT ?, ? WHERE NOT EXISTS"
+        " (SELECT 1 FROM attempts WHERE rollout_id = ? AND attempt_id = ?)"
         " ON CONFLICT (rollout_id) DO UPDATE SET"
         f" next_seq = {greatest}(agl_span_counters.next_seq, excluded.next_seq)",
-        (rollout_id, at_least),
+        (rollout_id, at_least, rollout_id, attempt_id),
     )
 
 

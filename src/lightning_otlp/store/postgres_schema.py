@@ -209,6 +209,22 @@ POSTGRESQL: Final[tuple[Migration, ...]] = (
         "postgresql-4",
         "CREATE INDEX rollouts_per_trace ON rollouts (rollout_id) WHERE origin = 'trace'",
     ),
+    # Updates that leave every indexed column as it was stay on their page (HOT) and add no
+    # index entries: room on each page for them, and no index on a rollout's status, which
+    # every step of its lifecycle changes. Each such entry landed on the index pages every
+    # serializable call reads its own rollout and attempt through (a few pages hold hundreds
+    # of keys), so concurrent calls about different rollouts conflicted and ran again. The
+    # watchdog finds running rollouts in a snapshot instead (``SQLLightningStore.scan``).
+    Migration(
+        "postgresql-5",
+        """
+        ALTER TABLE rollouts SET (fillfactor = 50);
+        ALTER TABLE attempts SET (fillfactor = 50);
+        ALTER TABLE agl_workers SET (fillfactor = 50);
+        ALTER TABLE agl_span_counters SET (fillfactor = 50);
+        DROP INDEX rollouts_status
+        """,
+    ),
 )
 
 
