@@ -153,8 +153,10 @@ INGEST_SECONDS: Final = 1.0
 
 
 class Pace:
-    """Turns to build records: one thread at a time, each turn followed by a rest while the
-    store ingests (``ingesting`` marks each commit)."""
+    """Turns to build records: one thread at a time, a rest between turns while the store
+    ingests (``ingesting`` marks each commit). The rest a turn earns is taken before the next
+    turn, not after its own: a read of one turn (a trainer's rollout) is answered at once, and
+    turns one after another (a whole large rollout, many readers) still keep to the share."""
 
     def __init__(self, share: float = BUILD_SHARE) -> None:
         if not 0 < share <= 1:
@@ -162,22 +164,31 @@ class Pace:
         self._rest = (1 - share) / share
         self._lock = threading.Lock()
         self._ingested_at = -INGEST_SECONDS
+        self._next_at = 0.0  # monotonic time before which no turn starts while ingesting
 
     def ingesting(self) -> None:
         """Spans were just committed: reads give way for the next ``INGEST_SECONDS``."""
         self._ingested_at = time.monotonic()
 
+    def _giving_way(self) -> bool:
+        return time.monotonic() - self._ingested_at < INGEST_SECONDS
+
     @contextmanager
     def turn(self) -> Iterator[None]:
-        """Build inside; the rest after it is taken holding the turn, so several read
-        threads together never build for more than their share."""
+        """Build inside; the turn waits out the rest the previous one earned, holding the
+        turn, so several read threads together never build for more than their share."""
         with self._lock:
+            if self._giving_way():
+                wait = self._next_at - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
             started = time.thread_time()
             try:
                 yield
             finally:
-                if time.monotonic() - self._ingested_at < INGEST_SECONDS:
-                    time.sleep((time.thread_time() - started) * self._rest)
+                used = time.thread_time() - started
+                giving_way = self._giving_way()
+                self._next_at = time.monotonic() + used * self._rest if giving_way else 0.0
 
 
 READ_PACE: Final = Pace()
