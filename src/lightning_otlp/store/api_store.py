@@ -4,7 +4,7 @@
 A backend supplies storage, not policy (``SQLBackend``): write transactions, read snapshots apart
 from the writer, retries of a transaction another one conflicted with, and a claim on work that
 runs once for all the processes sharing the store (the watchdog). Spans are
-``store.api_spans``'s.
+``store.api_spans``'s, workers and resources ``store.api_workers``'s.
 """
 
 from __future__ import annotations
@@ -16,24 +16,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final
 
-from ..ids import new_resources_id, new_rollout_id
+from ..ids import new_rollout_id
 from . import lifecycle as life
-from .api_base import SQLBackend, combine, limit_sql, paginate, retried
+from .api_base import SQLBackend, limit_sql, paginate, retried
 from .api_spans import SpansAPI
+from .api_workers import WorkersAPI, latest_resources_id
 from .dialect import Conn, within
-from .lightning import UNSET, FilterLogic, NotFound, Page, Query, Record, ScanNeeded, Unset
-from .records import (
-    ATTEMPT_COLUMNS,
-    ROLLOUT_COLUMNS,
-    attempt_record,
-    resources_record,
-    worker_record,
-)
+from .lightning import UNSET, FilterLogic, NotFound, Page, Query, Record, ScanNeeded
+from .records import ATTEMPT_COLUMNS, ROLLOUT_COLUMNS, attempt_record
 from .records import rollout_record as rollout_record
 from .span_reads import ReadCache
 
 DEFAULT_SCAN_DEBOUNCE: Final = 10.0
-_RESOURCE_COLUMNS: Final = "resources_id, resources, create_time, update_time, version"
 _ROLLOUT_SORT: Final = {
     "rollout_id": "str",
     "input": "raw",
@@ -58,7 +52,7 @@ def _order_sql(field: str, order: str) -> str:
     return f"{field} {direction}, rowid"
 
 
-class SQLLightningStore(SpansAPI):
+class SQLLightningStore(SpansAPI, WorkersAPI):
     """agentlightning's LightningStore semantics over an opened SQL store.
 
     Args:
@@ -217,7 +211,7 @@ class SQLLightningStore(SpansAPI):
         with self._watched() as conn:
             now = self.clock()
             if resources_id is None:
-                resources_id = _latest_resources_id(conn)
+                resources_id = latest_resources_id(conn)
             rollout_id = new_rollout_id()
             life.insert_rollout(
                 conn, rollout_id, input, mode, resources_id, config, metadata, "preparing", now
@@ -230,7 +224,7 @@ class SQLLightningStore(SpansAPI):
     @retried
     def enqueue_rollouts(self, requests: Sequence[Record]) -> list[Record]:
         with self._watched() as conn:
-            latest = _latest_resources_id(conn)
+            latest = latest_resources_id(conn)
             out = []
             for request in requests:
                 rollout_id = new_rollout_id()
@@ -393,113 +387,6 @@ class SQLLightningStore(SpansAPI):
     def update_attempt(self, rollout_id: str, attempt_id: str, fields: Record) -> Record:
         with self._watched(rollout_id) as conn:
             return life.update_attempt(conn, rollout_id, attempt_id, fields, self.clock())
-
-    # -- workers ---------------------------------------------------------------------------
-
-    @retried
-    def query_workers(
-        self,
-        *,
-        status_in: Sequence[str] | None,
-        worker_id_contains: str | None,
-        filter_logic: FilterLogic,
-        query: Query,
-    ) -> Page:
-        with self._watched() as conn:
-            tests: list[str] = []
-            params: list[Any] = []
-            if status_in is not None:
-                tests.append(within("status", status_in, params))
-            if worker_id_contains is not None:
-                tests.append(conn.dialect.contains("worker_id"))
-                params.append(worker_id_contains)
-            where = f" WHERE {combine(tests, filter_logic)}" if tests else ""
-            rows = conn.execute(
-                f"SELECT {life.WORKER_COLUMNS} FROM agl_workers{where} ORDER BY rowid", params
-            )
-            workers = [worker_record(row) for row in rows]
-        return paginate(workers, query)
-
-    @retried
-    def get_worker(self, worker_id: str) -> Record | None:
-        with self._transaction() as conn:
-            return life.worker(conn, worker_id)
-
-    @retried
-    def update_worker(self, worker_id: str, heartbeat_stats: Record | Unset) -> Record:
-        with self._transaction() as conn:
-            values: dict[str, Any] = {"last_heartbeat_time": self.clock()}
-            if not isinstance(heartbeat_stats, Unset):
-                values["heartbeat_stats"] = life.dump(dict(heartbeat_stats))
-            life.upsert_worker(conn, worker_id, values)
-            return life.worker(conn, worker_id) or {}
-
-    # -- resources -------------------------------------------------------------------------
-
-    @retried
-    def add_resources(self, resources: Record) -> Record:
-        with self._transaction() as conn:
-            resources_id = new_resources_id()
-            now = self.clock()
-            conn.execute(
-                f"INSERT INTO agl_resources ({_RESOURCE_COLUMNS}, touched) VALUES (?, ?, ?, ?, 1,"
-                " (SELECT COALESCE(MAX(touched), 0) + 1 FROM agl_resources))",
-                (resources_id, json.dumps(resources), now, now),
-            )
-            return _resources(conn, resources_id) or {}
-
-    @retried
-    def update_resources(self, resources_id: str, resources: Record) -> Record:
-        with self._watched() as conn:
-            now = self.clock()
-            conn.execute(
-                f"INSERT INTO agl_resources ({_RESOURCE_COLUMNS}, touched) VALUES (?, ?, ?, ?, 1,"
-                " (SELECT COALESCE(MAX(touched), 0) + 1 FROM agl_resources))"
-                " ON CONFLICT (resources_id) DO UPDATE SET resources = excluded.resources,"
-                " update_time = excluded.update_time, version = agl_resources.version + 1,"
-                " touched = excluded.touched",
-                (resources_id, json.dumps(resources), now, now),
-            )
-            return _resources(conn, resources_id) or {}
-
-    @retried
-    def get_resources(self, resources_id: str) -> Record | None:
-        with self._transaction() as conn:
-            return _resources(conn, resources_id)
-
-    @retried
-    def get_latest_resources(self) -> Record | None:
-        with self._transaction() as conn:
-            latest = _latest_resources_id(conn)
-            return None if latest is None else _resources(conn, latest)
-
-    @retried
-    def query_resources(
-        self, *, resources_id: str | None, resources_id_contains: str | None, query: Query
-    ) -> Page:
-        with self._transaction() as conn:
-            rows = conn.execute(f"SELECT {_RESOURCE_COLUMNS} FROM agl_resources ORDER BY rowid")
-            items = [resources_record(row) for row in rows]
-        if resources_id is not None:
-            items = [r for r in items if r["resources_id"] == resources_id]
-        if resources_id_contains is not None:
-            items = [r for r in items if resources_id_contains in r["resources_id"]]
-        return paginate(items, query)
-
-
-def _resources(conn: Conn, resources_id: str) -> Record | None:
-    row = conn.execute(
-        f"SELECT {_RESOURCE_COLUMNS} FROM agl_resources WHERE resources_id = ?",
-        (resources_id,),
-    ).fetchone()
-    return None if row is None else resources_record(row)
-
-
-def _latest_resources_id(conn: Conn) -> str | None:
-    row = conn.execute(
-        "SELECT resources_id FROM agl_resources ORDER BY touched DESC LIMIT 1"
-    ).fetchone()
-    return None if row is None else str(row[0])
 
 
 __all__ = ["UNSET", "SQLBackend", "SQLLightningStore", "retried", "rollout_record"]
