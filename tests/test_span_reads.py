@@ -16,8 +16,8 @@ from lightning_otlp.store.span_reads import ReadCache
 from lightning_otlp.store.sql_store import SQLStore
 
 from .payloads import genai_request
+from .span_views import any_pipeline, any_store, api_of, counted_turns, read_items
 from .test_affinity import AID, RID
-from .test_store_views import _api, _items, any_pipeline, any_store, counted_turns
 
 __all__ = ["any_pipeline", "any_store"]  # fixtures shared with the views' tests
 
@@ -46,22 +46,22 @@ def test_a_repeated_read_builds_nothing_and_reads_the_same(
     any_pipeline.export_traces(
         genai_request(30, ids=[(RID, AID)], content=True).SerializeToString(), None, PROTOBUF
     )
-    api = _api(any_store)
-    truth = _items(api, RID, encoded=False)
+    api = api_of(any_store)
+    truth = read_items(api, RID, encoded=False)
     assert len(built) == 30
     built.clear()
-    assert _items(api, RID, encoded=True) == truth
+    assert read_items(api, RID, encoded=True) == truth
     assert len(built) == 30  # first read as the API reads: built, and kept
     built.clear()
-    assert _items(api, RID, encoded=True) == truth
-    assert _items(api, RID, encoded=True, limit=7, offset=5) == truth[5:12]
+    assert read_items(api, RID, encoded=True) == truth
+    assert read_items(api, RID, encoded=True, limit=7, offset=5) == truth[5:12]
     assert built == []
     any_pipeline.export_traces(
         genai_request(4, ids=[(RID, AID)]).SerializeToString(), None, PROTOBUF
     )
-    grown = _items(api, RID, encoded=True)
+    grown = read_items(api, RID, encoded=True)
     assert len(built) == 4  # only the new spans
-    assert grown == _items(api, RID, encoded=False)
+    assert grown == read_items(api, RID, encoded=False)
 
 
 def test_a_read_larger_than_the_cache_finds_the_part_that_fits_each_time(
@@ -70,14 +70,14 @@ def test_a_read_larger_than_the_cache_finds_the_part_that_fits_each_time(
     any_pipeline.export_traces(
         genai_request(50, ids=[(RID, AID)]).SerializeToString(), None, PROTOBUF
     )
-    api = _api(any_store)
-    truth = _items(api, RID, encoded=True)
+    api = api_of(any_store)
+    truth = read_items(api, RID, encoded=True)
     size = api.read_cache.used // 50  # type: ignore[attr-defined]
     api.read_cache = ReadCache(20 * size)  # type: ignore[attr-defined]
     counts = []
     for _ in range(3):
         built.clear()
-        assert _items(api, RID, encoded=True) == truth
+        assert read_items(api, RID, encoded=True) == truth
         counts.append(len(built))
     kept = len(api.read_cache)  # type: ignore[attr-defined]
     assert 15 < kept < 25
@@ -114,18 +114,18 @@ def test_a_whole_rollout_read_on_a_read_thread_looks_up_a_part_a_turn(
     store = SQLiteStore(str(tmp_path / "parts.db"), synchronous="OFF")
     store.open()
     pipeline = Pipeline(store, RoutingConfig())
-    api = _api(store)
+    api = api_of(store)
     try:
         request = genai_request(130, ids=[(RID, AID)])
         pipeline.export_traces(request.SerializeToString(), None, PROTOBUF)
-        truth = _items(api, RID, encoded=False)
+        truth = read_items(api, RID, encoded=False)
         with api.reading():  # as on a read thread: paced
             turns.clear()
-            assert _items(api, RID, encoded=True) == truth
+            assert read_items(api, RID, encoded=True) == truth
             assert len(turns) == 4 + 4  # each part looked up, then built in one chunk
             turns.clear()
             built.clear()
-            assert _items(api, RID, encoded=True) == truth
+            assert read_items(api, RID, encoded=True) == truth
             assert (len(turns), built) == (4, [])  # kept: looked up only, still a part a turn
     finally:
         api.close_readers()  # type: ignore[attr-defined]
