@@ -30,8 +30,7 @@ _LIGHT_SPAN_FIELDS: Final = frozenset(
 # What a read needs of a span first: where it is and whether it was added through the API (its
 # record kept as given); then its view, or, without one, the whole row.
 _SPAN_LEAD: Final = (
-    "s.rowid, s.rollout_id, s.attempt_id, s.sequence_id, s.trace_id, s.span_id,"
-    " s.record IS NOT NULL"
+    "s.rowid, s.rollout_id, s.attempt_id, s.sequence_id, s.trace_id, s.span_id, s.record"
 )
 _INSERT_API_SPAN: Final = (
     f"INSERT INTO spans ({SPAN_COLUMNS}, record) VALUES ({', '.join('?' * 13)})"

@@ -152,9 +152,7 @@ def span_records(
     translated unless it is in ``enclosing`` (it has model-call children, ``mark_enclosing``).
     """
     if row[12] is not None:
-        record: dict[str, Any] = json.loads(row[12])
-        record["rollout_id"], record["attempt_id"], record["sequence_id"] = row[:3]
-        return record
+        return given_record(row[12], row[:3])
     span = PB2Span.FromString(row[10])
     built = span_record(row[:12], resources[row[11]], span)
     if logs is None:
@@ -167,6 +165,14 @@ def span_records(
     if out is not built and span.end_time_unix_nano:  # a model call
         out["end_time"] = call_end_ns(span.start_time_unix_nano, span.end_time_unix_nano) / 1e9
     return out
+
+
+def given_record(text: str, ids: Sequence[Any]) -> dict[str, Any]:
+    """A span added through the API: its record as given, under its current rollout, attempt
+    and sequence id."""
+    record: dict[str, Any] = json.loads(text)
+    record["rollout_id"], record["attempt_id"], record["sequence_id"] = ids
+    return record
 
 
 def _translated(

@@ -35,7 +35,7 @@ from . import views
 from .dialect import Conn, chunks
 from .lightning import Record
 from .logs import joined_events
-from .records import SPAN_COLUMNS, enclosing_spans, resource_bodies, span_records
+from .records import SPAN_COLUMNS, enclosing_spans, given_record, resource_bodies, span_records
 
 # Bytes of encoded records kept per store: about 25,000 model-call spans.
 CACHE_BYTES: Final = 32 << 20
@@ -113,10 +113,12 @@ def span_items(
     cache: ReadCache,
     paced: bool,
 ) -> list[Record | bytes]:
-    """Spans (rows of ``rowid, rollout_id, attempt_id, sequence_id, trace_id, span_id, record
-    IS NOT NULL``) as agentlightning ``Span`` dicts, model calls translated with ``translate``;
+    """Spans (rows of ``rowid, rollout_id, attempt_id, sequence_id, trace_id, span_id,
+    record``) as agentlightning ``Span`` dicts, model calls translated with ``translate``;
     with ``encoded`` (and ``translate``), a span kept or prepared is its JSON, ready to send,
-    and each one built is kept. ``paced``: on a read thread, in turns of ``views.READ_PACE``."""
+    and each one built is kept. A span added through the API is its ``record``, read with its
+    lead: no second round trip for it. ``paced``: on a read thread, in turns of
+    ``views.READ_PACE``."""
     turn: Callable[[], AbstractContextManager[None]] = (
         views.READ_PACE.turn if paced else nullcontext
     )
@@ -142,7 +144,7 @@ class _Part:
         self.logs: dict[Any, list[dict[str, Any]]] | None = None
         self.enclosing: set[tuple[bytes, bytes]] = set()
         if translate:
-            traces = {lead[4] for lead in leads if not lead[6]}
+            traces = {lead[4] for lead in leads if lead[6] is None}
             self.logs = joined_events(conn, traces)
             self.enclosing = enclosing_spans(conn, traces)
         self.conn = conn
@@ -158,7 +160,7 @@ class _Part:
             self.keep = {
                 lead[0]: (lead[0], lead[4], lead[5])
                 for lead in self.leads
-                if not lead[6]
+                if lead[6] is None
                 and (lead[4], lead[5]) not in logs
                 and (lead[4], lead[5]) not in enclosing
             }
@@ -174,6 +176,8 @@ class _Part:
             body = bodies.get(lead[0])
             if body is not None:
                 self.items.append(views.spliced(lead[1], lead[2], lead[3], body))
+            elif lead[6] is not None:
+                self.items.append(given_record(lead[6], lead[1:4]))
             else:
                 self.build[len(self.items)] = lead[0]
                 self.items.append(None)
