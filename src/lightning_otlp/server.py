@@ -14,7 +14,7 @@ import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import grpc
 import uvicorn
@@ -28,6 +28,10 @@ from .receiver.transport.guard import uvicorn_options
 from .receiver.transport.http import HTTPReceiver
 from .settings import ENV_PREFIX, Address, Settings
 from .wiring import build_pipeline
+
+# Seconds a thread holds the interpreter before another waiting for it gets it (Python's
+# default is 0.005): measured in `make bench BENCH=ingest`, reads kept up at 0.001.
+SWITCH_INTERVAL: Final = 0.001
 
 log = logging.getLogger("lightning_otlp")
 
@@ -105,6 +109,10 @@ async def serve(settings: Settings) -> None:
     # since, instead of pausing every thread for tens of milliseconds each time.
     gc.collect()
     gc.freeze()
+    # Threads that wait on SQLite or the network (span records prepared for reads, API reads)
+    # give up the interpreter at each statement and, under ingest, wait up to the switch
+    # interval to get it back each time: at Python's 5 ms they fell behind the spans arriving.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     serving = asyncio.ensure_future(http_server.serve(sockets=[http_socket]))
     background = asyncio.ensure_future(pipeline.idle_work())
     health = None
