@@ -131,3 +131,24 @@ def test_a_whole_rollout_read_on_a_read_thread_looks_up_a_part_a_turn(
         api.close_readers()  # type: ignore[attr-defined]
         pipeline.close()
         store.close()
+
+
+def test_a_read_on_a_read_thread_reads_what_the_store_thread_reads(
+    any_pipeline: Pipeline, any_store: SQLStore
+) -> None:
+    """On a read thread a page is read in a read-only snapshot, which on PostgreSQL ends with
+    the page's first reads (one round trip); model calls then need their log records, the
+    spans that enclose calls and their rows read after it: the records are the same."""
+    any_pipeline.export_traces(
+        genai_request(12, ids=[(RID, AID)], content=True).SerializeToString(), None, PROTOBUF
+    )
+    api = api_of(any_store)
+    span = {**read_items(api, RID, encoded=False)[0], "sequence_id": 100, "span_id": "ab" * 8}
+    api.add_span(span)
+    truth = read_items(api, RID, encoded=False)
+    assert len(truth) == 13 and truth[-1]["span_id"] == "ab" * 8
+    assert any(item["attributes"].get("gen_ai.prompt.0.content") for item in truth)
+    with api.reading():
+        assert read_items(api, RID, encoded=True) == truth
+        assert read_items(api, RID, encoded=False, limit=5, offset=10) == truth[10:]
+    api.close_readers()  # type: ignore[attr-defined]

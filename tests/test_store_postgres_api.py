@@ -42,7 +42,7 @@ _MOST_WAITS = {
     "spans/next": 2,
     "add_span": 2,
     "update_attempt": 3,
-    "query_spans": 2,
+    "query_spans": 1,
 }
 
 

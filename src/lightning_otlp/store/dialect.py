@@ -33,6 +33,11 @@ class Conn(Protocol):
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
 
+    def reads_sent(self) -> None:
+        """In a read-only snapshot: the reads that must see one moment are all sent (a server
+        may then answer them and end the snapshot in one round trip); what follows may read a
+        later moment."""
+
 
 @dataclass(frozen=True, slots=True)
 class Dialect:

@@ -212,8 +212,8 @@ class PostgresStore(SQLStore):
                         yield PgConn(raw, self._column_types)
                     return
                 lock = _LOCK_KEYS["queue"] if queue else None
-                with pipelined_transaction(raw, begin or _WRITE, lock) as pipeline:
-                    yield PgConn(raw, self._column_types, pipeline)
+                with pipelined_transaction(raw, begin or _WRITE, lock) as transaction:
+                    yield PgConn(raw, self._column_types, transaction)
         except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
             raise Conflict(str(exc)) from exc
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from functools import lru_cache
 from typing import Any, Final
 
@@ -44,11 +44,20 @@ class PgConn:
         self,
         conn: Any,
         column_types: dict[str, dict[str, str]] | None = None,
-        pipeline: Any = None,
+        transaction: Pipelined | None = None,
     ) -> None:
         self._conn = conn
         self._types = column_types if column_types is not None else {}
-        self._pipeline = pipeline
+        self._transaction = transaction
+        self._pipeline = None if transaction is None else transaction.pipeline
+
+    def reads_sent(self) -> None:
+        """The reads that must see one moment are all sent: a read-only transaction in
+        pipeline mode commits with them, so their answers and the commit come in one round
+        trip. What it sends after that reads the latest, a statement at a time."""
+        if self._transaction is not None and self._transaction.read_only:
+            self._transaction.end()
+            self._transaction = self._pipeline = None
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
         return self._pending(self._conn.execute(_psycopg_sql(sql), tuple(parameters)))
@@ -144,8 +153,29 @@ def configure(raw: Any) -> None:
     raw.execute("SET enable_seqscan = off")
 
 
+class Pipelined:
+    """A transaction in pipeline mode (``pipelined_transaction``), which a read-only one may
+    end early (``PgConn.reads_sent``)."""
+
+    def __init__(self, raw: Any, begin: str) -> None:
+        self.raw = raw
+        self.read_only = "READ ONLY" in begin
+        self.ended = False
+        self._stack = ExitStack()
+        self.pipeline = self._stack.enter_context(raw.pipeline())
+
+    def end(self) -> None:
+        """Commit now and leave pipeline mode: one round trip answers all that was sent."""
+        self.ended = True
+        self.raw.execute("COMMIT", prepare=False)
+        self._stack.close()
+
+    def close(self) -> None:
+        self._stack.close()
+
+
 @contextmanager
-def pipelined_transaction(raw: Any, begin: str, queue: int | None) -> Iterator[Any]:
+def pipelined_transaction(raw: Any, begin: str, queue: int | None) -> Iterator[Pipelined]:
     """A transaction in pipeline mode, begun and committed by hand: psycopg's own would wait
     for its COMMIT and then once more to leave the pipeline.
 
@@ -157,33 +187,38 @@ def pipelined_transaction(raw: Any, begin: str, queue: int | None) -> Iterator[A
     released in the commit's round trip, so the next dequeue waits one round trip less; a
     receiver that dies releases it with its connection."""
     locked = False
+    transaction = Pipelined(raw, begin)
     try:
-        with raw.pipeline() as pipeline:
-            try:
-                if queue is not None:  # held before the first statement takes the snapshot
-                    raw.execute("SELECT pg_advisory_lock(%s)", (queue,), prepare=False)
-                    pipeline.sync()
-                    locked = True
-                for statement in begin.split("; "):
-                    raw.execute(statement, prepare=False)
-                yield pipeline
+        try:
+            if queue is not None:  # held before the first statement takes the snapshot
+                raw.execute("SELECT pg_advisory_lock(%s)", (queue,), prepare=False)
+                transaction.pipeline.sync()
+                locked = True
+            for statement in begin.split("; "):
+                raw.execute(statement, prepare=False)
+            yield transaction
+            if not transaction.ended:
                 raw.execute("COMMIT", prepare=False)
                 if queue is not None:
                     # Sent with the COMMIT, answered in the pipeline's last sync. Should the
                     # commit (or a statement before it) fail, the server skips the rest of the
                     # pipeline, this included: the lock is then released below.
                     raw.execute("SELECT pg_advisory_unlock(%s)", (queue,), prepare=False)
-            except BaseException:
-                if not raw.broken:
-                    # Out of the aborted state first; the error is the one raised. psycopg's
-                    # own rollback also forgets the statements it prepared in the transaction,
-                    # which the server may not have made; should it fail, the pool rolls back
-                    # (or discards) a connection it gets back in a transaction.
-                    with suppress(psycopg.Error):
-                        pipeline.sync()
-                    with suppress(psycopg.Error):
-                        raw.rollback()
-                raise
+            transaction.close()
+        except BaseException:
+            # Out of the aborted state first; the error is the one raised. psycopg's own
+            # rollback also forgets the statements it prepared in the transaction, which the
+            # server may not have made; should it fail, the pool rolls back (or discards) a
+            # connection it gets back in a transaction.
+            if not raw.broken and not transaction.ended:
+                with suppress(psycopg.Error):
+                    transaction.pipeline.sync()
+            with suppress(psycopg.Error):
+                transaction.close()
+            if not raw.broken:
+                with suppress(psycopg.Error):
+                    raw.rollback()
+            raise
         locked = False  # the last sync succeeded: the unlock ran
     finally:
         if locked:

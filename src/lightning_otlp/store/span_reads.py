@@ -132,7 +132,7 @@ def span_items(
         for first in range(0, len(todo), views.BUILD_CHUNK):
             with turn():
                 part.built(conn, todo[first : first + views.BUILD_CHUNK], cache, mark)
-        out.extend(part.items)  # type: ignore[arg-type]  # every hole filled
+        out.extend(item for item in part.items if item is not None)
     return out
 
 
@@ -192,7 +192,10 @@ class _Part:
         resources = resource_bodies(conn, wanted)
         kept: list[tuple[Key, bytes]] = []
         for i, rowid in chunk:
-            record = span_records(rows[rowid], resources, self.logs, self.enclosing)
+            row = rows.get(rowid)
+            if row is None:  # deleted since the page was read (its snapshot may have ended)
+                continue
+            record = span_records(row, resources, self.logs, self.enclosing)
             self.items[i] = record
             if rowid in self.keep:
                 body = _view_body(record)

@@ -48,6 +48,9 @@ class SQLiteConnection(sqlite3.Connection):
 
     dialect: Dialect = SQLITE
 
+    def reads_sent(self) -> None:
+        """Nothing to do: SQLite's reads are answered in this process as they are made."""
+
 
 class SQLiteStore(SQLStore):
     """SQLite-backed store; ``path`` may be ``:memory:`` for tests.
