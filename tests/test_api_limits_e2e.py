@@ -166,3 +166,31 @@ def test_an_abandoned_wait_ends_with_its_client(receiver: ReceiverProcess) -> No
         time.sleep(0.05)
     assert _gauge(receiver, "lightning_otlp_api_waits") == 0
     assert _otlp(receiver, 400).status_code == 200
+
+
+@pytest.mark.e2e
+def test_a_whole_rollout_is_read_in_parts_and_a_reader_may_leave_halfway(
+    receiver: ReceiverProcess,
+) -> None:
+    """A read of a whole large rollout is sent a slice at a time with its length announced: it
+    arrives whole, a reader that leaves after the head costs nothing more, and exports go on."""
+    ids = {"agentlightning.rollout_id": "ro-00000000beef", "agentlightning.attempt_id": "at-beef"}
+    for part in range(3):  # 1,500 spans: three slices of the page and more
+        spans = [make_span(f"step {part * 500 + i}", attributes=ids) for i in range(500)]
+        request = make_request(spans).SerializeToString()
+        assert httpx.post(receiver.traces_url, content=request, headers=PB).status_code == 200
+    path = "/v1/agl/spans?rollout_id=ro-00000000beef"
+    read = httpx.get(receiver.http_url + path, headers=AUTH, timeout=30)
+    assert read.status_code == 200
+    assert int(read.headers["content-length"]) == len(read.content)
+    page = read.json()
+    assert page["total"] == 1500 and len(page["items"]) == 1500
+    assert {s["name"] for s in page["items"]} == {f"step {i}" for i in range(1500)}
+    for _ in range(5):  # each leaves once the head has come
+        sock = _raw(
+            receiver, f"GET {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n"
+        )
+        assert sock.recv(12) == b"HTTP/1.1 200"
+        sock.close()
+    assert _otlp(receiver, 500).status_code == 200
+    assert httpx.get(receiver.http_url + path, headers=AUTH, timeout=30).json()["total"] == 1500

@@ -6,6 +6,7 @@ OpenTelemetry exporters, with their own header options (TLS: ``test_tls.py``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import signal
@@ -30,6 +31,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 )
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from lightning_otlp import server
 from lightning_otlp.errors import Unauthenticated
 from lightning_otlp.receiver.auth import BearerAuth, load_tokens
 from lightning_otlp.receiver.metrics import Histogram
@@ -108,6 +110,27 @@ def test_warns_when_all_interfaces_listen_without_auth(caplog: pytest.LogCapture
         _warn_if_open(Settings(grpc="0.0.0.0:4317"), BearerAuth((b"t",)))
         _warn_if_open(Settings(grpc="127.0.0.1:4317", http="localhost:4318"), None)
     assert caplog.records == []
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["uvloop", "no uvloop"])
+def test_serves_on_uvloop_where_it_is_installed_else_on_asyncio(
+    monkeypatch: pytest.MonkeyPatch, installed: bool
+) -> None:
+    uvloop = pytest.importorskip("uvloop") if installed else None
+    if not installed:
+        monkeypatch.setitem(sys.modules, "uvloop", None)  # as on Windows: the import fails
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def serve(settings: Settings) -> None:
+        loops.append(asyncio.get_running_loop())
+
+    monkeypatch.setattr(server, "serve", serve)
+    server.run(Settings())
+    # uvloop's loop is no asyncio.BaseEventLoop: only the standard library's loops are.
+    assert isinstance(loops[0], asyncio.BaseEventLoop) is not installed
+    if uvloop is not None:
+        assert isinstance(loops[0], uvloop.Loop)
+    assert (server._uvloop() is None) is not installed
 
 
 # -- health and metrics ---------------------------------------------------------------------

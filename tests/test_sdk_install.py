@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER_MODULES = ("grpc", "uvicorn", "httpx", "httptools", "opentelemetry.proto", "google.rpc")
+SERVER_MODULES = (
+    "grpc",
+    "uvicorn",
+    "httpx",
+    "httptools",
+    "uvloop",
+    "opentelemetry.proto",
+    "google.rpc",
+)
 
 USE_SDK = """
 import sys

@@ -169,17 +169,40 @@ def test_nothing_is_prepared_without_prepare_reads_or_translation() -> None:
             store.close()
 
 
-def test_a_large_page_encodes_a_slice_at_a_time_as_one_call_would() -> None:
+def test_a_large_page_is_sent_a_slice_at_a_time_as_one_call_would_encode_it() -> None:
     records: list[dict[str, Any] | bytes] = [{"n": i, "name": f"span {i}"} for i in range(1201)]
     records[7] = b'{"prepared":true}'
     page = Page(records, -1, 0, 1201)
-    sliced = asyncio.run(large_page_response(page))
-    assert sliced.body == json_response(page.as_dict()).body
-    assert json.loads(sliced.body)["items"][7] == {"prepared": True}
-    records[1000] = {"past 64 bits": 2**70}  # the stdlib's encoding, slice by slice
-    assert json.loads(asyncio.run(large_page_response(page)).body)["items"][1000] == {
-        "past 64 bits": 2**70
-    }
+    status, headers, parts = _sent(page)
+    body = b"".join(parts)
+    assert status == 200 and body == json_response(page.as_dict()).body
+    assert int(headers[b"content-length"]) == len(body)
+    assert headers[b"content-type"] == b"application/json"
+    assert len(parts) == 5  # the head, three slices of records, the tail: never one buffer
+    assert json.loads(body)["items"][7] == {"prepared": True}
+    records[1000] = {"past 64 bits": 2**70}  # the stdlib's encoding, record by record
+    assert json.loads(b"".join(_sent(page)[2]))["items"][1000] == {"past 64 bits": 2**70}
+
+
+def _sent(page: Page) -> tuple[int, dict[bytes, bytes], list[bytes]]:
+    """What ``large_page_response`` sends: the status, the headers and each body message."""
+    messages: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    async def respond() -> None:
+        response = await large_page_response(page)
+        await response({"type": "http", "method": "GET"}, _no_body, send)
+
+    asyncio.run(respond())
+    start, *bodies = messages
+    assert [m.get("more_body", False) for m in bodies] == [True] * (len(bodies) - 1) + [False]
+    return start["status"], dict(start["headers"]), [m["body"] for m in bodies]
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def _views_before_they_named_their_rollout(store: SQLStore) -> int:

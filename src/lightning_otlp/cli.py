@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -163,14 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .server import run
 
     settings = _settings(args)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="lightning-otlp: %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(serve(settings))
+    run(settings)
     return 0
 
 

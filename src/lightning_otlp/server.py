@@ -14,6 +14,7 @@ import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Final
 
 import grpc
@@ -42,6 +43,29 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def run(settings: Settings) -> None:
+    """Serve until a signal: on uvloop where it is installed, else on asyncio's own loop."""
+    uvloop = _uvloop()
+    if uvloop is None:
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
+
+
+def _uvloop() -> ModuleType | None:
+    """uvloop, where it is installed: it is not made for Windows or PyPy.
+
+    uvloop runs the event loop (accepting, reading and writing sockets, timers) in C, so each
+    connection, hostile ones above all, costs the interpreter less. grpc.aio polls on a thread
+    of its own and takes any asyncio loop.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop
 
 
 async def serve(settings: Settings) -> None:

@@ -12,6 +12,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..asgi import Receive, Scope, Send
 from ..errors import PayloadTooLarge
 from ..receiver.status import api_answer
 from ..store.lightning import Page, Record
@@ -49,21 +50,45 @@ def page_response(page: Page) -> Response:
 
 async def large_page_response(page: Page) -> Response:
     """A page that may hold a whole rollout's spans, encoded off the event loop a slice at a
-    time: one orjson call holds the interpreter lock until it ends, so a page of 100,000
-    spans in one call would stall every other request (health answers included) for it."""
+    time (one orjson call holds the interpreter lock until it ends, so a page of 100,000 spans
+    in one call would stall every other request, health answers included) and sent as those
+    slices: tens of megabytes are never copied into one buffer, and the transport's flow
+    control holds back the rest while a reader lags."""
     if len(page.items) <= PAGE_SLICE:
         return page_response(page)
-    body = await asyncio.to_thread(_page_body, page)
-    return Response(body, 200, media_type="application/json")
+    return PartsResponse(await asyncio.to_thread(_page_parts, page))
 
 
-def _page_body(page: Page) -> bytes:
-    slices = [
-        dumps(page.items[start : start + PAGE_SLICE])[1:-1]
-        for start in range(0, len(page.items), PAGE_SLICE)
-    ]
+class PartsResponse(Response):
+    """A 200 JSON answer whose body is ``parts``, sent one after another."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        super().__init__(b"", 200, media_type="application/json")
+        self.headers["content-length"] = str(sum(len(part) for part in parts))
+        self.parts = parts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        last = len(self.parts) - 1
+        for i, part in enumerate(self.parts):
+            await send({"type": "http.response.body", "body": part, "more_body": i < last})
+
+
+def _page_parts(page: Page) -> list[bytes]:
+    """The page's JSON in parts of ``PAGE_SLICE`` records; a record the store encoded is taken
+    as it is, without a call per record into orjson."""
+    items = page.items
+    parts = [b'{"items":[']
+    for start in range(0, len(items), PAGE_SLICE):
+        records = [r if type(r) is bytes else dumps(r) for r in items[start : start + PAGE_SLICE]]
+        if start:
+            records.insert(0, b"")  # the comma after the previous part's last record
+        parts.append(b",".join(records))
     rest = dumps({"limit": page.limit, "offset": page.offset, "total": page.total})
-    return b'{"items":[' + b",".join(slices) + b"]," + rest[1:]
+    parts.append(b"]," + rest[1:])
+    return parts
 
 
 # Records per orjson call when a large page is encoded.
