@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 from dataclasses import dataclass, field
+from operator import methodcaller
 from typing import Any, NamedTuple
 
 from . import names as n
@@ -190,6 +191,8 @@ def indexed(attrs: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
     """Flat ``prefix.{i}.rest`` attributes grouped by index, in index order, rest as keys."""
     groups: dict[int, dict[str, Any]] = {}
     start = prefix + "."
+    if not any(map(methodcaller("startswith", start), attrs)):
+        return []  # the usual answer, found with no Python frame per key
     for key, value in attrs.items():
         if not key.startswith(start):
             continue
