@@ -54,7 +54,9 @@ def _tools(attrs: dict[str, Any], details: dict[str, Any] | None) -> list[Tool]:
     """The tools offered: on the span, in the joined operation-details event (OpenLIT puts them
     only there), or in the indexed ``llm.request.functions.{i}.*`` (LiteLLM's semconv mode)."""
     for source in (attrs, details or {}):
-        tools = definitions(loads(source.get(n.GENAI_TOOL_DEFINITIONS)))
+        if n.GENAI_TOOL_DEFINITIONS not in source:
+            continue  # most calls offer no tools: nothing to read
+        tools = definitions(loads(source[n.GENAI_TOOL_DEFINITIONS]))
         if tools:
             return tools
     return indexed_tools(attrs)
