@@ -86,7 +86,7 @@ def translate_span_bytes(
     written = translation(record)
     if written is None:
         return blob
-    if moves(original) or any(original.get(k, v) != v for k, v in written.items()):
+    if moves(original) or any(original[k] != written[k] for k in original.keys() & written):
         # Rare: translation moves or changes some of the span's own attributes; those go
         # after the others, with the ones it adds.
         attrs = translated_attributes(original, written)
