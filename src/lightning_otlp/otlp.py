@@ -189,6 +189,19 @@ def length_field(number: int, data: bytes) -> bytes:
 def span_attribute(key: str, value: Any) -> bytes:
     """A Span's attribute field (``attributes``, 9) encoded as ``any_value`` and protobuf would
     encode it; appended to a Span's bytes, it comes after the attributes already there."""
+    if type(value) is str and len(value) <= _SHORT_VALUE:
+        # Short text repeats (roles, finish reasons, span names, conventions): encoded once.
+        pair = (key, value)
+        found = _short_attributes.get(pair)
+        if found is None:
+            if len(_short_attributes) >= _CACHED_ATTRIBUTES:
+                _short_attributes.clear()
+            found = _short_attributes[pair] = _span_attribute(key, value)
+        return found
+    return _span_attribute(key, value)
+
+
+def _span_attribute(key: str, value: Any) -> bytes:
     if isinstance(value, str):
         data = value.encode()
         encoded = b"\x0a" + varint(len(data)) + data
@@ -210,3 +223,5 @@ def span_attribute(key: str, value: Any) -> bytes:
 
 
 _key_fields: dict[str, bytes] = {}  # attribute keys repeat: each encoded once
+_SHORT_VALUE: Final = 32
+_short_attributes: dict[tuple[str, str], bytes] = {}

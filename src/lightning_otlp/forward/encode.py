@@ -39,17 +39,15 @@ _ATTEMPT_KEY: Final = length_field(1, semconv.ATTEMPT_ID.encode())
 _SPAN_TAG: Final = varint(2 << 3 | 2)  # ScopeSpans.spans
 _ID_NEEDLE: Final = semconv.ROLLOUT_ID.encode()
 _ID_KEYS: Final = (semconv.ROLLOUT_ID, semconv.ATTEMPT_ID, semconv.SPAN_SEQUENCE_ID)
-_seq_attrs: dict[int, bytes] = {}
+_SEQ_PREFIX: Final = _SEQ_KEY + b"\x12"  # KeyValue: the key, then the value's tag
 
 
 def _seq_attr(seq: int) -> bytes:
-    """The ``agentlightning.span_sequence_id`` span attribute, memoised: values repeat a lot."""
-    found = _seq_attrs.get(seq)
-    if found is None:
-        if len(_seq_attrs) > 100_000:
-            _seq_attrs.clear()
-        found = _seq_attrs[seq] = _kv_int(_SEQ_KEY, seq)
-    return found
+    """The ``agentlightning.span_sequence_id`` span attribute (``_kv_int``, written out: one
+    per span, and ids seldom repeat)."""
+    value = varint(seq)
+    pair = _SEQ_PREFIX + varint(len(value) + 1) + b"\x18" + value
+    return b"\x4a" + varint(len(pair)) + pair
 
 
 def _by_attempt_and_sequence(row: Row) -> tuple[str, str, int]:

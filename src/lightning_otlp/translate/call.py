@@ -12,7 +12,8 @@ from __future__ import annotations
 import ast
 import json
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from operator import methodcaller
+from typing import Any, Final, NamedTuple
 
 from . import names as n
 
@@ -108,9 +109,21 @@ def loads(value: Any) -> Any:
     if not isinstance(value, str) or not value:
         return None
     try:
+        # The scanner alone where the text is one JSON value, end to end (the usual case):
+        # json.loads's checks, whitespace matches and frames cost as much as the parse.
+        parsed, end = _DECODER.scan_once(value, 0)
+        if end == len(value):
+            return parsed
+    except (StopIteration, ValueError):
+        pass  # leading whitespace, or not JSON: json.loads tells
+    try:
         return json.loads(value)
     except ValueError:
         return None
+
+
+# A decoder set up as json.loads's own; its scanner (C where available) does the parse.
+_DECODER: Final[Any] = json.JSONDecoder()
 
 
 def as_str(value: Any) -> str | None:
@@ -190,6 +203,8 @@ def indexed(attrs: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
     """Flat ``prefix.{i}.rest`` attributes grouped by index, in index order, rest as keys."""
     groups: dict[int, dict[str, Any]] = {}
     start = prefix + "."
+    if not any(map(methodcaller("startswith", start), attrs)):
+        return []  # the usual answer, found with no Python frame per key
     for key, value in attrs.items():
         if not key.startswith(start):
             continue

@@ -95,7 +95,7 @@ def _convention(attrs: dict[str, Any], events: list[dict[str, Any]]) -> str | No
         chat = _has_genai_content(attrs, events)
     if not chat:
         return None
-    if openllmetry.has_indexed_content(attrs) and n.GENAI_INPUT_MESSAGES not in attrs:
+    if n.GENAI_INPUT_MESSAGES not in attrs and openllmetry.has_indexed_content(attrs):
         return "openllmetry_indexed"
     return "openllmetry" if request_type is not None else "otel_genai"
 
@@ -183,17 +183,37 @@ def translate(record: dict[str, Any], encloses_calls: bool = False) -> dict[str,
     attribute stays (the few whose key equals an adapter prefix move under
     ``lightning_otlp.original.``), and Agent Lightning's attributes are written over them.
     """
-    call = model_call(record, encloses_calls)
-    if call is None:
+    written = translation(record, encloses_calls)
+    if written is None:
         return record
-    attrs: dict[str, Any] = record.get("attributes") or {}
+    translated = dict(record)
+    translated["name"] = n.AGL_LLM_CALL_NAME
+    translated["attributes"] = translated_attributes(record.get("attributes") or {}, written)
+    return translated
+
+
+def translated_attributes(attrs: dict[str, Any], written: dict[str, Any]) -> dict[str, Any]:
+    """A model call's attributes once translated: its own (those whose key equals an adapter
+    prefix moved), ``written`` (``translation``'s) over them."""
     out: dict[str, Any] = {}
     for key, value in attrs.items():
         out[n.MOVED_PREFIX + key if key in _PREFIX_KEYS else key] = value
-    out.update(agl_attributes(call))
+    out.update(written)
+    return out
+
+
+def translation(record: dict[str, Any], encloses_calls: bool = False) -> dict[str, Any] | None:
+    """The attributes ``translate`` writes over the record's own (Agent Lightning's, the
+    original name and the convention), in that order; None when the record is no model call."""
+    call = model_call(record, encloses_calls)
+    if call is None:
+        return None
+    out = agl_attributes(call)
     out[n.ORIGINAL_NAME] = record.get("name")
     out[n.TRANSLATED_FROM] = call.convention
-    translated = dict(record)
-    translated["name"] = n.AGL_LLM_CALL_NAME
-    translated["attributes"] = out
-    return translated
+    return out
+
+
+def moves(attrs: dict[str, Any]) -> bool:
+    """Whether ``translate`` moves any of these attributes (keys equal to an adapter prefix)."""
+    return any(key in attrs for key in _PREFIX_KEYS)

@@ -36,7 +36,8 @@ def parse(attrs: dict[str, Any], events: list[dict[str, Any]], convention: str) 
     source = attrs if n.GENAI_INPUT_MESSAGES in attrs or n.GENAI_OUTPUT_MESSAGES in attrs else None
     source = source or details
     if source is not None:
-        system = parts_text(loads(source.get(n.GENAI_SYSTEM_INSTRUCTIONS)))
+        instructions = source.get(n.GENAI_SYSTEM_INSTRUCTIONS)
+        system = None if instructions is None else parts_text(loads(instructions))
         prompt = part_messages(loads(source.get(n.GENAI_INPUT_MESSAGES)))
         if system is not None and not any(m.role == "system" for m in prompt):
             prompt.insert(0, Message("system", system))
@@ -54,7 +55,9 @@ def _tools(attrs: dict[str, Any], details: dict[str, Any] | None) -> list[Tool]:
     """The tools offered: on the span, in the joined operation-details event (OpenLIT puts them
     only there), or in the indexed ``llm.request.functions.{i}.*`` (LiteLLM's semconv mode)."""
     for source in (attrs, details or {}):
-        tools = definitions(loads(source.get(n.GENAI_TOOL_DEFINITIONS)))
+        if n.GENAI_TOOL_DEFINITIONS not in source:
+            continue  # most calls offer no tools: nothing to read
+        tools = definitions(loads(source[n.GENAI_TOOL_DEFINITIONS]))
         if tools:
             return tools
     return indexed_tools(attrs)

@@ -15,7 +15,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 from ..otlp import any_value, events_list, plain_value, span_attribute, span_attributes
 from . import names as n
 from .clock import call_end_ns
-from .dispatch import awaits_logs, encloses_call, translate
+from .dispatch import (
+    awaits_logs,
+    encloses_call,
+    moves,
+    translated_attributes,
+    translation,
+)
 
 # Every model call carries one of these names (see ``dispatch.model_call``).
 _NEEDLES: Final = (
@@ -77,19 +83,22 @@ def translate_span_bytes(
     original = span_attributes(blob)
     record["attributes"] = original
     record["events"] = [*events_list(span.events), *extra]
-    translated = translate(record)
-    if translated is record:
+    written = translation(record)
+    if written is None:
         return blob
-    attrs: dict[str, Any] = translated["attributes"]
-    # Keep the original attribute order and encoding where the value did not change (usually
-    # all of them: translation adds), and append the others' bytes to the span's.
-    kept_keys = {k for k, v in original.items() if attrs.get(k, _GONE) == v}
-    if len(kept_keys) < len(original):
+    if moves(original) or any(original[k] != written[k] for k in original.keys() & written):
+        # Rare: translation moves or changes some of the span's own attributes; those go
+        # after the others, with the ones it adds.
+        attrs = translated_attributes(original, written)
+        kept_keys = {k for k, v in original.items() if attrs.get(k, _GONE) == v}
         kept = [kv for kv in span.attributes if kv.key in kept_keys]
         del span.attributes[:]
         span.attributes.extend(kept)
-    appended = b"".join(span_attribute(k, v) for k, v in attrs.items() if k not in kept_keys)
-    span.name = translated["name"]
+        appended = b"".join(span_attribute(k, v) for k, v in attrs.items() if k not in kept_keys)
+    else:
+        # Usually translation only adds: the span's own attributes stay as they were encoded.
+        appended = b"".join(span_attribute(k, v) for k, v in written.items() if k not in original)
+    span.name = n.AGL_LLM_CALL_NAME
     span.end_time_unix_nano = call_end_ns(span.start_time_unix_nano, span.end_time_unix_nano)
     for event in extra:
         added = span.events.add()
