@@ -13,7 +13,9 @@ import ast
 import json
 from dataclasses import dataclass, field
 from operator import methodcaller
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
+
+import orjson
 
 from . import names as n
 
@@ -109,21 +111,13 @@ def loads(value: Any) -> Any:
     if not isinstance(value, str) or not value:
         return None
     try:
-        # The scanner alone where the text is one JSON value, end to end (the usual case):
-        # json.loads's checks, whitespace matches and frames cost as much as the parse.
-        parsed, end = _DECODER.scan_once(value, 0)
-        if end == len(value):
-            return parsed
-    except (StopIteration, ValueError):
-        pass  # leading whitespace, or not JSON: json.loads tells
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        pass  # what only the standard library reads: NaN, integers past 64 bits, lone surrogates
     try:
         return json.loads(value)
     except ValueError:
         return None
-
-
-# A decoder set up as json.loads's own; its scanner (C where available) does the parse.
-_DECODER: Final[Any] = json.JSONDecoder()
 
 
 def as_str(value: Any) -> str | None:
