@@ -12,7 +12,12 @@ from lightning_otlp.store.api_store import SQLLightningStore
 from lightning_otlp.store.dialect import Conn
 from lightning_otlp.store.lifecycle import raise_counter
 from lightning_otlp.store.postgres import PostgresStore
-from lightning_otlp.store.sequence import attempt_counter, free_sequence_ids, sequence_ids
+from lightning_otlp.store.sequence import (
+    LOOKUP_ROWS,
+    attempt_counter,
+    free_sequence_ids,
+    sequence_ids,
+)
 from lightning_otlp.store.sqlite import SQLiteStore
 
 from .payloads import make_request, make_span
@@ -158,3 +163,45 @@ def test_a_counter_out_of_bounds_is_rebuilt_from_the_spans(
         assert attempt_counter(conn, rollout_id, attempt_id, 7) == 7  # in bounds: kept
         assert attempt_counter(conn, rollout_id, attempt_id, 2**62 + 1) == 42
         assert attempt_counter(conn, rollout_id, attempt_id, 0) == 42
+
+
+def issued(conn: Conn, rollout_id: str, attempt_id: str, ids: Any) -> None:
+    conn.executemany(
+        "INSERT INTO span_issued (rollout_id, attempt_id, sequence_id) VALUES (?, ?, ?)",
+        [(rollout_id, attempt_id, i) for i in ids],
+    )
+
+
+def test_stepping_past_taken_ids_reads_a_bounded_number_of_them(
+    sql_store: SQLiteStore | PostgresStore,
+) -> None:
+    """A gap within ``LOOKUP_ROWS`` taken ids is found; past that many, the id comes from above
+    every taken one (where the request's own ids are still stepped past), so spans that all
+    start at one instant never read the whole attempt's ids again."""
+    attempt = begun(sql_store)
+    ids = attempt["rollout_id"], attempt["attempt_id"]
+    near, far = 100 + LOOKUP_ROWS // 2, 100 + 3 * LOOKUP_ROWS
+    with sql_store.transaction() as conn:
+        issued(conn, *ids, (i for i in range(100, 100 + 4 * LOOKUP_ROWS) if i not in (near, far)))
+        highest = 99 + 4 * LOOKUP_ROWS
+        assert free_sequence_ids(conn, *ids, [100]) == [near]
+        assert free_sequence_ids(conn, *ids, [100, 100]) == [near, highest + 1]
+        assert free_sequence_ids(conn, *ids, [near + 1]) == [highest + 1]  # far is too far
+        assert free_sequence_ids(conn, *ids, [far]) == [far]  # looked up where it is
+        assert free_sequence_ids(conn, *ids, [near + 1], {highest + 1}) == [highest + 2]
+        assert free_sequence_ids(conn, *ids, [near + 1], free_from=highest + 5) == [highest + 5]
+
+
+def test_requests_whose_spans_all_start_at_one_instant_get_ids_of_their_own(
+    sql_store: SQLiteStore | PostgresStore,
+) -> None:
+    attempt = begun(sql_store)
+    start_ns = 1_700_000_000_000_000_000
+    for n in range(6):
+        spans = [make_span(f"r{n}s{i}", start_ns=start_ns) for i in range(LOOKUP_ROWS // 2)]
+        store_spans(sql_store, attempt, *spans)
+    got = stored_ids(sql_store, attempt["rollout_id"])
+    assert len(set(got.values())) == len(got) == 3 * LOOKUP_ROWS
+    assert min(got.values()) == start_ns // 1000
+    for n in range(5):  # a later request's spans after an earlier one's
+        assert got[f"r{n}s{LOOKUP_ROWS // 2 - 1}"] < got[f"r{n + 1}s0"]

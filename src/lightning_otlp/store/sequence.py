@@ -86,22 +86,38 @@ def free_sequence_ids(
     """For ``wanted`` (in order, not decreasing), the least ids at or above each, rising, that
     no stored span of the attempt has and ``spans/next`` has not issued (nor ``taken``); ids
     from ``free_from`` up are known to be neither, and are not looked up; nor those from the
-    first wanted to ``looked_up`` (``taken`` holds them, from ``taken_sent``)."""
+    first wanted to ``looked_up`` (``taken`` holds them, from ``taken_sent``).
+
+    At most ``LOOKUP_ROWS`` taken ids, plus two a wanted id, are read: past them the rest take
+    ids above every one the attempt holds. Spans that all start at one instant would otherwise
+    step past every earlier one, each request reading the whole attempt's ids again."""
     if not wanted:
         return []
     taken = set(taken or ())
     low = wanted[0]
     high = low - 1 if looked_up is None else looked_up
+    budget = LOOKUP_ROWS + 2 * len(wanted)
+    above: int | None = None  # once the budget is spent: the least id above all taken ones
 
     def fetch(upper: int) -> None:
-        nonlocal high
+        nonlocal high, budget, above
         if free_from is not None and high + 1 >= free_from:
             high = upper
             return
         if free_from is not None:
             upper = max(high + 1, min(upper, free_from - 1))
-        taken.update(row[0] for row in taken_sent(conn, rollout_id, attempt_id, high + 1, upper))
-        high = upper
+        rows = [row[0] for row in taken_sent(conn, rollout_id, attempt_id, high + 1, upper, budget)]
+        taken.update(rows)
+        budget -= len(rows)
+        if budget <= 0:
+            high = rows[-1]  # read in order: what is taken is known up to the last one read
+            above = (
+                free_from
+                if free_from is not None
+                else highest_taken(conn, rollout_id, attempt_id) + 1
+            )
+        else:
+            high = upper
 
     if high < wanted[-1] + len(wanted):
         fetch(wanted[-1] + len(wanted))
@@ -111,7 +127,13 @@ def free_sequence_ids(
         seq = max(value, previous + 1)
         while True:
             if seq > high:
-                fetch(seq + len(wanted))
+                if above is None:
+                    fetch(seq + max(len(wanted), budget))
+                else:  # nothing stored from ``above`` up: only this request's own ids
+                    seq = max(seq, above)
+                    while seq in taken:
+                        seq += 1
+                    break
             if seq not in taken:
                 break
             seq += 1
@@ -120,13 +142,35 @@ def free_sequence_ids(
     return out
 
 
-def taken_sent(conn: Conn, rollout_id: str, attempt_id: str, low: int, high: int) -> Any:
+# Taken ids one request reads at most (beyond two a span) when its spans step past them.
+LOOKUP_ROWS: Final = 1024
+
+
+def taken_sent(
+    conn: Conn, rollout_id: str, attempt_id: str, low: int, high: int, limit: int | None = None
+) -> Any:
     """The attempt's ids from ``low`` to ``high`` that a stored span has or ``spans/next``
-    issued: sent, not read yet, so a server answers it with the statements sent after it."""
-    return conn.execute(
+    issued (the first ``limit`` of them, in order): sent, not read yet, so a server answers it
+    with the statements sent after it."""
+    sql = (
         "SELECT sequence_id FROM spans WHERE rollout_id = ? AND attempt_id = ?"
         " AND sequence_id BETWEEN ? AND ? UNION ALL"
         " SELECT sequence_id FROM span_issued WHERE rollout_id = ? AND attempt_id = ?"
-        " AND sequence_id BETWEEN ? AND ?",
-        (rollout_id, attempt_id, low, high) * 2,
+        " AND sequence_id BETWEEN ? AND ?"
     )
+    parameters: tuple[Any, ...] = (rollout_id, attempt_id, low, high) * 2
+    if limit is not None:
+        sql += " ORDER BY 1 LIMIT ?"
+        parameters += (limit,)
+    return conn.execute(sql, parameters)
+
+
+def highest_taken(conn: Conn, rollout_id: str, attempt_id: str) -> int:
+    """The attempt's highest id a stored span has or ``spans/next`` issued (-1 for none)."""
+    row = conn.execute(
+        "SELECT MAX(m) FROM (SELECT MAX(sequence_id) AS m FROM spans"
+        " WHERE rollout_id = ? AND attempt_id = ? UNION ALL SELECT MAX(sequence_id)"
+        " FROM span_issued WHERE rollout_id = ? AND attempt_id = ?) AS highest",
+        (rollout_id, attempt_id) * 2,
+    ).fetchone()
+    return -1 if row[0] is None else int(row[0])
