@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,12 +12,13 @@ import grpc
 import httpx
 import pytest
 
+from lightning_otlp.receiver.route import RoutingConfig, route
 from lightning_otlp.store import SQLiteStore
 from lightning_otlp.store.base import StoreOptions
 from lightning_otlp.store.migrations import SQLITE, applied
 from lightning_otlp.wiring import open_store
 
-from .payloads import genai_request
+from .payloads import genai_request, make_request, make_span
 from .support import ReceiverProcess
 
 PB = {"content-type": "application/x-protobuf"}
@@ -185,3 +188,37 @@ def test_the_wal_is_truncated_after_checkpoints(tmp_path: Path) -> None:
 def test_store_urls_are_strict_and_say_what_was_meant(url: str, says: str) -> None:
     with pytest.raises(ValueError, match=says.replace("?", r"\?")):
         open_store(url)
+
+
+def test_an_api_write_takes_the_store_before_ingest_waiting_longer(tmp_path: Path) -> None:
+    """Ingest's commits wait behind other writers (``db.WriterLock``): a LightningStore API
+    call waits for the commit in progress, not for every request queued after it."""
+    store = SQLiteStore(tmp_path / "s.db")
+    store.open()
+    order: list[str] = []
+    batch = route(make_request([make_span("s")]), RoutingConfig())
+
+    def ingest() -> None:
+        store.write(batch)
+        order.append("ingest")
+
+    def api() -> None:
+        with store.transaction():
+            order.append("api")
+
+    def queued(n: int) -> None:
+        while store._lock.queued < n:
+            time.sleep(0.001)
+
+    with store.locked():  # the commit in progress
+        first = threading.Thread(target=ingest)
+        first.start()
+        queued(1)
+        second = threading.Thread(target=api)
+        second.start()
+        queued(2)
+    first.join(10)
+    second.join(10)
+    assert order == ["api", "ingest"]
+    assert len(list(store.spans(None, raw=True))) == 1
+    store.close()

@@ -46,10 +46,8 @@ def build_http_app(
         limits = limits or APILimits(max_request_bytes=pipeline.max_request_bytes)
         api = LightningAPI(
             backend,
-            # On a store whose database orders writers, API writes get a thread of their own.
-            functools.partial(
-                pipeline.run, kind="api", stage="api" if backend.writes_apart() else "store"
-            ),
+            # API writes have a thread of their own: they never queue behind ingest's commits.
+            functools.partial(pipeline.run, kind="api", stage="api"),
             limits=limits,
             budget=pipeline.budget,
             changes=pipeline.changes,

@@ -1,4 +1,4 @@
-"""Where the API's backend calls run: writes on the receiver's store thread, reads on read
+"""Where the API's backend calls run: writes on the receiver's API write thread, reads on read
 threads of their own when the store allows, bodies read within the OTLP path's limits."""
 
 from __future__ import annotations

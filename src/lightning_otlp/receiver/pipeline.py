@@ -132,8 +132,9 @@ class Pipeline:
         # Decompression, decoding and routing run here, so one costly request never holds up
         # the commits of the others (the store thread only commits).
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-decode")
-        # LightningStore API writes, in arrival order, when the store takes them beside the
-        # store thread's commits (``stage="api"``): they never queue behind ingest or idle work.
+        # LightningStore API writes, in arrival order, beside the store thread's commits
+        # (``stage="api"``): they never queue behind ingest or idle work (on SQLite they take
+        # the one connection before the commits waiting for it, ``store.db.WriterLock``).
         self._api = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-api-write")
         self._counters_lock = threading.Lock()
         self._exporters: dict[Signal, Callable[..., Message]] = {

@@ -45,10 +45,6 @@ class SQLBackend(Protocol):
         """Whether snapshots have connections of their own (not the writer's)."""
         ...
 
-    def writes_apart(self) -> bool:
-        """Whether transactions on other threads may write beside the ingest path's."""
-        ...
-
     def close_readers(self) -> None: ...
 
 

@@ -87,9 +87,6 @@ class SQLLightningStore(SpansAPI, WorkersAPI):
     def reads_apart(self) -> bool:
         return self.store.reads_apart()
 
-    def writes_apart(self) -> bool:
-        return self.store.writes_apart()
-
     @contextmanager
     def reading(self) -> Iterator[None]:
         self._local.reading = True

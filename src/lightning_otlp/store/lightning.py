@@ -2,7 +2,8 @@
 
 Records go in and out as plain dicts with agentlightning's field names, so the API layer never
 imports agentlightning and a second backend (PostgreSQL, say) only has to implement this.
-Methods are synchronous: the receiver runs them on its one store thread, beside OTLP writes.
+Methods are synchronous: the receiver runs writes on a thread of their own, beside OTLP commits,
+and reads on read threads when the store has read connections (``reads_apart``).
 Errors: ``NotFound`` (``errors.py``) for a rollout or attempt that does not exist; anything else
 a backend raises is a defect, answered 500.
 """
@@ -175,11 +176,6 @@ class LightningStoreBackend(Protocol):
 
     def reads_apart(self) -> bool:
         """Whether reads may run on other threads (``reading``) while writes go on."""
-        ...
-
-    def writes_apart(self) -> bool:
-        """Whether the API's writes may run on a thread of their own, beside the receiver's
-        commits (the database, not the receiver, orders concurrent writers)."""
         ...
 
     def reading(self) -> AbstractContextManager[None]:

@@ -276,9 +276,6 @@ class PostgresStore(SQLStore):
     def reads_apart(self) -> bool:
         return True
 
-    def writes_apart(self) -> bool:
-        return True  # serializable transactions on pooled connections, whoever runs them
-
     def close_readers(self) -> None:
         """Pooled connections are the pool's to close."""
 

@@ -23,7 +23,7 @@ from ..defaults import SYNCHRONOUS
 from ..errors import StoreDamaged, StoreUnavailable
 from .affinity import Changes, TraceAffinity
 from .base import DEFAULT_OPTIONS, StoreOptions, WriteResult
-from .db import transaction
+from .db import WriterLock, transaction
 from .dialect import SQLITE, Conn, Dialect
 from .logs import LogRows
 from .migrations import SQLITE as SQLITE_MIGRATIONS
@@ -83,7 +83,7 @@ class SQLiteStore(SQLStore):
         self._views_synchronous = "OFF" if self._synchronous == "OFF" else "NORMAL"
         self._busy_timeout = busy_timeout
         self._conn: SQLiteConnection | None = None
-        self._lock = threading.Lock()
+        self._lock = WriterLock()
         self.adopt(options)
         self.migrations = migrations
         # Reads of the LightningStore API's read threads: each thread its own read-only
@@ -168,7 +168,7 @@ class SQLiteStore(SQLStore):
     def write(self, batch: SpanBatch) -> WriteResult:
         if not batch.groups:
             return WriteResult(0, 0)
-        with self.write_transaction() as (conn, changes):
+        with self.write_transaction(yielding=True) as (conn, changes):
             stored = self.write_in(conn, batch, changes)
         return WriteResult(stored, batch.accepted - stored)
 
@@ -180,7 +180,7 @@ class SQLiteStore(SQLStore):
         if len(batches) == 1:
             return [self.write(batches[0])]
         stored: list[int] = []
-        with self.locked() as conn:
+        with self.locked(yielding=True) as conn:
             try:
                 with transaction(conn):
                     for batch in batches:
@@ -201,17 +201,18 @@ class SQLiteStore(SQLStore):
         ]
 
     @contextmanager
-    def locked(self) -> Iterator[SQLiteConnection]:
+    def locked(self, yielding: bool = False) -> Iterator[SQLiteConnection]:
         """The store's connection under its lock, for a table owner sharing the file (the
-        forwarder's outbox keeps its own tables beside these)."""
-        with self._lock:
+        forwarder's outbox keeps its own tables beside these); ``yielding``: ingest's turn,
+        after everybody else's (``WriterLock``)."""
+        with self._lock.yielding() if yielding else self._lock:
             yield self._connection()
 
     @contextmanager
-    def transaction(self) -> Iterator[SQLiteConnection]:
+    def transaction(self, yielding: bool = False) -> Iterator[SQLiteConnection]:
         """One write transaction under the lock; a failing database becomes
         ``StoreUnavailable`` (retryable)."""
-        with self.locked() as conn:
+        with self.locked(yielding) as conn:
             try:
                 with transaction(conn):
                     yield conn
@@ -221,10 +222,12 @@ class SQLiteStore(SQLStore):
                 raise StoreUnavailable(f"store failing: {exc}") from exc
 
     @contextmanager
-    def write_transaction(self) -> Iterator[tuple[SQLiteConnection, Changes]]:
+    def write_transaction(
+        self, yielding: bool = False
+    ) -> Iterator[tuple[SQLiteConnection, Changes]]:
         """``transaction`` whose trace-affinity changes apply once it commits."""
         changes = Changes()
-        with self.transaction() as conn:
+        with self.transaction(yielding) as conn:
             yield conn, changes
         self.affinity.apply(changes, time.time())
 
@@ -246,9 +249,6 @@ class SQLiteStore(SQLStore):
 
     def reads_apart(self) -> bool:
         return self.path != ":memory:"
-
-    def writes_apart(self) -> bool:
-        return False  # one writer: every write goes through the store thread
 
     @contextmanager
     def snapshot(self) -> Iterator[SQLiteConnection]:
@@ -408,7 +408,7 @@ class SQLiteStore(SQLStore):
         if not (self.prepare_reads and self.translate):
             return False
         try:
-            with self.locked() as conn:
+            with self.locked(yielding=True) as conn:
                 self._span_top = self._top_rowid(conn)
                 if not self._views_due():
                     return False  # caught up, or the backlog waits: a read, no write lock
