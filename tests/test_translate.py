@@ -27,11 +27,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest as PB2ExportTraceServiceRequest,
 )
 
-from lightning_otlp.receiver.decode import decode_traces
+from lightning_otlp.receiver.decode import attribute_maps, decode_traces
 from lightning_otlp.receiver.route import RoutingConfig, route
 from lightning_otlp.store import SQLiteStore
 from lightning_otlp.store.logs import log_rows
 from lightning_otlp.translate import names
+from lightning_otlp.translate.otlp import span_encloses_call
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(p for p in GOLDEN.glob("*/*.json") if not p.name.endswith(".expected.json"))
@@ -359,3 +360,22 @@ def test_agent_lightning_gives_each_reward_of_a_millisecond_clock_to_its_call() 
     records, _ = _stored(_millisecond_clock_rollout(1_796_433_764_228_000_000))
     triplets = adapt({"rollout": records})["rollout"]["triplets"]
     assert [(t["response_id"], t["reward"]) for t in triplets] == [("call-0", 1.0), ("call-1", 0.0)]
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_routing_tells_calls_from_the_attribute_maps_as_from_the_bytes(path: Path) -> None:
+    """Routing asks which spans are model calls of the attribute maps it decoded in C
+    (``otlp.MapAttributes``); every recorded span gets the answer its stored bytes give."""
+    traces, _ = load_case(path)
+    data = traces.SerializeToString()
+    maps = attribute_maps(data)
+    assert maps is not None
+    answers = []
+    for r, resource_spans in enumerate(traces.resource_spans):
+        for s, scope_spans in enumerate(resource_spans.scope_spans):
+            for i, span in enumerate(scope_spans.spans):
+                blob = span.SerializeToString()
+                by_map = span_encloses_call(span.name, blob, maps[r][s][i])
+                assert by_map == span_encloses_call(span.name, blob), span.name
+                answers.append(by_map)
+    assert True in answers  # every case records model calls

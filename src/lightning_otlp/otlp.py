@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -71,6 +72,41 @@ def span_attributes(blob: bytes) -> dict[str, Any]:
         for key, value in pairs:
             out[key] = list(value) if type(value) is list else value
     return out
+
+
+class MapAttributes(Mapping[str, Any]):
+    """A span's attributes as ``receiver.decode.attribute_maps`` decoded them (a map, in C),
+    each value made plain only when read: asking a few keys of a span decodes no other value.
+    A key-value list value is one nested dict here, not flattened as ``attributes`` flattens it
+    (OpenTelemetry's SDKs write none on spans)."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self, values: Any) -> None:
+        self._map = values
+
+    def __getitem__(self, key: str) -> Any:
+        values = self._map
+        if key not in values:  # a missing key is never looked up: the map would add it
+            raise KeyError(key)
+        value = values[key]
+        return value.string_value or plain_value(value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        values = self._map
+        if key not in values:
+            return default
+        value = values[key]
+        return value.string_value or plain_value(value)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._map
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
 
 
 def _array(array: PB2ArrayValue) -> Any:

@@ -249,7 +249,9 @@ def route(
                         resource_id,
                     ),
                 )
-                if pid and span_encloses_call(name, blob):
+                if pid and span_encloses_call(
+                    name, blob, span_maps[index] if span_maps is not None else None
+                ):
                     calls.add((tid, sid))
                 group = groups.get(dest)
                 if group is None:

@@ -38,18 +38,15 @@ def sequence_ids(
                 out[i] = next_seq
                 next_seq += 1
         return cast(list[int], out)
-    # Timed spans in start order, then any without a start time after them.
-    order = sorted(
-        (i for i, seq in enumerate(out) if seq is None),
-        key=lambda i: (entries[i][0] <= 0, entries[i][0]),
+    # Timed spans in start order, then any without a start time after them, in arrival order.
+    starts = [entry[0] for entry in entries]
+    timed = sorted(
+        (i for i, seq in enumerate(out) if seq is None and starts[i] > 0), key=starts.__getitem__
     )
-    wanted = []
-    previous = 0
-    for i in order:
-        start = entries[i][0]
-        value = max(round(start * 1_000_000) if start > 0 else next_seq, previous)
-        wanted.append(value)
-        previous = value
+    untimed = [i for i, seq in enumerate(out) if seq is None and starts[i] <= 0]
+    order = timed + untimed
+    wanted = [round(start * 1_000_000) for start in map(starts.__getitem__, timed)]
+    wanted += [max(next_seq, wanted[-1] if wanted else 0)] * len(untimed)
     explicit = {seq for seq in out if seq is not None}
     # Every id an attempt holds is below its counter (every write raises it past the ids it
     # stores or issues), so on PostgreSQL ids from the counter up are not looked up: a read of

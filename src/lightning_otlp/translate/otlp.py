@@ -6,13 +6,20 @@ show. Spans whose bytes hold no GenAI convention name are returned as they are, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue as PB2KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PB2Span
 
-from ..otlp import any_value, events_list, plain_value, span_attribute, span_attributes
+from ..otlp import (
+    MapAttributes,
+    any_value,
+    events_list,
+    plain_value,
+    span_attribute,
+    span_attributes,
+)
 from . import names as n
 from .clock import call_end_ns
 from .dispatch import (
@@ -114,14 +121,17 @@ def translate_span_bytes(
 _GONE: Final = object()
 
 
-def span_encloses_call(name: str, blob: bytes) -> bool:
+def span_encloses_call(name: str, blob: bytes, attributes_map: Any = None) -> bool:
     """``dispatch.encloses_call`` for a span's name and bytes, as stored: most spans are told
-    by their bytes alone, undecoded."""
+    by their bytes alone, undecoded; the rest by the few attributes asked of ``attributes_map``
+    (the span's from ``receiver.decode.attribute_maps``) when given, else of its bytes."""
     if n.AGL_LLM_CALL_NAME in name or name in n.AGL_PROXY_SPANS:
         return True
     if not may_be_call(blob):
         return False
-    attrs = span_attributes(blob)
+    attrs: Mapping[str, Any] = (
+        span_attributes(blob) if attributes_map is None else MapAttributes(attributes_map)
+    )
     if encloses_call({"name": name, "attributes": attrs}):
         return True
     if any(key in attrs for key in _CALL_KEYS):
