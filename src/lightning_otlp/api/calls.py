@@ -26,7 +26,7 @@ from ..receiver.transport.http import headers_of, read_body
 from ..store.lightning import LightningStoreBackend, ScanNeeded
 from .bodies import count_values, guarded, json_response, parse_json, too_many_values
 
-# Threads that serve API reads on read connections of their own, beside the store thread; and
+# Threads that serve API reads on read connections of their own, beside the writers; and
 # reads queued for them at most before new ones get 503.
 READ_THREADS: Final = 2
 MAX_QUEUED_READS: Final = 64
@@ -163,7 +163,7 @@ class APICalls:
                 self.changes.notify()
 
     async def _read(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
-        """A read on a read thread; the watchdog scan, when due, first on the store thread, so
+        """A read on a read thread; the watchdog scan, when due, first on the write thread, so
         the read sees what it changed (upstream scans before every query)."""
         assert self._readers is not None
         if self._queued_reads >= MAX_QUEUED_READS:
@@ -176,7 +176,7 @@ class APICalls:
             try:
                 return await loop.run_in_executor(self._readers, self._reading, fn, args, kwargs)
             except ScanNeeded:
-                # An attempt it reads about is past a deadline: the store thread marks it first.
+                # An attempt it reads about is past a deadline: the write thread marks it first.
                 return await self._run(lambda: fn(*args, **kwargs))  # type: ignore[no-any-return]
         finally:
             self._queued_reads -= 1

@@ -2,7 +2,7 @@
 
 The routes table below is the API's table of contents; the handlers live with their kind
 (``rollouts``, ``workers``, ``spans``, ``waits``). Each parses, calls the backend on the
-receiver's store thread (``calls``), and encodes (``bodies``): the backend owns every rule.
+receiver's API write thread (``calls``), and encodes (``bodies``): the backend owns every rule.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ class SQLLightningStore(SpansAPI, WorkersAPI):
         """A transaction that first runs the watchdog scan, as upstream's ``healthcheck_before``;
         ``rollout_ids``: the rollouts the query is about, checked whatever the debounce (every
         rollout with ``everything``). On a read thread, a read that first makes sure none of
-        them is past a deadline (else ``ScanNeeded``: the call goes to the store thread)."""
+        them is past a deadline (else ``ScanNeeded``: the call goes to the write thread)."""
         if self._reading():
             with self.store.snapshot() as conn:
                 checks = []

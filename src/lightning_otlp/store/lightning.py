@@ -37,7 +37,7 @@ MODES: Final = ("train", "val", "test")
 
 class ScanNeeded(Exception):
     """A read on a read thread met an attempt past its deadline: the watchdog must write first,
-    so the call runs again on the store thread."""
+    so the call runs again on the write thread."""
 
 
 class Unset:
@@ -172,7 +172,7 @@ class LightningStoreBackend(Protocol):
         """The rollouts among ``rollout_ids`` that have finished, in the order asked."""
         ...
 
-    # Reads apart from the store thread, on read connections of their own.
+    # Reads apart from the writers, on read connections of their own.
 
     def reads_apart(self) -> bool:
         """Whether reads may run on other threads (``reading``) while writes go on."""
@@ -187,7 +187,7 @@ class LightningStoreBackend(Protocol):
         ...
 
     def watch(self) -> None:
-        """Run the watchdog scan if due (on the store thread), before a read elsewhere."""
+        """Run the watchdog scan if due (on the write thread), before a read elsewhere."""
         ...
 
     def close_readers(self) -> None: ...
