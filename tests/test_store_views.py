@@ -172,15 +172,20 @@ def test_nothing_is_prepared_without_prepare_reads_or_translation() -> None:
 def test_a_large_page_is_sent_a_slice_at_a_time_as_one_call_would_encode_it() -> None:
     records: list[dict[str, Any] | bytes] = [{"n": i, "name": f"span {i}"} for i in range(1201)]
     records[7] = b'{"prepared":true}'
+    whole = json_response(Page(list(records), -1, 0, 1201).as_dict()).body
     page = Page(records, -1, 0, 1201)
     status, headers, parts = _sent(page)
     body = b"".join(parts)
-    assert status == 200 and body == json_response(page.as_dict()).body
+    assert status == 200 and body == whole
     assert int(headers[b"content-length"]) == len(body)
     assert headers[b"content-type"] == b"application/json"
     assert len(parts) == 5  # the head, three slices of records, the tail: never one buffer
     assert json.loads(body)["items"][7] == {"prepared": True}
+    # Each slice's records are let go once encoded: a page is never held as records and parts.
+    assert records == [None] * 1201
+    records = [{"n": i} for i in range(1201)]
     records[1000] = {"past 64 bits": 2**70}  # the stdlib's encoding, record by record
+    page = Page(records, -1, 0, 1201)
     assert json.loads(b"".join(_sent(page)[2]))["items"][1000] == {"past 64 bits": 2**70}
 
 

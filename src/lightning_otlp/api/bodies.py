@@ -71,18 +71,27 @@ class PartsResponse(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        last = len(self.parts) - 1
-        for i, part in enumerate(self.parts):
+        parts = self.parts
+        last = len(parts) - 1
+        for i in range(len(parts)):
+            part, parts[i] = parts[i], b""  # let go once sent: memory falls as the answer goes
             await send({"type": "http.response.body", "body": part, "more_body": i < last})
 
 
 def _page_parts(page: Page) -> list[bytes]:
     """The page's JSON in parts of ``PAGE_SLICE`` records; a record the store encoded is taken
-    as it is, without a call per record into orjson."""
+    as it is, without a call per record into orjson. The page is this answer's alone: each
+    slice's records are let go once encoded, so a page of hundreds of thousands of records is
+    never held twice over, as records and as parts."""
     items = page.items
+    owned: list[Any] | None = items if isinstance(items, list) else None
     parts = [b'{"items":[']
     for start in range(0, len(items), PAGE_SLICE):
-        records = [r if type(r) is bytes else dumps(r) for r in items[start : start + PAGE_SLICE]]
+        chunk = items[start : start + PAGE_SLICE]
+        if owned is not None:
+            owned[start : start + len(chunk)] = [None] * len(chunk)
+        records = [r if type(r) is bytes else dumps(r) for r in chunk]
+        del chunk
         if start:
             records.insert(0, b"")  # the comma after the previous part's last record
         parts.append(b",".join(records))
