@@ -53,6 +53,30 @@ _READS: Final = frozenset(
     }
 )
 
+# Backend writes that finish no rollout but by the watchdog's scan, whose timeouts reach a wait
+# at its recheck (``APILimits.wait_recheck``), as those of the scan between requests do.
+_FINISH_NONE: Final = frozenset(
+    {
+        "enqueue_rollouts",
+        "dequeue_rollouts",
+        "start_rollout",
+        "next_span_sequence_id",
+        "update_worker",
+        "add_resources",
+        "update_resources",
+    }
+)
+
+
+def _rollouts_named(name: str, args: tuple[Any, ...]) -> set[str] | None:
+    """The rollout a write may finish, for the waits to wake: the one it names (a span's, or
+    its first argument); None, every rollout, for a write not known here."""
+    if name == "add_span":
+        return {args[0]["rollout_id"]}
+    if name in ("update_attempt", "update_rollout", "start_attempt"):
+        return {args[0]}
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class APILimits:
@@ -159,8 +183,8 @@ class APICalls:
                 return await self._run(lambda: fn(*args, **kwargs))  # type: ignore[no-any-return]
             return await self._run(fn, *args)  # type: ignore[no-any-return]
         finally:
-            if getattr(fn, "__name__", "") not in _READS:
-                self.changes.notify()
+            if name not in _READS and name not in _FINISH_NONE:
+                self.changes.notify(_rollouts_named(name, args))
 
     async def _read(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         """A read on a read thread; the watchdog scan, when due, first on the write thread, so

@@ -35,8 +35,9 @@ class WaitRoutes(APICalls):
         return await guarded(go)
 
     async def _wait(self, request: Request, rollout_ids: list[str], timeout: float) -> Any:
-        """Look, then sleep until a commit (or, for rollout timeouts, ``wait_recheck``) and look
-        again, until all are finished or ``timeout`` passes; a client that leaves ends it."""
+        """Look, then sleep until a commit that may finish one of them (or, for rollout timeouts
+        and other receivers' commits, ``wait_recheck``) and look again, until all are finished
+        or ``timeout`` passes; a client that leaves ends it."""
         deadline = time.monotonic() + timeout
         wanted = len(set(rollout_ids))
         gone = asyncio.ensure_future(_disconnected(request))
@@ -47,7 +48,7 @@ class WaitRoutes(APICalls):
                 if len(done) == wanted or left <= 0:
                     return done
                 changed = asyncio.ensure_future(
-                    self.changes.wait(min(left, self.limits.wait_recheck))
+                    self.changes.wait(min(left, self.limits.wait_recheck), rollout_ids)
                 )
                 await asyncio.wait({changed, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if gone.done():

@@ -1,31 +1,41 @@
-"""A wake-up for whoever waits on the store: set after every commit, never polled."""
+"""A wake-up for whoever waits on rollouts: set by the commits that may finish one, never polled."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Collection
 
 
 class Changes:
-    """Wakes every waiter at once when the store may have changed; event-loop only."""
+    """Wakes the waits on a rollout a commit may have finished; event-loop only.
+
+    A commit names the rollouts it may have finished, and only the waits on one of them look
+    again: a wait is one store read a look, and a commit woke every wait before, so many waits
+    (or many clients that leave theirs) cost a read each per commit.
+    """
 
     def __init__(self) -> None:
-        self._event: asyncio.Event | None = None
-        self.waiting = 0  # waiters now (a gauge in /metrics: waits of clients gone end)
+        self._waits: dict[asyncio.Event, frozenset[str] | None] = {}
 
-    def notify(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
+    @property
+    def waiting(self) -> int:
+        """Waits now (a gauge in /metrics: waits of clients gone end)."""
+        return len(self._waits)
 
-    async def wait(self, timeout: float) -> None:
-        """Returns at the next ``notify``, or after ``timeout`` seconds."""
-        if self._event is None:
-            self._event = asyncio.Event()
-        event = self._event
-        self.waiting += 1
+    def notify(self, rollout_ids: Collection[str] | None = None) -> None:
+        """Wake the waits on any of ``rollout_ids``; with None, every wait."""
+        for event, wanted in self._waits.items():
+            if rollout_ids is None or wanted is None or not wanted.isdisjoint(rollout_ids):
+                event.set()
+
+    async def wait(self, timeout: float, rollout_ids: Collection[str] | None = None) -> None:
+        """Returns at the next ``notify`` naming one of ``rollout_ids`` (None: any), or after
+        ``timeout`` seconds."""
+        event = asyncio.Event()
+        self._waits[event] = None if rollout_ids is None else frozenset(rollout_ids)
         try:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout)
         finally:
-            self.waiting -= 1
+            del self._waits[event]

@@ -37,6 +37,9 @@ _LAST_WINDOW: Final = 256 * 1024
 # empty spans held 5.8 GB and kept the store thread busy for 40 s; with it, refusing one costs
 # a bounded count of at most this many elements.
 MAX_REQUEST_ELEMENTS: Final = 100_000
+# An element takes two bytes at least: only a protobuf request larger than this can hold too
+# many to decode, and only such a request is counted first.
+COUNTED_FROM_BYTES: Final = 2 * MAX_REQUEST_ELEMENTS
 # Nested messages the JSON parser may follow once a request is found to nest deeper than its
 # default (100); Python's own stack stops it first (about 150 kvlist levels).
 _DEEP: Final = 100_000
@@ -177,8 +180,7 @@ def decode(data: bytes, media: str, message_type: type[M]) -> M:
 
 
 def decode_traces(data: bytes, media: str = PROTOBUF) -> PB2ExportTraceServiceRequest:
-    # An element takes two bytes at least: only a larger request can hold too many to decode.
-    if media != JSON and len(data) > 2 * MAX_REQUEST_ELEMENTS:
+    if media != JSON and len(data) > COUNTED_FROM_BYTES:
         elements = count_spans(data, MAX_REQUEST_ELEMENTS)
         if elements > MAX_REQUEST_ELEMENTS:
             raise PayloadTooLarge(

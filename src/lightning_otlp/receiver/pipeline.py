@@ -35,7 +35,7 @@ from ..store.base import Served
 from ..store.logs import log_rows
 from .budget import MemoryBudget
 from .changes import Changes
-from .decode import decode, decode_traces, decompress
+from .decode import COUNTED_FROM_BYTES, decode, decode_traces, decompress
 from .metrics import Counters, Histogram
 from .route import RoutingConfig, route
 
@@ -56,6 +56,9 @@ BUSY_POLL_SECONDS: Final = 0.05
 # A group commit takes at most this many waiting requests, or spans (a bound on how long one
 # transaction holds the store).
 MAX_GROUP_REQUESTS: Final = 32
+# Request bodies (as received) from this size decode on the large lane: those whose spans are
+# counted before they are decoded; the OTel SDKs' usual 512-span batches are smaller.
+LARGE_BODY_BYTES: Final = COUNTED_FROM_BYTES
 MAX_GROUP_SPANS: Final = 16_384
 _NOT_STORED: Final = "lightning-otlp stores traces only; {} were not stored"
 _LOGS_NOT_STORED: Final = (
@@ -132,6 +135,12 @@ class Pipeline:
         # Decompression, decoding and routing run here, so one costly request never holds up
         # the commits of the others (the store thread only commits).
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="lightning-otlp-decode")
+        # Bodies of ``LARGE_BODY_BYTES`` or more decode on a lane of their own: a large body can
+        # take tens of milliseconds before it is refused (a flood of tiny spans is counted span
+        # by span), and exporters' usual batches must not queue behind it.
+        self._large_decoder = ThreadPoolExecutor(
+            1, thread_name_prefix="lightning-otlp-decode-large"
+        )
         # LightningStore API writes, in arrival order, beside the store thread's commits
         # (``stage="api"``): they never queue behind ingest or idle work (on SQLite they take
         # the one connection before the commits waiting for it, ``store.db.WriterLock``).
@@ -335,8 +344,9 @@ class Pipeline:
         self._enter()
         loop = asyncio.get_running_loop()
         try:
+            lane = self._decoder if len(body) < LARGE_BODY_BYTES else self._large_decoder
             batch, charged = await loop.run_in_executor(
-                self._decoder, self.decode_traces, body, encoding, media, transport
+                lane, self.decode_traces, body, encoding, media, transport
             )
             try:
                 done: Future[PB2ExportTraceServiceResponse] = Future()
@@ -344,7 +354,9 @@ class Pipeline:
                 await loop.run_in_executor(self._executor, self._commit_queued)
                 response = await asyncio.wrap_future(done)
                 if batch.outcomes or batch.root_outcomes:  # what can finish a rollout
-                    self.changes.notify()
+                    self.changes.notify(
+                        {rollout for rollout, _ in (*batch.outcomes, *batch.root_outcomes)}
+                    )
                 return response
             finally:
                 self.budget.release(charged)
@@ -402,6 +414,7 @@ class Pipeline:
         queued were never answered (their transports have stopped), so they are dropped:
         shutdown takes one bounded decode and one commit past ``--shutdown-timeout``."""
         self._decoder.shutdown(wait=True, cancel_futures=True)
+        self._large_decoder.shutdown(wait=True, cancel_futures=True)
         self._api.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True)
 
