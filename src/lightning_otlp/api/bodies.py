@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import orjson
@@ -15,7 +15,7 @@ from starlette.responses import Response
 from ..asgi import Receive, Scope, Send
 from ..errors import PayloadTooLarge
 from ..receiver.status import api_answer
-from ..store.lightning import Page, Record
+from ..store.lightning import Page, Query, Record, SpanOrder
 from . import wire
 from .wire import Fields
 
@@ -76,6 +76,58 @@ class PartsResponse(Response):
         for i in range(len(parts)):
             part, parts[i] = parts[i], b""  # let go once sent: memory falls as the answer goes
             await send({"type": "http.response.body", "body": part, "more_body": i < last})
+
+
+class SlicedResponse(Response):
+    """A 200 JSON page of every span past an offset, each slice of ``step`` spans read once
+    the one before is sent (``SpanOrder``): chunked, as its length is not known before, and
+    read no further once the client has gone."""
+
+    def __init__(self, order: SpanOrder, query: Query, read: Read, step: int) -> None:
+        super().__init__(b"", 200, media_type="application/json")
+        self.raw_headers = [(b"content-type", b"application/json")]
+        self.order, self.query, self.read, self.step = order, query, read, step
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        gone = asyncio.ensure_future(disconnected(receive))
+        try:
+            order, items, sent, head = self.order, self.order.first, 0, b'{"items":['
+            while True:
+                body = head + await asyncio.to_thread(_joined, items, sent > 0)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                sent, head = sent + len(items), b""
+                done = sent - len(order.first)  # of ``order.rest``
+                rest = order.rest[done : done + self.step]
+                if not rest or gone.done():
+                    break
+                items = await self.read(rest)
+            if gone.done():
+                return  # nobody reads the rest
+            tail = dumps(
+                {"limit": self.query.limit, "offset": self.query.offset, "total": order.total}
+            )
+            await send({"type": "http.response.body", "body": b"]," + tail[1:]})
+        finally:
+            gone.cancel()
+
+
+def _joined(items: list[Any], after: bool) -> bytes:
+    """Records as JSON, comma-separated (led by one ``after`` others)."""
+    records = [r if type(r) is bytes else dumps(r) for r in items]
+    if after and records:
+        records.insert(0, b"")
+    return b",".join(records)
+
+
+async def disconnected(receive: Receive) -> None:
+    """Returns once the client has gone (the body was read: the next message is the end)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+# A further read of an answer being sent: the records of these spans.
+Read = Callable[[Sequence[int]], Awaitable[list[Any]]]
 
 
 def _page_parts(page: Page) -> list[bytes]:

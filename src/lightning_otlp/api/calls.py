@@ -49,6 +49,8 @@ _READS: Final = frozenset(
         "get_resources",
         "get_latest_resources",
         "query_spans",
+        "span_order",
+        "spans_at",
         "finished_rollouts",
     }
 )
@@ -204,6 +206,14 @@ class APICalls:
                 return await self._run(lambda: fn(*args, **kwargs))  # type: ignore[no-any-return]
         finally:
             self._queued_reads -= 1
+
+    async def read_more(self, fn: Callable[..., T], *args: Any) -> T:
+        """A further read for a request already taken (the next slice of an answer being
+        sent): on a read thread where the store has them, never refused for the reads queued."""
+        if self._readers is None:
+            return await self._run(fn, *args)  # type: ignore[no-any-return]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._reading, fn, args, {})
 
     def _reading(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         with self.backend.reading():

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..store.lightning import Page, Query
 from . import wire
-from .bodies import guarded, json_response, large_page_response, query_fields
+from .bodies import (
+    SlicedResponse,
+    guarded,
+    json_response,
+    large_page_response,
+    query_fields,
+)
 from .calls import APICalls
 from .wire import Fields
+
+# Spans read and sent at a time when a page holds every span of a large rollout: a few MiB.
+SEND_SLICE: Final = 2000
 
 
 class SpanRoutes(APICalls):
@@ -40,6 +52,9 @@ class SpanRoutes(APICalls):
         }
         logic = wire.filter_logic(fields)
         query = wire.query(fields, wire.SPAN_FIELDS, "sequence_id")
+        filtered = any(value is not None for ops in filters.values() for value in ops.values())
+        if query.limit == -1 and query.sort_by in (None, "sequence_id") and not filtered:
+            return await self._every_span(rollout_id, attempt_id, query)
         page = await self.call(
             self.backend.query_spans,
             rollout_id,
@@ -50,6 +65,19 @@ class SpanRoutes(APICalls):
             encoded=True,
         )
         return await large_page_response(page)
+
+    async def _every_span(self, rollout_id: str, attempt_id: str | None, query: Query) -> Response:
+        """Every span past the offset, in insertion or sequence order (a trainer reading a whole
+        rollout): past ``SEND_SLICE`` spans, read and sent a slice at a time, so a read of any
+        size holds a slice of records, not all of them."""
+        order = await self.call(self.backend.span_order, rollout_id, attempt_id, query, SEND_SLICE)
+        if not order.rest:
+            return await large_page_response(
+                Page(order.first, query.limit, query.offset, order.total)
+            )
+        return SlicedResponse(
+            order, query, lambda rowids: self.read_more(self.backend.spans_at, rowids), SEND_SLICE
+        )
 
     async def next_sequence_id(self, request: Request) -> Response:
         async def go() -> Response:

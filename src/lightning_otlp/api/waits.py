@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import wire
-from .bodies import guarded, json_response
+from .bodies import disconnected, guarded, json_response
 from .calls import APICalls
 from .wire import Fields
 
@@ -40,7 +40,7 @@ class WaitRoutes(APICalls):
         or ``timeout`` passes; a client that leaves ends it."""
         deadline = time.monotonic() + timeout
         wanted = len(set(rollout_ids))
-        gone = asyncio.ensure_future(_disconnected(request))
+        gone = asyncio.ensure_future(disconnected(request.receive))
         try:
             while True:
                 done = await self.call(self.backend.finished_rollouts, rollout_ids)
@@ -57,12 +57,6 @@ class WaitRoutes(APICalls):
                 await asyncio.sleep(min(WAIT_SETTLE_SECONDS, max(0.0, deadline - time.monotonic())))
         finally:
             gone.cancel()
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns once the client has gone (the body was read: the next message is the end)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _wait_seconds(timeout: float | None, longest: float) -> float:

@@ -10,7 +10,8 @@ the sequence ids the OTLP path gives spans from their start times.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Final, cast
 
@@ -18,7 +19,7 @@ from . import lifecycle as life
 from .api_base import SQLBackend, combine, limit_sql, page_of, paginate, retried
 from .api_schema import API_RESOURCE_ID
 from .dialect import Conn
-from .lightning import FilterLogic, NotFound, Page, Query, Record
+from .lightning import FilterLogic, NotFound, Page, Query, Record, SpanOrder
 from .records import SPAN_COLUMNS
 from .sequence import free_sequence_ids, taken_sent
 from .span_reads import ReadCache, span_items, span_rows
@@ -199,10 +200,7 @@ class SpansAPI:
     ) -> Page:
         """The common query (one rollout or attempt, in sequence order), paged by SQLite."""
         where = "s.rollout_id = ?" + (" AND s.attempt_id = ?" if len(params) > 1 else "")
-        # Ties keep insertion order either way, as upstream's stable sort keeps them.
-        order = "s.rowid"
-        if query.sort_by:
-            order = f"s.sequence_id {'DESC' if query.sort_order == 'desc' else 'ASC'}, s.rowid"
+        order = _order(query)
         page = limit_sql(conn, query)
         # Both sent before either is read: a server answers them in one round trip.
         counted = conn.execute(f"SELECT COUNT(*) FROM spans s WHERE {where}", params)
@@ -215,6 +213,40 @@ class SpansAPI:
         total = int(counted.fetchone()[0])
         leads = found.fetchall()
         return Page(self._records(conn, leads, encoded), query.limit, query.offset, total)
+
+    @retried
+    def span_order(
+        self, rollout_id: str, attempt_id: str | None, query: Query, first: int
+    ) -> SpanOrder:
+        with self._watched(rollout_id) as conn:
+            if attempt_id == "latest":
+                latest = life.latest_attempt(conn, rollout_id)
+                if latest is None:
+                    return SpanOrder([], (), 0)
+                attempt_id = latest["attempt_id"]
+            where = "s.rollout_id = ?"
+            params: list[Any] = [rollout_id]
+            if attempt_id is not None:
+                where += " AND s.attempt_id = ?"
+                params.append(attempt_id)
+            found = conn.execute(
+                f"SELECT s.rowid FROM spans s WHERE {where} ORDER BY {_order(query)}", params
+            )
+            # Eight bytes a span, taken a row at a time: never a list of a whole rollout's rows.
+            rowids = array("q", (row[0] for row in found))
+            start = query.offset
+            records = self._spans_at(conn, rowids[start : start + first])
+        return SpanOrder(records, rowids[start + first :], len(rowids))
+
+    @retried
+    def spans_at(self, rowids: Sequence[int]) -> list[Record | bytes]:
+        with self._transaction() as conn:
+            return self._spans_at(conn, rowids)
+
+    def _spans_at(self, conn: Conn, rowids: Sequence[int]) -> list[Record | bytes]:
+        leads = span_rows(conn, _SPAN_LEAD, list(rowids))
+        # A span gone since its place was read (its rollout deleted) is left out.
+        return self._records(conn, [leads[r] for r in rowids if r in leads], True)
 
     def _records(self, conn: Conn, leads: list[Any], encoded: bool) -> list[Record | bytes]:
         """Spans (rows of ``_SPAN_LEAD``) as agentlightning ``Span`` dicts, model calls
@@ -234,6 +266,14 @@ class SpansAPI:
     def _decode_spans(self, conn: Conn, rowids: list[int], encoded: bool) -> list[Record | bytes]:
         leads = span_rows(conn, _SPAN_LEAD, rowids)
         return self._records(conn, [leads[rowid] for rowid in rowids], encoded)
+
+
+def _order(query: Query) -> str:
+    """Arrival order, or sequence order with ``sort_by`` (ties in arrival order, as upstream's
+    stable sort keeps them)."""
+    if not query.sort_by:
+        return "s.rowid"
+    return "s.sequence_id DESC, s.rowid" if query.sort_order == "desc" else "s.sequence_id, s.rowid"
 
 
 def _id_text(value: Any) -> str | None:

@@ -76,6 +76,17 @@ class Page:
 
 
 @dataclass(frozen=True, slots=True)
+class SpanOrder:
+    """A read of a rollout's (or attempt's) spans, to be sent a slice at a time: the first
+    slice's records, and where the rest are. A read of any size holds one slice of records and
+    eight bytes for each span after it, and sends the spans that were there when it began."""
+
+    first: list[Record | bytes]  # bytes: a record already encoded as JSON
+    rest: Sequence[int]  # the rowids of the spans after the first slice, in order
+    total: int  # the spans the query matched, those before the offset included
+
+
+@dataclass(frozen=True, slots=True)
 class Query:
     """Sorting and pagination shared by every list call."""
 
@@ -166,6 +177,18 @@ class LightningStoreBackend(Protocol):
         encoded: bool = False,
     ) -> Page:
         """With ``encoded``, items may be JSON bytes ready to send (faster than dicts)."""
+        ...
+
+    def span_order(
+        self, rollout_id: str, attempt_id: str | None, query: Query, first: int
+    ) -> SpanOrder:
+        """Every span past ``query.offset`` in its order (arrival, or sequence with
+        ``sort_by``): the records of the first ``first``, the places of the others."""
+        ...
+
+    def spans_at(self, rowids: Sequence[int]) -> list[Record | bytes]:
+        """The records of these spans (of ``span_order``), in this order; JSON bytes where
+        they can be."""
         ...
 
     def finished_rollouts(self, rollout_ids: Sequence[str]) -> list[Record]:
