@@ -7,13 +7,14 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from lightning_otlp.api.bodies import json_response
 from lightning_otlp.receiver.pipeline import Pipeline
 from lightning_otlp.receiver.route import RoutingConfig
-from lightning_otlp.store import SQLiteStore, views
+from lightning_otlp.store import SQLiteStore, span_reads, views
 from lightning_otlp.store.lightning import LightningStoreBackend, Query
 from lightning_otlp.store.sql_store import SQLStore
 from lightning_otlp.wiring import lightning_api, open_store
@@ -34,11 +35,21 @@ def read_items(
 
 
 def encoded_count(api: LightningStoreBackend, rollout_id: str) -> int:
-    """How many of a rollout's spans a read sends as prepared records."""
-    page = api.query_spans(
-        rollout_id, None, filters={}, filter_logic="and", query=Query(), encoded=True
-    )
-    return sum(isinstance(item, bytes) for item in page.items)
+    """How many of a rollout's spans a read sends as prepared records (a view, or kept by an
+    earlier read): those it does not build."""
+    built: list[bytes | None] = []
+
+    def kept(record: dict[str, Any]) -> bytes | None:
+        built.append(view_body(record))
+        return built[-1]
+
+    view_body = span_reads._view_body
+    with mock.patch.object(span_reads, "_view_body", kept):
+        page = api.query_spans(
+            rollout_id, None, filters={}, filter_logic="and", query=Query(), encoded=True
+        )
+    sent = sum(isinstance(item, bytes) for item in page.items)
+    return sent - sum(body is not None for body in built)
 
 
 def build_all(store: SQLiteStore) -> int:
@@ -80,14 +91,15 @@ def any_pipeline(any_store: SQLStore) -> Iterator[Pipeline]:
     pipeline.close()
 
 
-def counted_turns(monkeypatch: Any) -> list[int]:
-    """Reads' turns (``views.READ_PACE``) counted, one entry each, none resting."""
-    turns: list[int] = []
+def counted_turns(monkeypatch: Any) -> list[float | None]:
+    """Reads' turns (``views.READ_PACE``) counted, one entry each (the share it asked for),
+    none resting."""
+    turns: list[float | None] = []
 
     class Counting(views.Pace):
         @contextmanager
-        def turn(self) -> Iterator[None]:
-            turns.append(1)
+        def turn(self, share: float | None = None) -> Iterator[None]:
+            turns.append(share)
             with super().turn():
                 yield
 

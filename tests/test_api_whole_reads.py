@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ import pytest
 
 from lightning_otlp.api import spans as span_routes
 from lightning_otlp.api.bodies import SlicedResponse
+from lightning_otlp.store import views
 from lightning_otlp.store.lightning import Query, SpanOrder
 
 from .payloads import make_request, make_span
+from .span_views import counted_turns
 from .support import ReceiverProcess, run_in_agl
 from .test_api import API
 
@@ -112,6 +115,44 @@ def test_a_whole_read_is_the_paged_read_sent_a_slice_at_a_time(
     if params.get("sort_by"):
         keys = [s["sequence_id"] for s in whole["items"]]
         assert keys == sorted(keys, reverse=params.get("sort_order") == "desc")
+
+
+def test_later_slices_give_way_more_than_a_page(api: API, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On read threads the first slice keeps to the share of every read, later slices (a bulk
+    export) to a smaller one, their span look-ups as well as their building."""
+    _spans(api)
+    turns = counted_turns(monkeypatch)
+    paged = api.get("/spans", rollout_id=ROLLOUT, limit=SLICE)
+    assert turns and set(turns) == {views.BUILD_SHARE}
+    turns.clear()
+    whole = api.get("/spans", rollout_id=ROLLOUT)
+    assert whole["items"][:SLICE] == paged["items"] and len(whole["items"]) == 50
+    first = turns.index(views.SLICE_SHARE)
+    assert set(turns[:first]) == {views.BUILD_SHARE}
+    # Each later slice: a turn for its look-up of spans, one for its records, one per chunk built.
+    assert set(turns[first:]) == {views.SLICE_SHARE} and len(turns) - first >= 2 * (50 // SLICE)
+
+
+def test_later_slices_rest_longer_and_never_less_than_the_pace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rests: list[float] = []
+    monkeypatch.setattr(views.time, "sleep", rests.append)
+    pace = views.Pace(share=0.1)
+    pace.ingesting()
+    shares = (None, views.SLICE_SHARE, 0.5)
+    used: dict[float | None, float] = {}
+    for share in shares:
+        with pace.turn(share):
+            started = time.thread_time()
+            sum(i * i for i in range(200_000))
+            used[share] = time.thread_time() - started
+    with pace.turn():
+        pass
+    assert len(rests) == 3
+    ratios = [rest / used[share] for rest, share in zip(rests, shares, strict=True)]
+    assert ratios[1] > 1.8 * ratios[0]  # nineteen times its CPU time against nine
+    assert ratios[2] > 0.8 * ratios[0]  # a larger share than the pace's is not given
 
 
 def test_a_whole_read_has_no_length_and_stops_when_its_client_leaves() -> None:

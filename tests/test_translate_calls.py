@@ -22,6 +22,7 @@ from lightning_otlp.translate import model_call
 from lightning_otlp.wiring import lightning_api
 
 from .payloads import make_request, make_span
+from .span_views import encoded_count
 from .test_affinity import IDS, RID, send
 
 CALL = "openai.chat.completion"
@@ -80,10 +81,7 @@ def _page(store: SQLiteStore, encoded: bool) -> list[dict[str, Any]]:
 
 
 def _encoded(store: SQLiteStore) -> int:
-    page = _api(store).query_spans(
-        RID, None, filters={}, filter_logic="and", query=Query(), encoded=True
-    )
-    return sum(isinstance(item, bytes) for item in page.items)
+    return encoded_count(_api(store), RID)
 
 
 def _build_views(store: SQLiteStore) -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from array import array
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Final, cast
 
 from . import lifecycle as life
+from . import views
 from .api_base import SQLBackend, combine, limit_sql, page_of, paginate, retried
 from .api_schema import API_RESOURCE_ID
 from .dialect import Conn
@@ -235,32 +236,35 @@ class SpansAPI:
             # Eight bytes a span, taken a row at a time: never a list of a whole rollout's rows.
             rowids = array("q", (row[0] for row in found))
             start = query.offset
-            records = self._spans_at(conn, rowids[start : start + first])
+            records = self._spans_at(conn, rowids[start : start + first], views.BUILD_SHARE)
         return SpanOrder(records, rowids[start + first :], len(rowids))
 
     @retried
     def spans_at(self, rowids: Sequence[int]) -> list[Record | bytes]:
         with self._transaction() as conn:
-            return self._spans_at(conn, rowids)
+            return self._spans_at(conn, rowids, views.SLICE_SHARE)
 
-    def _spans_at(self, conn: Conn, rowids: Sequence[int]) -> list[Record | bytes]:
-        leads = span_rows(conn, _SPAN_LEAD, list(rowids))
+    def _spans_at(self, conn: Conn, rowids: Sequence[int], share: float) -> list[Record | bytes]:
+        with views.READ_PACE.turn(share) if self._reading() else nullcontext():
+            leads = span_rows(conn, _SPAN_LEAD, list(rowids))
         # A span gone since its place was read (its rollout deleted) is left out.
-        return self._records(conn, [leads[r] for r in rowids if r in leads], True)
+        return self._records(conn, [leads[r] for r in rowids if r in leads], True, share)
 
-    def _records(self, conn: Conn, leads: list[Any], encoded: bool) -> list[Record | bytes]:
+    def _records(
+        self, conn: Conn, leads: list[Any], encoded: bool, share: float = views.BUILD_SHARE
+    ) -> list[Record | bytes]:
         """Spans (rows of ``_SPAN_LEAD``) as agentlightning ``Span`` dicts, model calls
         translated as the store's own reader gives them (``lightning-otlp spans``); with
         ``encoded``, a span kept from an earlier read or prepared is its JSON, ready to send
-        (``store.span_reads``). On a read thread the read is paced: a read of a whole rollout
-        cannot take the interpreter from ingest. The store thread never waits."""
+        (``store.span_reads``). On a read thread the read is paced to ``share``: a read of a
+        whole rollout cannot take the interpreter from ingest. The store thread never waits."""
         return span_items(
             conn,
             leads,
             encoded=encoded,
             translate=self.store.translate,
             cache=self.read_cache,
-            paced=self._reading(),
+            share=share if self._reading() else None,
         )
 
     def _decode_spans(self, conn: Conn, rowids: list[int], encoded: bool) -> list[Record | bytes]:

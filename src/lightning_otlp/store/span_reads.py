@@ -29,6 +29,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from typing import Any, Final
 
 from . import views
@@ -111,16 +112,16 @@ def span_items(
     encoded: bool,
     translate: bool,
     cache: ReadCache,
-    paced: bool,
+    share: float | None,
 ) -> list[Record | bytes]:
     """Spans (rows of ``rowid, rollout_id, attempt_id, sequence_id, trace_id, span_id,
     record``) as agentlightning ``Span`` dicts, model calls translated with ``translate``;
     with ``encoded`` (and ``translate``), a span kept or prepared is its JSON, ready to send,
     and each one built is kept. A span added through the API is its ``record``, read with its
-    lead: no second round trip for it. ``paced``: on a read thread, in turns of
-    ``views.READ_PACE``."""
+    lead: no second round trip for it. With a ``share`` (on a read thread), in turns of
+    ``views.READ_PACE`` keeping to that share."""
     turn: Callable[[], AbstractContextManager[None]] = (
-        views.READ_PACE.turn if paced else nullcontext
+        nullcontext if share is None else partial(views.READ_PACE.turn, share)
     )
     mark = cache.read()
     out: list[Record | bytes] = []
@@ -199,8 +200,10 @@ class _Part:
             self.items[i] = record
             if rowid in self.keep:
                 body = _view_body(record)
-                if body is not None:
+                if body is not None:  # sent as kept: encoded once, not again for the answer
                     kept.append((self.keep[rowid], body))
+                    ids = record["rollout_id"], record["attempt_id"], record["sequence_id"]
+                    self.items[i] = views.spliced(*ids, body)
         cache.put(kept, mark)
 
 

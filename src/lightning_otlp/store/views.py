@@ -146,9 +146,12 @@ def build(conn: Conn, after: int, *, window: int, limit: int) -> tuple[int, int]
 # arrive, and as long as it needs when none have for a second (nothing to give way to).
 
 # Records built per turn; the share of the interpreter all reads' building may take while spans
-# are being committed; and how long after a commit the store still counts as ingesting.
+# are being committed, and the smaller share of a whole-rollout read's later slices (a bulk
+# export, never a trainer's page: it gives way more); and how long after a commit the store
+# still counts as ingesting.
 BUILD_CHUNK: Final = 100
 BUILD_SHARE: Final = 0.1
+SLICE_SHARE: Final = 0.05
 INGEST_SECONDS: Final = 1.0
 
 
@@ -159,9 +162,7 @@ class Pace:
     turns one after another (a whole large rollout, many readers) still keep to the share."""
 
     def __init__(self, share: float = BUILD_SHARE) -> None:
-        if not 0 < share <= 1:
-            raise ValueError(f"share must be in (0, 1], not {share}")
-        self._rest = (1 - share) / share
+        self._rest = _rest(share)
         self._lock = threading.Lock()
         self._ingested_at = -INGEST_SECONDS
         self._next_at = 0.0  # monotonic time before which no turn starts while ingesting
@@ -174,9 +175,12 @@ class Pace:
         return time.monotonic() - self._ingested_at < INGEST_SECONDS
 
     @contextmanager
-    def turn(self) -> Iterator[None]:
+    def turn(self, share: float | None = None) -> Iterator[None]:
         """Build inside; the turn waits out the rest the previous one earned, holding the
-        turn, so several read threads together never build for more than their share."""
+        turn, so several read threads together never build for more than their share. A turn
+        may ask for a smaller ``share`` than the pace's (it then earns a longer rest), never a
+        larger one."""
+        rest = self._rest if share is None else max(self._rest, _rest(share))
         with self._lock:
             if self._giving_way():
                 wait = self._next_at - time.monotonic()
@@ -188,7 +192,14 @@ class Pace:
             finally:
                 used = time.thread_time() - started
                 giving_way = self._giving_way()
-                self._next_at = time.monotonic() + used * self._rest if giving_way else 0.0
+                self._next_at = time.monotonic() + used * rest if giving_way else 0.0
+
+
+def _rest(share: float) -> float:
+    """The rest a turn earns per second of CPU time it took, to keep to ``share``."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], not {share}")
+    return (1 - share) / share
 
 
 READ_PACE: Final = Pace()
