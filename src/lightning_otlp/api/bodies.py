@@ -104,20 +104,24 @@ class SlicedResponse(Response):
                 items = await self.read(rest)
             if gone.done():
                 return  # nobody reads the rest
-            tail = dumps(
-                {"limit": self.query.limit, "offset": self.query.offset, "total": order.total}
-            )
-            await send({"type": "http.response.body", "body": b"]," + tail[1:]})
+            tail = _tail(self.query.limit, self.query.offset, order.total)
+            await send({"type": "http.response.body", "body": tail})
         finally:
             gone.cancel()
 
 
-def _joined(items: list[Any], after: bool) -> bytes:
-    """Records as JSON, comma-separated (led by one ``after`` others)."""
+def _joined(items: Sequence[Any], after: bool) -> bytes:
+    """Records as JSON, comma-separated (led by one ``after`` others); a record the store
+    encoded is taken as it is, without a call per record into orjson."""
     records = [r if type(r) is bytes else dumps(r) for r in items]
     if after and records:
         records.insert(0, b"")
     return b",".join(records)
+
+
+def _tail(limit: int, offset: int, total: int) -> bytes:
+    """A page's end, after its last record."""
+    return b"]," + dumps({"limit": limit, "offset": offset, "total": total})[1:]
 
 
 async def disconnected(receive: Receive) -> None:
@@ -131,10 +135,9 @@ Read = Callable[[Sequence[int]], Awaitable[list[Any]]]
 
 
 def _page_parts(page: Page) -> list[bytes]:
-    """The page's JSON in parts of ``PAGE_SLICE`` records; a record the store encoded is taken
-    as it is, without a call per record into orjson. The page is this answer's alone: each
-    slice's records are let go once encoded, so a page of hundreds of thousands of records is
-    never held twice over, as records and as parts."""
+    """The page's JSON in parts of ``PAGE_SLICE`` records. The page is this answer's alone:
+    each slice's records are let go once encoded, so a page of hundreds of thousands of records
+    is never held twice over, as records and as parts."""
     items = page.items
     owned: list[Any] | None = items if isinstance(items, list) else None
     parts = [b'{"items":[']
@@ -142,13 +145,9 @@ def _page_parts(page: Page) -> list[bytes]:
         chunk = items[start : start + PAGE_SLICE]
         if owned is not None:
             owned[start : start + len(chunk)] = [None] * len(chunk)
-        records = [r if type(r) is bytes else dumps(r) for r in chunk]
+        parts.append(_joined(chunk, start > 0))
         del chunk
-        if start:
-            records.insert(0, b"")  # the comma after the previous part's last record
-        parts.append(b",".join(records))
-    rest = dumps({"limit": page.limit, "offset": page.offset, "total": page.total})
-    parts.append(b"]," + rest[1:])
+    parts.append(_tail(page.limit, page.offset, page.total))
     return parts
 
 
